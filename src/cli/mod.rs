@@ -1,0 +1,129 @@
+//! The command line: clap definitions, one file per verb, and the mapping of results to exit codes.
+//!
+//! With no verb, `cutover` is the stretcher-compatible agent reading a manifest URL from stdin;
+//! stretcher's single-dash flags are rewritten to their double-dash spelling before clap sees them.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod agent;
+pub mod apply;
+pub mod demo;
+pub mod logs;
+pub mod releases;
+pub mod rollback;
+pub mod status;
+pub mod supervise;
+
+/// Zero-downtime deploys onto Linux hosts.
+///
+/// Without a verb, reads a manifest URL from stdin (a plain line, a `consul watch` event array or a
+/// `serf` user event) and deploys it, like stretcher.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cutover",
+    args_conflicts_with_subcommands = true,
+    disable_version_flag = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub agent: agent::AgentArgs,
+}
+
+/// Options every verb understands.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Directory for locks, replay marks and the supervisor's state [default: /var/lib/cutover for
+    /// root, ~/.local/state/cutover otherwise]
+    #[arg(long, env = "CUTOVER_STATE_DIR", global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The supervisor's control socket [default: /run/cutover/cutover.sock for root,
+    /// $XDG_RUNTIME_DIR/cutover/cutover.sock otherwise]
+    #[arg(long, env = "CUTOVER_SOCKET", global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(crate::paths::default_state_dir)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(crate::paths::default_socket)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy one manifest (URL or local path) without reading stdin
+    Apply(apply::ApplyArgs),
+    /// Run the supervisor: the resident daemon that runs, routes and health-checks apps
+    Supervise(supervise::SuperviseArgs),
+    /// Show apps, versions, instances, traffic and health
+    Status(status::StatusArgs),
+    /// List an app's kept releases and which is live or bad
+    Releases(releases::ReleasesArgs),
+    /// Go back to the previous good release of an app (or a named one)
+    Rollback(rollback::RollbackArgs),
+    /// Show an app's instance logs
+    Logs(logs::LogsArgs),
+    /// Run the bundled demo: a supervisor in a temp dir, v1 then v2 blue-green under load
+    Demo(demo::DemoArgs),
+    /// The bundled demo app: a small HTTP server with fault injection (used by the demo and tests)
+    #[command(hide = true)]
+    DemoApp(demo::DemoAppArgs),
+}
+
+/// Entry point of the binary: parses `argv`, runs the verb and maps the result to an exit code.
+pub fn main(argv: Vec<OsString>) -> ExitCode {
+    let under_consul = std::env::var_os("CONSUL_INDEX").is_some();
+    let argv = agent::normalize_args(argv);
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = err.exit_code();
+            let _ = err.print();
+            // A non-zero exit stops the whole `consul watch`: under consul, even a bad flag is 0.
+            return if under_consul || code == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    init_tracing();
+    match cli.command {
+        None => agent::run(cli.agent, &cli.global),
+        Some(Command::Apply(args)) => apply::run(args, &cli.global),
+        Some(Command::Supervise(args)) => supervise::run(args, &cli.global),
+        Some(Command::Status(args)) => status::run(args, &cli.global),
+        Some(Command::Releases(args)) => releases::run(args, &cli.global),
+        Some(Command::Rollback(args)) => rollback::run(args, &cli.global),
+        Some(Command::Logs(args)) => logs::run(args, &cli.global),
+        Some(Command::Demo(args)) => demo::run(args, &cli.global),
+        Some(Command::DemoApp(args)) => demo::run_app(args),
+    }
+}
+
+/// Diagnostics for the supervisor and `RUST_LOG=cutover=debug`; the agent's step lines go through
+/// its run log instead.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cutover=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}

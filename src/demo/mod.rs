@@ -1,0 +1,1 @@
+//! The bundled demo: a small HTTP app with fault injection, and the scripted tour that deploys it.

@@ -1,0 +1,9 @@
+//! cutover: zero-downtime deploys onto Linux hosts.
+#![doc = include_str!("ARCHITECTURE.md")]
+
+pub mod agent;
+pub mod cli;
+pub mod demo;
+pub mod paths;
+pub mod protocol;
+pub mod supervisor;

@@ -1,0 +1,147 @@
+//! The manifest's `app:` section: what the supervisor needs to run, check and route one app.
+//!
+//! It is parsed by the agent from the manifest and sent as is to the supervisor in a deploy
+//! request, and the supervisor stores it with each release, so it lives in the protocol module.
+//! Unknown keys are an error (`deny_unknown_fields`): a typo must not silently do nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One long-running application, as described by a manifest's `app:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// Name of the app, unique on this host; letters, digits, `-`, `_` and `.`.
+    pub name: String,
+    /// Release version; when absent the agent derives one from the archive's checksum.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Shell line run from the release directory; `{port}` is replaced, `PORT` is also set.
+    pub run: String,
+    /// Public address the supervisor's proxy owns, e.g. `0.0.0.0:8080`.
+    pub listen: String,
+    /// Number of instances to run side by side.
+    #[serde(default = "defaults::instances")]
+    pub instances: u32,
+    /// Extra environment for every instance.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How instances are health-checked.
+    #[serde(default)]
+    pub health: HealthSpec,
+    /// How a new release replaces the live one.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// How the proxy spreads requests across healthy instances.
+    #[serde(default)]
+    pub balance: Balance,
+    /// How long a replaced instance may finish its in-flight requests.
+    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Signal sent to stop an instance (`SIGTERM`, `SIGINT`, `SIGQUIT`, `SIGHUP`, `SIGUSR1`, `SIGUSR2`).
+    #[serde(default = "defaults::stop_signal")]
+    pub stop_signal: String,
+    /// Grace period between the stop signal and SIGKILL to the instance's process group.
+    #[serde(default = "defaults::stop_timeout", with = "humantime_serde")]
+    pub stop_timeout: Duration,
+    /// How many releases to keep on disk (the live one and the rollback target always stay).
+    #[serde(default = "defaults::keep_releases")]
+    pub keep_releases: u32,
+    /// Paths under `dest/shared` linked into every release (e.g. `log`, `tmp/pids`).
+    #[serde(default)]
+    pub shared: Vec<String>,
+}
+
+/// Health checking of each instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// HTTP path to GET (2xx/3xx is healthy); absent: a TCP connect is the check.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default = "defaults::health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "defaults::health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive passes that make an instance healthy.
+    #[serde(default = "defaults::healthy")]
+    pub healthy: u32,
+    /// Consecutive failures that make an instance unhealthy.
+    #[serde(default = "defaults::unhealthy")]
+    pub unhealthy: u32,
+    /// How long a new instance must stay healthy before it takes traffic.
+    #[serde(default, with = "humantime_serde")]
+    pub min_healthy_time: Duration,
+    /// How long a new release may take to become healthy before it is rolled back.
+    #[serde(default = "defaults::health_deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            path: None,
+            interval: defaults::health_interval(),
+            timeout: defaults::health_timeout(),
+            healthy: defaults::healthy(),
+            unhealthy: defaults::unhealthy(),
+            min_healthy_time: Duration::ZERO,
+            deadline: defaults::health_deadline(),
+        }
+    }
+}
+
+/// How a new release replaces the live one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Start the new instances beside the old, switch all traffic at once when they are healthy.
+    #[default]
+    BlueGreen,
+}
+
+/// How the proxy picks a healthy instance for a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn instances() -> u32 {
+        1
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn stop_signal() -> String {
+        "SIGTERM".to_owned()
+    }
+    pub fn stop_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn keep_releases() -> u32 {
+        5
+    }
+    pub fn health_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn healthy() -> u32 {
+        2
+    }
+    pub fn unhealthy() -> u32 {
+        3
+    }
+    pub fn health_deadline() -> Duration {
+        Duration::from_secs(60)
+    }
+}

@@ -1,0 +1,7 @@
+//! The whole agent↔supervisor contract: requests, responses, the frame codec and the client.
+//!
+//! This module depends on nothing else of ours, so both sides (and tests) can use it alone.
+
+pub mod app;
+
+pub use app::AppSpec;

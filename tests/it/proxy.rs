@@ -1,0 +1,1 @@
+//! The proxy with real backends: keep-alive, WebSocket, retry on failed connect, counters.

@@ -1,0 +1,67 @@
+//! The test harness: the real `cutover` binary, temp dirs, free ports and deadline-bound waits.
+
+#![allow(dead_code)]
+
+pub mod archive;
+pub mod http;
+pub mod load;
+pub mod s3;
+pub mod supervisor;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Path of the `cutover` binary cargo built for these tests.
+pub fn cutover_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cutover"))
+}
+
+/// A `Command` for the real binary, with an environment free of the caller's cutover settings.
+pub fn cutover() -> Command {
+    let mut cmd = Command::new(cutover_bin());
+    for var in [
+        "CONSUL_INDEX",
+        "CUTOVER_STATE_DIR",
+        "CUTOVER_SOCKET",
+        "SERF_EVENT",
+        "SERF_USER_EVENT",
+        "SERF_USER_LTIME",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `condition` until it holds or `deadline` passes; panics naming `what` on timeout.
+pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if condition() {
+            return;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Fixtures shipped in the repository.
+pub fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(path)
+}

@@ -1,0 +1,1 @@
+//! A real supervisor in a temp dir (`cutover supervise`), stopped on drop.

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the tests need when it is missing, then runs
+# the whole suite. Needs only the Rust toolchain to start; installs rsync and serf from Debian and
+# moto_server (a real S3-compatible server) from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v rsync >/dev/null || missing+=(rsync)
+command -v serf >/dev/null || missing+=(serf)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tests/run.sh: installing ${missing[*]}" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v moto_server >/dev/null || ! moto_server --help >/dev/null 2>&1; then
+  echo "tests/run.sh: installing moto[server] from PyPI" >&2
+  python3 -m pip install --quiet 'moto[server]'
+  hash -r
+fi
+
+cargo test --locked --all-targets -- --test-threads "${CUTOVER_TEST_THREADS:-4}"
