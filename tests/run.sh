@@ -21,4 +21,4 @@ if ! command -v moto_server >/dev/null || ! moto_server --help >/dev/null 2>&1; 
   hash -r
 fi
 
-cargo test --locked --all-targets -- --test-threads "${CUTOVER_TEST_THREADS:-4}"
+cargo test --locked -- --test-threads "${CUTOVER_TEST_THREADS:-4}"

@@ -7,5 +7,6 @@ mod support;
 
 mod agent;
 mod fetch;
+mod process;
 mod proxy;
 mod supervisor;

@@ -1,0 +1,2 @@
+//! Benchmark: proxy overhead, direct vs cutover vs nginx against the same backend.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Instances as real processes: spawn, process groups, graceful stop, adoption, health checks.
