@@ -16,6 +16,7 @@ pub mod logs;
 pub mod releases;
 pub mod rollback;
 pub mod status;
+pub mod stop;
 pub mod supervise;
 
 /// Zero-downtime deploys onto Linux hosts.
@@ -76,6 +77,8 @@ pub enum Command {
     Releases(releases::ReleasesArgs),
     /// Go back to the previous good release of an app (or a named one)
     Rollback(rollback::RollbackArgs),
+    /// Stop an app: its instances, its public address; its files stay
+    Stop(stop::StopArgs),
     /// Show an app's instance logs
     Logs(logs::LogsArgs),
     /// Run the bundled demo: a supervisor in a temp dir, v1 then v2 blue-green under load
@@ -111,6 +114,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         Some(Command::Releases(args)) => releases::run(args, &cli.global),
         Some(Command::Rollback(args)) => rollback::run(args, &cli.global),
         Some(Command::Logs(args)) => logs::run(args, &cli.global),
+        Some(Command::Stop(args)) => stop::run(args, &cli.global),
         Some(Command::Demo(args)) => demo::run(args, &cli.global),
         Some(Command::DemoApp(args)) => demo::run_app(args),
     }

@@ -3,5 +3,8 @@
 //! This module depends on nothing else of ours, so both sides (and tests) can use it alone.
 
 pub mod app;
+pub mod layout;
+pub mod messages;
 
 pub use app::AppSpec;
+pub use messages::*;

@@ -1,0 +1,224 @@
+//! The messages: one `Request` variant per verb, one `Response` variant per answer, errors as data.
+//!
+//! A connection carries one request. Long verbs (deploy, rollback) first stream zero or more
+//! `Response::Progress` frames, then exactly one final response.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::app::AppSpec;
+
+/// Bumped whenever a message changes incompatibly; both sides refuse a different version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first frame a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    /// The client's name and version, for the supervisor's log (`cutover 0.1.0`).
+    pub client: String,
+}
+
+/// The supervisor's answer to `Hello`; on a version mismatch `accepted` is false and the
+/// connection is closed after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub protocol: u32,
+    pub supervisor: String,
+    pub accepted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "snake_case")]
+pub enum Request {
+    Deploy(DeployRequest),
+    Status(StatusRequest),
+    Releases(ReleasesRequest),
+    Rollback(RollbackRequest),
+    Logs(LogsRequest),
+    Stop(StopRequest),
+}
+
+/// Roll out a release that the agent has already placed in `dest/releases/<version>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub app: AppSpec,
+    pub version: String,
+    /// The app's home (`releases/`, `current`, `shared/`).
+    pub dest: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusRequest {
+    /// One app, or all when absent.
+    pub app: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleasesRequest {
+    pub app: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub app: String,
+    /// A kept release; absent: the previous good one.
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogsRequest {
+    pub app: String,
+}
+
+/// Stop an app's instances, close its public address and forget it (its files stay on disk).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopRequest {
+    pub app: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    /// One human-readable step of a rollout in progress.
+    Progress(Progress),
+    Deployed(DeployOutcome),
+    RolledBack(DeployOutcome),
+    Status(StatusReport),
+    Releases(ReleaseList),
+    Logs(LogFiles),
+    Stopped(StopOutcome),
+    Error(ErrorReply),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub app: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployOutcome {
+    pub app: String,
+    /// The version now live.
+    pub version: String,
+    /// The version it replaced, if any.
+    pub previous: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub apps: Vec<AppStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub listen: String,
+    pub live_version: Option<String>,
+    /// What the app task is doing: `idle`, `deploying 1.4.2: waiting for health`, …
+    pub phase: String,
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub version: String,
+    pub pid: Option<u32>,
+    pub addr: String,
+    /// `starting`, `healthy`, `unhealthy`, `draining`, `crashed`, `stopped`.
+    pub state: String,
+    /// Whether the proxy currently routes new requests to it.
+    pub routed: bool,
+    pub restarts: u32,
+    pub last_failure: Option<String>,
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub in_flight: u64,
+    pub p99_us: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseList {
+    pub app: String,
+    pub releases: Vec<ReleaseInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    pub version: String,
+    pub dir: PathBuf,
+    pub state: ReleaseState,
+    /// RFC 3339 time it went live, if it ever did.
+    pub deployed_at: Option<String>,
+    /// Why it is bad, when it is.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseState {
+    /// Serving traffic now.
+    Live,
+    /// The release a plain `cutover rollback` would go back to.
+    Previous,
+    /// Kept on disk, good, not live.
+    Kept,
+    /// Failed or rolled away from: never picked automatically again.
+    Bad,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogFiles {
+    pub app: String,
+    /// Log files of the app's current and recent instances, newest last.
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopOutcome {
+    pub app: String,
+    /// Instances stopped.
+    pub stopped: u32,
+}
+
+/// An error travelling as data; the CLI maps `kind` to its exit code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is wrong (bad spec, unknown version to roll back to, …).
+    BadRequest,
+    /// No such app.
+    NotFound,
+    /// Another rollout of this app is in progress.
+    Busy,
+    /// The rollout failed; the previous release keeps serving.
+    DeployFailed,
+    /// Client and supervisor speak different protocol versions.
+    ProtocolMismatch,
+    /// A fault inside the supervisor.
+    Internal,
+}
+
+impl ErrorKind {
+    /// Exit code of a CLI verb that ends with this error.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::DeployFailed => 1,
+            ErrorKind::BadRequest => 2,
+            ErrorKind::NotFound => 3,
+            ErrorKind::Busy => 4,
+            ErrorKind::ProtocolMismatch => 5,
+            ErrorKind::Internal => 6,
+        }
+    }
+}
