@@ -10,3 +10,4 @@ mod fetch;
 mod process;
 mod proxy;
 mod supervisor;
+mod tidy;
