@@ -7,3 +7,4 @@ pub mod demo;
 pub mod paths;
 pub mod protocol;
 pub mod supervisor;
+pub mod watch;

@@ -18,6 +18,7 @@ pub mod rollback;
 pub mod status;
 pub mod stop;
 pub mod supervise;
+pub mod watch;
 
 /// Zero-downtime deploys onto Linux hosts.
 ///
@@ -86,6 +87,8 @@ pub enum Command {
     /// The bundled demo app: a small HTTP server with fault injection (used by the demo and tests)
     #[command(hide = true)]
     DemoApp(demo::DemoAppArgs),
+    /// Watch GitHub releases and manifest URLs (and receive webhooks); deploy what is new
+    Watch(watch::WatchArgs),
 }
 
 /// Entry point of the binary: parses `argv`, runs the verb and maps the result to an exit code.
@@ -117,6 +120,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         Some(Command::Stop(args)) => stop::run(args, &cli.global),
         Some(Command::Demo(args)) => demo::run(args, &cli.global),
         Some(Command::DemoApp(args)) => demo::run_app(args),
+        Some(Command::Watch(args)) => watch::run(args, &cli.global),
     }
 }
 
