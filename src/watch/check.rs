@@ -101,9 +101,11 @@ async fn check_github(
                 }
             }
             // Deploying without knowing what was rolled back could bring a bad release back.
-            Err(e) => return format!(
+            Err(e) => {
+                return format!(
                 "error: cannot ask the supervisor which releases of {app} are bad: {e}; will retry"
-            ),
+            )
+            }
         }
     }
     let deployed = state.deployed.as_deref().and_then(parse_version);

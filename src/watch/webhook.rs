@@ -223,7 +223,9 @@ pub async fn serve(listener: TcpListener, hook: Arc<Webhook>) {
                 let hook = hook.clone();
                 async move { Ok::<_, Infallible>(hook.handle(req, peer).await) }
             });
+            // The header timeout needs a timer; without one hyper refuses the connection.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {

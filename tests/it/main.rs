@@ -11,3 +11,4 @@ mod process;
 mod proxy;
 mod supervisor;
 mod tidy;
+mod watch;
