@@ -1,0 +1,1 @@
+//! Health checks against real demo-app processes.
