@@ -1,1 +1,2 @@
 //! The bundled demo: a small HTTP app with fault injection, and the scripted tour that deploys it.
+pub mod app;

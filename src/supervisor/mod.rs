@@ -4,11 +4,17 @@
 //! [`run`] is the whole daemon, mini-redis style: it takes its listener, its state directory and a
 //! shutdown future, so a test can start one in a temp dir. [`bind_socket`] makes the listener.
 
+pub mod app;
 pub mod apps;
 pub mod control;
+pub mod deploy;
 pub mod health;
 pub mod process;
 pub mod proxy;
+pub mod recovery;
+pub mod releases;
+pub mod rollback;
+pub mod store;
 
 use std::future::Future;
 use std::io;
