@@ -9,3 +9,4 @@ pub mod log;
 pub mod pipeline;
 pub mod release;
 pub mod source;
+pub mod unpack;
