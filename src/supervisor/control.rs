@@ -88,6 +88,8 @@ async fn connection(mut stream: UnixStream, apps: Apps, owner: u32) {
 
     let hello: Hello = match codec::read_frame_within(&mut stream, CLIENT_TIMEOUT).await {
         Ok(hello) => hello,
+        // A bare connect-and-close is how scripts (and `bind_socket`) probe for a live supervisor.
+        Err(FrameError::Closed) => return,
         Err(err) => {
             tracing::warn!("control connection from pid {pid}: no valid hello: {err}");
             return;
