@@ -14,6 +14,7 @@ pub mod apply;
 pub mod demo;
 pub mod logs;
 pub mod releases;
+mod remote;
 pub mod rollback;
 pub mod status;
 pub mod stop;
