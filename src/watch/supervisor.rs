@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 
 use futures_util::future::BoxFuture;
 
+use crate::protocol::client::Client;
+use crate::protocol::{ErrorKind, ReleaseState, ReleasesRequest, Request, Response};
+
 /// Versions of an app that must not be deployed again, with the reason.
 pub trait BadReleases: Send + Sync {
     fn bad<'a>(&'a self, app: &'a str) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>>;
@@ -38,12 +41,28 @@ pub struct Supervisor {
 impl BadReleases for Supervisor {
     fn bad<'a>(&'a self, app: &'a str) -> BoxFuture<'a, Result<BTreeMap<String, String>, String>> {
         Box::pin(async move {
-            // PENDING: the control socket client (crate::protocol::client) is not merged yet.
-            tracing::warn!(
-                "cannot ask the supervisor at {} for bad releases of {app}: no control client in this build",
-                self.socket.display()
-            );
-            Ok(BTreeMap::new())
+            let client = Client::connect(&self.socket)
+                .await
+                .map_err(|e| e.to_string())?;
+            let request = Request::Releases(ReleasesRequest {
+                app: app.to_owned(),
+            });
+            match client.request(&request, |_| {}).await {
+                Ok(Response::Releases(list)) => Ok(list
+                    .releases
+                    .into_iter()
+                    .filter(|r| r.state == ReleaseState::Bad)
+                    .map(|r| {
+                        let why = r.reason.unwrap_or_else(|| "rolled back or failed".into());
+                        (r.version, why)
+                    })
+                    .collect()),
+                // An app the supervisor never ran has no bad releases yet.
+                Ok(Response::Error(e)) if e.kind == ErrorKind::NotFound => Ok(BTreeMap::new()),
+                Ok(Response::Error(e)) => Err(e.message),
+                Ok(other) => Err(format!("unexpected answer to a releases request: {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
         })
     }
 }
