@@ -12,3 +12,4 @@ mod proxy;
 mod supervisor;
 mod tidy;
 mod watch;
+mod watch_e2e;
