@@ -60,7 +60,9 @@ impl BadReleases for Supervisor {
                 // An app the supervisor never ran has no bad releases yet.
                 Ok(Response::Error(e)) if e.kind == ErrorKind::NotFound => Ok(BTreeMap::new()),
                 Ok(Response::Error(e)) => Err(e.message),
-                Ok(other) => Err(format!("unexpected answer to a releases request: {other:?}")),
+                Ok(other) => Err(format!(
+                    "unexpected answer to a releases request: {other:?}"
+                )),
                 Err(e) => Err(e.to_string()),
             }
         })
