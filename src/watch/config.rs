@@ -304,6 +304,22 @@ fn check_template(at: &str, t: &Mapping) -> Result<(), String> {
             ));
         }
     }
+    // Render it as a release would and read it as the agent will, so a typo in the template
+    // stops the watcher now rather than failing (and blacklisting) the next release.
+    let sample = crate::watch::deploy::render(
+        t,
+        "https://example.invalid/a.tar.gz",
+        &"0".repeat(64),
+        "0.0.0",
+    );
+    let text = serde_norway::to_string(&sample)
+        .map_err(|e| format!("{at}: template cannot be written as YAML: {e}"))?;
+    let lookup = |name: &str| std::env::var(name).ok();
+    let parsed = crate::agent::manifest::parse(&text, &lookup)
+        .map_err(|e| format!("{at}: template does not make a valid manifest: {e}"))?;
+    if let Some(warning) = parsed.warnings.first() {
+        return Err(format!("{at}: template: {warning}"));
+    }
     Ok(())
 }
 
@@ -364,6 +380,10 @@ webhook: { listen: "127.0.0.1:9090" }
                 "is not s3://, http:// or https://",
             ),
             ("watches: [{name: x}]", "exactly one of"),
+            (
+                "watches: [{github: {repo: a/b, asset: x}, template: {dest: /x, app: {name: s, run: r, listen: ':1', instnaces: 2}}}]",
+                "template does not make a valid manifest",
+            ),
             ("watches: []", "no watches configured"),
             (
                 "watches: [{github: {repo: a/b, asset: x, ignore: [banana]}, template: {dest: /x}}]",

@@ -504,3 +504,13 @@ fn a_bad_config_is_refused_before_anything_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("repo \"octo\" is not OWNER/REPO"), "{err}");
 }
+
+#[test]
+fn the_example_config_loads_and_its_template_makes_a_valid_manifest() {
+    let path = crate::support::fixture("../manifests/watch.yml");
+    let (config, watches) = cutover::watch::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = watches.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["shop", "docs"]);
+    assert_eq!(watches[0].app_name().as_deref(), Some("shop"));
+    assert!(config.webhook.is_some());
+}
