@@ -7,7 +7,17 @@ use clap::Args;
 use super::GlobalArgs;
 
 #[derive(Debug, Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Work in this directory instead of a fresh temp directory (kept afterwards)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// Keep the temp directory (state, logs, releases) for a look afterwards
+    #[arg(long)]
+    pub keep: bool,
+    /// Concurrent clients sending requests while v2 replaces v1
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+}
 
 /// The demo app's flags; each also reads an environment variable, so a manifest's `env:` can
 /// inject a fault without changing the `run` line.
@@ -39,9 +49,25 @@ pub struct DemoAppArgs {
     pub boot_delay: u64,
 }
 
-pub fn run(args: DemoArgs, global: &GlobalArgs) -> ExitCode {
-    let _ = (args, global);
-    todo!("cutover demo")
+/// The tour runs its own supervisor and agent in a temp dir: the global `--socket` and
+/// `--state-dir` are deliberately not used, so the demo never touches a real installation.
+pub fn run(args: DemoArgs, _global: &GlobalArgs) -> ExitCode {
+    let opts = crate::demo::tour::TourOptions {
+        dir: args.dir,
+        keep: args.keep,
+        clients: args.clients,
+    };
+    match crate::demo::tour::run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("cutover demo: the switch was not clean (see the lines above)");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("cutover demo: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 pub fn run_app(args: DemoAppArgs) -> ExitCode {
