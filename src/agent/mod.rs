@@ -19,6 +19,7 @@ pub mod release;
 pub mod replay;
 pub mod source;
 pub mod template;
+pub mod unpack;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
