@@ -218,7 +218,7 @@ async fn place_files(
     } else {
         place::staging_parent(dest)?
     };
-    log.line(format!("fetching {}", files.src));
+    // The pipeline logs its own steps: fetching, verified, unpacked.
     let staged = pipeline::fetch_and_unpack(
         &files.src,
         &files.checksum,
@@ -227,10 +227,6 @@ async fn place_files(
         log,
     )
     .await?;
-    log.line(format!(
-        "fetched {} bytes, checksum {} verified",
-        staged.bytes, staged.digest_hex
-    ));
     hooks::run_logged(Phase::Pre, &manifest.commands.pre, &opts.start_dir, log).await?;
     place::set_mode(staged.path(), files.dest_mode)?;
     if let Some(app) = &files.app {
