@@ -186,3 +186,22 @@ fn a_relative_dest_is_relative_to_the_start_directory() {
     site.run(&url, &[]).expect_code(0);
     assert_eq!(read(&site.path("cwd/out/index.html")), "v2\n");
 }
+
+#[test]
+fn a_missing_rsync_says_how_to_install_it() {
+    let site = Site::new();
+    // A PATH with a shell but no rsync.
+    let bin = site.path("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    std::os::unix::fs::symlink("/bin/sh", bin.join("sh")).expect("sh link");
+    std::fs::create_dir(site.dest()).expect("dest");
+    std::fs::write(site.dest().join("keep"), "v1").expect("keep");
+    let before = snapshot(&site.dest());
+    let url = site.deploy_manifest("", APP);
+    let mut cmd = site.agent();
+    cmd.env("PATH", &bin);
+    site.run_with(&mut cmd, &url)
+        .expect_code(1)
+        .expect_stderr("rsync not found: install it (apt-get install rsync)");
+    assert_eq!(snapshot(&site.dest()), before);
+}
