@@ -323,7 +323,7 @@ impl InstanceTask {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         let what = status.as_ref().map_or_else(
             || self.view.borrow().last_failure.clone().unwrap_or_default(),
-            describe_exit,
+            ExitStatus::to_string,
         );
         self.update(|v| {
             v.exits += 1;
@@ -402,14 +402,5 @@ impl InstanceTask {
         let _ = self
             .events
             .send(Event::InstanceChanged(self.plan.id.clone()));
-    }
-}
-
-/// "exit 3", "killed by signal 9": how `status` and deploy errors name an exit.
-pub fn describe_exit(status: &ExitStatus) -> String {
-    match status {
-        ExitStatus::Code(code) => format!("exit {code}"),
-        ExitStatus::Signal(signal) => format!("killed by signal {signal}"),
-        ExitStatus::Unknown => "exited (status unknown: adopted process)".to_owned(),
     }
 }
