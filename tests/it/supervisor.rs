@@ -112,6 +112,38 @@ fn a_failing_release_is_rolled_back_while_the_old_one_keeps_serving() {
 }
 
 #[test]
+fn a_release_that_crash_loops_after_its_switch_is_rolled_back_automatically() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut app = App::new(home.path(), "shop");
+    // Healthy within a few checks, so it goes live; then it dies a second after every boot.
+    app.faults = vec![("v2".into(), "--crash-after 1".into())];
+    let _reaper = Reaper(vec![app.dest.clone()]);
+    let supervisor = Supervisor::start(home.path());
+    app.place("v1");
+    app.place("v2");
+    supervisor.deploy_ok(&app, "v1");
+    supervisor.deploy_ok(&app, "v2");
+
+    // Five exits within a minute (restarts back off from 0.5s) make it crash-looping.
+    wait_until("the automatic rollback to v1", ROLLOUT, || {
+        supervisor.status(&app).live_version.as_deref() == Some("v1")
+    });
+    app.wait_serving("v1");
+    let releases = supervisor.releases(&app);
+    let v2 = releases
+        .iter()
+        .find(|r| r.version == "v2")
+        .expect("v2 listed");
+    assert_eq!(v2.state, ReleaseState::Bad);
+    let reason = v2.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("crash-looping after it went live"),
+        "{reason}"
+    );
+    assert!(reason.contains("exit code 1"), "{reason}");
+}
+
+#[test]
 fn kill_9_while_idle_readopts_the_same_instances() {
     let home = tempfile::tempdir().expect("temp dir");
     let mut app = App::new(home.path(), "shop");
@@ -180,6 +212,11 @@ fn kill_9_mid_deploy_stops_the_candidate_and_keeps_the_stable_release() {
         candidate.is_some()
     });
     let candidate = candidate.expect("a candidate pid");
+    let phase = supervisor.status(&app).phase;
+    assert!(
+        phase.starts_with("deploying v2: waiting for health (0/1 healthy"),
+        "{phase}"
+    );
     let (kind, message) = error_of(supervisor.deploy(&app, "v3"));
     assert_eq!(kind, ErrorKind::Busy, "{message}");
 

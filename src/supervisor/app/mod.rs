@@ -332,7 +332,7 @@ impl AppTask {
         progress: mpsc::Sender<Progress>,
         reply: Option<oneshot::Sender<Response>>,
     ) {
-        let (phase_tx, phase) = watch::channel(format!("{kind} {version}: starting"));
+        let (phase_tx, phase) = watch::channel(format!("{}: starting", kind.doing(&version)));
         let rollout = Rollout {
             shared: self.shared.clone(),
             link: Link {
