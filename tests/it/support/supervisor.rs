@@ -23,20 +23,31 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 pub struct Supervisor {
     /// Holds `state/`, `s.sock` and `supervisor.log`; removed on drop.
     pub dir: tempfile::TempDir,
+    socket: PathBuf,
     child: Option<Child>,
 }
 
 impl Supervisor {
     /// Starts a supervisor in a fresh temp dir and waits until its socket accepts connections.
     pub fn start() -> Supervisor {
+        Supervisor::start_at(|dir| dir.join("s.sock"))
+    }
+
+    /// Starts a supervisor whose socket is `socket(temp dir)`, e.g. in a directory still to create.
+    pub fn start_at(socket: impl FnOnce(&Path) -> PathBuf) -> Supervisor {
         let dir = tempfile::tempdir().expect("temp dir for the supervisor");
-        let mut sup = Supervisor { dir, child: None };
+        let socket = socket(dir.path());
+        let mut sup = Supervisor {
+            dir,
+            socket,
+            child: None,
+        };
         sup.spawn();
         sup
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("s.sock")
+        self.socket.clone()
     }
 
     pub fn state_dir(&self) -> PathBuf {
