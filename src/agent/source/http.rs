@@ -48,7 +48,10 @@ pub(super) async fn open(
     if offset > 0 {
         request = request.header(RANGE, format!("bytes={offset}-"));
     }
-    let response = request.send().await.map_err(|e| request_error(url, e))?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| request_error(url, e.without_url()))?;
     let status = response.status();
     if !status.is_success() {
         return Err(FetchError::Status {
@@ -80,7 +83,7 @@ pub(super) async fn open(
         Err(e) => Err(FetchError::Interrupted {
             url: url.clone(),
             at,
-            detail: error_chain(&e),
+            detail: error_chain(&e.without_url()),
         }),
     });
     Ok(Opened {
@@ -122,6 +125,7 @@ fn request_error(url: &str, e: reqwest::Error) -> FetchError {
 }
 
 /// reqwest's top-level message is vague ("error sending request"); the cause chain says why.
+/// Callers strip the URL first (`without_url`): the message names it once already.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
