@@ -1,5 +1,8 @@
 //! The control socket through the real binary: permissions, peer checks, stale and live sockets,
-//! the handshake, frame limits, and the exit codes of the CLI verbs.
+//! the handshake, frame limits, and the exit codes of the CLI verbs; `app_mode` drives a real
+//! deploy through the agent.
+
+mod app_mode;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

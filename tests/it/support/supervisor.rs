@@ -333,3 +333,22 @@ fn demo_archive(version: &str) -> Vec<u8> {
     let gz = tar.into_inner().expect("finish the tar");
     gz.finish().expect("finish the gzip")
 }
+
+/// `GET path` on 127.0.0.1:`port` with a fresh connection; the body of a 200 answer, else `None`.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
