@@ -11,3 +11,4 @@ mod fetch;
 mod process;
 mod proxy;
 mod supervisor;
+mod tidy;
