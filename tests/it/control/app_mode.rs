@@ -220,3 +220,33 @@ fn a_client_that_leaves_mid_deploy_does_not_abort_it_nor_block_the_socket() {
     });
     assert_eq!(sup.status_json("shop")["apps"][0]["live_version"], "v2");
 }
+
+#[test]
+fn without_a_supervisor_the_agent_places_the_release_and_fails_clearly() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("shop");
+    let socket = work.path().join("none.sock");
+    let manifest = DemoRelease::new("shop", "v1", free_port()).write_manifest(work.path(), &dest);
+    let out = crate::support::cutover()
+        .arg("apply")
+        .arg(&manifest)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(work.path().join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let expected = format!(
+        "no supervisor listening on {}: start it with `cutover supervise`",
+        socket.display()
+    );
+    assert!(
+        text(&out.stderr).contains(&expected),
+        "{}",
+        text(&out.stderr)
+    );
+    // The release is in place (immutable, reused by the next attempt); nothing went live.
+    assert!(dest.join("releases/v1/VERSION").is_file());
+    assert!(std::fs::symlink_metadata(dest.join("current")).is_err());
+}
