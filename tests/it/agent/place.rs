@@ -1,6 +1,8 @@
 //! Placing files: rsync with `--delete`, excludes, `mv` onto absent/empty/non-empty dest, and
 //! `dest_mode` against the archive's own `./` entry (stretcher's suite, ported).
 
+use std::os::unix::fs::PermissionsExt;
+
 use super::{mode_of, read, snapshot, Entry, Site};
 
 const APP: &[Entry] = &[
@@ -122,6 +124,9 @@ fn mv_refuses_a_non_empty_dest_and_leaves_it_untouched() {
 #[test]
 fn dest_mode_wins_over_the_archives_root_entry() {
     let site = Site::new();
+    // An existing dest with another mode: rsync must carry the new mode onto it.
+    std::fs::create_dir(site.dest()).expect("dest");
+    std::fs::set_permissions(site.dest(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let (src, sum) = site.archive("root.tar.gz", Some(0o700), APP);
     let url = site.manifest(
         "m.yml",
