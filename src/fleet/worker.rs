@@ -142,6 +142,8 @@ pub async fn rollback(node: &Node, serf: &Serf, payload: &str) -> ExitCode {
 pub async fn event_deploy(node: &Node, serf: &Serf, payload: &str) -> ExitCode {
     use tokio::io::AsyncWriteExt;
 
+    let ltime = std::env::var("SERF_USER_LTIME").unwrap_or_default();
+    node.log(&format!("deploy event (ltime {ltime}): {}", payload.trim()));
     // Serf runs handlers one at a time, so this blocks later events exactly as stretcher did.
     let mut cmd = node.command(&[]);
     cmd.stdin(Stdio::piped());

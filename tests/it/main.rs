@@ -7,6 +7,7 @@ mod support;
 
 mod agent;
 mod fetch;
+mod fleet;
 mod process;
 mod proxy;
 mod supervisor;

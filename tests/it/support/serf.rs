@@ -1,0 +1,307 @@
+//! Real Serf agents on 127.0.0.1 (each with its own ports, key and handler environment) and
+//! fleet nodes made of one Serf agent plus one real `cutover supervise`, all stopped on drop.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use super::{cutover, cutover_bin, free_port, wait_until};
+
+/// Generous: gossip on a loaded 2-core box can take a few seconds to converge.
+pub const GOSSIP: Duration = Duration::from_secs(30);
+
+/// A fresh Serf encryption key (`serf keygen`).
+pub fn keygen() -> String {
+    let out = Command::new("serf").arg("keygen").output().expect("run serf keygen");
+    assert!(out.status.success(), "serf keygen failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// How one agent is started.
+#[derive(Debug, Clone, Default)]
+pub struct AgentConfig {
+    pub name: String,
+    pub encrypt: Option<String>,
+    /// `127.0.0.1:PORT` of a member to join at start.
+    pub join: Option<String>,
+    pub tags: Vec<(String, String)>,
+    /// `-event-handler` value; `None`: no handler.
+    pub handler: Option<String>,
+    /// Extra environment for the agent (and so for every handler it runs).
+    pub env: Vec<(String, String)>,
+    /// Where the agent's log goes.
+    pub log: PathBuf,
+}
+
+/// One `serf agent` child process, killed on drop.
+pub struct SerfAgent {
+    pub name: String,
+    pub bind: String,
+    pub rpc: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl SerfAgent {
+    pub fn start(cfg: &AgentConfig) -> SerfAgent {
+        let bind = format!("127.0.0.1:{}", free_udp_tcp_port());
+        let rpc = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(&cfg.log).expect("create serf log");
+        let mut cmd = Command::new("serf");
+        cmd.arg("agent")
+            .arg(format!("-node={}", cfg.name))
+            .arg(format!("-bind={bind}"))
+            .arg(format!("-rpc-addr={rpc}"))
+            // Loopback timings: failures are detected in about a second instead of several.
+            .arg("-profile=local")
+            .env("SERF_RPC_ADDR", &rpc)
+            .envs(cfg.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for var in ["CUTOVER_STATE_DIR", "CUTOVER_SOCKET"] {
+            if !cfg.env.iter().any(|(k, _)| k == var) {
+                cmd.env_remove(var);
+            }
+        }
+        if let Some(key) = &cfg.encrypt {
+            cmd.arg(format!("-encrypt={key}"));
+        }
+        if let Some(join) = &cfg.join {
+            cmd.arg(format!("-join={join}"));
+        }
+        for (k, v) in &cfg.tags {
+            cmd.arg("-tag").arg(format!("{k}={v}"));
+        }
+        if let Some(handler) = &cfg.handler {
+            cmd.arg(format!("-event-handler={handler}"));
+        }
+        let child = cmd.spawn().expect("start serf agent (is serf installed?)");
+        let agent = SerfAgent {
+            name: cfg.name.clone(),
+            bind,
+            rpc,
+            child: Some(child),
+            log: cfg.log.clone(),
+        };
+        wait_until(&format!("serf agent {} RPC", agent.name), GOSSIP, || {
+            agent.cli(&["members"]).status.success()
+        });
+        agent
+    }
+
+    /// Runs `serf VERB -rpc-addr=… ARGS…` against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("serf");
+        cmd.arg(args[0]).arg(format!("-rpc-addr={}", self.rpc));
+        cmd.args(&args[1..]).stdin(Stdio::null());
+        cmd.output().expect("run serf")
+    }
+
+    /// Names of the members this agent sees alive.
+    pub fn alive_members(&self) -> Vec<String> {
+        let out = self.cli(&["members", "-status=alive", "-format=json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut names: Vec<String> = json["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// This agent's tags as the cluster sees them from `from`.
+    pub fn tags_seen_by(&self, from: &SerfAgent) -> serde_json::Value {
+        let out = from.cli(&["members", "-format=json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        json["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["name"] == self.name.as_str()))
+            .map(|m| m["tags"].clone())
+            .unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crashed host: no leave message, peers must detect the failure.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for SerfAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Serf binds its gossip port on TCP and UDP: pick one free on both.
+fn free_udp_tcp_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One host of a test fleet: a supervisor, a Serf agent running `cutover serf-handler`, and
+/// its own state dir, socket and app ports.
+pub struct FleetNode {
+    pub name: String,
+    pub dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub supervisor: Option<Child>,
+    pub agent: Option<SerfAgent>,
+    /// Environment the node's handler (and so its agent and apps' manifests) sees.
+    pub env: Vec<(String, String)>,
+    pub key: Option<String>,
+}
+
+impl FleetNode {
+    /// Prepares a node in `root/NAME`; nothing runs until `start_supervisor`/`start_agent`.
+    pub fn new(root: &Path, name: &str, key: Option<String>, env: Vec<(String, String)>) -> Self {
+        let dir = root.join(name);
+        let state_dir = dir.join("state");
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let socket = dir.join("cutover.sock");
+        let mut env = env;
+        env.push(("CUTOVER_STATE_DIR".into(), state_dir.display().to_string()));
+        env.push(("CUTOVER_SOCKET".into(), socket.display().to_string()));
+        FleetNode {
+            name: name.to_owned(),
+            dir,
+            state_dir,
+            socket,
+            supervisor: None,
+            agent: None,
+            env,
+            key,
+        }
+    }
+
+    pub fn start_supervisor(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("supervisor.log"))
+            .unwrap();
+        let child = cutover()
+            .arg("supervise")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start cutover supervise");
+        self.supervisor = Some(child);
+        let socket = self.socket.clone();
+        wait_until(&format!("{} supervisor socket", self.name), GOSSIP, || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+    }
+
+    pub fn start_agent(&mut self, join: Option<String>) {
+        let handler = format!("{} serf-handler", cutover_bin().display());
+        self.agent = Some(SerfAgent::start(&AgentConfig {
+            name: self.name.clone(),
+            encrypt: self.key.clone(),
+            join,
+            tags: vec![("role".into(), "web".into())],
+            handler: Some(handler),
+            env: self.env.clone(),
+            log: self.dir.join("serf.log"),
+        }));
+    }
+
+    pub fn agent(&self) -> &SerfAgent {
+        self.agent.as_ref().expect("node's serf agent is running")
+    }
+
+    /// The node's live version of `app`, from `cutover status --json`.
+    pub fn live_version(&self, app: &str) -> Option<String> {
+        let out = cutover()
+            .args(["status", "--json", "--state-dir"])
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .ok()?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        json["apps"]
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == app)?["live_version"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// The handler's fleet log (workers' lines and the agent's output).
+    pub fn fleet_log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("fleet/fleet.log")).unwrap_or_default()
+    }
+
+    /// Kills the host hard: SIGKILL to its Serf agent and its supervisor. The app instances live
+    /// on in their own process groups, as they would on a real host, and a restarted supervisor
+    /// adopts them again; restart a killed node before the test ends so they are stopped.
+    pub fn kill(&mut self) {
+        if let Some(agent) = &mut self.agent {
+            agent.kill();
+        }
+        self.agent = None;
+        if let Some(mut child) = self.supervisor.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn stop_apps(&self) {
+        if self.supervisor.is_none() {
+            return;
+        }
+        let Some(out) = cutover()
+            .args(["status", "--json", "--state-dir"])
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .ok()
+        else {
+            return;
+        };
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for app in json["apps"].as_array().into_iter().flatten() {
+            if let Some(name) = app["name"].as_str() {
+                let _ = cutover()
+                    .args(["stop", name, "--state-dir"])
+                    .arg(&self.state_dir)
+                    .arg("--socket")
+                    .arg(&self.socket)
+                    .output();
+            }
+        }
+    }
+}
+
+impl Drop for FleetNode {
+    fn drop(&mut self) {
+        self.stop_apps();
+        self.kill();
+    }
+}
