@@ -336,8 +336,11 @@ async fn deploy_batch(
                 app, version, a.ok, a.of
             )));
         }
+        // The handler put this run on record when it accepted the deploy, so a failed deploy on
+        // record is ours; an unnamed one failed before the node could read the manifest.
         let last = state.last.as_ref()?;
-        let ours = last.op == "deploy" && last.app == app && last.v == version;
+        let ours =
+            last.op == "deploy" && (last.app.is_empty() || (last.app == app && last.v == version));
         (ours && last.s == RunState::Failed).then(|| Err(last.m.clone()))
     })
     .await;

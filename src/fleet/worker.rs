@@ -42,7 +42,8 @@ pub async fn deploy(node: &Node, serf: &Serf, url: &str) -> ExitCode {
     let release = match manifest::read(url).await {
         Ok(release) => release,
         Err(err) => {
-            finish(node, "deploy", "?", "?", RunState::Failed, &err.to_string());
+            // No app name to put on record: the coordinator takes an unnamed failure as its own.
+            finish(node, "deploy", "", "", RunState::Failed, &err.to_string());
             return ExitCode::FAILURE;
         }
     };

@@ -3,16 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use super::{release, text, Behaviour, Fleet};
-use crate::support::serf::{AgentConfig, SerfAgent, GOSSIP};
+use crate::support::serf::{release, text, AgentConfig, Behaviour, Fleet, SerfAgent, GOSSIP};
 use crate::support::{cutover, fixture, wait_until};
 
 #[test]
 fn status_queries_reach_every_nodes_handler_and_fit_in_one_kib() {
     let fleet = Fleet::start(3, false, |_| Vec::new());
-    let out = fleet.nodes[0]
-        .agent()
-        .cli(&["query", "-format=json", "-timeout=8s", "cutover-status", ""]);
+    let out =
+        fleet.nodes[0]
+            .agent()
+            .cli(&["query", "-format=json", "-timeout=8s", "cutover-status", ""]);
     assert!(out.status.success(), "{}", text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let responses = json["Responses"].as_object().expect("responses");
@@ -31,7 +31,9 @@ fn status_queries_reach_every_nodes_handler_and_fit_in_one_kib() {
 #[test]
 fn fleet_status_lists_every_member_and_its_published_versions() {
     let fleet = Fleet::start(2, false, |_| Vec::new());
-    let set = fleet.nodes[1].agent().cli(&["tags", "-set", "cutover.shop=1.4.2"]);
+    let set = fleet.nodes[1]
+        .agent()
+        .cli(&["tags", "-set", "cutover.shop=1.4.2"]);
     assert!(set.status.success(), "{}", text(&set));
     let rpc = fleet.nodes[0].agent().rpc.clone();
     let mut last = String::new();
@@ -61,17 +63,29 @@ fn an_agent_with_the_wrong_key_can_neither_join_nor_trigger_a_deploy() {
         ..AgentConfig::default()
     });
     let join = outsider.cli(&["join", &fleet.nodes[0].agent().bind]);
-    assert!(!join.status.success(), "a wrong key joined: {}", text(&join));
+    assert!(
+        !join.status.success(),
+        "a wrong key joined: {}",
+        text(&join)
+    );
     assert_eq!(fleet.nodes[0].agent().alive_members(), ["n1", "n2"]);
 
     // The outsider fires a deploy event and a deploy query at whoever hears it...
     let evil = "file:///nonexistent/evil.yml";
     let ev = outsider.cli(&["event", "-coalesce=false", "deploy", evil]);
     assert!(ev.status.success(), "{}", text(&ev));
-    let q = outsider.cli(&["query", "-format=json", "-timeout=2s", "cutover-deploy", evil]);
+    let q = outsider.cli(&[
+        "query",
+        "-format=json",
+        "-timeout=2s",
+        "cutover-deploy",
+        evil,
+    ]);
     let answers: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap_or_default();
     assert!(
-        answers["Responses"].as_object().is_none_or(|r| r.is_empty()),
+        answers["Responses"]
+            .as_object()
+            .is_none_or(|r| r.is_empty()),
         "{answers}"
     );
     // ...then a member sends a real one. Events are ordered per sender, not across senders, so
@@ -82,10 +96,17 @@ fn an_agent_with_the_wrong_key_can_neither_join_nor_trigger_a_deploy() {
         .cli(&["event", "-coalesce=false", "deploy", good]);
     assert!(ev.status.success(), "{}", text(&ev));
     for node in &fleet.nodes {
-        wait_until(&format!("{} handles the member's event", node.name), GOSSIP, || {
-            node.fleet_log().contains(good)
-        });
-        assert!(!node.fleet_log().contains("evil"), "{}: {}", node.name, node.fleet_log());
+        wait_until(
+            &format!("{} handles the member's event", node.name),
+            GOSSIP,
+            || node.fleet_log().contains(good),
+        );
+        assert!(
+            !node.fleet_log().contains("evil"),
+            "{}: {}",
+            node.name,
+            node.fleet_log()
+        );
     }
 }
 
@@ -117,5 +138,8 @@ fn a_dependency_cycle_is_refused_before_anything_is_deployed() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("dependency cycle between web, api"), "{stderr}");
+    assert!(
+        stderr.contains("dependency cycle between web, api"),
+        "{stderr}"
+    );
 }
