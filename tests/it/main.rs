@@ -8,6 +8,7 @@ mod support;
 mod agent;
 mod control;
 mod fetch;
+mod fleet;
 mod process;
 mod proxy;
 mod supervisor;

@@ -6,6 +6,7 @@ pub mod archive;
 pub mod http;
 pub mod load;
 pub mod s3;
+pub mod serf;
 pub mod supervisor;
 
 use std::net::TcpListener;
