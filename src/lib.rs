@@ -8,3 +8,4 @@ pub mod fleet;
 pub mod paths;
 pub mod protocol;
 pub mod supervisor;
+pub mod watch;

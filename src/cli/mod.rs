@@ -20,6 +20,7 @@ pub mod rollback;
 pub mod status;
 pub mod stop;
 pub mod supervise;
+pub mod watch;
 
 /// Zero-downtime deploys onto Linux hosts.
 ///
@@ -94,6 +95,8 @@ pub enum Command {
     /// The bundled demo app: a small HTTP server with fault injection (used by the demo and tests)
     #[command(hide = true)]
     DemoApp(demo::DemoAppArgs),
+    /// Watch GitHub releases and manifest URLs (and receive webhooks); deploy what is new
+    Watch(watch::WatchArgs),
 }
 
 /// Entry point of the binary: parses `argv`, runs the verb and maps the result to an exit code.
@@ -128,6 +131,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         Some(Command::Rollout(args)) => fleet::rollout(args, &cli.global),
         Some(Command::FleetStatus(args)) => fleet::fleet_status(args, &cli.global),
         Some(Command::SerfHandler(args)) => fleet::serf_handler(args, &cli.global),
+        Some(Command::Watch(args)) => watch::run(args, &cli.global),
     }
 }
 

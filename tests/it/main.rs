@@ -13,3 +13,5 @@ mod process;
 mod proxy;
 mod supervisor;
 mod tidy;
+mod watch;
+mod watch_e2e;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod archive;
+pub mod github;
 pub mod http;
 pub mod load;
 pub mod s3;

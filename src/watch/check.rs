@@ -1,0 +1,270 @@
+//! One check of one watch, start to end: ask the source what is new, choose, verify, deploy,
+//! record. The polling loop and `cutover watch --once` both call `check`.
+//!
+//! Order for GitHub: conditional list (304 → done) → bad list from the supervisor → select →
+//! checksum → render → apply → record. For a manifest URL: conditional fetch (304 → done) →
+//! same content as deployed? → apply → record.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use super::config::{GithubSpec, ManifestSpec, Source, Watch};
+use super::deploy::{render, write_atomic, DeployJob};
+use super::github::Fetched;
+use super::manifest_poll::Polled;
+use super::select::{parse_version, select, Rules};
+use super::state::{now_rfc3339, DeployRecord, WatchState};
+use super::{checksum, Context};
+
+/// Runs one check of `watch`, updating `state` (the caller saves it).
+pub async fn check(ctx: &Context, watch: &Watch, state: &mut WatchState) {
+    state.source = watch.describe();
+    state.last_check = Some(now_rfc3339());
+    let result = match &watch.source {
+        Source::Github(spec) => check_github(ctx, watch, spec, state).await,
+        Source::Manifest(spec) => check_manifest(ctx, watch, spec, state).await,
+    };
+    tracing::info!("watch {}: {result}", watch.name);
+    state.last_check_result = Some(result);
+}
+
+/// Whether GitHub's rate limit still holds this watch back; clears an expired pause.
+pub fn paused_until(state: &mut WatchState) -> Option<SystemTime> {
+    let until = state
+        .paused_until
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())?;
+    if until > SystemTime::now() {
+        Some(until)
+    } else {
+        state.paused_until = None;
+        None
+    }
+}
+
+async fn check_github(
+    ctx: &Context,
+    watch: &Watch,
+    spec: &GithubSpec,
+    state: &mut WatchState,
+) -> String {
+    if let Some(until) = paused_until(state) {
+        return format!(
+            "rate limited: no request before {}",
+            humantime::format_rfc3339_seconds(until)
+        );
+    }
+    let fingerprint = fingerprint(watch);
+    if state.config_fingerprint.as_deref() != Some(&fingerprint) {
+        state.etag = None;
+        state.config_fingerprint = Some(fingerprint);
+    }
+    let fetched = ctx
+        .github
+        .releases(&spec.api_url, &spec.repo, state.etag.as_deref())
+        .await;
+    let (releases, etag) = match fetched {
+        Ok(Fetched::NotModified) => return "not modified (304)".into(),
+        Ok(Fetched::Releases {
+            releases,
+            etag,
+            pause_until,
+        }) => {
+            state.paused_until =
+                pause_until.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+            (releases, etag)
+        }
+        Err(super::github::GithubError::RateLimited { until, .. }) => {
+            state.paused_until = Some(humantime::format_rfc3339_seconds(until).to_string());
+            return format!(
+                "rate limited: pausing until {}",
+                humantime::format_rfc3339_seconds(until)
+            );
+        }
+        Err(e) => return format!("error: {e}"),
+    };
+
+    // Bad releases (rolled back or failed in the supervisor) and failed deploys are never picked.
+    let mut never: BTreeMap<String, String> = state
+        .failed
+        .iter()
+        .map(|(v, why)| (v.clone(), format!("failed to deploy before: {why}")))
+        .collect();
+    if let Some(app) = watch.app_name() {
+        match ctx.bad.bad(&app).await {
+            Ok(bad) => {
+                for (v, why) in bad {
+                    never.insert(v, format!("marked bad by the supervisor: {why}"));
+                }
+            }
+            // Deploying without knowing what was rolled back could bring a bad release back.
+            Err(e) => {
+                return format!(
+                "error: cannot ask the supervisor which releases of {app} are bad: {e}; will retry"
+            )
+            }
+        }
+    }
+    let deployed = state.deployed.as_deref().and_then(parse_version);
+    let rules = Rules::new(spec, &never, deployed.as_ref());
+    let selection = select(&releases, &rules);
+    state.last_seen = selection.newest.as_ref().map(|v| v.to_string());
+    let mut skipped: BTreeMap<String, String> = selection.skipped.into_iter().collect();
+
+    let mut result = match &deployed {
+        Some(d) => format!("up to date: {d} deployed"),
+        None => "nothing deployable".to_owned(),
+    };
+    let mut keep_etag = true;
+    for cand in &selection.candidates {
+        let version = cand.version.to_string();
+        let sum = match checksum::resolve(&ctx.github, cand).await {
+            Ok(sum) => sum,
+            Err(e) if e.is_transient() => {
+                // Do not fall back to an older release because a download hiccuped: retry.
+                skipped.insert(version.clone(), e.to_string());
+                keep_etag = false;
+                result = format!("error: {e}; will retry");
+                break;
+            }
+            Err(e) => {
+                skipped.insert(version, e.to_string());
+                continue;
+            }
+        };
+        let manifest = render(
+            watch.template.as_ref().unwrap_or(&Default::default()),
+            &cand.asset.browser_download_url,
+            &sum,
+            &version,
+        );
+        let text = match serde_norway::to_string(&manifest) {
+            Ok(t) => t,
+            Err(e) => {
+                result = format!("error: cannot render the manifest for {version}: {e}");
+                break;
+            }
+        };
+        let outcome = deploy(ctx, watch, state, &version, text.as_bytes()).await;
+        if outcome.ok {
+            state.deployed = Some(version.clone());
+            result = format!("deployed {version}");
+        } else {
+            state
+                .failed
+                .insert(version.clone(), outcome.message.clone());
+            // Re-list at the next check, so the next older release gets its chance.
+            keep_etag = false;
+            result = format!("deploy of {version} failed: {}", outcome.message);
+        }
+        break;
+    }
+    if let Some(d) = &state.deployed {
+        skipped.remove(d);
+    }
+    state.skipped = skipped;
+    if keep_etag {
+        state.etag = etag;
+    } else {
+        state.etag = None;
+    }
+    result
+}
+
+async fn check_manifest(
+    ctx: &Context,
+    watch: &Watch,
+    spec: &ManifestSpec,
+    state: &mut WatchState,
+) -> String {
+    let polled = ctx
+        .manifests
+        .poll(
+            &spec.url,
+            state.etag.as_deref(),
+            state.last_modified.as_deref(),
+        )
+        .await;
+    let (body, etag, last_modified) = match polled {
+        Ok(Polled::NotModified) => return "not modified (304)".into(),
+        Ok(Polled::Changed {
+            body,
+            etag,
+            last_modified,
+        }) => (body, etag, last_modified),
+        Err(e) => return format!("error: {e}"),
+    };
+    state.etag = etag;
+    state.last_modified = last_modified;
+    let sha = hex::encode(Sha256::digest(&body));
+    // The content names the version: a new ETag with the same bytes (a re-upload, another
+    // replica) is not a change.
+    let version = sha[..12].to_owned();
+    state.last_seen = Some(version.clone());
+    if state.content_sha256.as_deref() == Some(sha.as_str()) {
+        return format!("unchanged: {version} deployed");
+    }
+    if let Some(why) = state.failed.get(&version) {
+        return format!("skipped {version}: failed to deploy before: {why}");
+    }
+    let outcome = deploy(ctx, watch, state, &version, &body).await;
+    if outcome.ok {
+        state.content_sha256 = Some(sha);
+        state.deployed = Some(version.clone());
+        format!("deployed {version}")
+    } else {
+        state
+            .failed
+            .insert(version.clone(), outcome.message.clone());
+        format!("deploy of {version} failed: {}", outcome.message)
+    }
+}
+
+/// Writes the manifest under the watch's directory, runs the deployer and records the result.
+async fn deploy(
+    ctx: &Context,
+    watch: &Watch,
+    state: &mut WatchState,
+    version: &str,
+    manifest: &[u8],
+) -> super::deploy::DeployResult {
+    let dir = super::state::dir(&ctx.state_dir).join(&watch.name);
+    let job = DeployJob {
+        watch: watch.name.clone(),
+        version: version.to_owned(),
+        manifest: dir.join(format!("manifest-{version}.yml")),
+        log: dir.join(format!("deploy-{version}.log")),
+    };
+    if let Err(e) = write_atomic(&job.manifest, manifest) {
+        return super::deploy::DeployResult {
+            ok: false,
+            message: format!("cannot write {}: {e}", job.manifest.display()),
+        };
+    }
+    // One deploy at a time across watches: two rollouts of one app must not race.
+    let _turn = ctx.deploy_turn.lock().await;
+    tracing::info!(
+        "watch {}: deploying {version} from {}",
+        watch.name,
+        job.manifest.display()
+    );
+    state.deploys += 1;
+    let outcome = ctx.deployer.deploy(&job).await;
+    state.last_result = Some(DeployRecord {
+        version: version.to_owned(),
+        ok: outcome.ok,
+        at: now_rfc3339(),
+        message: outcome.message.clone(),
+        manifest: PathBuf::from(&job.manifest),
+    });
+    outcome
+}
+
+/// A digest of the settings that decide what is deployed.
+fn fingerprint(watch: &Watch) -> String {
+    let text = format!("{:?}{:?}", watch.source, watch.template);
+    hex::encode(&Sha256::digest(text.as_bytes())[..8])
+}

@@ -1,0 +1,146 @@
+//! Release sources beyond events: GitHub releases, watched manifest URLs and GitHub webhooks,
+//! run by the resident `cutover watch --config watch.yml` process.
+//!
+//! Each watch is one task that checks its source every `interval` (or at once when a webhook
+//! says so), and on a new version writes a manifest under `state_dir/watch/<name>/` and deploys
+//! it with `cutover apply` (`deploy`). What each watch saw and did is kept in `state`, which
+//! `cutover status` and `cutover watch --status` print (`status`).
+//!
+//! ```text
+//! github (ETag, rate limits) ─┐                 ┌ checksum (digest | SHA256SUMS)
+//! webhook (HMAC) ── wake ─────┼→ check → select ┴→ deploy::render → cutover apply → state
+//! manifest_poll (ETag/LM) ────┘
+//! ```
+
+pub mod check;
+pub mod checksum;
+pub mod config;
+pub mod deploy;
+pub mod github;
+pub mod manifest_poll;
+pub mod select;
+pub mod state;
+pub mod status;
+pub mod supervisor;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Mutex, Notify};
+
+pub use config::{Watch, WatchConfig};
+pub use deploy::{ApplyCommand, DeployJob, DeployResult, Deployer};
+pub use supervisor::BadReleases;
+
+/// What every watch task shares.
+pub struct Context {
+    pub state_dir: PathBuf,
+    pub github: github::GithubClient,
+    pub manifests: manifest_poll::ManifestPoller,
+    pub deployer: Arc<dyn Deployer>,
+    pub bad: Arc<dyn BadReleases>,
+    /// Held for the length of a deploy: one rollout at a time.
+    pub deploy_turn: Mutex<()>,
+}
+
+/// Why the watcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("webhook secret variable {var} is not set; export it (the same secret as in GitHub's webhook settings) or remove `webhook:`")]
+    NoSecret { var: String },
+    #[error("cannot listen for webhooks on {addr}: {source}; is another process using the port?")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] state::StateError),
+}
+
+/// Runs every watch (and the webhook endpoint) until `shutdown` completes.
+pub async fn run(
+    config: WatchConfig,
+    watches: Vec<Watch>,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WatchError> {
+    let wakeups: Vec<Arc<Notify>> = watches.iter().map(|_| Arc::new(Notify::new())).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(spec) = &config.webhook {
+        let secret = std::env::var(&spec.secret_env)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| WatchError::NoSecret {
+                var: spec.secret_env.clone(),
+            })?;
+        let mut repos: HashMap<String, Vec<Arc<Notify>>> = HashMap::new();
+        for (watch, wake) in watches.iter().zip(&wakeups) {
+            if let config::Source::Github(g) = &watch.source {
+                repos.entry(g.repo.clone()).or_default().push(wake.clone());
+            }
+        }
+        let listener = tokio::net::TcpListener::bind(spec.listen)
+            .await
+            .map_err(|source| WatchError::Listen {
+                addr: spec.listen,
+                source,
+            })?;
+        let hook = Arc::new(webhook::Webhook::new(webhook::Secret::new(secret), repos));
+        tracing::info!("webhook endpoint listening on {}", spec.listen);
+        tasks.spawn(webhook::serve(listener, hook));
+    }
+    for (watch, wake) in watches.into_iter().zip(wakeups) {
+        tasks.spawn(watch_loop(ctx.clone(), watch, wake));
+    }
+    shutdown.await;
+    // Dropping the tasks kills a deploy in flight (kill_on_drop); the agent's own lock and
+    // staging keep `dest` consistent, and the next start checks again.
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Checks every watch once, one after the other, and returns their states (for cron and tests).
+pub async fn run_once(
+    watches: &[Watch],
+    ctx: &Context,
+) -> Result<Vec<state::WatchState>, WatchError> {
+    let mut out = Vec::new();
+    for watch in watches {
+        let mut st = state::load(&ctx.state_dir, &watch.name);
+        check::check(ctx, watch, &mut st).await;
+        state::save(&ctx.state_dir, &st)?;
+        out.push(st);
+    }
+    Ok(out)
+}
+
+/// One watch, forever: check, save, sleep until the next interval, a webhook, or the end of a
+/// rate-limit pause (a webhook cannot cut a pause short: GitHub would only refuse again).
+async fn watch_loop(ctx: Arc<Context>, watch: Watch, wake: Arc<Notify>) {
+    let mut st = state::load(&ctx.state_dir, &watch.name);
+    loop {
+        check::check(&ctx, &watch, &mut st).await;
+        if let Err(e) = state::save(&ctx.state_dir, &st) {
+            tracing::error!("watch {}: {e}", watch.name);
+        }
+        let pause =
+            check::paused_until(&mut st).and_then(|t| t.duration_since(SystemTime::now()).ok());
+        match pause {
+            Some(pause) => tokio::time::sleep(pause.max(watch.interval())).await,
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(watch.interval().max(Duration::from_millis(10))) => {}
+                    _ = wake.notified() => {
+                        tracing::info!("watch {}: woken by a webhook", watch.name);
+                    }
+                }
+            }
+        }
+    }
+}
