@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cli;
 pub mod demo;
+pub mod fleet;
 pub mod paths;
 pub mod protocol;
 pub mod supervisor;

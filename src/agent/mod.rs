@@ -100,7 +100,10 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
         log.line(skip);
         return Outcome::Skipped;
     }
-    log.line(format!("deploying manifest {url}"));
+    match &event.identity {
+        Some(id) => log.line(format!("deploying manifest {url} from {id}")),
+        None => log.line(format!("deploying manifest {url}")),
+    }
     let manifest = match load_manifest(url, opts, log).await {
         Ok(manifest) => manifest,
         Err(err) => {
@@ -115,13 +118,6 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
     let result = deploy(&manifest, event, opts, log).await;
     if matches!(result, Ok(Outcome::Skipped)) {
         return Outcome::Skipped;
-    }
-    if let Some(id) = &event.identity {
-        // Recorded whatever the result: a watch restart must not retry a failed deploy (and rerun
-        // its failure hooks) behind the operator's back; a new event deploys again.
-        if let Err(err) = replay::record(&opts.state_dir, id) {
-            log.line(format!("warning: {err}"));
-        }
     }
     let (outcome, phase, lines) = match result {
         Ok(_) => {
@@ -184,20 +180,49 @@ async fn deploy(
     let cwd = opts.start_dir.as_path();
     let Some(files) = &manifest.files else {
         log.line("no src: commands-only mode");
-        hooks::run_logged(Phase::Pre, &manifest.commands.pre, cwd, log).await?;
-        hooks::run_logged(Phase::Post, &manifest.commands.post, cwd, log).await?;
-        return Ok(Outcome::Succeeded);
+        let result = commands_only(manifest, cwd, log).await;
+        mark_handled(event, opts, log);
+        return result.map(|()| Outcome::Succeeded);
     };
     let dest = cwd.join(&files.dest);
-    let _lock = lock::acquire(&opts.state_dir, &dest, opts.lock_timeout, log).await?;
+    let _lock = match lock::acquire(&opts.state_dir, &dest, opts.lock_timeout, log).await {
+        Ok(lock) => lock,
+        Err(err) => {
+            mark_handled(event, opts, log);
+            return Err(err.into());
+        }
+    };
     // Another agent may have handled this very event while we waited for the lock.
     if let Some(skip) = replay_of(event, opts) {
         log.line(skip);
         return Ok(Outcome::Skipped);
     }
-    place_files(files, &dest, manifest, opts, log).await?;
+    let result = async {
+        place_files(files, &dest, manifest, opts, log).await?;
+        hooks::run_logged(Phase::Post, &manifest.commands.post, cwd, log).await?;
+        Ok::<(), DeployError>(())
+    }
+    .await;
+    // Still under the lock, so that an agent waiting with the same event sees the mark.
+    mark_handled(event, opts, log);
+    result.map(|()| Outcome::Succeeded)
+}
+
+async fn commands_only(manifest: &Manifest, cwd: &Path, log: &RunLog) -> Result<(), DeployError> {
+    hooks::run_logged(Phase::Pre, &manifest.commands.pre, cwd, log).await?;
     hooks::run_logged(Phase::Post, &manifest.commands.post, cwd, log).await?;
-    Ok(Outcome::Succeeded)
+    Ok(())
+}
+
+/// Records the event as handled, whatever the deploy's result: a restarted watch must not retry a
+/// failed deploy (and rerun its failure hooks) behind the operator's back; a new event deploys
+/// again, and `--allow-replays` redeploys an old one.
+fn mark_handled(event: &Event, opts: &Options, log: &RunLog) {
+    if let Some(id) = &event.identity {
+        if let Err(err) = replay::record(&opts.state_dir, id) {
+            log.line(format!("warning: {err}"));
+        }
+    }
 }
 
 /// fetch + verify + unpack → pre → chmod → rsync | mv | app release.
@@ -218,7 +243,7 @@ async fn place_files(
     } else {
         place::staging_parent(dest)?
     };
-    log.line(format!("fetching {}", files.src));
+    // The pipeline logs its own steps: fetching, verified, unpacked.
     let staged = pipeline::fetch_and_unpack(
         &files.src,
         &files.checksum,
@@ -227,10 +252,6 @@ async fn place_files(
         log,
     )
     .await?;
-    log.line(format!(
-        "fetched {} bytes, checksum {} verified",
-        staged.bytes, staged.digest_hex
-    ));
     hooks::run_logged(Phase::Pre, &manifest.commands.pre, &opts.start_dir, log).await?;
     place::set_mode(staged.path(), files.dest_mode)?;
     if let Some(app) = &files.app {

@@ -238,7 +238,8 @@ pub(super) fn execute(
             max_bandwidth: flags.max_bandwidth.filter(|b| *b > 0),
             headers: flags.http_headers.clone(),
             progress: std::io::stderr().is_terminal(),
-            ..FetchOptions::default()
+            // The AWS default chain (environment, profile, instance metadata), as stretcher.
+            s3: None,
         },
         rsync_verbose: Some(flags.rsync_verbose.clone()).filter(|v| !v.is_empty()),
         lock_timeout: flags.lock_timeout,

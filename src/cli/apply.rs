@@ -42,15 +42,13 @@ fn manifest_url(arg: &str) -> Result<String, String> {
     if arg.contains("://") {
         return Ok(arg.to_owned());
     }
-    let path = Path::new(arg);
-    let absolute = std::path::absolute(path)
-        .map_err(|e| format!("could not resolve manifest path {arg}: {e}"))?;
-    if !absolute.is_file() {
-        return Err(format!(
-            "manifest {} not found: give an existing file or a URL (s3://, https://, file://)",
-            absolute.display()
-        ));
-    }
+    let absolute = Path::new(arg)
+        .canonicalize()
+        .ok()
+        .filter(|p| p.is_file())
+        .ok_or_else(|| {
+            format!("manifest {arg} not found: give an existing file or a URL (s3://, https://, file://)")
+        })?;
     Ok(format!("file://{}", absolute.display()))
 }
 
@@ -63,7 +61,8 @@ mod tests {
         assert_eq!(manifest_url("s3://b/k.yml").as_deref(), Ok("s3://b/k.yml"));
         let file = tempfile::NamedTempFile::new().expect("temp file");
         let url = manifest_url(file.path().to_str().expect("utf-8")).expect("exists");
-        assert_eq!(url, format!("file://{}", file.path().display()));
+        let canonical = file.path().canonicalize().expect("canonical");
+        assert_eq!(url, format!("file://{}", canonical.display()));
         assert!(manifest_url("/nonexistent/m.yml")
             .unwrap_err()
             .contains("not found"));

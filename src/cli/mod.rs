@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod agent;
 pub mod apply;
 pub mod demo;
+pub mod fleet;
 pub mod logs;
 pub mod releases;
 mod remote;
@@ -85,6 +86,12 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// Run the bundled demo: a supervisor in a temp dir, v1 then v2 blue-green under load
     Demo(demo::DemoArgs),
+    /// Roll a release out across a Serf cluster, batch by batch, health-gated, with revert
+    Rollout(fleet::RolloutArgs),
+    /// Every Serf member's app versions and health
+    FleetStatus(fleet::FleetStatusArgs),
+    /// The Serf event and query handler (`serf agent -event-handler "cutover serf-handler"`)
+    SerfHandler(fleet::SerfHandlerArgs),
     /// The bundled demo app: a small HTTP server with fault injection (used by the demo and tests)
     #[command(hide = true)]
     DemoApp(demo::DemoAppArgs),
@@ -121,6 +128,9 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         Some(Command::Stop(args)) => stop::run(args, &cli.global),
         Some(Command::Demo(args)) => demo::run(args, &cli.global),
         Some(Command::DemoApp(args)) => demo::run_app(args),
+        Some(Command::Rollout(args)) => fleet::rollout(args, &cli.global),
+        Some(Command::FleetStatus(args)) => fleet::fleet_status(args, &cli.global),
+        Some(Command::SerfHandler(args)) => fleet::serf_handler(args, &cli.global),
         Some(Command::Watch(args)) => watch::run(args, &cli.global),
     }
 }

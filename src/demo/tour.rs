@@ -149,11 +149,11 @@ checksum: {checksum}
 dest: {dest}
 commands:
   pre:
-    - echo "pre hook: about to roll out {version}"
+    - 'echo "pre hook: about to roll out {version}"'
   success:
-    - echo "success hook: {version} is live"
+    - 'echo "success hook: {version} is live"'
   failure:
-    - echo "failure hook: {version} did not go live"
+    - 'echo "failure hook: {version} did not go live"'
 app:
   name: demo
   version: {version}

@@ -49,6 +49,17 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// How `status` names the rollout in progress: "deploying 1.4.2", "rolling back to 1.4.1".
+    pub fn doing(&self, version: &str) -> String {
+        match self {
+            Kind::Deploy => format!("deploying {version}"),
+            Kind::Rollback { .. } => format!("rolling back to {version}"),
+            Kind::AutoRollback { .. } => format!("automatically rolling back to {version}"),
+        }
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -340,7 +351,7 @@ impl Rollout {
     async fn say(&self, message: String) {
         tracing::info!(app = %self.shared.name, "{}", message);
         self.phase
-            .send_replace(format!("{} {}: {message}", self.kind, self.version));
+            .send_replace(format!("{}: {message}", self.kind.doing(&self.version)));
         let progress = Progress {
             app: self.shared.name.clone(),
             message,

@@ -41,7 +41,7 @@ async fn resolve_zombie_deploy(task: &mut AppTask) {
             continue;
         };
         let status = process::stop(&mut running, &spec.stop_signal, spec.stop_timeout).await;
-        tracing::info!(app = %name, "stopped {} left by the interrupted rollout ({status:?})", instance.id);
+        tracing::info!(app = %name, "stopped {} left by the interrupted rollout: {status}", instance.id);
         stopped += 1;
     }
     let kept = task.record.live.as_deref().unwrap_or("nothing");

@@ -28,6 +28,8 @@ pub enum Entry<'a> {
     Dir(&'a str, u32),
     /// A raw path written as is, for hostile archives (`../x`, `/etc/x`).
     Raw(&'a str, &'a [u8]),
+    /// A symbolic link `path` → `target`.
+    Symlink(&'a str, &'a str),
 }
 
 /// A scratch deployment site: everything a test touches lives under one temp dir.
@@ -185,6 +187,10 @@ pub fn tar_gz(root_mode: Option<u32>, entries: &[Entry]) -> Vec<u8> {
                 let mut h = header(tar::EntryType::Directory, *mode, 0);
                 tar.append_data(&mut h, path, std::io::empty())
                     .expect("tar dir");
+            }
+            Entry::Symlink(path, target) => {
+                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+                tar.append_link(&mut h, path, target).expect("tar symlink");
             }
             Entry::Raw(path, data) => {
                 // tar::Builder refuses `..` and absolute paths: write the name field by hand.

@@ -6,7 +6,9 @@
 mod support;
 
 mod agent;
+mod control;
 mod fetch;
+mod fleet;
 mod process;
 mod proxy;
 mod supervisor;

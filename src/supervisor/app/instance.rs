@@ -23,6 +23,8 @@ use super::Event;
 /// First restart delay; doubled after each exit up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Healthy this long, an instance restarts at [`BACKOFF_MIN`] again after its next exit.
+const BACKOFF_RESET: Duration = Duration::from_secs(30);
 /// This many exits within [`CRASH_WINDOW`] make an instance crash-looping.
 const CRASH_EXITS: usize = 5;
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
@@ -186,6 +188,7 @@ pub fn start(
         commands,
         exits: VecDeque::new(),
         backoff: BACKOFF_MIN,
+        healthy_since: None,
         retiring: false,
     };
     tokio::spawn(task.run(adopted));
@@ -200,6 +203,8 @@ struct InstanceTask {
     /// When recent exits happened, for crash-loop detection.
     exits: VecDeque<Instant>,
     backoff: Duration,
+    /// When the current run became healthy, if it did.
+    healthy_since: Option<Instant>,
     /// Draining: an exit now is the end, not a crash to restart from.
     retiring: bool,
 }
@@ -299,15 +304,17 @@ impl InstanceTask {
         let next = match report.health {
             Health::Starting => return,
             Health::Healthy => {
-                // A healthy run forgives earlier crashes: the next exit restarts quickly again.
-                self.backoff = BACKOFF_MIN;
+                self.healthy_since.get_or_insert(now);
                 self.forget_old_exits(now);
                 if self.exits.len() < CRASH_EXITS {
                     self.update(|v| v.crash_loop = None);
                 }
                 Lifecycle::Healthy { since: now }
             }
-            Health::Unhealthy { reason } => Lifecycle::Unhealthy { reason },
+            Health::Unhealthy { reason } => {
+                self.healthy_since = None;
+                Lifecycle::Unhealthy { reason }
+            }
         };
         if std::mem::discriminant(&next) != std::mem::discriminant(&self.view.borrow().lifecycle) {
             self.transition(next);
@@ -317,13 +324,23 @@ impl InstanceTask {
     /// Counts an exit, updates backoff and crash-loop state; returns the delay before restarting.
     fn record_exit(&mut self, status: Option<ExitStatus>) -> Duration {
         let now = Instant::now();
+        // A long healthy run forgives earlier crashes: the next exit restarts quickly again.
+        // A short one does not, or an app that crashes a second after each boot would be
+        // restarted at full speed for ever.
+        if self
+            .healthy_since
+            .take()
+            .is_some_and(|since| now.duration_since(since) >= BACKOFF_RESET)
+        {
+            self.backoff = BACKOFF_MIN;
+        }
         self.exits.push_back(now);
         self.forget_old_exits(now);
         let restart_in = self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         let what = status.as_ref().map_or_else(
             || self.view.borrow().last_failure.clone().unwrap_or_default(),
-            describe_exit,
+            ExitStatus::to_string,
         );
         self.update(|v| {
             v.exits += 1;
@@ -392,7 +409,9 @@ impl InstanceTask {
 
     fn transition(&self, next: Lifecycle) {
         let was = self.view.borrow().lifecycle.clone();
-        tracing::info!(instance = %self.plan.id, "now {next}, was {was}");
+        if std::mem::discriminant(&was) != std::mem::discriminant(&next) {
+            tracing::info!(instance = %self.plan.id, "now {next}, was {was}");
+        }
         self.update(|v| v.lifecycle = next);
     }
 
@@ -402,14 +421,5 @@ impl InstanceTask {
         let _ = self
             .events
             .send(Event::InstanceChanged(self.plan.id.clone()));
-    }
-}
-
-/// "exit 3", "killed by signal 9": how `status` and deploy errors name an exit.
-pub fn describe_exit(status: &ExitStatus) -> String {
-    match status {
-        ExitStatus::Code(code) => format!("exit {code}"),
-        ExitStatus::Signal(signal) => format!("killed by signal {signal}"),
-        ExitStatus::Unknown => "exited (status unknown: adopted process)".to_owned(),
     }
 }

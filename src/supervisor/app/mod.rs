@@ -194,6 +194,14 @@ impl AppTask {
                         self.shutdown().await;
                         return;
                     };
+                    if let Control::Stop { reply } = control {
+                        let response = self.stop().await;
+                        // The proxy goes with the task: drop it before answering, so that the
+                        // address is free again when the client hears "stopped".
+                        drop(self);
+                        let _ = reply.send(response);
+                        return;
+                    }
                     if self.on_control(control).await.is_break() {
                         return;
                     }
@@ -229,6 +237,7 @@ impl AppTask {
                 let _ = reply.send(Response::Logs(self.logs()));
             }
             Control::Stop { reply } => {
+                // Handled in `run`, which owns the task and can drop it before answering.
                 let _ = reply.send(self.stop().await);
                 return std::ops::ControlFlow::Break(());
             }
@@ -323,7 +332,7 @@ impl AppTask {
         progress: mpsc::Sender<Progress>,
         reply: Option<oneshot::Sender<Response>>,
     ) {
-        let (phase_tx, phase) = watch::channel(format!("{kind} {version}: starting"));
+        let (phase_tx, phase) = watch::channel(format!("{}: starting", kind.doing(&version)));
         let rollout = Rollout {
             shared: self.shared.clone(),
             link: Link {

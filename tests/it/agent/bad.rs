@@ -92,7 +92,7 @@ fn md5_sha1_and_sha512_checksums_are_accepted_in_any_case() {
 
 #[test]
 fn hostile_and_truncated_archives_fail_and_write_nothing_outside() {
-    let cases: [(&str, Vec<u8>); 3] = [
+    let cases: [(&str, Vec<u8>); 4] = [
         (
             "dotdot",
             super::tar_gz(None, &[Entry::Raw("../escaped.txt", b"evil")]),
@@ -100,6 +100,16 @@ fn hostile_and_truncated_archives_fail_and_write_nothing_outside() {
         (
             "absolute",
             super::tar_gz(None, &[Entry::Raw("/tmp/cutover-escaped-abs.txt", b"evil")]),
+        ),
+        (
+            "escaping symlink",
+            super::tar_gz(
+                None,
+                &[
+                    Entry::Symlink("link", "../.."),
+                    Entry::File("link/escaped.txt", b"evil"),
+                ],
+            ),
         ),
         ("truncated", {
             let full = super::tar_gz(None, &[Entry::File("big", &[7u8; 200_000])]);

@@ -224,3 +224,30 @@ fn the_bandwidth_cap_slows_the_download() {
         "{size} bytes took {took:.2}s at 100 kB/s"
     );
 }
+
+#[test]
+fn manifest_and_src_on_s3_deploy_like_stretcher() {
+    let moto = crate::support::s3::Moto::start();
+    let site = Site::new();
+    let (bytes, sum) = archive();
+    let manifest = format!(
+        "src: s3://releases/app.tar.gz\nchecksum: {sum}\ndest: {}\n",
+        site.dest().display()
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(moto.put("releases", "app.tar.gz", bytes));
+    runtime.block_on(moto.put("releases", "manifest.yml", manifest.into_bytes()));
+    let mut cmd = site.agent();
+    cmd.envs(moto.env());
+    site.run_with(&mut cmd, "s3://releases/manifest.yml\n")
+        .expect_code(0)
+        .expect_stderr("Deploy manifest succeeded: s3://releases/manifest.yml");
+    assert_eq!(super::read(&site.dest().join("index.html")), "from http\n");
+
+    // A missing key is a clean failure, not a 404 page read as a manifest.
+    let mut cmd = site.agent();
+    cmd.envs(moto.env());
+    site.run_with(&mut cmd, "s3://releases/nope.yml\n")
+        .expect_code(1)
+        .expect_stderr("could not fetch manifest");
+}

@@ -7,7 +7,7 @@ use super::{read, Entry, Site};
 use crate::support;
 
 /// A Consul watch array from fixtures/agent/consul-two-events.json whose newest event carries `url`.
-fn consul_events(url: &str) -> String {
+pub(super) fn consul_events(url: &str) -> String {
     let payload = base64::engine::general_purpose::STANDARD.encode(url);
     read(&support::fixture("agent/consul-two-events.json")).replace("@PAYLOAD@", &payload)
 }

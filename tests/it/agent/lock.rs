@@ -140,3 +140,37 @@ fn the_lock_timeout_fails_the_waiting_agent_with_its_failure_hooks() {
     open_gate(&site.path("gate"));
     assert_eq!(first.wait(), Some(0));
 }
+
+#[test]
+fn the_same_event_delivered_twice_at_once_deploys_once() {
+    let (site, url) = gated_site();
+    let events = super::input::consul_events(&url);
+    let order = site.path("cwd/order");
+    let first = Running::start(&site, &events, "first", &[]);
+    wait_until(
+        "the first agent's pre hook",
+        Duration::from_secs(60),
+        || std::fs::read_to_string(&order).is_ok_and(|s| s == "start\n"),
+    );
+    let second = Running::start(&site, &events, "second", &[]);
+    wait_until(
+        "the second agent to wait for the lock",
+        Duration::from_secs(60),
+        || {
+            second
+                .stderr()
+                .contains("waiting for another cutover deploying to")
+        },
+    );
+    open_gate(&site.path("gate"));
+    assert_eq!(first.wait(), Some(0));
+    let stderr = second.stderr.clone();
+    assert_eq!(second.wait(), Some(0));
+    // The mark is written before the lock is released: the waiting agent sees it.
+    assert!(
+        read(&stderr).contains("already handled"),
+        "{}",
+        read(&stderr)
+    );
+    assert_eq!(read(&order), "start\nend\n");
+}

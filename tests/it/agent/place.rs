@@ -1,6 +1,8 @@
 //! Placing files: rsync with `--delete`, excludes, `mv` onto absent/empty/non-empty dest, and
 //! `dest_mode` against the archive's own `./` entry (stretcher's suite, ported).
 
+use std::os::unix::fs::PermissionsExt;
+
 use super::{mode_of, read, snapshot, Entry, Site};
 
 const APP: &[Entry] = &[
@@ -122,6 +124,9 @@ fn mv_refuses_a_non_empty_dest_and_leaves_it_untouched() {
 #[test]
 fn dest_mode_wins_over_the_archives_root_entry() {
     let site = Site::new();
+    // An existing dest with another mode: rsync must carry the new mode onto it.
+    std::fs::create_dir(site.dest()).expect("dest");
+    std::fs::set_permissions(site.dest(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let (src, sum) = site.archive("root.tar.gz", Some(0o700), APP);
     let url = site.manifest(
         "m.yml",
@@ -180,4 +185,23 @@ fn a_relative_dest_is_relative_to_the_start_directory() {
     );
     site.run(&url, &[]).expect_code(0);
     assert_eq!(read(&site.path("cwd/out/index.html")), "v2\n");
+}
+
+#[test]
+fn a_missing_rsync_says_how_to_install_it() {
+    let site = Site::new();
+    // A PATH with a shell but no rsync.
+    let bin = site.path("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    std::os::unix::fs::symlink("/bin/sh", bin.join("sh")).expect("sh link");
+    std::fs::create_dir(site.dest()).expect("dest");
+    std::fs::write(site.dest().join("keep"), "v1").expect("keep");
+    let before = snapshot(&site.dest());
+    let url = site.deploy_manifest("", APP);
+    let mut cmd = site.agent();
+    cmd.env("PATH", &bin);
+    site.run_with(&mut cmd, &url)
+        .expect_code(1)
+        .expect_stderr("rsync not found: install it (apt-get install rsync)");
+    assert_eq!(snapshot(&site.dest()), before);
 }

@@ -7,6 +7,7 @@ pub mod github;
 pub mod http;
 pub mod load;
 pub mod s3;
+pub mod serf;
 pub mod supervisor;
 
 use std::net::TcpListener;

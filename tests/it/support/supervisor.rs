@@ -23,20 +23,31 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 pub struct Supervisor {
     /// Holds `state/`, `s.sock` and `supervisor.log`; removed on drop.
     pub dir: tempfile::TempDir,
+    socket: PathBuf,
     child: Option<Child>,
 }
 
 impl Supervisor {
     /// Starts a supervisor in a fresh temp dir and waits until its socket accepts connections.
     pub fn start() -> Supervisor {
+        Supervisor::start_at(|dir| dir.join("s.sock"))
+    }
+
+    /// Starts a supervisor whose socket is `socket(temp dir)`, e.g. in a directory still to create.
+    pub fn start_at(socket: impl FnOnce(&Path) -> PathBuf) -> Supervisor {
         let dir = tempfile::tempdir().expect("temp dir for the supervisor");
-        let mut sup = Supervisor { dir, child: None };
+        let socket = socket(dir.path());
+        let mut sup = Supervisor {
+            dir,
+            socket,
+            child: None,
+        };
         sup.spawn();
         sup
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("s.sock")
+        self.socket.clone()
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -321,4 +332,23 @@ fn demo_archive(version: &str) -> Vec<u8> {
         .expect("tar a file");
     let gz = tar.into_inner().expect("finish the tar");
     gz.finish().expect("finish the gzip")
+}
+
+/// `GET path` on 127.0.0.1:`port` with a fresh connection; the body of a 200 answer, else `None`.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }

@@ -1,0 +1,125 @@
+//! Catching up: a node that (re)joins compares what it runs with its peers' tags and deploys the
+//! version most of them run, asking a peer that runs it for its manifest URL.
+//!
+//! It runs detached, started by the handler on the member-join event of the node itself, so it
+//! first waits (bounded) for its supervisor to answer and for peers to show up in the gossip.
+//! Only apps the node already runs are caught up: which apps belong on which node is the
+//! operator's choice (tags), not a vote.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::node::Node;
+use super::serf::{Member, Serf};
+use super::wire::{self, Ack};
+use super::{tags, worker};
+use crate::protocol::StatusReport;
+
+/// How long a joining node waits for its supervisor and its peers before giving up.
+const WAIT: Duration = Duration::from_secs(60);
+/// Between two looks at the supervisor or the member list while waiting.
+const PAUSE: Duration = Duration::from_millis(250);
+/// How long peers get to answer a manifest query.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub async fn run(node: &Node, serf: &Serf) -> ExitCode {
+    let me = std::env::var("SERF_SELF_NAME").unwrap_or_default();
+    let deadline = Instant::now() + WAIT;
+    let Some(report) = wait_for_supervisor(node, deadline).await else {
+        node.log(&format!(
+            "catch-up: no supervisor answered within {WAIT:?}; nothing done"
+        ));
+        return ExitCode::FAILURE;
+    };
+    // Peers learn what this node runs again (a restarted agent has lost its tags).
+    worker::publish(node, serf).await;
+    let Some(peers) = wait_for_peers(serf, &me, deadline).await else {
+        node.log("catch-up: no peer publishes cutover versions; nothing to catch up on");
+        return ExitCode::SUCCESS;
+    };
+    let mut code = ExitCode::SUCCESS;
+    for app in &report.apps {
+        let Some(majority) = tags::majority(&peers, &app.name) else {
+            node.log(&format!(
+                "catch-up: peers agree on no single {} version; left as is",
+                app.name
+            ));
+            continue;
+        };
+        if app.live_version.as_deref() == Some(majority.version.as_str()) {
+            node.log(&format!(
+                "catch-up: {} {} matches the fleet",
+                app.name, majority.version
+            ));
+            continue;
+        }
+        let runs = app.live_version.as_deref().unwrap_or("nothing");
+        let Some(url) = ask_manifest(serf, &peers, &app.name, &majority.version).await else {
+            node.log(&format!(
+                "catch-up: {} runs {} but no peer knows the manifest of {}; left as is",
+                app.name, runs, majority.version
+            ));
+            code = ExitCode::FAILURE;
+            continue;
+        };
+        node.log(&format!(
+            "catching up {}: {} -> {} ({} of {} peers run it), from {url}",
+            app.name, runs, majority.version, majority.count, majority.total
+        ));
+        if worker::deploy(node, serf, &url).await != ExitCode::SUCCESS {
+            code = ExitCode::FAILURE;
+        }
+    }
+    code
+}
+
+async fn wait_for_supervisor(node: &Node, deadline: Instant) -> Option<StatusReport> {
+    loop {
+        if let Ok(report) = node.status().await {
+            return Some(report);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+}
+
+/// Alive members other than `me` once at least one of them publishes a cutover tag.
+async fn wait_for_peers(serf: &Serf, me: &str, deadline: Instant) -> Option<Vec<Member>> {
+    loop {
+        if let Ok(members) = serf.members(&[]).await {
+            let peers: Vec<Member> = members
+                .into_iter()
+                .filter(|m| m.name != me && m.is_alive())
+                .collect();
+            if peers.iter().any(|m| !tags::versions(m).is_empty()) {
+                return Some(peers);
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+}
+
+/// Asks the peers that run `app` `version` for the manifest they deployed it from.
+async fn ask_manifest(serf: &Serf, peers: &[Member], app: &str, version: &str) -> Option<String> {
+    let holders: Vec<String> = peers
+        .iter()
+        .filter(|m| tags::versions(m).get(app).map(String::as_str) == Some(version))
+        .map(|m| m.name.clone())
+        .collect();
+    let payload = format!("{app} {version}");
+    let result = serf
+        .query(wire::QUERY_MANIFEST, &payload, &holders, ASK_TIMEOUT)
+        .await
+        .ok()?;
+    result
+        .responses
+        .values()
+        .filter_map(|text| serde_json::from_str::<Ack>(text).ok())
+        .find(|ack| ack.ok && ack.v.as_deref() == Some(version))
+        .and_then(|ack| ack.url)
+}

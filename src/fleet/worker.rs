@@ -1,0 +1,222 @@
+//! The work a node's handler starts and does not wait for: a deploy, a rollback, an event-mode
+//! deploy; each ends by publishing what the node now runs as Serf tags.
+//!
+//! One worker at a time per node, held by an exclusive `flock` on `STATE/fleet/worker.lock`: the
+//! supervisor would refuse a second rollout of an app anyway, and one clear "busy" is better.
+
+use std::fs::File;
+use std::process::{ExitCode, Stdio};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::manifest;
+use super::node::Node;
+use super::serf::Serf;
+use super::tags;
+use super::wire::{LastRun, RunState};
+
+/// Whether a worker holds this node's lock right now.
+pub fn busy(node: &Node) -> bool {
+    lock(node).is_none()
+}
+
+fn lock(node: &Node) -> Option<Flock<File>> {
+    std::fs::create_dir_all(node.fleet_dir()).ok()?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(node.fleet_dir().join("worker.lock"))
+        .ok()?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()
+}
+
+/// `cutover serf-handler --run-deploy URL`: `cutover apply URL`, then record and publish.
+pub async fn deploy(node: &Node, serf: &Serf, url: &str) -> ExitCode {
+    let Some(_lock) = lock(node) else {
+        node.log(&format!(
+            "not deploying {url}: another fleet run holds the lock"
+        ));
+        return ExitCode::FAILURE;
+    };
+    let release = match manifest::read(url).await {
+        Ok(release) => release,
+        Err(err) => {
+            // No app name to put on record: the coordinator takes an unnamed failure as its own.
+            finish(node, "deploy", "", "", RunState::Failed, &err.to_string());
+            return ExitCode::FAILURE;
+        }
+    };
+    let (app, version) = (release.app.as_str(), release.version.as_str());
+    finish(
+        node,
+        "deploy",
+        app,
+        version,
+        RunState::Running,
+        "cutover apply",
+    );
+    node.log(&format!("deploying {app} {version} from {url}"));
+    let outcome = node.run_logged(&["apply", url]).await;
+    let code = match outcome {
+        Ok(status) if status.success() => {
+            let _ = node.update_record(|r| {
+                r.manifests
+                    .entry(app.to_owned())
+                    .or_default()
+                    .insert(version.to_owned(), url.to_owned());
+            });
+            finish(node, "deploy", app, version, RunState::Ok, "deployed");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            let why = format!(
+                "cutover apply {url} exited with {}; details in {}",
+                status.code().unwrap_or(-1),
+                node.log_path().display()
+            );
+            finish(node, "deploy", app, version, RunState::Failed, &why);
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            finish(
+                node,
+                "deploy",
+                app,
+                version,
+                RunState::Failed,
+                &err.to_string(),
+            );
+            ExitCode::FAILURE
+        }
+    };
+    publish(node, serf).await;
+    code
+}
+
+/// `cutover serf-handler --run-rollback "APP [VERSION]"`: `cutover rollback`, record, publish.
+pub async fn rollback(node: &Node, serf: &Serf, payload: &str) -> ExitCode {
+    let Some(_lock) = lock(node) else {
+        node.log(&format!(
+            "not rolling back {payload}: another fleet run holds the lock"
+        ));
+        return ExitCode::FAILURE;
+    };
+    let words: Vec<&str> = payload.split_whitespace().collect();
+    let app = words.first().copied().unwrap_or_default();
+    let target = words.get(1).copied().unwrap_or("previous");
+    node.log(&format!("rolling {app} back to {target}"));
+    let mut args = vec!["rollback", app];
+    args.extend(words.get(1));
+    let code = match node.run_logged(&args).await {
+        Ok(status) if status.success() => {
+            finish(node, "rollback", app, target, RunState::Ok, "rolled back");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            let why = format!(
+                "cutover rollback {app} exited with {}; details in {}",
+                status.code().unwrap_or(-1),
+                node.log_path().display()
+            );
+            finish(node, "rollback", app, target, RunState::Failed, &why);
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            finish(
+                node,
+                "rollback",
+                app,
+                target,
+                RunState::Failed,
+                &err.to_string(),
+            );
+            ExitCode::FAILURE
+        }
+    };
+    publish(node, serf).await;
+    code
+}
+
+/// A `deploy` user event, as stretcher users send it: the agent itself reads the payload (so its
+/// replay protection and input parsing apply unchanged), then the node publishes its versions.
+pub async fn event_deploy(node: &Node, serf: &Serf, payload: &str) -> ExitCode {
+    use tokio::io::AsyncWriteExt;
+
+    let ltime = std::env::var("SERF_USER_LTIME").unwrap_or_default();
+    node.log(&format!("deploy event (ltime {ltime}): {}", payload.trim()));
+    // Serf runs handlers one at a time, so this blocks later events exactly as stretcher did.
+    let mut cmd = node.command(&[]);
+    cmd.stdin(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            node.log(&format!(
+                "could not run the agent for a deploy event: {err}"
+            ));
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(payload.as_bytes()).await;
+    }
+    let ok = child.wait().await.is_ok_and(|s| s.success());
+    let url = payload.lines().map(str::trim).find(|l| !l.is_empty());
+    if let (true, Some(url)) = (ok, url) {
+        // A plain file drop has no app to record; that is fine in event mode.
+        if let Ok(release) = manifest::read(url).await {
+            let _ = node.update_record(|r| {
+                r.manifests
+                    .entry(release.app.clone())
+                    .or_default()
+                    .insert(release.version.clone(), url.to_owned());
+            });
+        }
+    }
+    publish(node, serf).await;
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Publishes every live app version of this node as a `cutover.APP=VERSION` tag.
+pub async fn publish(node: &Node, serf: &Serf) {
+    let report = match node.status().await {
+        Ok(report) => report,
+        Err(err) => {
+            node.log(&format!("not publishing tags: {err}"));
+            return;
+        }
+    };
+    let pairs: Vec<(String, String)> = report
+        .apps
+        .iter()
+        .filter_map(|a| Some((tags::key(&a.name), a.live_version.clone()?)))
+        .collect();
+    match serf.set_tags(&pairs).await {
+        Ok(()) if !pairs.is_empty() => {
+            let shown: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            node.log(&format!("published {}", shown.join(" ")));
+        }
+        Ok(()) => {}
+        Err(err) => node.log(&format!("could not publish tags: {err}")),
+    }
+}
+
+fn finish(node: &Node, op: &str, app: &str, version: &str, state: RunState, message: &str) {
+    if state != RunState::Running {
+        node.log(&format!("{op} {app} {version}: {message}"));
+    }
+    let last = LastRun {
+        op: op.to_owned(),
+        app: app.to_owned(),
+        v: version.to_owned(),
+        s: state,
+        m: message.to_owned(),
+    };
+    if let Err(err) = node.update_record(|r| r.last = Some(last)) {
+        node.log(&err.to_string());
+    }
+}

@@ -1,0 +1,220 @@
+//! End-to-end rollouts on real nodes (Serf agent + supervisor each): batches, health gating,
+//! halt and revert, a node killed mid-rollout and its catching up, dependency order.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::serf::{release, text, Behaviour, Fleet, GOSSIP};
+use crate::support::{cutover, wait_until};
+
+/// A whole rollout in these tests: health gating plus generous coordination on a loaded box.
+const ROLLOUT: Duration = Duration::from_secs(120);
+
+/// Starts `n` nodes and puts shop 1 on all of them at once.
+fn fleet_on_v1(n: usize, env: impl Fn(usize) -> Vec<(String, String)>) -> Fleet {
+    let fleet = Fleet::start(n, true, env);
+    let v1 = release(fleet.root.path(), "shop", "1", Behaviour::Serves);
+    let all = n.to_string();
+    let out = fleet.rollout("n1", &[v1.to_str().unwrap(), "--max-parallel", &all]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for node in &fleet.nodes {
+        assert_eq!(
+            node.live_version("shop").as_deref(),
+            Some("1"),
+            "{}",
+            node.name
+        );
+    }
+    fleet
+}
+
+/// Index of the first stdout line containing `needle`.
+fn line_of(stdout: &str, needle: &str) -> usize {
+    stdout
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{stdout}"))
+}
+
+#[test]
+fn three_nodes_go_one_at_a_time_and_publish_their_new_version() {
+    let fleet = fleet_on_v1(3, |_| Vec::new());
+    let v2 = release(fleet.root.path(), "shop", "2", Behaviour::Serves);
+    let out = fleet.rollout("n2", &[v2.to_str().unwrap(), "--max-parallel", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // One node at a time: each node serves the new version before the next batch starts.
+    let mut previous = 0;
+    for (i, node) in ["n1", "n2", "n3"].iter().enumerate() {
+        let batch = line_of(&stdout, &format!("batch {}/3", i + 1));
+        let done = line_of(&stdout, &format!("{node}: serves shop 2"));
+        assert!(previous <= batch && batch < done, "{stdout}");
+        previous = done;
+    }
+    for node in &fleet.nodes {
+        assert_eq!(
+            node.live_version("shop").as_deref(),
+            Some("2"),
+            "{}",
+            node.name
+        );
+        wait_until(&format!("{}'s tag says shop 2", node.name), GOSSIP, || {
+            node.agent().tags_seen_by(fleet.nodes[0].agent())["cutover.shop"] == "2"
+        });
+    }
+    let status = cutover()
+        .args(["fleet-status", "--rpc-addr", &fleet.nodes[0].agent().rpc])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    for node in ["n1", "n2", "n3"] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(node) && l.contains(" 2 ") && l.contains("1/1")),
+            "{table}"
+        );
+    }
+}
+
+#[test]
+fn a_release_failing_health_on_the_second_node_halts_and_reverts_the_first() {
+    let broken_on_n2 = |i: usize| {
+        if i == 2 {
+            vec![("SHOP_BROKEN".to_owned(), "1".to_owned())]
+        } else {
+            Vec::new()
+        }
+    };
+    let fleet = fleet_on_v1(3, broken_on_n2);
+    let v2 = release(fleet.root.path(), "shop", "2", Behaviour::BrokenWhereMarked);
+    let out = fleet.rollout("n1", &[v2.to_str().unwrap(), "--max-parallel", "1"]);
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("n2: FAILED"), "{report}");
+    assert!(report.contains("reverted: n1"), "{report}");
+    assert!(report.contains("halted"), "{report}");
+    for node in &fleet.nodes {
+        assert_eq!(
+            node.live_version("shop").as_deref(),
+            Some("1"),
+            "{}",
+            node.name
+        );
+    }
+    // The halt came before n3: it never heard of release 2.
+    assert!(
+        !fleet.node("n3").fleet_log().contains("shop 2"),
+        "{}",
+        fleet.node("n3").fleet_log()
+    );
+}
+
+#[test]
+fn a_node_killed_mid_rollout_is_reported_and_catches_up_when_it_returns() {
+    let mut fleet = fleet_on_v1(4, |_| Vec::new());
+    let v2 = release(fleet.root.path(), "shop", "2", Behaviour::Serves);
+    let progress = fleet.root.path().join("rollout.out");
+    let mut rollout = cutover()
+        .arg("rollout")
+        .arg(&v2)
+        .args([
+            "--max-parallel",
+            "1",
+            "--rpc-addr",
+            &fleet.node("n1").agent().rpc,
+        ])
+        .args([
+            "--timeout",
+            "40s",
+            "--unreachable-after",
+            "6s",
+            "--query-timeout",
+            "3s",
+        ])
+        .stdout(std::fs::File::create(&progress).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    wait_until("n1 updated", ROLLOUT, || {
+        std::fs::read_to_string(&progress)
+            .unwrap_or_default()
+            .contains("n1: serves shop 2")
+    });
+    fleet.node_mut("n3").kill();
+    let mut status = None;
+    wait_until("the rollout to end", ROLLOUT, || {
+        status = rollout.try_wait().unwrap();
+        status.is_some()
+    });
+    let stdout = std::fs::read_to_string(&progress).unwrap();
+    assert_eq!(status.unwrap().code(), Some(3), "{stdout}");
+    assert!(stdout.contains("unreachable: n3"), "{stdout}");
+    assert!(started.elapsed() < ROLLOUT, "{stdout}");
+    for node in ["n1", "n2", "n4"] {
+        assert_eq!(
+            fleet.node(node).live_version("shop").as_deref(),
+            Some("2"),
+            "{node}"
+        );
+    }
+
+    // n3 comes back: its supervisor still runs release 1, the fleet runs 2; it catches up alone.
+    let join = fleet.node("n1").agent().bind.clone();
+    let n3 = fleet.node_mut("n3");
+    n3.start_supervisor();
+    let back = Instant::now();
+    n3.start_agent(Some(join));
+    let n3 = fleet.node("n3");
+    wait_until("n3 to run shop 2 again", ROLLOUT, || {
+        n3.live_version("shop").as_deref() == Some("2")
+    });
+    eprintln!(
+        "n3 ran the fleet's version {:?} after rejoining",
+        back.elapsed()
+    );
+    assert!(
+        n3.fleet_log().contains("catching up shop: 1 -> 2"),
+        "{}",
+        n3.fleet_log()
+    );
+}
+
+#[test]
+fn apps_go_out_in_dependency_order() {
+    let fleet = Fleet::start(2, true, |_| Vec::new());
+    let dir = fleet.root.path();
+    let auth = release(dir, "auth", "7", Behaviour::Serves);
+    let shop = release(dir, "shop", "3", Behaviour::Serves);
+    let plan = dir.join("plan.yml");
+    std::fs::write(
+        &plan,
+        format!(
+            "apps:\n  - {{ name: shop, manifest: '{}', depends_on: [auth] }}\n  - {{ name: auth, manifest: '{}' }}\n",
+            shop.display(),
+            auth.display()
+        ),
+    )
+    .unwrap();
+    let out = fleet.rollout(
+        "n1",
+        &["--plan", plan.to_str().unwrap(), "--max-parallel", "2"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Every node serves auth before shop's first batch starts.
+    let shop_starts = line_of(&stdout, "deploying shop 3");
+    assert!(
+        line_of(&stdout, "n1: serves auth 7") < shop_starts,
+        "{stdout}"
+    );
+    assert!(
+        line_of(&stdout, "n2: serves auth 7") < shop_starts,
+        "{stdout}"
+    );
+    for node in &fleet.nodes {
+        assert_eq!(node.live_version("auth").as_deref(), Some("7"));
+        assert_eq!(node.live_version("shop").as_deref(), Some("3"));
+    }
+}

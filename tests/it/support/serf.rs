@@ -1,0 +1,471 @@
+//! Real Serf agents on 127.0.0.1 (each with its own ports, key and handler environment), fleet
+//! nodes made of one Serf agent plus one real `cutover supervise`, whole test fleets, and the
+//! release archives they deploy; everything started here is stopped on drop.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use sha2::Digest;
+
+use super::{cutover, cutover_bin, fixture, free_port, wait_until};
+
+/// Generous: gossip on a loaded 2-core box can take a few seconds to converge.
+pub const GOSSIP: Duration = Duration::from_secs(30);
+
+/// A fresh Serf encryption key (`serf keygen`).
+pub fn keygen() -> String {
+    let out = Command::new("serf")
+        .arg("keygen")
+        .output()
+        .expect("run serf keygen");
+    assert!(out.status.success(), "serf keygen failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// How one agent is started.
+#[derive(Debug, Clone, Default)]
+pub struct AgentConfig {
+    pub name: String,
+    pub encrypt: Option<String>,
+    /// `127.0.0.1:PORT` of a member to join at start.
+    pub join: Option<String>,
+    pub tags: Vec<(String, String)>,
+    /// `-event-handler` value; `None`: no handler.
+    pub handler: Option<String>,
+    /// Extra environment for the agent (and so for every handler it runs).
+    pub env: Vec<(String, String)>,
+    /// Where the agent's log goes.
+    pub log: PathBuf,
+}
+
+/// One `serf agent` child process, killed on drop.
+pub struct SerfAgent {
+    pub name: String,
+    pub bind: String,
+    pub rpc: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl SerfAgent {
+    pub fn start(cfg: &AgentConfig) -> SerfAgent {
+        let bind = format!("127.0.0.1:{}", free_udp_tcp_port());
+        let rpc = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(&cfg.log).expect("create serf log");
+        let mut cmd = Command::new("serf");
+        cmd.arg("agent")
+            .arg(format!("-node={}", cfg.name))
+            .arg(format!("-bind={bind}"))
+            .arg(format!("-rpc-addr={rpc}"))
+            // Loopback timings: failures are detected in about a second instead of several.
+            .arg("-profile=local")
+            .env("SERF_RPC_ADDR", &rpc)
+            .envs(cfg.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for var in ["CUTOVER_STATE_DIR", "CUTOVER_SOCKET"] {
+            if !cfg.env.iter().any(|(k, _)| k == var) {
+                cmd.env_remove(var);
+            }
+        }
+        if let Some(key) = &cfg.encrypt {
+            cmd.arg(format!("-encrypt={key}"));
+        }
+        if let Some(join) = &cfg.join {
+            cmd.arg(format!("-join={join}"));
+        }
+        for (k, v) in &cfg.tags {
+            cmd.arg("-tag").arg(format!("{k}={v}"));
+        }
+        if let Some(handler) = &cfg.handler {
+            cmd.arg(format!("-event-handler={handler}"));
+        }
+        let child = cmd.spawn().expect("start serf agent (is serf installed?)");
+        let agent = SerfAgent {
+            name: cfg.name.clone(),
+            bind,
+            rpc,
+            child: Some(child),
+            log: cfg.log.clone(),
+        };
+        wait_until(&format!("serf agent {} RPC", agent.name), GOSSIP, || {
+            agent.cli(&["members"]).status.success()
+        });
+        agent
+    }
+
+    /// Runs `serf VERB -rpc-addr=… ARGS…` against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("serf");
+        cmd.arg(args[0]).arg(format!("-rpc-addr={}", self.rpc));
+        cmd.args(&args[1..]).stdin(Stdio::null());
+        cmd.output().expect("run serf")
+    }
+
+    /// Names of the members this agent sees alive.
+    pub fn alive_members(&self) -> Vec<String> {
+        let out = self.cli(&["members", "-status=alive", "-format=json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut names: Vec<String> = json["members"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// This agent's tags as the cluster sees them from `from`.
+    pub fn tags_seen_by(&self, from: &SerfAgent) -> serde_json::Value {
+        let out = from.cli(&["members", "-format=json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        json["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["name"] == self.name.as_str()))
+            .map(|m| m["tags"].clone())
+            .unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crashed host: no leave message, peers must detect the failure.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for SerfAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Serf binds its gossip port on TCP and UDP: pick one free on both.
+fn free_udp_tcp_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One host of a test fleet: a supervisor, a Serf agent running `cutover serf-handler`, and
+/// its own state dir, socket and app ports.
+pub struct FleetNode {
+    pub name: String,
+    pub dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub supervisor: Option<Child>,
+    pub agent: Option<SerfAgent>,
+    /// Environment the node's handler (and so its agent and apps' manifests) sees.
+    pub env: Vec<(String, String)>,
+    pub key: Option<String>,
+}
+
+impl FleetNode {
+    /// Prepares a node in `root/NAME`; nothing runs until `start_supervisor`/`start_agent`.
+    pub fn new(root: &Path, name: &str, key: Option<String>, env: Vec<(String, String)>) -> Self {
+        let dir = root.join(name);
+        let state_dir = dir.join("state");
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let socket = dir.join("cutover.sock");
+        let mut env = env;
+        env.push(("CUTOVER_STATE_DIR".into(), state_dir.display().to_string()));
+        env.push(("CUTOVER_SOCKET".into(), socket.display().to_string()));
+        FleetNode {
+            name: name.to_owned(),
+            dir,
+            state_dir,
+            socket,
+            supervisor: None,
+            agent: None,
+            env,
+            key,
+        }
+    }
+
+    pub fn start_supervisor(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("supervisor.log"))
+            .unwrap();
+        let child = cutover()
+            .arg("supervise")
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start cutover supervise");
+        self.supervisor = Some(child);
+        let socket = self.socket.clone();
+        wait_until(&format!("{} supervisor socket", self.name), GOSSIP, || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+    }
+
+    pub fn start_agent(&mut self, join: Option<String>) {
+        let handler = format!("{} serf-handler", cutover_bin().display());
+        self.agent = Some(SerfAgent::start(&AgentConfig {
+            name: self.name.clone(),
+            encrypt: self.key.clone(),
+            join,
+            tags: vec![("role".into(), "web".into())],
+            handler: Some(handler),
+            env: self.env.clone(),
+            log: self.dir.join("serf.log"),
+        }));
+    }
+
+    pub fn agent(&self) -> &SerfAgent {
+        self.agent.as_ref().expect("node's serf agent is running")
+    }
+
+    /// The node's live version of `app`, from `cutover status --json`.
+    pub fn live_version(&self, app: &str) -> Option<String> {
+        let out = cutover()
+            .args(["status", "--json", "--state-dir"])
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .ok()?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        json["apps"].as_array()?.iter().find(|a| a["name"] == app)?["live_version"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// `cutover apply MANIFEST` on this node, directly (no Serf), with the node's environment.
+    pub fn apply(&self, manifest: &Path) -> Output {
+        cutover()
+            .arg("apply")
+            .arg(manifest)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run cutover apply")
+    }
+
+    /// The handler's fleet log (workers' lines and the agent's output).
+    pub fn fleet_log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("fleet/fleet.log")).unwrap_or_default()
+    }
+
+    /// Kills the host hard: SIGKILL to its Serf agent and its supervisor. The app instances live
+    /// on in their own process groups, as they would on a real host, and a restarted supervisor
+    /// adopts them again; restart a killed node before the test ends so they are stopped.
+    pub fn kill(&mut self) {
+        if let Some(agent) = &mut self.agent {
+            agent.kill();
+        }
+        self.agent = None;
+        if let Some(mut child) = self.supervisor.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn stop_apps(&self) {
+        if self.supervisor.is_none() {
+            return;
+        }
+        let Some(out) = cutover()
+            .args(["status", "--json", "--state-dir"])
+            .arg(&self.state_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .ok()
+        else {
+            return;
+        };
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for app in json["apps"].as_array().into_iter().flatten() {
+            if let Some(name) = app["name"].as_str() {
+                let _ = cutover()
+                    .args(["stop", name, "--state-dir"])
+                    .arg(&self.state_dir)
+                    .arg("--socket")
+                    .arg(&self.socket)
+                    .output();
+            }
+        }
+    }
+}
+
+impl Drop for FleetNode {
+    fn drop(&mut self) {
+        self.stop_apps();
+        self.kill();
+    }
+}
+
+/// A test fleet: N nodes joined into one encrypted Serf cluster, all stopped on drop.
+pub struct Fleet {
+    pub nodes: Vec<FleetNode>,
+    pub root: tempfile::TempDir,
+    pub key: String,
+}
+
+impl Fleet {
+    /// Starts `n` nodes (`n1`…); `supervisors: false` runs Serf agents and handlers only.
+    /// `env(i)` adds environment for node i (1-based).
+    pub fn start(
+        n: usize,
+        supervisors: bool,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Fleet {
+        let root = tempfile::tempdir().unwrap();
+        let key = keygen();
+        let mut fleet = Fleet {
+            nodes: Vec::new(),
+            root,
+            key,
+        };
+        for i in 1..=n {
+            let mut node_env = env(i);
+            node_env.extend(app_env(fleet.root.path(), i, "SHOP"));
+            node_env.extend(app_env(fleet.root.path(), i, "AUTH"));
+            let mut node = FleetNode::new(
+                fleet.root.path(),
+                &format!("n{i}"),
+                Some(fleet.key.clone()),
+                node_env,
+            );
+            if supervisors {
+                node.start_supervisor();
+            }
+            let join = fleet.nodes.first().map(|first| first.agent().bind.clone());
+            node.start_agent(join);
+            fleet.nodes.push(node);
+        }
+        fleet.wait_alive(n);
+        fleet
+    }
+
+    /// Waits until the first live node sees exactly `n` alive members.
+    pub fn wait_alive(&self, n: usize) {
+        let agent = self
+            .nodes
+            .iter()
+            .find_map(|node| node.agent.as_ref())
+            .unwrap();
+        wait_until(&format!("{n} alive serf members"), GOSSIP, || {
+            agent.alive_members().len() == n
+        });
+    }
+
+    pub fn node(&self, name: &str) -> &FleetNode {
+        self.nodes.iter().find(|n| n.name == name).unwrap()
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut FleetNode {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    /// `cutover rollout ARGS…` against node `via`'s Serf agent, with test-sized deadlines.
+    pub fn rollout(&self, via: &str, args: &[&str]) -> Output {
+        cutover()
+            .arg("rollout")
+            .args(args)
+            .args(["--rpc-addr", &self.node(via).agent().rpc])
+            .args([
+                "--timeout",
+                "40s",
+                "--unreachable-after",
+                "6s",
+                "--query-timeout",
+                "3s",
+            ])
+            .output()
+            .unwrap()
+    }
+}
+
+/// Per node: where an app lives and which port its proxy owns, read by the manifest's template.
+fn app_env(root: &Path, i: usize, app: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            format!("{app}_DEST"),
+            root.join(format!("n{i}/srv/{app}")).display().to_string(),
+        ),
+        (
+            format!("{app}_LISTEN"),
+            format!("127.0.0.1:{}", free_port()),
+        ),
+    ]
+}
+
+/// What a release's app does.
+pub enum Behaviour {
+    /// Serves HTTP on its port.
+    Serves,
+    /// Serves, except on nodes where `<APP>_BROKEN` is set: there it never listens.
+    BrokenWhereMarked,
+}
+
+/// Writes a release archive and its manifest under `dir`; returns the manifest's path.
+pub fn release(dir: &Path, app: &str, version: &str, behaviour: Behaviour) -> PathBuf {
+    let archive = dir.join(format!("{app}-{version}.tar.gz"));
+    {
+        let file = std::fs::File::create(&archive).unwrap();
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let body = format!("{app} {version}\n");
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "index.html", body.as_bytes())
+            .unwrap();
+        tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+    }
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&archive).unwrap()));
+    let serve = "exec python3 -m http.server {port} --bind 127.0.0.1";
+    let run = match behaviour {
+        Behaviour::Serves => format!("\"{serve}\""),
+        Behaviour::BrokenWhereMarked => {
+            format!("'if [ -n \"$BROKEN\" ]; then exec sleep 60; fi; {serve}'")
+        }
+    };
+    let text = std::fs::read_to_string(fixture("fleet/app.yml.tmpl"))
+        .unwrap()
+        .replace("@ARCHIVE@", &archive.display().to_string())
+        .replace("@SHA256@", &sha)
+        .replace("@APP_ENV@", &app.to_ascii_uppercase())
+        .replace("@APP@", app)
+        .replace("@VERSION@", version)
+        .replace("@RUN@", &run);
+    let manifest = dir.join(format!("{app}-{version}.yml"));
+    std::fs::write(&manifest, text).unwrap();
+    manifest
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
