@@ -514,3 +514,56 @@ fn the_example_config_loads_and_its_template_makes_a_valid_manifest() {
     assert_eq!(watches[0].app_name().as_deref(), Some("shop"));
     assert!(config.webhook.is_some());
 }
+
+#[test]
+fn a_watched_s3_manifest_is_deployed_on_change_only() {
+    let s = Setup::new();
+    let moto = crate::support::s3::Moto::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(moto.put(
+        "deploys",
+        "shop.yml",
+        b"dest: /srv/a\ncommands: {pre: [\"echo one\"]}\n".to_vec(),
+    ));
+    let config = s.path("watch.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "apply_command: [sh, \"{}\"]\nwatches:\n  - name: shop\n    manifest: {{ url: \"s3://deploys/shop.yml\", interval: 100ms }}\n",
+            s.path("record.sh").display(),
+        ),
+    )
+    .unwrap();
+    let env: Vec<(&str, String)> = moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _w = s.spawn(&config, &env);
+    wait_until("first manifest deployed", DEADLINE, || {
+        s.deploys().len() == 1
+    });
+    let first = s.deploys()[0].clone();
+    // Idle polls after the deploy: S3 answers the ETag with 304, recorded as "not modified".
+    wait_until("an idle poll", DEADLINE, || {
+        let st = s.status();
+        st.contains(&format!("deployed:    {first}")) && st.contains("not modified (304)")
+    });
+    assert_eq!(s.deploys().len(), 1);
+
+    rt.block_on(moto.put(
+        "deploys",
+        "shop.yml",
+        b"dest: /srv/a\ncommands: {pre: [\"echo two\"]}\n".to_vec(),
+    ));
+    wait_until("changed manifest deployed", DEADLINE, || {
+        s.deploys().len() == 2
+    });
+    let second = s.deploys()[1].clone();
+    assert!(s.manifest(&second).contains("echo two"));
+    wait_until("an idle poll after the change", DEADLINE, || {
+        let st = s.status();
+        st.contains(&format!("deployed:    {second}")) && st.contains("not modified (304)")
+    });
+    assert_eq!(s.deploys().len(), 2);
+}
