@@ -178,6 +178,54 @@ impl Drop for Watcher {
     }
 }
 
+impl Watcher {
+    /// Sends SIGTERM, as systemd does to stop a service.
+    pub fn sigterm(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM the watcher");
+    }
+
+    /// Waits for the exit, panicking after `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        crate::support::wait_until("the watcher to exit", deadline, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.expect("exited")
+    }
+}
+
+#[test]
+fn a_stop_lets_the_deploy_in_flight_finish() {
+    let s = Setup::new();
+    s.gh.publish("v1.0.0", false, vec![asset("1.0.0")]);
+    // A deploy that runs until the test says "go": it is in flight when SIGTERM arrives.
+    let d = s.dir.path().display().to_string();
+    let slow = format!(
+        "touch {d}/started; while [ ! -f {d}/go ]; do sleep 0.05; done; touch {d}/finished"
+    );
+    let config = s.github_config("1h", "", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen(
+        &format!("apply_command: [sh, \"{}\"]", s.path("record.sh").display()),
+        &format!("apply_command: [sh, -c, '{slow}']"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut w = s.spawn(&config, &[]);
+    crate::support::wait_until("the deploy to start", DEADLINE, || {
+        s.path("started").exists()
+    });
+    w.sigterm();
+    // Still running: it waits for the deploy rather than killing it.
+    std::fs::write(s.path("go"), "").unwrap();
+    let status = w.wait_exit(DEADLINE);
+    assert!(status.success(), "{status}");
+    assert!(s.path("finished").exists(), "the deploy was cut short");
+}
+
 #[test]
 fn a_bad_config_is_refused_before_anything_runs() {
     let s = Setup::new();

@@ -19,7 +19,10 @@ fn a_new_release_is_deployed_once_and_idle_polls_are_304s() {
             AssetSpec::new("shop-1.0.0-darwin-arm64.tar.gz", b"other"),
         ],
     );
-    let _w = s.spawn(&s.github_config("100ms", "", ""), &[]);
+    let _w = s.spawn(
+        &s.github_config("100ms", "", ""),
+        &[("GH_TOKEN", "ghp_t0ken")],
+    );
 
     wait_until("1.0.0 deployed", DEADLINE, || s.deploys() == ["1.0.0"]);
     let manifest = s.manifest("1.0.0");
@@ -40,6 +43,7 @@ fn a_new_release_is_deployed_once_and_idle_polls_are_304s() {
     let lists = s.gh.release_lists();
     assert_eq!(lists[0].status, 200);
     assert_eq!(lists[0].if_none_match, None);
+    assert_eq!(lists[0].authorization.as_deref(), Some("Bearer ghp_t0ken"));
     for later in &lists[1..5] {
         assert_eq!(later.status, 304, "{later:?}");
         assert!(later.if_none_match.is_some(), "{later:?}");
@@ -58,6 +62,11 @@ fn a_new_release_is_deployed_once_and_idle_polls_are_304s() {
     let status = s.status();
     assert!(status.contains("deployed:    1.1.0"), "{status}");
     assert!(status.contains("last deploy: 1.1.0 ok"), "{status}");
+    let log = std::fs::read_to_string(s.path("watch.log")).unwrap();
+    assert!(
+        !log.contains("ghp_t0ken"),
+        "the token never reaches the log"
+    );
 }
 
 #[test]
