@@ -30,7 +30,14 @@ pub struct WatchArgs {
 pub fn run(args: WatchArgs, global: &GlobalArgs) -> ExitCode {
     let state_dir = global.state_dir();
     if args.status {
-        watch::status::print(&state_dir);
+        let states = watch::status::load(&state_dir);
+        if states.is_empty() {
+            println!(
+                "no watch has run with state dir {}; start one with `cutover watch --config FILE`",
+                state_dir.display()
+            );
+        }
+        print!("{}", watch::status::render(&states));
         return ExitCode::SUCCESS;
     }
     let Some(path) = args.config.as_deref() else {
