@@ -102,8 +102,8 @@ fn quoted_colons_are_fine_and_unquoted_ones_are_a_yaml_error() {
     );
     site.run(&unquoted, &[])
         .expect_code(1)
-        .expect_stderr("manifest is not valid YAML")
-        .expect_stderr("line 3");
+        .expect_stderr("commands.pre[0]: invalid type: map, expected a string at line 3")
+        .expect_stderr("must be quoted as a whole");
     assert!(!site.path("cwd/out2").exists());
     assert!(
         !site.path("cwd/failure-ran").exists(),
