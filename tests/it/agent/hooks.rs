@@ -159,3 +159,26 @@ fn manifest_templates_read_the_environment() {
     site.run_with(&mut cmd, &url).expect_code(0);
     assert_eq!(read(&site.path("cwd/out")), "fallback web1\n");
 }
+
+#[test]
+fn a_hook_that_leaves_a_daemon_behind_does_not_hang_the_deploy() {
+    let site = Site::new();
+    // The background sleep inherits the hook's stdout and stderr and keeps them open.
+    let url = site.manifest(
+        "m.yml",
+        "commands:\n  post:\n    - sleep 120 & echo $! > bgpid; echo started\n",
+    );
+    let start = std::time::Instant::now();
+    let run = site.run(&url, &[]);
+    let took = start.elapsed();
+    if let Ok(pid) = read(&site.path("cwd/bgpid")).trim().parse::<i32>() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    run.expect_code(0)
+        .expect_stderr("started")
+        .expect_stderr("left a background process holding its output");
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
+}
