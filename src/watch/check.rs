@@ -67,22 +67,26 @@ async fn check_github(
         .releases(&spec.api_url, &spec.repo, state.etag.as_deref())
         .await;
     let (releases, etag) = match fetched {
-        Ok(Fetched::NotModified) => return "not modified (304)".into(),
+        Ok(Fetched::NotModified) => {
+            state.limit_strikes = 0;
+            return "not modified (304)".into();
+        }
         Ok(Fetched::Releases {
             releases,
             etag,
             pause_until,
         }) => {
+            state.limit_strikes = 0;
             state.paused_until =
                 pause_until.map(|t| humantime::format_rfc3339_seconds(t).to_string());
             (releases, etag)
         }
-        Err(super::github::GithubError::RateLimited { until, .. }) => {
-            state.paused_until = Some(humantime::format_rfc3339_seconds(until).to_string());
-            return format!(
-                "rate limited: pausing until {}",
-                humantime::format_rfc3339_seconds(until)
-            );
+        Err(super::github::GithubError::RateLimited { until, why, .. }) => {
+            let until = until.max(SystemTime::now() + strike_pause(state.limit_strikes));
+            state.limit_strikes = state.limit_strikes.saturating_add(1);
+            let until = humantime::format_rfc3339_seconds(until).to_string();
+            state.paused_until = Some(until.clone());
+            return format!("rate limited ({why}): pausing until {until}");
         }
         Err(e) => return format!("error: {e}"),
     };
@@ -263,8 +267,29 @@ async fn deploy(
     outcome
 }
 
+/// The least pause after `strikes` rate-limit answers in a row: nothing extra for the first
+/// (GitHub's own reset or retry-after rules), then 1, 2, 4 … minutes, at most an hour.
+fn strike_pause(strikes: u32) -> std::time::Duration {
+    if strikes == 0 {
+        return std::time::Duration::ZERO;
+    }
+    let minutes = 1u64 << (strikes - 1).min(6);
+    std::time::Duration::from_secs((minutes * 60).min(3600))
+}
+
 /// A digest of the settings that decide what is deployed.
 fn fingerprint(watch: &Watch) -> String {
     let text = format!("{:?}{:?}", watch.source, watch.template);
     hex::encode(&Sha256::digest(text.as_bytes())[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_rate_limits_pause_exponentially_up_to_an_hour() {
+        let minutes: Vec<u64> = (0..9).map(|n| strike_pause(n).as_secs() / 60).collect();
+        assert_eq!(minutes, [0, 1, 2, 4, 8, 16, 32, 60, 60]);
+    }
 }

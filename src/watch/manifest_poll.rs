@@ -142,7 +142,12 @@ impl ManifestPoller {
             .split_once('/')
             .filter(|(b, k)| !b.is_empty() && !k.is_empty())
             .ok_or_else(|| fail("expected s3://BUCKET/KEY".into()))?;
-        let client = self.s3.get_or_init(s3_client).await;
+        // The agent's client: the same credentials chain, region default and endpoint handling as
+        // the fetch that `cutover apply` will make.
+        let client = self
+            .s3
+            .get_or_init(|| crate::agent::source::s3::client(None))
+            .await;
         let mut req = client.get_object().bucket(bucket).key(key);
         if let Some(etag) = etag {
             req = req.if_none_match(etag);
@@ -178,19 +183,4 @@ impl ManifestPoller {
             last_modified: None,
         })
     }
-}
-
-/// The S3 client from the usual AWS environment (credentials, region, `AWS_ENDPOINT_URL`).
-/// A custom endpoint (MinIO, moto, Ceph) usually serves path-style URLs only.
-async fn s3_client() -> aws_sdk_s3::Client {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
-    let conf = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(custom_endpoint)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
 }

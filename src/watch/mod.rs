@@ -99,8 +99,13 @@ pub async fn run(
         tasks.spawn(watch_loop(ctx.clone(), watch, wake));
     }
     shutdown.await;
-    // Dropping the tasks kills a deploy in flight (kill_on_drop); the agent's own lock and
-    // staging keep `dest` consistent, and the next start checks again.
+    // Let a deploy in flight finish: killing the agent halfway through an rsync would leave
+    // `dest` half old, half new. The lock is fair, so this waits for the running deploy only;
+    // checks queued behind it are dropped with their tasks.
+    if ctx.deploy_turn.try_lock().is_err() {
+        tracing::info!("watch: waiting for the deploy in progress to finish before exiting");
+    }
+    let _turn = ctx.deploy_turn.lock().await;
     tasks.shutdown().await;
     Ok(())
 }

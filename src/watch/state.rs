@@ -48,6 +48,10 @@ pub struct WatchState {
     pub config_fingerprint: Option<String>,
     /// Set while GitHub's rate limit holds the watch back.
     pub paused_until: Option<String>,
+    /// Rate-limit answers in a row; each doubles the next pause (GitHub asks for an
+    /// exponentially growing wait when limits keep being hit).
+    #[serde(default)]
+    pub limit_strikes: u32,
     /// How many deploys this watch started.
     #[serde(default)]
     pub deploys: u64,

@@ -14,4 +14,3 @@ mod proxy;
 mod supervisor;
 mod tidy;
 mod watch;
-mod watch_e2e;

@@ -1,0 +1,195 @@
+//! GitHub releases: deployed once, idle polls that cost a 304, rate-limit pauses, failed,
+//! ignored, prerelease and unverifiable versions passed over with their reason.
+
+use std::time::{Duration, SystemTime};
+
+use super::{asset, Setup, DEADLINE};
+use crate::support::github::AssetSpec;
+use crate::support::wait_until;
+
+#[test]
+fn a_new_release_is_deployed_once_and_idle_polls_are_304s() {
+    let s = Setup::new();
+    let v1 = asset("1.0.0");
+    s.gh.publish(
+        "v1.0.0",
+        false,
+        vec![
+            v1.clone(),
+            AssetSpec::new("shop-1.0.0-darwin-arm64.tar.gz", b"other"),
+        ],
+    );
+    let _w = s.spawn(
+        &s.github_config("100ms", "", ""),
+        &[("GH_TOKEN", "ghp_t0ken")],
+    );
+
+    wait_until("1.0.0 deployed", DEADLINE, || s.deploys() == ["1.0.0"]);
+    let manifest = s.manifest("1.0.0");
+    assert!(
+        manifest.contains(&format!("checksum: {}", v1.sha256())),
+        "{manifest}"
+    );
+    assert!(manifest.contains("/octo/shop/releases/download/v1.0.0/shop-1.0.0-linux-amd64.tar.gz"));
+    assert!(
+        manifest.contains("post:"),
+        "the template's hooks are kept: {manifest}"
+    );
+
+    // Several more polls: each carries the ETag and costs a 304, nothing is deployed again.
+    wait_until("four more polls", DEADLINE, || {
+        s.gh.release_lists().len() >= 5
+    });
+    let lists = s.gh.release_lists();
+    assert_eq!(lists[0].status, 200);
+    assert_eq!(lists[0].if_none_match, None);
+    assert_eq!(lists[0].authorization.as_deref(), Some("Bearer ghp_t0ken"));
+    for later in &lists[1..5] {
+        assert_eq!(later.status, 304, "{later:?}");
+        assert!(later.if_none_match.is_some(), "{later:?}");
+    }
+    assert_eq!(s.deploys(), ["1.0.0"]);
+    assert_eq!(s.gh.asset_downloads(), 0, "a 304 downloads nothing");
+
+    // A newer release is picked up, once.
+    s.gh.publish("v1.1.0", false, vec![asset("1.1.0")]);
+    wait_until("1.1.0 deployed", DEADLINE, || s.deploys().len() == 2);
+    let n = s.gh.release_lists().len();
+    wait_until("two more polls", DEADLINE, || {
+        s.gh.release_lists().len() >= n + 2
+    });
+    assert_eq!(s.deploys(), ["1.0.0", "1.1.0"]);
+    let status = s.status();
+    assert!(status.contains("deployed:    1.1.0"), "{status}");
+    assert!(status.contains("last deploy: 1.1.0 ok"), "{status}");
+    let log = std::fs::read_to_string(s.path("watch.log")).unwrap();
+    assert!(
+        !log.contains("ghp_t0ken"),
+        "the token never reaches the log"
+    );
+}
+
+#[test]
+fn a_spent_rate_limit_pauses_polling_until_the_reset() {
+    let s = Setup::new();
+    s.gh.publish("v1.0.0", false, vec![asset("1.0.0")]);
+    let reset = SystemTime::now() + Duration::from_secs(3);
+    s.gh.rate_limit_until(reset);
+    let _w = s.spawn(&s.github_config("100ms", "", ""), &[]);
+
+    wait_until("1.0.0 deployed after the reset", DEADLINE, || {
+        s.deploys() == ["1.0.0"]
+    });
+    let lists = s.gh.release_lists();
+    let refused: Vec<_> = lists.iter().filter(|l| l.status == 403).collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "one 403, then silence until the reset: {lists:#?}"
+    );
+    // x-ratelimit-reset has one-second resolution, so "after the reset" means its whole second.
+    let reset_secs = reset
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let next = lists
+        .iter()
+        .find(|l| l.status == 200)
+        .expect("a request after the reset");
+    assert!(
+        next.at >= SystemTime::UNIX_EPOCH + Duration::from_secs(reset_secs),
+        "asked again before the reset"
+    );
+}
+
+#[test]
+fn a_failed_version_is_never_retried_and_the_next_one_deploys() {
+    let s = Setup::new();
+    std::fs::write(s.path("fail"), "v1.1.0/").unwrap();
+    s.gh.publish("v1.0.0", false, vec![asset("1.0.0")]);
+    s.gh.publish("v1.1.0", false, vec![asset("1.1.0")]);
+    let config = s.github_config("100ms", "", "");
+    let _w = s.spawn(&config, &[]);
+
+    wait_until("1.1.0 tried", DEADLINE, || s.deploys() == ["1.1.0"]);
+    // After the failure the list is read again and the next older release gets its chance.
+    wait_until("1.0.0 deployed", DEADLINE, || {
+        s.deploys() == ["1.1.0", "1.0.0"]
+    });
+    s.gh.publish("v1.2.0", false, vec![asset("1.2.0")]);
+    wait_until("1.2.0 deployed", DEADLINE, || s.deploys().len() == 3);
+    let n = s.gh.release_lists().len();
+    wait_until("two more polls", DEADLINE, || {
+        s.gh.release_lists().len() >= n + 2
+    });
+    assert_eq!(
+        s.deploys(),
+        ["1.1.0", "1.0.0", "1.2.0"],
+        "1.1.0 is never tried again"
+    );
+    let status = s.status();
+    assert!(
+        status.contains("never again 1.1.0: failed: apply exited 1: rollout failed: unhealthy"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_missing_checksum_is_refused_with_the_reason_in_status() {
+    let s = Setup::new();
+    s.gh.publish("v1.0.0", false, vec![asset("1.0.0").without_digest()]);
+    let config = s.github_config("1h", "", "");
+    let (ok, _) = s.once(&config);
+    assert!(ok);
+    assert!(s.deploys().is_empty(), "never deployed without a checksum");
+    let status = s.status();
+    assert!(
+        status
+            .contains("skipped 1.0.0: refused: asset shop-1.0.0-linux-amd64.tar.gz has no digest"),
+        "{status}"
+    );
+
+    // A checksums asset fills the gap, fetched through the API like a private repo needs.
+    let v2 = asset("2.0.0").without_digest();
+    let sums = format!("{}  {}\n", v2.sha256(), v2.name);
+    s.gh.publish(
+        "v2.0.0",
+        false,
+        vec![v2.clone(), AssetSpec::new("SHA256SUMS", sums.as_bytes())],
+    );
+    let config = s.github_config("1h", "      checksums_asset: SHA256SUMS", "");
+    let (ok, out) = s.once(&config);
+    assert!(ok, "{out}");
+    assert_eq!(s.deploys(), ["2.0.0"]);
+    assert!(s.manifest("2.0.0").contains(&v2.sha256()));
+    let fetched = s.gh.seen_under("/repos/octo/shop/releases/assets/");
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(
+        fetched[0].accept.as_deref(),
+        Some("application/octet-stream")
+    );
+}
+
+#[test]
+fn prereleases_and_ignored_versions_are_skipped_unless_asked() {
+    let s = Setup::new();
+    s.gh.publish("v1.0.0", false, vec![asset("1.0.0")]);
+    s.gh.publish("v1.1.0", false, vec![asset("1.1.0")]);
+    s.gh.publish("v2.0.0-rc.1", true, vec![asset("2.0.0-rc.1")]);
+    let config = s.github_config("1h", "      ignore: [v1.1.0]", "");
+    assert!(s.once(&config).0);
+    assert_eq!(s.deploys(), ["1.0.0"]);
+    let status = s.status();
+    assert!(
+        status.contains("skipped 2.0.0-rc.1: prerelease"),
+        "{status}"
+    );
+    assert!(
+        status.contains("skipped 1.1.0: on the ignore list"),
+        "{status}"
+    );
+
+    let config = s.github_config("1h", "      prereleases: true", "");
+    assert!(s.once(&config).0);
+    assert_eq!(s.deploys(), ["1.0.0", "2.0.0-rc.1"]);
+}
