@@ -6,11 +6,15 @@
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 use super::log::RunLog;
+
+/// How long output is still collected after a hook exited (see [`wait_relaying`]).
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Longest piece of a hook's output kept as one log line when it never prints a newline.
 const MAX_LINE: usize = 64 * 1024;
@@ -82,11 +86,10 @@ pub async fn run_logged(
             .stderr(Stdio::piped())
             .spawn()
             .map_err(spawn_err)?;
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        // Both pipes are drained at once: a hook filling one while we wait on the other would hang.
-        let (status, (), ()) = tokio::join!(child.wait(), relay(stdout, log), relay(stderr, log));
-        let status = status.map_err(spawn_err)?;
+        let what = format!("{phase} command `{line}`");
+        let status = wait_relaying(&mut child, &what, log)
+            .await
+            .map_err(spawn_err)?;
         if !status.success() {
             return Err(HookError::Failed {
                 phase,
@@ -98,8 +101,41 @@ pub async fn run_logged(
     Ok(())
 }
 
+/// Waits for `child` while relaying its stdout and stderr (both at once: a child filling one pipe
+/// while we read the other would hang). When the child has exited but something it started in
+/// the background (`./server &`) still holds the pipes open, the rest of the output is collected
+/// for a short grace period only: the deploy must not wait for a daemon to exit.
+pub(super) async fn wait_relaying(
+    child: &mut Child,
+    what: &str,
+    log: &RunLog,
+) -> std::io::Result<ExitStatus> {
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let mut relays = std::pin::pin!(async {
+        tokio::join!(relay(stdout, log), relay(stderr, log));
+    });
+    let mut relayed = false;
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        () = &mut relays => {
+            relayed = true;
+            child.wait().await?
+        }
+    };
+    if !relayed
+        && tokio::time::timeout(OUTPUT_GRACE, &mut relays)
+            .await
+            .is_err()
+    {
+        log.line(format!(
+            "{what} exited but left a background process holding its output: not waiting for it"
+        ));
+    }
+    Ok(status)
+}
+
 /// Copies a child's pipe to the agent's stderr and into the log, one line at a time.
-pub(super) async fn relay(pipe: Option<impl AsyncRead + Unpin>, log: &RunLog) {
+async fn relay(pipe: Option<impl AsyncRead + Unpin>, log: &RunLog) {
     let Some(mut pipe) = pipe else { return };
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8192];

@@ -88,6 +88,8 @@ pub enum ManifestError {
     Empty,
     #[error("manifest is not valid YAML: {0}")]
     Yaml(String),
+    #[error("manifest has a wrong value: {0}")]
+    Value(String),
     #[error("manifest is not a YAML mapping (it is {0}): expected keys like src, checksum, dest")]
     NotMapping(&'static str),
     #[error("invalid strategy name {0:?} in sync_strategy: use rsync or mv")]
@@ -96,7 +98,8 @@ pub enum ManifestError {
     MissingChecksum,
     #[error("src is set but dest is missing: add the directory to deploy into")]
     MissingDest,
-    #[error("checksum: {0}")]
+    // The checksum's own message already names the field.
+    #[error(transparent)]
     Checksum(#[from] ChecksumError),
     #[error("dest_mode: {0}")]
     DestMode(String),
@@ -149,8 +152,7 @@ pub fn parse(
         serde_norway::Value::Mapping(map) => unknown_keys(map, &mut warnings),
         other => return Err(ManifestError::NotMapping(kind(other))),
     }
-    let raw: Raw =
-        serde_norway::from_str(&rendered).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    let raw: Raw = serde_norway::from_str(&rendered).map_err(|e| value_error(&e.to_string()))?;
     // Checked first: stretcher refuses a bad strategy before downloading anything.
     let strategy = match raw.sync_strategy.as_deref().map(str::trim) {
         None | Some("") | Some("rsync") => SyncStrategy::Rsync,
@@ -197,6 +199,18 @@ pub fn parse(
         commands: raw.commands,
         warnings,
     })
+}
+
+/// A typed error, with a hint for the classic mistake: `- echo ":foo: bar"` is valid YAML, but a
+/// one-key map where a command line was expected.
+fn value_error(message: &str) -> ManifestError {
+    let mut message = message.to_owned();
+    if message.starts_with("commands.") && message.contains("invalid type: map") {
+        message.push_str(
+            ": a command containing \": \" must be quoted as a whole, e.g. - \"echo ':foo: bar'\"",
+        );
+    }
+    ManifestError::Value(message)
 }
 
 /// Reads a mode the way stretcher's Go YAML does: a leading `0` means octal, anything else is the
@@ -339,7 +353,11 @@ mod tests {
         let m = parse_ok("commands:\n  pre:\n    - \"echo ':foo: bar'\"\n");
         assert_eq!(m.commands.pre, vec!["echo ':foo: bar'".to_owned()]);
         let err = parse("commands:\n  pre:\n    - echo \":foo: bar\"\n", &no_vars).unwrap_err();
-        assert!(matches!(err, ManifestError::Yaml(_)), "{err}");
+        assert!(matches!(err, ManifestError::Value(_)), "{err}");
+        assert!(
+            err.to_string().contains("must be quoted as a whole"),
+            "{err}"
+        );
         assert!(err.to_string().contains("line 3"), "{err}");
     }
 

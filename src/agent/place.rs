@@ -10,7 +10,7 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
-use super::hooks::relay;
+use super::hooks::wait_relaying;
 use super::log::RunLog;
 use super::pipeline::Staged;
 
@@ -119,9 +119,9 @@ pub async fn rsync(
             std::io::ErrorKind::NotFound => PlaceError::RsyncMissing,
             _ => PlaceError::RsyncSpawn(e),
         })?;
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (status, (), ()) = tokio::join!(child.wait(), relay(stdout, log), relay(stderr, log));
-    let status = status.map_err(PlaceError::RsyncSpawn)?;
+    let status = wait_relaying(&mut child, "rsync", log)
+        .await
+        .map_err(PlaceError::RsyncSpawn)?;
     if !status.success() {
         return Err(PlaceError::RsyncFailed {
             dest: dest.to_path_buf(),

@@ -27,11 +27,7 @@ pub mod watch;
 /// Without a verb, reads a manifest URL from stdin (a plain line, a `consul watch` event array or a
 /// `serf` user event) and deploys it, like stretcher.
 #[derive(Debug, Parser)]
-#[command(
-    name = "cutover",
-    args_conflicts_with_subcommands = true,
-    disable_version_flag = true
-)]
+#[command(name = "cutover", disable_version_flag = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -99,11 +95,36 @@ pub enum Command {
     Watch(watch::WatchArgs),
 }
 
+/// Parses `argv`. The agent's own flags make no sense with a verb (`cutover --timeout 5 status`)
+/// and are refused, while the global `--state-dir`/`--socket` go before or after the verb.
+/// (clap's `args_conflicts_with_subcommands` would refuse the global ones too.)
+fn parse(argv: Vec<OsString>) -> Result<Cli, clap::Error> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+
+    let mut command = Cli::command();
+    let matches = command.try_get_matches_from_mut(argv)?;
+    if let Some((verb, _)) = matches.subcommand() {
+        let agent_flags = <agent::AgentArgs as Args>::augment_args(clap::Command::new("agent"));
+        let misplaced = agent_flags
+            .get_arguments()
+            .map(|arg| arg.get_id().as_str())
+            .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine));
+        if let Some(id) = misplaced {
+            return Err(command.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("'{id}' is an agent option and cannot come before the verb '{verb}'; put it after the verb if '{verb}' takes it"),
+            ));
+        }
+    }
+    Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))
+}
+
 /// Entry point of the binary: parses `argv`, runs the verb and maps the result to an exit code.
 pub fn main(argv: Vec<OsString>) -> ExitCode {
     let under_consul = std::env::var_os("CONSUL_INDEX").is_some();
     let argv = agent::normalize_args(argv);
-    let cli = match Cli::try_parse_from(argv) {
+    let cli = match parse(argv) {
         Ok(cli) => cli,
         Err(err) => {
             let code = err.exit_code();

@@ -91,11 +91,7 @@ pub fn run(opts: &TourOptions) -> anyhow::Result<bool> {
         .context("the load generator failed")?;
 
     step("status after the switch: cutover status");
-    let _ = Command::new(&exe)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("status")
-        .status();
+    verb(&exe, &socket, &["status"])?;
 
     let (ok, failed) = (
         tally.ok.load(Ordering::Relaxed),
@@ -108,11 +104,7 @@ pub fn run(opts: &TourOptions) -> anyhow::Result<bool> {
     ));
 
     step("stopping: cutover stop demo, then the supervisor");
-    let _ = Command::new(&exe)
-        .arg("--socket")
-        .arg(&socket)
-        .args(["stop", "demo"])
-        .status();
+    verb(&exe, &socket, &["stop", "demo"])?;
     supervisor.stop();
     if opts.keep || opts.dir.is_some() {
         let kept = temp.map(|t| t.keep()).unwrap_or(root);
@@ -177,6 +169,16 @@ app:
     );
     std::fs::write(&manifest, yaml)?;
     Ok(manifest)
+}
+
+/// Runs a CLI verb against the tour's supervisor, its output going straight to the terminal.
+fn verb(exe: &Path, socket: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(exe)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .status()?;
+    ensure_ok(status, &format!("cutover {}", args.join(" ")))
 }
 
 /// Runs the real agent as a stretcher user would: the manifest URL on stdin.

@@ -59,16 +59,23 @@ pub(super) async fn open(
             status: status.to_string(),
         });
     }
-    // Only a 206 whose range starts where we asked is a resumption; anything else is the whole
-    // body again, and the caller must start over with it.
-    let resumed = offset == 0
-        || (status == StatusCode::PARTIAL_CONTENT
-            && response
-                .headers()
-                .get(CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(range_start)
-                == Some(offset));
+    // Only a 206 whose range starts where we asked is a resumption; a 200 is the whole body
+    // (or any other 2xx) again, and the caller must start over with it.
+    let resumed = offset == 0 || status == StatusCode::PARTIAL_CONTENT;
+    if offset > 0 && status == StatusCode::PARTIAL_CONTENT {
+        let start = response
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(range_start);
+        if start != Some(offset) {
+            // Part of the body from somewhere else cannot be appended, nor restarted from.
+            return Err(FetchError::Transfer {
+                url: url.to_owned(),
+                detail: format!("asked for bytes from {offset}, the server sent a different range"),
+            });
+        }
+    }
     let total = match response.content_length() {
         Some(len) if resumed => Some(len + offset),
         len => len,

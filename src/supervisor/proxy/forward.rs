@@ -281,6 +281,40 @@ fn status(code: StatusCode, text: &'static str) -> Response<ResponseBody> {
 mod tests {
     use super::*;
 
+    fn table(n: usize, balance: Balance) -> Table {
+        let backends = (0..n)
+            .map(|i| {
+                Arc::new(BackendState::new(Arc::new(super::super::Backend {
+                    id: format!("b{i}"),
+                    version: "v1".into(),
+                    addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
+                })))
+            })
+            .collect();
+        Table { backends, balance }
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_skips_tried_backends() {
+        let t = table(3, Balance::RoundRobin);
+        assert_eq!(pick(&t, 0, 0), Some(0));
+        assert_eq!(pick(&t, 4, 0), Some(1));
+        assert_eq!(pick(&t, 4, 0b010), Some(2));
+        assert_eq!(pick(&t, 4, 0b111), None);
+    }
+
+    #[test]
+    fn least_connections_prefers_the_idlest_backend() {
+        let t = table(3, Balance::LeastConnections);
+        let _busy = [
+            InFlight::new(t.backends[0].clone()),
+            InFlight::new(t.backends[1].clone()),
+        ];
+        assert_eq!(pick(&t, 0, 0), Some(2));
+        assert_eq!(pick(&t, 0, 0b100), Some(0), "ties go in turn order");
+        assert_eq!(t.backends[0].in_flight(), 1);
+    }
+
     #[test]
     fn upgrade_needs_both_headers() {
         let mut headers = HeaderMap::new();

@@ -102,8 +102,8 @@ fn quoted_colons_are_fine_and_unquoted_ones_are_a_yaml_error() {
     );
     site.run(&unquoted, &[])
         .expect_code(1)
-        .expect_stderr("manifest is not valid YAML")
-        .expect_stderr("line 3");
+        .expect_stderr("commands.pre[0]: invalid type: map, expected a string at line 3")
+        .expect_stderr("must be quoted as a whole");
     assert!(!site.path("cwd/out2").exists());
     assert!(
         !site.path("cwd/failure-ran").exists(),
@@ -158,4 +158,27 @@ fn manifest_templates_read_the_environment() {
         .env_remove("CUTOVER_T_UNSET");
     site.run_with(&mut cmd, &url).expect_code(0);
     assert_eq!(read(&site.path("cwd/out")), "fallback web1\n");
+}
+
+#[test]
+fn a_hook_that_leaves_a_daemon_behind_does_not_hang_the_deploy() {
+    let site = Site::new();
+    // The background sleep inherits the hook's stdout and stderr and keeps them open.
+    let url = site.manifest(
+        "m.yml",
+        "commands:\n  post:\n    - sleep 120 & echo $! > bgpid; echo started\n",
+    );
+    let start = std::time::Instant::now();
+    let run = site.run(&url, &[]);
+    let took = start.elapsed();
+    if let Ok(pid) = read(&site.path("cwd/bgpid")).trim().parse::<i32>() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    run.expect_code(0)
+        .expect_stderr("started")
+        .expect_stderr("left a background process holding its output");
+    assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
 }

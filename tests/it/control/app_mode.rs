@@ -250,3 +250,98 @@ fn without_a_supervisor_the_agent_places_the_release_and_fails_clearly() {
     assert!(dest.join("releases/v1/VERSION").is_file());
     assert!(std::fs::symlink_metadata(dest.join("current")).is_err());
 }
+
+#[test]
+fn a_supervisor_killed_mid_deploy_ends_the_agent_with_a_clear_error() {
+    let mut sup = Supervisor::start();
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("shop");
+    let port = free_port();
+    let v1 = DemoRelease::new("shop", "v1", port).write_manifest(work.path(), &dest);
+    assert_ok("deploy v1", &sup.apply(&v1));
+
+    let v2 = DemoRelease::new("shop", "v2", port)
+        .flag("--boot-delay 5000")
+        .write_manifest(work.path(), &dest);
+    let agent = Agent(
+        sup.cli()
+            .arg("apply")
+            .arg(&v2)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the v2 rollout to start", DEADLINE, || {
+        sup.status_json("shop")["apps"][0]["phase"]
+            .as_str()
+            .is_some_and(|phase| phase.contains("v2"))
+    });
+    sup.kill9();
+
+    let mut agent = agent;
+    wait_until("the agent to give up", DEADLINE, || {
+        agent.0.try_wait().unwrap().is_some()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(agent.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(agent.0.wait().unwrap().code(), Some(1), "{err}");
+    assert!(
+        err.contains("closed the connection before answering: it may have stopped or crashed"),
+        "{err}"
+    );
+    // The apps outlive their supervisor: v1 still answers on its own.
+    sup.restart();
+    wait_until("v1 to serve after the restart", DEADLINE, || {
+        serves(port, "v1")
+    });
+}
+
+#[test]
+fn logs_follow_picks_up_the_instances_of_a_new_release() {
+    let sup = Supervisor::start();
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("shop");
+    let port = free_port();
+    let v1 = DemoRelease::new("shop", "v1", port).write_manifest(work.path(), &dest);
+    assert_ok("deploy v1", &sup.apply(&v1));
+
+    let mut follower = Agent(
+        sup.cli()
+            .args(["logs", "shop", "-f", "-n", "5"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Collect its output on a thread: the pipe must be drained while the test goes on.
+    let stdout = follower.0.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut seen = sink.lock().unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+    });
+    let has = |needle: &str| seen.lock().unwrap().contains(needle);
+    wait_until("v1's start line", DEADLINE, || {
+        has("demo-app: v1 listening on")
+    });
+
+    let v2 = DemoRelease::new("shop", "v2", port).write_manifest(work.path(), &dest);
+    assert_ok("deploy v2", &sup.apply(&v2));
+    wait_until("v2's start line in the followed output", DEADLINE, || {
+        has("demo-app: v2 listening on")
+    });
+    let text = seen.lock().unwrap().clone();
+    assert!(
+        text.lines().all(|l| l.starts_with('[')),
+        "every line names its instance: {text}"
+    );
+}
