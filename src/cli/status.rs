@@ -15,9 +15,18 @@ pub struct StatusArgs {
     /// Print the supervisor's report as JSON (stable field names, for scripts)
     #[arg(long)]
     pub json: bool,
+    /// Every Serf member's app versions and health, from their tags and a status query
+    #[arg(long)]
+    pub fleet: bool,
+    #[command(flatten)]
+    pub fleet_args: super::fleet::FleetStatusArgs,
 }
 
 pub fn run(args: StatusArgs, global: &GlobalArgs) -> ExitCode {
+    if args.fleet {
+        return super::fleet::fleet_status(args.fleet_args, global);
+    }
+    let show_watches = args.app.is_none() && !args.json;
     let request = Request::Status(StatusRequest { app: args.app });
     let report = match remote::call(global, request, |_| {}) {
         Ok(Response::Status(report)) => report,
@@ -28,6 +37,14 @@ pub fn run(args: StatusArgs, global: &GlobalArgs) -> ExitCode {
         return remote::print_json(&report);
     }
     print!("{}", render(&report));
+    if show_watches {
+        // Watches run in `cutover watch`, beside the supervisor; their state is on disk.
+        let watches = crate::watch::status::load(&global.state_dir());
+        if !watches.is_empty() {
+            println!();
+            print!("{}", crate::watch::status::render(&watches));
+        }
+    }
     ExitCode::SUCCESS
 }
 
