@@ -7,6 +7,7 @@
 //!
 //! - (a) cutover's `fetch_and_unpack`, driven by this very program re-executed as a child
 //!   (`CUTOVER_BENCH_CHILD` set), so the measurement holds only the library pipeline;
+//! - (a2) the real `cutover apply` of a manifest with `sync_strategy: mv` into a fresh dest;
 //! - (b) `curl -o f && sha256sum f && tar xzf f`, the download-then-verify-then-unpack way;
 //! - (c) `curl | tee >(sha256sum) | tar xz`, the best a shell pipeline does.
 //!
@@ -53,6 +54,25 @@ fn main() {
             }),
         ),
         (
+            "(a2) cutover apply (real binary, mv)",
+            Box::new(|dest: &Path| {
+                // The whole agent: manifest fetch, pipeline, `mv` into a fresh dest.
+                let manifest = dest.join("manifest.yml");
+                let yaml = format!(
+                    "src: {url}\nchecksum: {sum}\ndest: {}\nsync_strategy: mv\n",
+                    dest.join("app").display()
+                );
+                std::fs::write(&manifest, yaml).expect("write manifest");
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
+                cmd.arg("apply")
+                    .arg(&manifest)
+                    .current_dir(dest)
+                    .env("CUTOVER_STATE_DIR", dest.join("state"))
+                    .stderr(std::process::Stdio::null());
+                cmd
+            }),
+        ),
+        (
             "(b) curl -o; sha256sum; tar xzf",
             Box::new(|dest: &Path| {
                 shell(
@@ -91,7 +111,7 @@ fn main() {
         results.push((*name, took, rss_kb));
     }
 
-    let baseline = results[2].1.as_secs_f64();
+    let baseline = results[3].1.as_secs_f64();
     println!(
         "\nfetch → verify → unpack of {:.0} MB tar.gz over HTTP on 127.0.0.1 (best of {RUNS})",
         bytes as f64 / 1e6
