@@ -78,8 +78,9 @@ pub(super) async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare(&mut req, &client, upgrade);
     // Only safe methods without a body may be sent twice (what nginx's proxy_next_upstream does
-    // by default); anything else is retried only when it provably never left the proxy.
-    let replay = (!upgrade && is_replayable(&req)).then(|| Replay {
+    // by default); anything else is retried only when it provably never left the proxy. With a
+    // single instance there is nowhere else to send it, so the copy is not made.
+    let replay = (table.backends.len() > 1 && !upgrade && is_replayable(&req)).then(|| Replay {
         method: req.method().clone(),
         uri: req.uri().clone(),
         headers: req.headers().clone(),
