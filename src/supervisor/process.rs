@@ -251,11 +251,12 @@ fn parse_start_time(stat: &str) -> Option<u64> {
 /// Once the leader is gone, whatever it left in its group is SIGKILLed too, so an instance never
 /// leaves helpers behind holding its port.
 pub async fn stop(running: &mut Running, signal: &str, grace: Duration) -> ExitStatus {
-    let signal = parse_signal(signal).unwrap_or(Signal::SIGTERM);
+    let signal = parse_signal(signal).unwrap_or_else(|err| {
+        tracing::warn!("{err}; sending SIGTERM instead");
+        Signal::SIGTERM
+    });
     let group = Pid::from_raw(running.id.pid as i32);
-    if let Err(err) = killpg(group, signal) {
-        tracing::debug!(pid = running.id.pid, "{signal} to the group failed: {err}");
-    }
+    signal_group(group, signal);
     let status = match tokio::time::timeout(grace, running.exited()).await {
         Ok(status) => status,
         Err(_) => {
@@ -263,13 +264,21 @@ pub async fn stop(running: &mut Running, signal: &str, grace: Duration) -> ExitS
                 pid = running.id.pid,
                 "still running {grace:?} after {signal}, sending SIGKILL to its group"
             );
-            let _ = killpg(group, Signal::SIGKILL);
+            signal_group(group, Signal::SIGKILL);
             running.exited().await
         }
     };
     // ESRCH here just means the group is already empty.
     let _ = killpg(group, Signal::SIGKILL);
     status
+}
+
+/// Signals the group led by `leader`; if it leads none (a process adopted from elsewhere that
+/// never became a group leader), signals the process alone, so a stop can never hang.
+fn signal_group(leader: Pid, signal: Signal) {
+    if killpg(leader, signal) == Err(nix::errno::Errno::ESRCH) {
+        let _ = nix::sys::signal::kill(leader, signal);
+    }
 }
 
 /// Parses a signal name as written in a manifest (`SIGTERM` or `TERM`).

@@ -141,21 +141,15 @@ async fn adopt_needs_the_same_pid_and_start_time() {
     );
 }
 
-/// A process that is not our child (as after a supervisor restart) is watched through a pidfd.
-#[tokio::test]
-async fn exited_resolves_for_an_adopted_process_and_stop_works_on_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pid");
-    // setsid + a shell that exits at once: the sleeper is re-parented away from this test.
+/// Starts `sleep 60` as the leader of its own session, not as our child (as an instance is after
+/// a supervisor restart), and returns its identity.
+fn start_detached(dir: &Path) -> ProcessId {
+    let pidfile = dir.join("pid");
     let status = std::process::Command::new("setsid")
-        .args([
-            "sh",
-            "-c",
-            &format!(
-                "sleep 60 </dev/null >/dev/null 2>&1 & echo $! > {}",
-                pidfile.display()
-            ),
-        ])
+        .args(["-f", "sh", "-c"])
+        .arg(format!("echo $$ > {}; exec sleep 60", pidfile.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());
@@ -167,34 +161,62 @@ async fn exited_resolves_for_an_adopted_process_and_stop_works_on_it() {
         .trim()
         .parse()
         .unwrap();
+    // Wait for the exec, so the start time read is that of the process we will adopt.
+    wait_until("sleep to run", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let start_time: u64 = stat
+    let fields: Vec<&str> = stat
         .rsplit(')')
         .next()
         .unwrap()
         .split_whitespace()
-        .nth(19)
-        .unwrap()
-        .parse()
-        .unwrap();
+        .collect();
+    ProcessId {
+        pid,
+        start_time: fields[19].parse().unwrap(),
+    }
+}
 
-    let mut adopted = process::adopt(ProcessId { pid, start_time }).expect("adopt");
+#[tokio::test]
+async fn exited_resolves_for_an_adopted_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = start_detached(dir.path());
+    let mut adopted = process::adopt(id).expect("adopt");
     let mut waiter = tokio::spawn(async move { adopted.exited().await });
     let early = tokio::time::timeout(Duration::from_millis(200), &mut waiter).await;
     assert!(
         early.is_err(),
         "exited() resolved while the process still runs"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(id.pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
         .expect("exited() resolves after the kill")
         .unwrap();
     assert_eq!(status, ExitStatus::Unknown);
+}
+
+#[tokio::test]
+async fn stop_works_on_an_adopted_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = start_detached(dir.path());
+    let mut adopted = process::adopt(id).expect("adopt");
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(20),
+        process::stop(&mut adopted, "SIGTERM", Duration::from_secs(5)),
+    )
+    .await
+    .expect("stop returns");
+    assert_eq!(
+        stopped,
+        ExitStatus::Unknown,
+        "not our child: no status to know"
+    );
+    wait_until("the adopted process gone", Duration::from_secs(10), || {
+        !alive(id.pid)
+    });
 }
 
 #[test]
