@@ -234,6 +234,8 @@ mod tests {
             dir,
             digest_hex: "0123456789abcdef0123".into(),
             bytes: 1,
+            format: crate::agent::unpack::Format::Tar,
+            root_mode: None,
         }
     }
 

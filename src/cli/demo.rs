@@ -6,8 +6,19 @@ use clap::Args;
 
 use super::GlobalArgs;
 
+/// The tour's knobs; by default it works in a fresh temp dir and removes it afterwards.
 #[derive(Debug, Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Work in this directory (created if missing, kept afterwards) instead of a temp dir
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// Keep the temp directory (state, logs, releases) for a look afterwards
+    #[arg(long)]
+    pub keep: bool,
+    /// Concurrent clients sending requests while v2 replaces v1
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub clients: usize,
+}
 
 /// The demo app's flags; each also reads an environment variable, so a manifest's `env:` can
 /// inject a fault without changing the `run` line.
@@ -39,9 +50,23 @@ pub struct DemoAppArgs {
     pub boot_delay: u64,
 }
 
+/// Runs the tour; exit 0 only when both deploys went through and no request failed. The tour
+/// brings its own supervisor and socket, so the global `--socket`/`--state-dir` do not apply.
 pub fn run(args: DemoArgs, global: &GlobalArgs) -> ExitCode {
-    let _ = (args, global);
-    todo!("cutover demo")
+    let _ = global;
+    let opts = crate::demo::tour::TourOptions {
+        dir: args.dir,
+        keep: args.keep,
+        clients: args.clients.max(1),
+    };
+    match crate::demo::tour::run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("cutover demo: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 pub fn run_app(args: DemoAppArgs) -> ExitCode {

@@ -248,3 +248,84 @@ fn is_disconnect(err: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{StatusRequest, StopRequest};
+    use tokio::net::UnixListener;
+
+    /// A stand-in supervisor that accepts one client, answers its hello, reads its request and
+    /// then does whatever `script` says.
+    async fn fake_supervisor<F, Fut>(script: F) -> (tempfile::TempDir, PathBuf)
+    where
+        F: FnOnce(UnixStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let _hello: Hello = codec::read_frame(&mut stream).await.unwrap();
+            let reply = HelloReply {
+                protocol: PROTOCOL_VERSION,
+                supervisor: "fake".into(),
+                accepted: true,
+            };
+            codec::write_frame(&mut stream, &reply).await.unwrap();
+            let _request: Request = codec::read_frame(&mut stream).await.unwrap();
+            script(stream).await;
+        });
+        (dir, socket)
+    }
+
+    #[tokio::test]
+    async fn progress_streams_to_the_callback_before_the_answer() {
+        let (_dir, socket) = fake_supervisor(|mut stream| async move {
+            for message in ["starting", "healthy"] {
+                let progress = Response::Progress(Progress {
+                    app: "shop".into(),
+                    message: message.into(),
+                });
+                codec::write_frame(&mut stream, &progress).await.unwrap();
+            }
+            let done = Response::Stopped(crate::protocol::StopOutcome {
+                app: "shop".into(),
+                stopped: 1,
+            });
+            codec::write_frame(&mut stream, &done).await.unwrap();
+        })
+        .await;
+        let client = Client::connect(&socket).await.unwrap();
+        assert_eq!(client.supervisor(), "fake");
+        let mut seen = Vec::new();
+        let request = Request::Stop(StopRequest { app: "shop".into() });
+        let answer = client
+            .request(&request, |p| seen.push(p.message.clone()))
+            .await
+            .unwrap();
+        assert_eq!(seen, ["starting", "healthy"]);
+        assert!(matches!(answer, Response::Stopped(_)), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn a_supervisor_that_dies_mid_stream_is_a_clear_error() {
+        let (_dir, socket) = fake_supervisor(|mut stream| async move {
+            let progress = Response::Progress(Progress {
+                app: "shop".into(),
+                message: "starting".into(),
+            });
+            codec::write_frame(&mut stream, &progress).await.unwrap();
+            // Dropping the stream is what a crash looks like from the client.
+        })
+        .await;
+        let client = Client::connect(&socket).await.unwrap();
+        let request = Request::Status(StatusRequest { app: None });
+        let err = client.request(&request, |_| {}).await.unwrap_err();
+        assert!(matches!(err, ClientError::Closed { .. }), "{err}");
+        assert!(err
+            .to_string()
+            .contains("closed the connection before answering"));
+    }
+}

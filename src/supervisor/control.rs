@@ -88,6 +88,8 @@ async fn connection(mut stream: UnixStream, apps: Apps, owner: u32) {
 
     let hello: Hello = match codec::read_frame_within(&mut stream, CLIENT_TIMEOUT).await {
         Ok(hello) => hello,
+        // A bare connect-and-close is how scripts (and `bind_socket`) probe for a live supervisor.
+        Err(FrameError::Closed) => return,
         Err(err) => {
             tracing::warn!("control connection from pid {pid}: no valid hello: {err}");
             return;
@@ -112,10 +114,12 @@ async fn connection(mut stream: UnixStream, apps: Apps, owner: u32) {
 
     let request: Request = match codec::read_frame_within(&mut stream, CLIENT_TIMEOUT).await {
         Ok(request) => request,
-        Err(FrameError::Decode(err)) => {
+        // Answer what can be answered, so the client shows a reason rather than a hang-up.
+        Err(err @ (FrameError::Decode(_) | FrameError::TooLarge { .. })) => {
+            tracing::warn!("control connection from pid {pid}: refused its request: {err}");
             let answer = Response::Error(ErrorReply {
                 kind: ErrorKind::BadRequest,
-                message: format!("unreadable request: {err}: use a cutover of the same version as the supervisor"),
+                message: format!("unreadable request: {err}"),
             });
             let _ = send(&mut stream, &answer).await;
             return;

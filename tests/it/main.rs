@@ -6,7 +6,9 @@
 mod support;
 
 mod agent;
+mod control;
 mod fetch;
 mod process;
 mod proxy;
 mod supervisor;
+mod tidy;

@@ -1,0 +1,121 @@
+//! Tidy checks that keep the code easy to enter: every file says what it owns, and the arrows
+//! between modules point one way (STYLE.md, src/ARCHITECTURE.md).
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn source(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+#[test]
+fn every_file_opens_with_a_doc_line_saying_what_it_owns() {
+    let mut missing = Vec::new();
+    for dir in ["src", "tests"] {
+        for path in rust_files(&root().join(dir)) {
+            if !source(&path).starts_with("//!") {
+                missing.push(path.strip_prefix(root()).unwrap().display().to_string());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "files without a leading `//!` line: {missing:?}"
+    );
+}
+
+/// `(module dir, forbidden path prefix, why)`: what a module must never reach into.
+const ARROWS: &[(&str, &str, &str)] = &[
+    (
+        "src/protocol",
+        "crate::agent",
+        "protocol depends on nothing of ours",
+    ),
+    (
+        "src/protocol",
+        "crate::supervisor",
+        "protocol depends on nothing of ours",
+    ),
+    (
+        "src/protocol",
+        "crate::cli",
+        "protocol depends on nothing of ours",
+    ),
+    (
+        "src/agent",
+        "crate::supervisor",
+        "the agent talks to the supervisor only through protocol",
+    ),
+    (
+        "src/supervisor",
+        "crate::agent",
+        "the supervisor never runs agent code",
+    ),
+    (
+        "src/supervisor",
+        "crate::cli",
+        "the CLI calls the supervisor, not the other way",
+    ),
+];
+
+#[test]
+fn module_arrows_point_one_way() {
+    let mut wrong = Vec::new();
+    for (dir, forbidden, why) in ARROWS {
+        for path in rust_files(&root().join(dir)) {
+            if source(&path).contains(forbidden) {
+                wrong.push(format!(
+                    "{} uses {forbidden}: {why}",
+                    path.strip_prefix(root()).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[test]
+fn only_the_process_module_spawns_or_signals_app_processes() {
+    let allowed = root().join("src/supervisor/process.rs");
+    let mut wrong = Vec::new();
+    for path in rust_files(&root().join("src/supervisor")) {
+        if path == allowed {
+            continue;
+        }
+        let text = source(&path);
+        for needle in ["Command::new", "killpg", "signal::kill", "libc::kill"] {
+            if text.contains(needle) {
+                wrong.push(format!(
+                    "{} uses {needle}",
+                    path.strip_prefix(root()).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "only supervisor::process may spawn or signal: {wrong:#?}"
+    );
+}
