@@ -57,3 +57,70 @@ pub fn mark_bad(record: &mut AppRecord, version: &str, reason: &str) {
         release.bad = Some(reason.to_owned());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::store::ReleaseRecord;
+
+    fn record(dest: &std::path::Path) -> AppRecord {
+        let spec: AppSpec = serde_json::from_value(serde_json::json!({
+            "name": "shop", "run": "true", "listen": "127.0.0.1:1"
+        }))
+        .expect("spec");
+        let release = |bad: Option<&str>| ReleaseRecord {
+            spec: spec.clone(),
+            deployed_at: None,
+            bad: bad.map(str::to_owned),
+        };
+        for v in ["v1", "v2", "v3"] {
+            std::fs::create_dir_all(layout::release_dir(dest, v)).expect("mkdir");
+        }
+        AppRecord {
+            spec: spec.clone(),
+            dest: dest.to_owned(),
+            live: Some("v3".into()),
+            releases: [
+                ("v1".to_owned(), release(None)),
+                ("v2".to_owned(), release(Some("crash loop"))),
+                ("v3".to_owned(), release(None)),
+            ]
+            .into(),
+            history: vec!["v1".into(), "v2".into(), "v3".into()],
+            instances: vec![],
+            deploy: None,
+            next_instance: 0,
+        }
+    }
+
+    #[test]
+    fn the_previous_good_release_skips_bad_ones() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (target, _) = choose(&record(dir.path()), None).expect("a target");
+        assert_eq!(target, "v1");
+    }
+
+    #[test]
+    fn bad_missing_live_and_unknown_targets_are_bad_requests() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rec = record(dir.path());
+        for (version, words) in [
+            ("v2", "marked bad (crash loop)"),
+            ("v3", "already live"),
+            ("v9", "never ran"),
+        ] {
+            let e = choose(&rec, Some(version)).expect_err(version);
+            assert_eq!(e.kind, ErrorKind::BadRequest);
+            assert!(e.message.contains(words), "{version}: {}", e.message);
+        }
+        std::fs::remove_dir(layout::release_dir(dir.path(), "v1")).expect("rmdir");
+        let e = choose(&rec, Some("v1")).expect_err("v1 is gone");
+        assert!(e.message.contains("no longer on disk"), "{}", e.message);
+        let e = choose(&rec, None).expect_err("nothing good is left");
+        assert!(
+            e.message.contains("no previous good release"),
+            "{}",
+            e.message
+        );
+    }
+}
