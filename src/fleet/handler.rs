@@ -78,7 +78,11 @@ fn start(node: &Node, op: &str, payload: &str) -> Ack {
             "empty {op} payload: send a manifest URL or APP [VERSION]"
         ));
     }
+    let run = format!("{op} {payload}");
     if worker::busy(node) {
+        if node.record().running.as_deref() == Some(run.as_str()) {
+            return Ack::accepted();
+        }
         let last = node.record().last;
         let what = last.map_or_else(String::new, |l| format!(": {} {} {}", l.op, l.app, l.v));
         return Ack::refused(format!("busy{what}; retry when it ends"));
@@ -94,6 +98,7 @@ fn start(node: &Node, op: &str, payload: &str) -> Ack {
         _ => (String::new(), String::new()),
     };
     let marked = node.update_record(|r| {
+        r.running = Some(run);
         r.last = Some(LastRun {
             op: op.to_owned(),
             app,

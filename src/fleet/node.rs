@@ -168,15 +168,15 @@ impl Node {
         write().map_err(|source| NodeError::Record { path, source })
     }
 
-    /// Appends one timestamped line to the fleet log (and stderr, which serf logs for handlers).
+    /// Appends one timestamped line to the fleet log; if that fails, to stderr, which Serf logs.
     pub fn log(&self, line: &str) {
         let stamped = format!(
             "{} {line}",
             humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         );
-        eprintln!("{stamped}");
-        if let Ok(mut file) = open_log(&self.log_path()) {
-            let _ = writeln!(file, "{stamped}");
+        let written = open_log(&self.log_path()).and_then(|mut file| writeln!(file, "{stamped}"));
+        if written.is_err() {
+            eprintln!("{stamped}");
         }
     }
 }
@@ -186,6 +186,10 @@ impl Node {
 pub struct Record {
     #[serde(default)]
     pub last: Option<LastRun>,
+    /// `OP PAYLOAD` of the run a worker was started for, so a repeated query (its first answer
+    /// lost on the way) is answered "accepted" again instead of "busy".
+    #[serde(default)]
+    pub running: Option<String>,
     /// App → version → the manifest URL it was deployed from, for peers that catch up.
     #[serde(default)]
     pub manifests: BTreeMap<String, BTreeMap<String, String>>,
@@ -207,7 +211,14 @@ pub fn summarize(report: &StatusReport) -> Vec<AppState> {
                 n: app.name.clone(),
                 v: app.live_version.clone(),
                 ok: u32::try_from(ok).unwrap_or(u32::MAX),
-                of: u32::try_from(app.instances.len()).unwrap_or(u32::MAX),
+                // Draining instances of the old release are not part of the live count.
+                of: u32::try_from(
+                    app.instances
+                        .iter()
+                        .filter(|i| Some(i.version.as_str()) == live)
+                        .count(),
+                )
+                .unwrap_or(u32::MAX),
                 p: app.phase.clone(),
             }
         })
@@ -270,7 +281,7 @@ mod tests {
             }],
         };
         let apps = summarize(&report);
-        assert_eq!((apps[0].ok, apps[0].of), (1, 3));
+        assert_eq!((apps[0].ok, apps[0].of), (1, 2));
         assert!(apps[0].serves("2"));
         assert!(!apps[0].serves("1"));
     }

@@ -112,7 +112,9 @@ pub async fn plan(serf: &Serf, step: &Step, opts: &Options) -> Result<Plan, Roll
     } else {
         &step.tags
     };
-    let members = serf.members(filters).await?;
+    let mut members = serf.members(filters).await?;
+    // Name order: a plan an operator can predict and read, the same from any coordinator.
+    members.sort_by(|a, b| a.name.cmp(&b.name));
     let mut plan = Plan::default();
     let mut alive = Vec::new();
     for member in members {
@@ -128,7 +130,14 @@ pub async fn plan(serf: &Serf, step: &Step, opts: &Options) -> Result<Plan, Roll
     if alive.is_empty() && plan.unreachable.is_empty() {
         return Err(RolloutError::NoMembers(describe(filters)));
     }
-    let states = status_of(serf, &alive, opts.query_timeout).await?;
+    let mut states = status_of(serf, &alive, opts.query_timeout).await?;
+    // One more chance for nodes whose answer was lost on a busy host (see `ask`).
+    let missing: Vec<String> = alive
+        .iter()
+        .filter(|n| !states.contains_key(*n))
+        .cloned()
+        .collect();
+    states.extend(status_of(serf, &missing, opts.query_timeout).await?);
     let app = &step.release.app;
     let mut todo = Vec::new();
     for node in alive {
@@ -170,7 +179,11 @@ fn batches(todo: Vec<Target>, serving: usize, opts: &Options) -> Option<Vec<Vec<
         return None;
     }
     // Nodes that serve nothing yet cost no capacity, but still go at most `max_parallel` at once.
-    let size = opts.max_parallel.max(1).min(room.max(1));
+    let size = if todo.iter().any(|t| t.serving) {
+        opts.max_parallel.min(room).max(1)
+    } else {
+        opts.max_parallel.max(1)
+    };
     Some(todo.chunks(size).map(<[Target]>::to_vec).collect())
 }
 
@@ -289,16 +302,15 @@ async fn deploy_batch(
     let r = &step.release;
     let nodes: Vec<String> = batch.iter().map(|t| t.node.clone()).collect();
     let mut ends = BTreeMap::new();
-    let acks = match serf
-        .query(wire::QUERY_DEPLOY, &step.url, &nodes, opts.query_timeout)
-        .await
-    {
-        Ok(result) => result.responses,
-        Err(err) => {
-            out.say(&format!("deploy query failed: {err}"));
-            BTreeMap::new()
-        }
-    };
+    let acks = ask(
+        serf,
+        wire::QUERY_DEPLOY,
+        &step.url,
+        &nodes,
+        opts.query_timeout,
+        out,
+    )
+    .await;
     let mut pending = Vec::new();
     for node in &nodes {
         match acks.get(node).map(|text| serde_json::from_str::<Ack>(text)) {
@@ -427,17 +439,18 @@ async fn revert(
             continue;
         };
         let payload = format!("{app} {previous}");
-        let answer = serf
-            .query(
-                wire::QUERY_ROLLBACK,
-                &payload,
-                std::slice::from_ref(&target.node),
-                opts.query_timeout,
-            )
-            .await
-            .ok()
-            .and_then(|r| r.responses.get(&target.node).cloned())
-            .and_then(|text| serde_json::from_str::<Ack>(&text).ok());
+        let node = std::slice::from_ref(&target.node);
+        let answer = ask(
+            serf,
+            wire::QUERY_ROLLBACK,
+            &payload,
+            node,
+            opts.query_timeout,
+            out,
+        )
+        .await
+        .remove(&target.node)
+        .and_then(|text| serde_json::from_str::<Ack>(&text).ok());
         match answer {
             Some(ack) if ack.ok => asked.push(target.clone()),
             Some(ack) => out.say(&format!(
@@ -473,6 +486,35 @@ async fn revert(
         .filter(|(_, end)| *end == NodeEnd::Serving)
         .map(|(node, _)| node)
         .collect()
+}
+
+/// Sends a query and, to the nodes whose answer did not come, once more: on a loaded host a
+/// gossip message or an answer can be lost, and a node must not be written off for that. The
+/// handler answers a repeated deploy or rollback "accepted" without starting it twice.
+async fn ask(
+    serf: &Serf,
+    name: &str,
+    payload: &str,
+    nodes: &[String],
+    timeout: Duration,
+    out: &Progress,
+) -> BTreeMap<String, String> {
+    let mut answers = BTreeMap::new();
+    for _attempt in 0..2 {
+        let missing: Vec<String> = nodes
+            .iter()
+            .filter(|n| !answers.contains_key(*n))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        match serf.query(name, payload, &missing, timeout).await {
+            Ok(result) => answers.extend(result.responses),
+            Err(err) => out.say(&format!("{name} query failed: {err}")),
+        }
+    }
+    answers
 }
 
 /// Each answering node's state; nodes that did not answer are absent.
@@ -562,6 +604,10 @@ mod tests {
                 ..t
             })
             .collect();
-        assert_eq!(sizes(&batches(fresh, 0, &opts(1, 2)).unwrap()), [1, 1]);
+        assert_eq!(
+            sizes(&batches(fresh.clone(), 0, &opts(1, 2)).unwrap()),
+            [1, 1]
+        );
+        assert_eq!(sizes(&batches(fresh, 0, &opts(2, 2)).unwrap()), [2]);
     }
 }

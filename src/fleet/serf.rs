@@ -165,7 +165,11 @@ impl Serf {
         nodes: &[String],
         timeout: Duration,
     ) -> Result<QueryResult, SerfError> {
-        let mut args = vec![format!("-timeout={}ms", timeout.as_millis().max(1))];
+        // A relayed copy of each answer survives the loss of one UDP packet on a busy host.
+        let mut args = vec![
+            format!("-timeout={}ms", timeout.as_millis().max(1)),
+            "-relay-factor=1".to_owned(),
+        ];
         for node in nodes {
             args.push(format!("-node={node}"));
         }

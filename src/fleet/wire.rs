@@ -86,7 +86,7 @@ pub struct AppState {
     pub v: Option<String>,
     /// Healthy routed instances of the live version.
     pub ok: u32,
-    /// Instances of the app in total.
+    /// Instances of the live version.
     pub of: u32,
     /// The supervisor's phase (`idle`, `deploying 1.4.2: …`).
     pub p: String,

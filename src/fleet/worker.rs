@@ -216,7 +216,14 @@ fn finish(node: &Node, op: &str, app: &str, version: &str, state: RunState, mess
         s: state,
         m: message.to_owned(),
     };
-    if let Err(err) = node.update_record(|r| r.last = Some(last)) {
+    let done = state != RunState::Running;
+    let recorded = node.update_record(|r| {
+        r.last = Some(last);
+        if done {
+            r.running = None;
+        }
+    });
+    if let Err(err) = recorded {
         node.log(&err.to_string());
     }
 }

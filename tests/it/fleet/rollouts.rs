@@ -16,7 +16,13 @@ fn fleet_on_v1(n: usize, env: impl Fn(usize) -> Vec<(String, String)>) -> Fleet 
     let v1 = release(fleet.root.path(), "shop", "1", Behaviour::Serves);
     let all = n.to_string();
     let out = fleet.rollout("n1", &[v1.to_str().unwrap(), "--max-parallel", &all]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out),
+        fleet.logs()
+    );
     for node in &fleet.nodes {
         assert_eq!(
             node.live_version("shop").as_deref(),
@@ -150,7 +156,16 @@ fn a_node_killed_mid_rollout_is_reported_and_catches_up_when_it_returns() {
     });
     let stdout = std::fs::read_to_string(&progress).unwrap();
     assert_eq!(status.unwrap().code(), Some(3), "{stdout}");
-    assert!(stdout.contains("unreachable: n3"), "{stdout}");
+    assert!(
+        stdout.contains("n3: UNREACHABLE"),
+        "{stdout}\n{}",
+        fleet.logs()
+    );
+    assert!(
+        !stdout.contains("n2: UNREACHABLE"),
+        "{stdout}\n{}",
+        fleet.logs()
+    );
     assert!(started.elapsed() < ROLLOUT, "{stdout}");
     for node in ["n1", "n2", "n4"] {
         assert_eq!(

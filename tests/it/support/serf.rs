@@ -85,7 +85,7 @@ impl SerfAgent {
             cmd.arg(format!("-event-handler={handler}"));
         }
         let child = cmd.spawn().expect("start serf agent (is serf installed?)");
-        let agent = SerfAgent {
+        let mut agent = SerfAgent {
             name: cfg.name.clone(),
             bind,
             rpc,
@@ -93,6 +93,17 @@ impl SerfAgent {
             log: cfg.log.clone(),
         };
         wait_until(&format!("serf agent {} RPC", agent.name), GOSSIP, || {
+            if let Some(status) = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "serf agent {} exited with {status}:\n{}",
+                    agent.name,
+                    agent.log_text()
+                );
+            }
             agent.cli(&["members"]).status.success()
         });
         agent
@@ -375,6 +386,23 @@ impl Fleet {
         });
     }
 
+    /// Every node's fleet log and supervisor log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for node in &self.nodes {
+            let sup = std::fs::read_to_string(node.dir.join("supervisor.log")).unwrap_or_default();
+            all.push_str(&format!(
+                "=== {} fleet.log\n{}",
+                node.name,
+                node.fleet_log()
+            ));
+            all.push_str(&format!("=== {} supervisor.log\n{sup}", node.name));
+            let serf = std::fs::read_to_string(node.dir.join("serf.log")).unwrap_or_default();
+            all.push_str(&format!("=== {} serf.log\n{serf}", node.name));
+        }
+        all
+    }
+
     pub fn node(&self, name: &str) -> &FleetNode {
         self.nodes.iter().find(|n| n.name == name).unwrap()
     }
@@ -441,12 +469,11 @@ pub fn release(dir: &Path, app: &str, version: &str, behaviour: Behaviour) -> Pa
         tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
     }
     let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&archive).unwrap()));
-    let serve = "exec python3 -m http.server {port} --bind 127.0.0.1";
+    // The bundled demo app; `BROKEN` (from the node's environment) makes it never healthy.
+    let serve = format!("{} demo-app --port {{port}}", cutover_bin().display());
     let run = match behaviour {
-        Behaviour::Serves => format!("\"{serve}\""),
-        Behaviour::BrokenWhereMarked => {
-            format!("'if [ -n \"$BROKEN\" ]; then exec sleep 60; fi; {serve}'")
-        }
+        Behaviour::Serves => serve,
+        Behaviour::BrokenWhereMarked => format!("{serve} ${{BROKEN:+--never-healthy}}"),
     };
     let text = std::fs::read_to_string(fixture("fleet/app.yml.tmpl"))
         .unwrap()
