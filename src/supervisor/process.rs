@@ -172,7 +172,7 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Running> {
         .id()
         .ok_or_else(|| std::io::Error::other("spawned process has no pid"))?;
     // The child cannot be reaped before we wait on it, so its /proc entry is there to read.
-    let start_time = start_time(pid)?;
+    let (start_time, _) = stat(pid)?;
     Ok(Running {
         id: ProcessId { pid, start_time },
         watch: Watch::Child(child),
@@ -194,13 +194,13 @@ fn shell_line(line: &str) -> String {
 
 /// Re-adopts a process from the state file if it still runs with the same start time.
 pub fn adopt(id: ProcessId) -> Option<Running> {
-    if start_time(id.pid).ok()? != id.start_time {
+    if start_time(id.pid)? != id.start_time {
         return None;
     }
     let fd = pidfd_open(id.pid)?;
     // The pid could have died and been reused between the first check and pidfd_open; the pidfd
     // pins whatever process it refers to, so checking again closes that gap.
-    if start_time(id.pid).ok()? != id.start_time {
+    if start_time(id.pid)? != id.start_time {
         return None;
     }
     Some(Running {
@@ -221,27 +221,34 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat); an error if the
-/// process does not exist or is a zombie (dead, waiting to be reaped).
-fn start_time(pid: u32) -> std::io::Result<u64> {
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), and whether it is
+/// a zombie (dead, waiting to be reaped). A child that exits at once is a zombie by the time
+/// `spawn` reads this, and still has its start time.
+fn stat(pid: u32) -> std::io::Result<(u64, bool)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_start_time(&stat).ok_or_else(|| {
+    parse_stat(&stat).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("unexpected /proc/{pid}/stat format or process is a zombie"),
+            format!("unexpected format of /proc/{pid}/stat: {stat}"),
         )
     })
 }
 
-fn parse_start_time(stat: &str) -> Option<u64> {
+/// The start time of a live (not zombie) process.
+fn start_time(pid: u32) -> Option<u64> {
+    match stat(pid) {
+        Ok((start, false)) => Some(start),
+        _ => None,
+    }
+}
+
+fn parse_stat(stat: &str) -> Option<(u64, bool)> {
     // The command name (field 2) is in parentheses and may hold spaces or ')': split after the
     // last ')'. What follows starts with field 3 (state), so field 22 is the 20th there.
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
-    if fields.next()? == "Z" {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
+    let zombie = fields.next()? == "Z";
+    Some((fields.nth(18)?.parse().ok()?, zombie))
 }
 
 /// Sends `signal` to the process group, waits up to `grace`, then SIGKILLs the group.
@@ -312,19 +319,19 @@ mod tests {
     fn start_time_is_field_22_even_with_spaces_in_the_name() {
         let stat =
             "4242 (my app) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_start_time(stat), Some(987654));
+        assert_eq!(parse_stat(stat), Some((987654, false)));
     }
 
     #[test]
-    fn zombies_have_no_start_time() {
+    fn zombies_are_told_apart() {
         let stat =
             "4242 (app) Z 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_start_time(stat), None);
+        assert_eq!(parse_stat(stat), Some((987654, true)));
     }
 
     #[test]
     fn our_own_start_time_is_readable() {
-        assert!(start_time(std::process::id()).is_ok());
+        assert!(start_time(std::process::id()).is_some());
     }
 
     #[test]
