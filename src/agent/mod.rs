@@ -3,9 +3,278 @@
 //! Order of work (the contract in `spec/stretcher-compat.md`): parse input → fetch manifest →
 //! fetch `src` (hash + unpack in one streaming pass) → verify → pre hooks → place files → post
 //! hooks → [app manifest: deploy request to the supervisor] → success/failure hooks → exit code.
+//!
+//! This file is that order written out; each step lives in its own module. Input and manifest
+//! errors run no hooks; anything after the manifest was accepted ends in the failure hooks.
 
 pub mod checksum;
+pub mod hooks;
+pub mod input;
+pub mod lock;
 pub mod log;
+pub mod manifest;
 pub mod pipeline;
+pub mod place;
 pub mod release;
+pub mod replay;
 pub mod source;
+pub mod template;
+pub mod unpack;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use self::hooks::{HookError, Phase};
+use self::input::{Event, EventId};
+use self::lock::LockError;
+use self::log::RunLog;
+use self::manifest::{Files, Manifest, ManifestError, SyncStrategy};
+use self::pipeline::PipelineError;
+use self::place::{PlaceError, RsyncOptions};
+use self::source::{FetchError, FetchOptions};
+
+/// How one run behaves; built by the CLI from flags and the environment.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Retry, timeout and bandwidth for the manifest and the `src` archive.
+    pub fetch: FetchOptions,
+    /// rsync's verbosity option (`-v` by default, as stretcher).
+    pub rsync_verbose: Option<String>,
+    /// How long to wait for another agent deploying to the same `dest`.
+    pub lock_timeout: Duration,
+    /// Locks and replay marks live here.
+    pub state_dir: PathBuf,
+    /// The supervisor's control socket, for manifests with `app:`.
+    pub socket: PathBuf,
+    /// Where hooks run and relative `dest` paths start: the agent's working directory.
+    pub start_dir: PathBuf,
+    /// Skip events already handled (Consul/Serf replays).
+    pub replay_protection: bool,
+}
+
+/// How a run ended; the CLI maps it to an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    /// The event was a replay of one already handled: nothing was done.
+    Skipped,
+}
+
+/// Why the manifest could not even be read: these end the run without hooks.
+#[derive(Debug, thiserror::Error)]
+enum ManifestLoadError {
+    #[error("could not fetch manifest: {0}")]
+    Fetch(#[from] FetchError),
+    #[error("manifest is not UTF-8 text: check that the URL points at the YAML manifest")]
+    NotUtf8,
+    #[error(transparent)]
+    Invalid(#[from] ManifestError),
+}
+
+/// Why a deploy failed after its manifest was accepted: these run the failure hooks.
+#[derive(Debug, thiserror::Error)]
+enum DeployError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    #[error(transparent)]
+    Place(#[from] PlaceError),
+    #[error("could not create dest {path}: {source}")]
+    CreateDest {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("app release failed: {0:#}")]
+    Release(anyhow::Error),
+}
+
+/// Deploys the manifest `event` points at, from replay check to success/failure hooks.
+pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
+    let url = event.url.as_str();
+    if let Some(skip) = replay_of(event, opts) {
+        log.line(skip);
+        return Outcome::Skipped;
+    }
+    match &event.identity {
+        Some(id) => log.line(format!("deploying manifest {url} from {id}")),
+        None => log.line(format!("deploying manifest {url}")),
+    }
+    let manifest = match load_manifest(url, opts, log).await {
+        Ok(manifest) => manifest,
+        Err(err) => {
+            // Manifest errors run no hooks: the hooks themselves come from the manifest.
+            log.line(format!("Deploy manifest failed: {url}: {err}"));
+            return Outcome::Failed;
+        }
+    };
+    for warning in &manifest.warnings {
+        log.line(format!("warning: {warning}"));
+    }
+    let result = deploy(&manifest, event, opts, log).await;
+    if matches!(result, Ok(Outcome::Skipped)) {
+        return Outcome::Skipped;
+    }
+    let (outcome, phase, lines) = match result {
+        Ok(_) => {
+            log.line(format!("Deploy manifest succeeded: {url}"));
+            (
+                Outcome::Succeeded,
+                Phase::Success,
+                &manifest.commands.success,
+            )
+        }
+        Err(err) => {
+            log.line(format!("Deploy manifest failed: {url}: {err}"));
+            (Outcome::Failed, Phase::Failure, &manifest.commands.failure)
+        }
+    };
+    // Every command gets the same log: the run up to and including the final line.
+    let text = log.contents();
+    if let Err(err) = hooks::run_notify(phase, lines, &opts.start_dir, &text, log).await {
+        log.line(format!("{err}: the deploy's result stands"));
+    }
+    outcome
+}
+
+/// The skip message when `event` was handled before and replay protection is on.
+fn replay_of(event: &Event, opts: &Options) -> Option<String> {
+    let id: &EventId = event.identity.as_ref()?;
+    if !opts.replay_protection {
+        return None;
+    }
+    let mark = replay::already_handled(&opts.state_dir, id)?;
+    Some(format!(
+        "skipping {id}: already handled (last LTime {}, at {}); pass --allow-replays to deploy it again",
+        mark.ltime, mark.handled_at
+    ))
+}
+
+async fn load_manifest(
+    url: &str,
+    opts: &Options,
+    log: &RunLog,
+) -> Result<Manifest, ManifestLoadError> {
+    // A progress bar for a few hundred bytes is noise.
+    let fetch = FetchOptions {
+        progress: false,
+        ..opts.fetch.clone()
+    };
+    let bytes = source::fetch_bytes(url, &fetch, log).await?;
+    let text = String::from_utf8(bytes).map_err(|_| ManifestLoadError::NotUtf8)?;
+    let lookup = |name: &str| std::env::var(name).ok();
+    Ok(manifest::parse(&text, &lookup)?)
+}
+
+/// Everything between an accepted manifest and the final line.
+async fn deploy(
+    manifest: &Manifest,
+    event: &Event,
+    opts: &Options,
+    log: &RunLog,
+) -> Result<Outcome, DeployError> {
+    let cwd = opts.start_dir.as_path();
+    let Some(files) = &manifest.files else {
+        log.line("no src: commands-only mode");
+        let result = commands_only(manifest, cwd, log).await;
+        mark_handled(event, opts, log);
+        return result.map(|()| Outcome::Succeeded);
+    };
+    let dest = cwd.join(&files.dest);
+    let _lock = match lock::acquire(&opts.state_dir, &dest, opts.lock_timeout, log).await {
+        Ok(lock) => lock,
+        Err(err) => {
+            mark_handled(event, opts, log);
+            return Err(err.into());
+        }
+    };
+    // Another agent may have handled this very event while we waited for the lock.
+    if let Some(skip) = replay_of(event, opts) {
+        log.line(skip);
+        return Ok(Outcome::Skipped);
+    }
+    let result = async {
+        place_files(files, &dest, manifest, opts, log).await?;
+        hooks::run_logged(Phase::Post, &manifest.commands.post, cwd, log).await?;
+        Ok::<(), DeployError>(())
+    }
+    .await;
+    // Still under the lock, so that an agent waiting with the same event sees the mark.
+    mark_handled(event, opts, log);
+    result.map(|()| Outcome::Succeeded)
+}
+
+async fn commands_only(manifest: &Manifest, cwd: &Path, log: &RunLog) -> Result<(), DeployError> {
+    hooks::run_logged(Phase::Pre, &manifest.commands.pre, cwd, log).await?;
+    hooks::run_logged(Phase::Post, &manifest.commands.post, cwd, log).await?;
+    Ok(())
+}
+
+/// Records the event as handled, whatever the deploy's result: a restarted watch must not retry a
+/// failed deploy (and rerun its failure hooks) behind the operator's back; a new event deploys
+/// again, and `--allow-replays` redeploys an old one.
+fn mark_handled(event: &Event, opts: &Options, log: &RunLog) {
+    if let Some(id) = &event.identity {
+        if let Err(err) = replay::record(&opts.state_dir, id) {
+            log.line(format!("warning: {err}"));
+        }
+    }
+}
+
+/// fetch + verify + unpack → pre → chmod → rsync | mv | app release.
+async fn place_files(
+    files: &Files,
+    dest: &Path,
+    manifest: &Manifest,
+    opts: &Options,
+    log: &RunLog,
+) -> Result<(), DeployError> {
+    let staging_parent = if files.app.is_some() {
+        // The app's home holds releases/: staging inside it keeps the rename on one filesystem.
+        std::fs::create_dir_all(dest).map_err(|source| DeployError::CreateDest {
+            path: dest.to_path_buf(),
+            source,
+        })?;
+        dest.to_path_buf()
+    } else {
+        place::staging_parent(dest)?
+    };
+    // The pipeline logs its own steps: fetching, verified, unpacked.
+    let staged = pipeline::fetch_and_unpack(
+        &files.src,
+        &files.checksum,
+        &staging_parent,
+        &opts.fetch,
+        log,
+    )
+    .await?;
+    hooks::run_logged(Phase::Pre, &manifest.commands.pre, &opts.start_dir, log).await?;
+    place::set_mode(staged.path(), files.dest_mode)?;
+    if let Some(app) = &files.app {
+        let release = release::AppRelease {
+            app,
+            dest,
+            staged,
+            socket: &opts.socket,
+        };
+        return release::deploy(release, log)
+            .await
+            .map_err(DeployError::Release);
+    }
+    match files.strategy {
+        SyncStrategy::Rsync => {
+            let rsync = RsyncOptions {
+                excludes: &files.excludes,
+                exclude_from: files.exclude_from.as_deref(),
+                verbose: opts.rsync_verbose.as_deref(),
+            };
+            place::rsync(staged.path(), dest, rsync, log).await?;
+        }
+        SyncStrategy::Mv => place::mv(staged, dest, log)?,
+    }
+    Ok(())
+}

@@ -2,21 +2,344 @@
 //! agent run with its exit code (always 0 under `consul watch`).
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
+use rand::Rng;
 
 use super::GlobalArgs;
+use crate::agent::input::{self, Event, Input};
+use crate::agent::log::{RunLog, DEFAULT_CAP};
+use crate::agent::source::FetchOptions;
+use crate::agent::{Options, Outcome};
 
-#[derive(Debug, Args)]
-pub struct AgentArgs {}
-
-/// Rewrites stretcher v1 single-dash long flags to the double-dash spelling clap understands.
-pub fn normalize_args(argv: Vec<OsString>) -> Vec<OsString> {
-    argv
+/// Flags of every deploy run, from stdin (`cutover`) or not (`cutover apply`).
+#[derive(Debug, Clone, Args)]
+pub struct DeployFlags {
+    /// Bytes per second for the src download: plain bytes, or 1K/1M/1G (powers of 1000),
+    /// 1KiB/1MiB/1GiB (powers of 1024) [v1: -max-bandwidth, v2: --max-band-width]
+    #[arg(long = "max-bandwidth", visible_alias = "max-band-width", value_name = "RATE", value_parser = parse_bandwidth)]
+    pub max_bandwidth: Option<u64>,
+    /// Limit for the whole fetch of the manifest and of src, retries included: seconds (`10`,
+    /// `1.5`) or a duration (`10s`, `2m`)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Extra attempts to fetch the manifest and src after a failure
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retry: u32,
+    /// Pause between attempts: seconds or a duration
+    #[arg(long, value_name = "DURATION", default_value = "3", value_parser = parse_duration)]
+    pub retry_wait: Duration,
+    /// rsync's verbosity option, passed as is (`-v`, `-vv`; empty for none)
+    #[arg(long, value_name = "OPTION", num_args = 0..=1, default_value = "-v", default_missing_value = "-v")]
+    pub rsync_verbose: String,
+    /// Extra HTTP request header for the manifest and src fetch (repeatable)
+    #[arg(long = "http-header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub http_headers: Vec<(String, String)>,
+    /// How long to wait for another cutover deploying to the same dest
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
 }
 
+/// The agent's own flags: what stretcher's command line takes.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub deploy: DeployFlags,
+    /// Sleep a random time in [0, DURATION) before reading stdin, to spread a fleet's downloads
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub random_delay: Option<Duration>,
+    /// Deploy a Consul/Serf event even when it was already handled (a restarted watch replays
+    /// every buffered event; by default those are skipped)
+    #[arg(long, visible_alias = "no-replay-protection")]
+    pub allow_replays: bool,
+    /// Print the version and exit [v1: -v, -version]
+    #[arg(short = 'v', long)]
+    pub version: bool,
+}
+
+/// Long flags stretcher v1 spells with one dash (Go's flag package); `-v` stays short.
+const LONG_FLAGS: &[&str] = &[
+    "max-bandwidth",
+    "max-band-width",
+    "timeout",
+    "retry",
+    "retry-wait",
+    "random-delay",
+    "rsync-verbose",
+    "version",
+    "http-header",
+    "lock-timeout",
+    "allow-replays",
+    "no-replay-protection",
+    "state-dir",
+    "socket",
+];
+
+/// Rewrites stretcher v1 single-dash long flags to the double-dash spelling clap understands.
+///
+/// `-rsync-verbose` always takes a value in v1 (`-rsync-verbose -v`); that value looks like a
+/// flag, so it is glued on as `--rsync-verbose=-v` before clap sees it.
+pub fn normalize_args(argv: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut args = argv.into_iter();
+    out.extend(args.next());
+    while let Some(arg) = args.next() {
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            out.push(arg);
+            out.extend(args.by_ref());
+            break;
+        }
+        let long = match text.strip_prefix('-') {
+            Some(rest) if !rest.starts_with('-') => {
+                let name = rest.split('=').next().unwrap_or(rest);
+                if LONG_FLAGS.contains(&name) {
+                    format!("-{text}")
+                } else {
+                    text.to_owned()
+                }
+            }
+            _ => text.to_owned(),
+        };
+        if long == "--rsync-verbose" {
+            let mut rest = args.as_slice().iter();
+            if let Some(value) = rest
+                .next()
+                .and_then(|v| v.to_str())
+                .filter(|v| is_verbosity(v))
+            {
+                out.push(OsString::from(format!("--rsync-verbose={value}")));
+                args.next();
+                continue;
+            }
+        }
+        out.push(OsString::from(long));
+    }
+    out
+}
+
+fn is_verbosity(value: &str) -> bool {
+    value.is_empty()
+        || matches!(value, "--verbose" | "--quiet" | "-q")
+        || (value.len() > 1 && value.starts_with('-') && value[1..].bytes().all(|b| b == b'v'))
+}
+
+/// Seconds as a plain number (`10`, `1.5`, v1) or a humantime duration (`10s`, `1m30s`, v2).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{text:?} is not a duration: use seconds (10, 1.5) or 10s, 2m"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration ({e}): use seconds (10, 1.5) or 10s, 2m"))
+}
+
+/// A byte rate: `1M` = 10^6, `1MiB` = 2^20, K/G/T likewise, an optional `B`, any case.
+pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
+    let err = || format!("{text:?} is not a byte rate: use e.g. 500K, 1M, 1MiB or plain bytes");
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number.parse().map_err(|_| err())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let factor: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "t" => 1e12,
+        "ki" => 1024.0,
+        "mi" => 1024.0 * 1024.0,
+        "gi" => 1024.0 * 1024.0 * 1024.0,
+        "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(err()),
+    };
+    let bytes = number * factor;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(err());
+    }
+    Ok(bytes as u64)
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("{text:?} is not a header: write NAME=VALUE")),
+    }
+}
+
+/// `cutover [flags]`: reads the event on stdin and deploys it.
 pub fn run(args: AgentArgs, global: &GlobalArgs) -> ExitCode {
-    let _ = (args, global);
-    todo!("agent")
+    if args.version {
+        println!("cutover {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let log = RunLog::new(DEFAULT_CAP);
+    if let Some(delay) = args.random_delay.filter(|d| !d.is_zero()) {
+        let pause = rand::thread_rng().gen_range(Duration::ZERO..delay);
+        log.line(format!("random delay: sleeping {pause:.1?}"));
+        std::thread::sleep(pause);
+    }
+    let parsed = input::read_bounded(std::io::stdin().lock())
+        .and_then(|bytes| input::parse(&bytes, &input::Env::from_process()));
+    let outcome = match parsed {
+        Ok(Input::Deploy(event)) => {
+            execute(&event, &args.deploy, !args.allow_replays, global, &log)
+        }
+        Ok(Input::NotUserEvent(kind)) => {
+            log.line(format!(
+                "ignoring serf {kind} event: cutover deploys on user events (serf agent -event-handler user:deploy=cutover)"
+            ));
+            Outcome::Skipped
+        }
+        Err(err) => {
+            // Input errors run no hooks: there is no manifest yet.
+            log.line(err);
+            Outcome::Failed
+        }
+    };
+    exit_code(outcome)
+}
+
+/// One deploy with the given flags, on a runtime of its own; shared with `cutover apply`.
+pub(super) fn execute(
+    event: &Event,
+    flags: &DeployFlags,
+    replay_protection: bool,
+    global: &GlobalArgs,
+    log: &RunLog,
+) -> Outcome {
+    let start_dir = match std::env::current_dir() {
+        Ok(dir) => dir,
+        Err(err) => {
+            log.line(format!(
+                "could not read the current directory ({err}): start cutover from a directory that exists"
+            ));
+            return Outcome::Failed;
+        }
+    };
+    let opts = Options {
+        fetch: FetchOptions {
+            timeout: flags.timeout.filter(|t| !t.is_zero()),
+            retries: flags.retry,
+            retry_wait: flags.retry_wait,
+            max_bandwidth: flags.max_bandwidth.filter(|b| *b > 0),
+            headers: flags.http_headers.clone(),
+            progress: std::io::stderr().is_terminal(),
+            ..FetchOptions::default()
+        },
+        rsync_verbose: Some(flags.rsync_verbose.clone()).filter(|v| !v.is_empty()),
+        lock_timeout: flags.lock_timeout,
+        state_dir: global.state_dir(),
+        socket: global.socket(),
+        start_dir,
+        replay_protection,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            log.line(format!("could not start the async runtime: {err}"));
+            return Outcome::Failed;
+        }
+    };
+    runtime.block_on(crate::agent::run(event, &opts, log))
+}
+
+/// 0 on success or skip, 1 on failure — but always 0 under `consul watch`, where a non-zero exit
+/// stops the whole watch.
+pub(super) fn exit_code(outcome: Outcome) -> ExitCode {
+    let under_consul = std::env::var_os("CONSUL_INDEX").is_some();
+    match outcome {
+        Outcome::Failed if !under_consul => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(args: &[&str]) -> Vec<String> {
+        let argv = std::iter::once("cutover").chain(args.iter().copied());
+        normalize_args(argv.map(OsString::from).collect())
+            .into_iter()
+            .skip(1)
+            .map(|a| a.into_string().expect("utf-8"))
+            .collect()
+    }
+
+    #[test]
+    fn v1_flags_become_double_dash() {
+        assert_eq!(
+            norm(&[
+                "-max-bandwidth",
+                "1M",
+                "-timeout=10",
+                "-retry-wait",
+                "3",
+                "-v"
+            ]),
+            [
+                "--max-bandwidth",
+                "1M",
+                "--timeout=10",
+                "--retry-wait",
+                "3",
+                "-v"
+            ]
+        );
+        assert_eq!(norm(&["-version"]), ["--version"]);
+        assert_eq!(norm(&["-x", "--", "-timeout"]), ["-x", "--", "-timeout"]);
+    }
+
+    #[test]
+    fn rsync_verbose_takes_the_next_value_only_when_it_is_a_verbosity() {
+        assert_eq!(norm(&["-rsync-verbose", "-vv"]), ["--rsync-verbose=-vv"]);
+        assert_eq!(
+            norm(&["--rsync-verbose", "-v", "-v"]),
+            ["--rsync-verbose=-v", "-v"]
+        );
+        assert_eq!(
+            norm(&["--rsync-verbose", "--timeout=3"]),
+            ["--rsync-verbose", "--timeout=3"]
+        );
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_humantime() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn bandwidth_units_follow_go_humanize() {
+        assert_eq!(parse_bandwidth("1M"), Ok(1_000_000));
+        assert_eq!(parse_bandwidth("1MB"), Ok(1_000_000));
+        assert_eq!(parse_bandwidth("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bandwidth("500k"), Ok(500_000));
+        assert_eq!(parse_bandwidth("2G"), Ok(2_000_000_000));
+        assert_eq!(parse_bandwidth("1.5K"), Ok(1500));
+        assert_eq!(parse_bandwidth("4096"), Ok(4096));
+        assert!(parse_bandwidth("fast").is_err());
+        assert!(parse_bandwidth("1X").is_err());
+    }
 }

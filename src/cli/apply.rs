@@ -1,15 +1,70 @@
-//! `cutover apply`.
+//! `cutover apply URL|PATH`: the agent's deploy for a manifest named on the command line, without
+//! stdin and without replay protection (there is no event to replay).
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
 
+use super::agent::{execute, exit_code, DeployFlags};
 use super::GlobalArgs;
+use crate::agent::input::Event;
+use crate::agent::log::{RunLog, DEFAULT_CAP};
+use crate::agent::Outcome;
 
 #[derive(Debug, Args)]
-pub struct ApplyArgs {}
+pub struct ApplyArgs {
+    /// Manifest URL (s3://, http://, https://, file://) or a local path
+    #[arg(value_name = "URL|PATH")]
+    pub manifest: String,
+    #[command(flatten)]
+    pub deploy: DeployFlags,
+}
 
 pub fn run(args: ApplyArgs, global: &GlobalArgs) -> ExitCode {
-    let _ = (args, global);
-    todo!("cutover apply")
+    let log = RunLog::new(DEFAULT_CAP);
+    let url = match manifest_url(&args.manifest) {
+        Ok(url) => url,
+        Err(msg) => {
+            log.line(msg);
+            return exit_code(Outcome::Failed);
+        }
+    };
+    let event = Event {
+        url,
+        identity: None,
+    };
+    exit_code(execute(&event, &args.deploy, false, global, &log))
+}
+
+/// A URL stays as is; a local path becomes `file://` + its absolute path.
+fn manifest_url(arg: &str) -> Result<String, String> {
+    if arg.contains("://") {
+        return Ok(arg.to_owned());
+    }
+    let absolute = Path::new(arg)
+        .canonicalize()
+        .ok()
+        .filter(|p| p.is_file())
+        .ok_or_else(|| {
+            format!("manifest {arg} not found: give an existing file or a URL (s3://, https://, file://)")
+        })?;
+    Ok(format!("file://{}", absolute.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_pass_and_paths_become_file_urls() {
+        assert_eq!(manifest_url("s3://b/k.yml").as_deref(), Ok("s3://b/k.yml"));
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let url = manifest_url(file.path().to_str().expect("utf-8")).expect("exists");
+        let canonical = file.path().canonicalize().expect("canonical");
+        assert_eq!(url, format!("file://{}", canonical.display()));
+        assert!(manifest_url("/nonexistent/m.yml")
+            .unwrap_err()
+            .contains("not found"));
+    }
 }

@@ -6,18 +6,86 @@ use clap::Args;
 
 use super::GlobalArgs;
 
+/// The tour's knobs; by default it works in a fresh temp dir and removes it afterwards.
 #[derive(Debug, Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Work in this directory (created if missing, kept afterwards) instead of a temp dir
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+    /// Keep the temp directory (state, logs, releases) for a look afterwards
+    #[arg(long)]
+    pub keep: bool,
+    /// Concurrent clients sending requests while v2 replaces v1
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub clients: usize,
+}
 
+/// The demo app's flags; each also reads an environment variable, so a manifest's `env:` can
+/// inject a fault without changing the `run` line.
 #[derive(Debug, Args)]
-pub struct DemoAppArgs {}
+pub struct DemoAppArgs {
+    /// Port to listen on
+    #[arg(long, env = "PORT")]
+    pub port: u16,
+    /// Address to listen on
+    #[arg(long, env = "DEMO_HOST", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Version shown by `GET /`
+    #[arg(long, env = "DEMO_VERSION", default_value = "dev")]
+    pub version_label: String,
+    /// Exit with status 3 at once (a release that cannot start)
+    #[arg(long, env = "DEMO_FAIL_BOOT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub fail_boot: bool,
+    /// Answer /healthz with 500 for ever
+    #[arg(long, env = "DEMO_NEVER_HEALTHY", value_parser = clap::builder::FalseyValueParser::new())]
+    pub never_healthy: bool,
+    /// Exit with status 1 this many seconds after starting to serve
+    #[arg(long, env = "DEMO_CRASH_AFTER", value_name = "SECS")]
+    pub crash_after: Option<f64>,
+    /// Share of `GET /` answered with 500, from 0.0 to 1.0
+    #[arg(long, env = "DEMO_ERROR_RATE", default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Milliseconds to wait before listening (a slow boot)
+    #[arg(long, env = "DEMO_BOOT_DELAY", value_name = "MS", default_value_t = 0)]
+    pub boot_delay: u64,
+}
 
+/// Runs the tour; exit 0 only when both deploys went through and no request failed. The tour
+/// brings its own supervisor and socket, so the global `--socket`/`--state-dir` do not apply.
 pub fn run(args: DemoArgs, global: &GlobalArgs) -> ExitCode {
-    let _ = (args, global);
-    todo!("cutover demo")
+    let _ = global;
+    let opts = crate::demo::tour::TourOptions {
+        dir: args.dir,
+        keep: args.keep,
+        clients: args.clients.max(1),
+    };
+    match crate::demo::tour::run(&opts) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("cutover demo: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 pub fn run_app(args: DemoAppArgs) -> ExitCode {
-    let _ = args;
-    todo!("cutover demo-app")
+    let crash_after = match args.crash_after.map(std::time::Duration::try_from_secs_f64) {
+        None => None,
+        Some(Ok(after)) => Some(after),
+        Some(Err(_)) => {
+            eprintln!("demo-app: --crash-after must be a positive number of seconds");
+            return ExitCode::from(2);
+        }
+    };
+    let config = crate::demo::app::Config {
+        addr: std::net::SocketAddr::new(args.host, args.port),
+        version: args.version_label,
+        fail_boot: args.fail_boot,
+        never_healthy: args.never_healthy,
+        crash_after,
+        error_rate: args.error_rate,
+        boot_delay: std::time::Duration::from_millis(args.boot_delay),
+    };
+    ExitCode::from(crate::demo::app::run(config))
 }

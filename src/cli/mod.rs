@@ -15,6 +15,7 @@ pub mod demo;
 pub mod fleet;
 pub mod logs;
 pub mod releases;
+mod remote;
 pub mod rollback;
 pub mod status;
 pub mod stop;

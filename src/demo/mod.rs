@@ -1,2 +1,4 @@
 //! The bundled demo: a small HTTP app with fault injection, and the scripted tour that deploys it.
+
+pub mod app;
 pub mod tour;

@@ -21,7 +21,8 @@ pub struct Hello {
 }
 
 /// The supervisor's answer to `Hello`; on a version mismatch `accepted` is false and the
-/// connection is closed after it.
+/// connection is closed after it. A peer the supervisor refuses outright (another user) gets a
+/// `Response::Error` of kind `Forbidden` in place of this reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HelloReply {
     pub protocol: u32,
@@ -29,6 +30,8 @@ pub struct HelloReply {
     pub accepted: bool,
 }
 
+// One request per connection: the size of the deploy variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verb", rename_all = "snake_case")]
 pub enum Request {
@@ -78,8 +81,10 @@ pub struct StopRequest {
     pub app: String,
 }
 
+// The tag is `type`, not `kind`: `ErrorReply` has its own `kind` field, and an internally tagged
+// enum whose tag collides with a field writes the key twice and cannot read its own output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
     /// One human-readable step of a rollout in progress.
     Progress(Progress),
@@ -207,6 +212,8 @@ pub enum ErrorKind {
     ProtocolMismatch,
     /// A fault inside the supervisor.
     Internal,
+    /// The peer may not use this supervisor (another user than its owner or root).
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -219,6 +226,7 @@ impl ErrorKind {
             ErrorKind::Busy => 4,
             ErrorKind::ProtocolMismatch => 5,
             ErrorKind::Internal => 6,
+            ErrorKind::Forbidden => 7,
         }
     }
 }

@@ -3,6 +3,8 @@
 //! This module depends on nothing else of ours, so both sides (and tests) can use it alone.
 
 pub mod app;
+pub mod client;
+pub mod codec;
 pub mod layout;
 pub mod messages;
 

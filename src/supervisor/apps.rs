@@ -1,20 +1,43 @@
-//! The supervisor's brain: one task per app, and the registry that routes each request to it.
+//! The supervisor's brain: the registry of app tasks, and the one `match` that routes each
+//! request to the task of its app (creating it on an app's first deploy).
+//!
+//! There is no shared lock over the apps' state: each app task owns its record and instances and
+//! answers through a oneshot. The registry's map is locked only to look up or insert a handle.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::protocol::{Progress, Request, Response};
+use crate::protocol::{
+    DeployRequest, ErrorKind, ErrorReply, Progress, Request, Response, StatusReport,
+};
+use crate::supervisor::app::{AppHandle, AppShared, AppTask, Control};
+use crate::supervisor::deploy;
+use crate::supervisor::proxy::Proxy;
+use crate::supervisor::recovery;
+use crate::supervisor::store::{AppRecord, Store, StoreError};
 
 /// Every app this supervisor runs. Cheap to share (`Arc` inside); one per supervisor.
 #[derive(Debug, Clone)]
-pub struct Apps {}
+pub struct Apps {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state_dir: PathBuf,
+    store: Arc<Store>,
+    tasks: Mutex<BTreeMap<String, AppHandle>>,
+}
 
 /// Why the supervisor could not start from its state directory.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
-    Todo(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl Apps {
@@ -22,20 +45,196 @@ impl Apps {
     /// instances (pid and start time must match), resumes proxies and health checks, and resolves
     /// a deploy that was in progress by stopping the candidate and keeping the stable release.
     pub async fn start(state_dir: &Path) -> Result<Apps, StartError> {
-        let _ = state_dir;
-        todo!("Apps::start")
+        let store = Arc::new(Store::open(state_dir)?);
+        let mut tasks = BTreeMap::new();
+        for (name, record) in store.snapshot().apps {
+            let proxy = match bind(&record.spec.listen).await {
+                Ok(proxy) => proxy,
+                Err(e) => {
+                    // Its instances keep running; a later deploy or restart can take it back.
+                    tracing::error!(app = %name, "cannot resume: {}", e.message);
+                    continue;
+                }
+            };
+            let shared = Arc::new(AppShared {
+                name: name.clone(),
+                state_dir: state_dir.to_owned(),
+                proxy,
+                store: store.clone(),
+            });
+            tasks.insert(name, recovery::resume(shared, record).await);
+        }
+        Ok(Apps {
+            inner: Arc::new(Inner {
+                state_dir: state_dir.to_owned(),
+                store,
+                tasks: Mutex::new(tasks),
+            }),
+        })
     }
 
     /// Answers one request; the progress lines of a rollout go to `progress` as they happen.
     /// The answer of a deploy or rollback comes when it has succeeded or failed.
     pub async fn handle(&self, request: Request, progress: mpsc::Sender<Progress>) -> Response {
-        let _ = (request, progress);
-        todo!("Apps::handle")
+        let result = match request {
+            Request::Deploy(deploy) => self.deploy(deploy, progress).await,
+            Request::Status(status) => self.status(status.app).await,
+            Request::Releases(r) => self.ask(&r.app, |reply| Control::Releases { reply }).await,
+            Request::Rollback(r) => {
+                let version = r.version;
+                self.ask(&r.app, |reply| Control::Rollback {
+                    version,
+                    progress,
+                    reply,
+                })
+                .await
+            }
+            Request::Logs(r) => self.ask(&r.app, |reply| Control::Logs { reply }).await,
+            Request::Stop(r) => {
+                let response = self.ask(&r.app, |reply| Control::Stop { reply }).await;
+                self.inner.tasks.lock().await.remove(&r.app);
+                response
+            }
+        };
+        result.unwrap_or_else(Response::Error)
     }
 
     /// Stops health checks and proxies and persists the state, but leaves app processes running
     /// so that a restarted supervisor re-adopts them.
     pub async fn shutdown(self) {
-        todo!("Apps::shutdown")
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().await);
+        for (name, task) in tasks {
+            let (reply, done) = oneshot::channel();
+            if task
+                .controls
+                .send(Control::Shutdown { reply })
+                .await
+                .is_ok()
+            {
+                let _ = done.await;
+            }
+            tracing::info!(app = %name, "let go of the app; its instances keep running");
+        }
+        if let Err(e) = self.inner.store.flush() {
+            tracing::error!("{e}");
+        }
     }
+
+    async fn deploy(
+        &self,
+        request: DeployRequest,
+        progress: mpsc::Sender<Progress>,
+    ) -> Result<Response, ErrorReply> {
+        let name = request.app.name.clone();
+        let task = {
+            let mut tasks = self.inner.tasks.lock().await;
+            match tasks.get(&name) {
+                Some(task) if !task.controls.is_closed() => task.clone(),
+                _ => {
+                    let task = self.create(&request).await?;
+                    tasks.insert(name.clone(), task.clone());
+                    task
+                }
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        let control = Control::Deploy {
+            request: Box::new(request),
+            progress,
+            reply,
+        };
+        send(&name, &task, control, answer).await
+    }
+
+    /// The first deploy of an app: bind its public address, then start its task.
+    async fn create(&self, request: &DeployRequest) -> Result<AppHandle, ErrorReply> {
+        deploy::validate(request, None)?;
+        let proxy = bind(&request.app.listen).await?;
+        let record = AppRecord {
+            spec: request.app.clone(),
+            dest: request.dest.clone(),
+            live: None,
+            releases: BTreeMap::new(),
+            history: Vec::new(),
+            instances: Vec::new(),
+            deploy: None,
+            next_instance: 0,
+        };
+        let shared = Arc::new(AppShared {
+            name: request.app.name.clone(),
+            state_dir: self.inner.state_dir.clone(),
+            proxy,
+            store: self.inner.store.clone(),
+        });
+        tracing::info!(app = %request.app.name, "new app, listening on {}", request.app.listen);
+        Ok(AppTask::new(shared, record).spawn())
+    }
+
+    async fn status(&self, app: Option<String>) -> Result<Response, ErrorReply> {
+        let tasks: Vec<(String, AppHandle)> = {
+            let tasks = self.inner.tasks.lock().await;
+            match &app {
+                Some(name) => vec![(name.clone(), lookup(&tasks, name)?)],
+                None => tasks.iter().map(|(n, t)| (n.clone(), t.clone())).collect(),
+            }
+        };
+        let mut report = StatusReport::default();
+        for (name, task) in tasks {
+            let (reply, answer) = oneshot::channel();
+            match send(&name, &task, Control::Status { reply }, answer).await {
+                Ok(status) => report.apps.push(status),
+                // An app stopped between the lookup and the question is simply gone.
+                Err(_) if app.is_none() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Response::Status(report))
+    }
+
+    /// Sends a control built around its reply to the app's task and waits for the answer.
+    async fn ask(
+        &self,
+        name: &str,
+        control: impl FnOnce(oneshot::Sender<Response>) -> Control,
+    ) -> Result<Response, ErrorReply> {
+        let task = lookup(&*self.inner.tasks.lock().await, name)?;
+        let (reply, answer) = oneshot::channel();
+        send(name, &task, control(reply), answer).await
+    }
+}
+
+fn lookup(tasks: &BTreeMap<String, AppHandle>, name: &str) -> Result<AppHandle, ErrorReply> {
+    tasks.get(name).cloned().ok_or_else(|| not_found(name))
+}
+
+async fn send<T>(
+    name: &str,
+    task: &AppHandle,
+    control: Control,
+    answer: oneshot::Receiver<T>,
+) -> Result<T, ErrorReply> {
+    task.controls
+        .send(control)
+        .await
+        .map_err(|_| not_found(name))?;
+    answer.await.map_err(|_| not_found(name))
+}
+
+fn not_found(name: &str) -> ErrorReply {
+    ErrorReply {
+        kind: ErrorKind::NotFound,
+        message: format!("no app named {name} on this supervisor; `cutover status` lists them"),
+    }
+}
+
+/// Binds an app's public address for its proxy.
+async fn bind(listen: &str) -> Result<Proxy, ErrorReply> {
+    let addr: SocketAddr = listen.parse().map_err(|_| ErrorReply {
+        kind: ErrorKind::BadRequest,
+        message: format!("listen {listen:?} is not an address like 0.0.0.0:8080"),
+    })?;
+    Proxy::bind(addr).await.map_err(|e| ErrorReply {
+        kind: ErrorKind::BadRequest,
+        message: format!("cannot listen on {addr}: {e}; free that address or pick another"),
+    })
 }

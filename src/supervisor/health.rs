@@ -1,11 +1,19 @@
 //! Health checks of one instance: HTTP GET or TCP connect on an interval, consecutive pass/fail
 //! thresholds, `min_healthy_time`, and the last failure's reason for `status`.
+//!
+//! One task per instance, for the instance's whole life: the deploy waits on it to go healthy, and
+//! afterwards the supervisor watches the same reports to notice an instance that turned bad.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::protocol::app::HealthSpec;
 
@@ -54,17 +62,262 @@ pub struct Checker {
     _task: tokio::task::JoinHandle<()>,
 }
 
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self._task.abort();
+    }
+}
+
 impl Checker {
     /// Starts checking `probe` with the thresholds of `spec` (interval, timeout, healthy,
     /// unhealthy, min_healthy_time). The first check runs at once.
     pub fn start(probe: Probe, spec: &HealthSpec) -> Checker {
-        let _ = (probe, spec);
-        todo!("Checker::start")
+        let initial = HealthReport {
+            health: Health::Starting,
+            last_failure: None,
+        };
+        let (tx, reports) = watch::channel(initial);
+        let task = tokio::spawn(run(probe, Thresholds::from(spec), tx));
+        Checker {
+            reports,
+            _task: task,
+        }
     }
 
     /// Waits until the instance is healthy, or returns the reason it is not by `deadline`.
     pub async fn wait_healthy(&mut self, deadline: Duration) -> Result<(), String> {
-        let _ = deadline;
-        todo!("Checker::wait_healthy")
+        let healthy = async {
+            self.reports
+                .wait_for(|r| r.health == Health::Healthy)
+                .await
+                .map(drop)
+        };
+        match tokio::time::timeout(deadline, healthy).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("health checker stopped".to_owned()),
+            Err(_) => {
+                let report = self.reports.borrow();
+                let waited = humantime::format_duration(deadline);
+                Err(match &report.last_failure {
+                    Some(reason) => format!("not healthy after {waited}: {reason}"),
+                    None => format!(
+                        "not healthy after {waited}: checks pass but not for long enough yet"
+                    ),
+                })
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Thresholds {
+    interval: Duration,
+    timeout: Duration,
+    healthy: u32,
+    unhealthy: u32,
+    min_healthy_time: Duration,
+}
+
+impl From<&HealthSpec> for Thresholds {
+    fn from(spec: &HealthSpec) -> Self {
+        Thresholds {
+            // A zero interval would make tokio's interval panic and the loop spin.
+            interval: spec.interval.max(Duration::from_millis(10)),
+            timeout: spec.timeout,
+            healthy: spec.healthy.max(1),
+            unhealthy: spec.unhealthy.max(1),
+            min_healthy_time: spec.min_healthy_time,
+        }
+    }
+}
+
+/// The verdict from a run of check results; pure, so the thresholds are unit-tested.
+#[derive(Debug)]
+struct Verdict {
+    limits: Thresholds,
+    report: HealthReport,
+    passes: u32,
+    fails: u32,
+    /// When the current run of passes began: `min_healthy_time` counts from there.
+    streak_since: Option<Instant>,
+}
+
+impl Verdict {
+    fn new(limits: Thresholds) -> Verdict {
+        Verdict {
+            limits,
+            report: HealthReport {
+                health: Health::Starting,
+                last_failure: None,
+            },
+            passes: 0,
+            fails: 0,
+            streak_since: None,
+        }
+    }
+
+    fn record(&mut self, result: Result<(), String>, now: Instant) {
+        match result {
+            Ok(()) => {
+                self.fails = 0;
+                self.passes = self.passes.saturating_add(1);
+                let since = *self.streak_since.get_or_insert(now);
+                let long_enough = now.duration_since(since) >= self.limits.min_healthy_time;
+                if self.passes >= self.limits.healthy && long_enough {
+                    self.report.health = Health::Healthy;
+                }
+            }
+            Err(reason) => {
+                self.passes = 0;
+                self.streak_since = None;
+                self.fails = self.fails.saturating_add(1);
+                if self.fails >= self.limits.unhealthy {
+                    self.report.health = Health::Unhealthy {
+                        reason: reason.clone(),
+                    };
+                }
+                self.report.last_failure = Some(reason);
+            }
+        }
+    }
+}
+
+async fn run(probe: Probe, limits: Thresholds, tx: watch::Sender<HealthReport>) {
+    let mut verdict = Verdict::new(limits);
+    let mut ticks = tokio::time::interval(limits.interval);
+    // A check slower than the interval delays the next one instead of firing a burst.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let result = check(&probe, limits.timeout).await;
+        let before = verdict.report.health.clone();
+        verdict.record(result, Instant::now());
+        if verdict.report.health != before {
+            tracing::info!(
+                ?probe,
+                "health now {:?}, was {before:?}",
+                verdict.report.health
+            );
+        }
+        tx.send_if_modified(|report| {
+            let changed = *report != verdict.report;
+            if changed {
+                *report = verdict.report.clone();
+            }
+            changed
+        });
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// One check; `Err` carries the reason shown to operators ("GET /healthz → 500").
+async fn check(probe: &Probe, timeout: Duration) -> Result<(), String> {
+    let attempt = async {
+        match probe {
+            Probe::Tcp { addr } => connect(*addr).await.map(drop),
+            Probe::Http { addr, path } => http_get(*addr, path).await,
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "timed out after {}",
+            humantime::format_duration(timeout)
+        )),
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    TcpStream::connect(addr)
+        .await
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::ConnectionRefused => format!("connect to {addr} refused"),
+            _ => format!("connect to {addr} failed: {err}"),
+        })
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(), String> {
+    let stream = connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|err| format!("GET {path}: {err}"))?;
+    // The connection is driven here and dropped with the check: one connection per check, so
+    // a check also proves the app still accepts connections.
+    let driver = tokio::spawn(conn);
+    let request = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::USER_AGENT, "cutover-health")
+        .body(Empty::<Bytes>::new())
+        .map_err(|err| format!("GET {path}: invalid path: {err}"))?;
+    let outcome = sender.send_request(request).await;
+    driver.abort();
+    let response = outcome.map_err(|err| format!("GET {path}: {err}"))?;
+    let status = response.status();
+    if status.is_success() || status.is_redirection() {
+        Ok(())
+    } else {
+        Err(format!("GET {path} → {}", status.as_u16()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(healthy: u32, unhealthy: u32, min_healthy_time: Duration) -> Thresholds {
+        Thresholds {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy,
+            unhealthy,
+            min_healthy_time,
+        }
+    }
+
+    #[test]
+    fn consecutive_passes_make_healthy_and_a_failure_resets_the_run() {
+        let t0 = Instant::now();
+        let mut v = Verdict::new(limits(2, 2, Duration::ZERO));
+        v.record(Ok(()), t0);
+        assert_eq!(v.report.health, Health::Starting);
+        v.record(Err("GET /healthz → 500".into()), t0);
+        v.record(Ok(()), t0);
+        assert_eq!(
+            v.report.health,
+            Health::Starting,
+            "the failure reset the run"
+        );
+        v.record(Ok(()), t0);
+        assert_eq!(v.report.health, Health::Healthy);
+        assert_eq!(v.report.last_failure.as_deref(), Some("GET /healthz → 500"));
+    }
+
+    #[test]
+    fn consecutive_failures_make_unhealthy_with_the_last_reason() {
+        let t0 = Instant::now();
+        let mut v = Verdict::new(limits(1, 2, Duration::ZERO));
+        v.record(Ok(()), t0);
+        v.record(Err("connect to 127.0.0.1:1 refused".into()), t0);
+        assert_eq!(v.report.health, Health::Healthy, "one failure is tolerated");
+        v.record(Err("timed out after 2s".into()), t0);
+        assert_eq!(
+            v.report.health,
+            Health::Unhealthy {
+                reason: "timed out after 2s".into()
+            }
+        );
+    }
+
+    #[test]
+    fn min_healthy_time_counts_from_the_first_pass_of_the_run() {
+        let t0 = Instant::now();
+        let mut v = Verdict::new(limits(2, 3, Duration::from_secs(5)));
+        v.record(Ok(()), t0);
+        v.record(Ok(()), t0 + Duration::from_secs(1));
+        assert_eq!(v.report.health, Health::Starting);
+        v.record(Ok(()), t0 + Duration::from_secs(5));
+        assert_eq!(v.report.health, Health::Healthy);
     }
 }

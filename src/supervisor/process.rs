@@ -1,12 +1,23 @@
 //! The only place that spawns or signals app processes: each instance in its own process group,
 //! output to a log file, graceful stop (signal → grace → SIGKILL to the group), and re-adoption of
 //! instances that outlived a supervisor crash (pid *and* start time must match).
+//!
+//! A supervisor crash must never take its apps down: instances get no pipe to the supervisor (a
+//! dead reader would SIGPIPE them), their own process group (a terminal's ^C or a signal to the
+//! supervisor's group does not reach them) and no parent-death signal.
 
 use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
 
 /// A process identity that survives pid reuse: the pid and its start time (from /proc/PID/stat,
 /// in clock ticks since boot).
@@ -38,46 +49,305 @@ pub enum ExitStatus {
     Unknown,
 }
 
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signal(signal) => match Signal::try_from(*signal) {
+                Ok(signal) => write!(f, "killed by {signal}"),
+                Err(_) => write!(f, "killed by signal {signal}"),
+            },
+            ExitStatus::Unknown => f.write_str("exited (status unknown: not our child)"),
+        }
+    }
+}
+
 /// A running instance: spawned by us or adopted after a restart.
 #[derive(Debug)]
 pub struct Running {
     pub id: ProcessId,
+    watch: Watch,
+}
+
+/// How we learn that the process is gone.
+#[derive(Debug)]
+enum Watch {
+    /// Our child: waiting on it also reaps it.
+    Child(tokio::process::Child),
+    /// Not our child: a pidfd turns readable when the process exits.
+    Pidfd(OwnedFd),
+    /// Already seen to exit; the status is remembered so `exited` can be awaited again.
+    Exited(ExitStatus),
 }
 
 impl Running {
     /// Resolves when the process has exited (no polling: a pidfd or the child's wait).
+    ///
+    /// Cancel-safe, and may be awaited again after it resolved: it then returns the same status.
     pub async fn exited(&mut self) -> ExitStatus {
-        todo!("Running::exited")
+        let status = match &mut self.watch {
+            Watch::Exited(status) => return status.clone(),
+            Watch::Child(child) => match child.wait().await {
+                Ok(status) => from_std(status),
+                // Only possible if someone else reaped our child; it is gone either way.
+                Err(_) => ExitStatus::Unknown,
+            },
+            Watch::Pidfd(fd) => {
+                wait_pidfd(fd).await;
+                ExitStatus::Unknown
+            }
+        };
+        self.watch = Watch::Exited(status.clone());
+        status
+    }
+}
+
+/// Waits until a pidfd is readable, i.e. its process has exited.
+async fn wait_pidfd(fd: &OwnedFd) {
+    use std::os::fd::AsFd;
+    // The AsyncFd is made here rather than in `adopt`, which may run outside a runtime.
+    let borrowed = match fd.as_fd().try_clone_to_owned() {
+        Ok(owned) => owned,
+        Err(_) => return,
+    };
+    // SAFETY: `borrowed` is an OwnedFd we just duplicated; the AsyncFd owns it, so it stays open
+    // and refers to the same pidfd for the AsyncFd's whole life.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(borrowed, tokio::io::Interest::READABLE) };
+    match registered {
+        Ok(async_fd) => {
+            // Readable once and for all at exit: one wakeup, no loop needed.
+            let _ = async_fd.readable().await;
+        }
+        // Registration cannot fail for a valid pidfd; if it somehow does, fall back to treating
+        // the process as gone rather than blocking a stop for ever.
+        Err(err) => tracing::warn!("cannot watch pidfd: {err}"),
+    }
+}
+
+fn from_std(status: std::process::ExitStatus) -> ExitStatus {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitStatus::Code(code),
+        (None, Some(signal)) => ExitStatus::Signal(signal),
+        (None, None) => ExitStatus::Unknown,
     }
 }
 
 /// Starts an instance in its own process group.
 pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Running> {
-    let _ = spec;
-    todo!("process::spawn")
+    // O_APPEND: several instances and restarts may share a log file without clobbering it.
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)
+        .map_err(|err| {
+            std::io::Error::new(
+                err.kind(),
+                format!("cannot open log file {}: {err}", spec.log_path.display()),
+            )
+        })?;
+    let log_err = log.try_clone()?;
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(shell_line(&spec.command))
+        .current_dir(&spec.cwd)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = command.spawn().map_err(|err| {
+        std::io::Error::new(
+            err.kind(),
+            format!(
+                "cannot start `{}` in {}: {err}",
+                spec.command,
+                spec.cwd.display()
+            ),
+        )
+    })?;
+    let pid = child
+        .id()
+        .ok_or_else(|| std::io::Error::other("spawned process has no pid"))?;
+    // The child cannot be reaped before we wait on it, so its /proc entry is there to read.
+    let (start_time, _) = stat(pid)?;
+    Ok(Running {
+        id: ProcessId { pid, start_time },
+        watch: Watch::Child(child),
+    })
+}
+
+/// The line given to `sh -c`: `exec LINE` for a simple command, so the app itself is the process
+/// we watch and its exit status is the one reported; a compound line (`a; b`, `a && b`, a pipe)
+/// runs as is, since `exec` would cut it after its first command. Either way the stop signal
+/// reaches the app: it goes to the whole process group.
+fn shell_line(line: &str) -> String {
+    let compound = line.contains([';', '&', '|', '\n', '(', '`']) || line.contains("$(");
+    if compound {
+        line.to_owned()
+    } else {
+        format!("exec {line}")
+    }
 }
 
 /// Re-adopts a process from the state file if it still runs with the same start time.
 pub fn adopt(id: ProcessId) -> Option<Running> {
-    let _ = id;
-    todo!("process::adopt")
+    if start_time(id.pid)? != id.start_time {
+        return None;
+    }
+    let fd = pidfd_open(id.pid)?;
+    // The pid could have died and been reused between the first check and pidfd_open; the pidfd
+    // pins whatever process it refers to, so checking again closes that gap.
+    if start_time(id.pid)? != id.start_time {
+        return None;
+    }
+    Some(Running {
+        id,
+        watch: Watch::Pidfd(fd),
+    })
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let fd = i32::try_from(fd).ok()?;
+    // SAFETY: the syscall just returned this fd to us and nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), and whether it is
+/// a zombie (dead, waiting to be reaped). A child that exits at once is a zombie by the time
+/// `spawn` reads this, and still has its start time.
+fn stat(pid: u32) -> std::io::Result<(u64, bool)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&stat).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unexpected format of /proc/{pid}/stat: {stat}"),
+        )
+    })
+}
+
+/// The start time of a live (not zombie) process.
+fn start_time(pid: u32) -> Option<u64> {
+    match stat(pid) {
+        Ok((start, false)) => Some(start),
+        _ => None,
+    }
+}
+
+fn parse_stat(stat: &str) -> Option<(u64, bool)> {
+    // The command name (field 2) is in parentheses and may hold spaces or ')': split after the
+    // last ')'. What follows starts with field 3 (state), so field 22 is the 20th there.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let zombie = fields.next()? == "Z";
+    Some((fields.nth(18)?.parse().ok()?, zombie))
 }
 
 /// Sends `signal` to the process group, waits up to `grace`, then SIGKILLs the group.
 /// Returns when the group leader is gone.
+///
+/// An unknown signal name falls back to SIGTERM (manifests are validated before they get here).
+/// Once the leader is gone, whatever it left in its group is SIGKILLed too, so an instance never
+/// leaves helpers behind holding its port.
 pub async fn stop(running: &mut Running, signal: &str, grace: Duration) -> ExitStatus {
-    let _ = (running, signal, grace);
-    todo!("process::stop")
+    let signal = parse_signal(signal).unwrap_or_else(|err| {
+        tracing::warn!("{err}; sending SIGTERM instead");
+        Signal::SIGTERM
+    });
+    let group = Pid::from_raw(running.id.pid as i32);
+    signal_group(group, signal);
+    let status = match tokio::time::timeout(grace, running.exited()).await {
+        Ok(status) => status,
+        Err(_) => {
+            tracing::info!(
+                pid = running.id.pid,
+                "still running {grace:?} after {signal}, sending SIGKILL to its group"
+            );
+            signal_group(group, Signal::SIGKILL);
+            running.exited().await
+        }
+    };
+    // ESRCH here just means the group is already empty.
+    let _ = killpg(group, Signal::SIGKILL);
+    status
+}
+
+/// Signals the group led by `leader`; if it leads none (a process adopted from elsewhere that
+/// never became a group leader), signals the process alone, so a stop can never hang.
+fn signal_group(leader: Pid, signal: Signal) {
+    if killpg(leader, signal) == Err(nix::errno::Errno::ESRCH) {
+        let _ = nix::sys::signal::kill(leader, signal);
+    }
 }
 
 /// Parses a signal name as written in a manifest (`SIGTERM` or `TERM`).
 pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal, String> {
-    let _ = name;
-    todo!("process::parse_signal")
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>()
+        .map_err(|_| format!("unknown signal `{name}`: use a name such as SIGTERM, TERM or SIGINT"))
 }
 
 /// A free TCP port on `host`, for a new instance.
+///
+/// The port is released before the instance binds it, so another process could take it in
+/// between. That is acceptable: the instance then fails to bind, never becomes healthy, and the
+/// deploy fails cleanly with its log saying "address in use"; handing the socket itself to the
+/// app would need every app to support socket activation.
 pub fn free_port(host: std::net::IpAddr) -> std::io::Result<u16> {
-    let _ = host;
-    todo!("process::free_port")
+    let listener = std::net::TcpListener::bind((host, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_field_22_even_with_spaces_in_the_name() {
+        let stat =
+            "4242 (my app) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_stat(stat), Some((987654, false)));
+    }
+
+    #[test]
+    fn zombies_are_told_apart() {
+        let stat =
+            "4242 (app) Z 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_stat(stat), Some((987654, true)));
+    }
+
+    #[test]
+    fn our_own_start_time_is_readable() {
+        assert!(start_time(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn simple_lines_are_execed_and_compound_ones_kept() {
+        assert_eq!(
+            shell_line("./bin/app --port 80"),
+            "exec ./bin/app --port 80"
+        );
+        assert_eq!(shell_line("cd x && ./app"), "cd x && ./app");
+        assert_eq!(shell_line("a; b"), "a; b");
+    }
+
+    #[test]
+    fn signals_parse_with_or_without_the_prefix() {
+        assert_eq!(parse_signal("SIGTERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("int"), Ok(Signal::SIGINT));
+        assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
+    }
 }

@@ -1,2 +1,328 @@
 //! Benchmark: 50 consecutive blue-green deploys under load, and the idle supervisor's footprint.
-fn main() {}
+//!
+//! `cargo bench --bench deploys` runs the real `cutover supervise` and real `cutover demo-app`
+//! instances in a temp dir and prints:
+//! - deploys: how many requests the load saw fail (HTTP errors and socket errors; target 0/0)
+//!   and the deploy rate;
+//! - idle: the supervisor's RSS with 3 idle apps (VmRSS; target ≤ 20 MB) and the CPU ticks it
+//!   used over 10 s of idleness (utime+stime from /proc/PID/stat; target ~0: no polling loops).
+//!
+//! Environment: `DEPLOYS` (default 50), `CLIENTS` (default 4).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cutover::protocol::client::Client;
+use cutover::protocol::{AppSpec, DeployRequest, Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+fn main() {
+    let deploys: u32 = env_number("DEPLOYS", 50);
+    let clients: usize = env_number("CLIENTS", 4);
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    runtime.block_on(async {
+        deploys_under_load(deploys, clients).await;
+        idle_footprint().await;
+    });
+}
+
+async fn deploys_under_load(deploys: u32, clients: usize) {
+    let home = tempfile::tempdir().expect("temp dir");
+    let supervisor = Supervisor::start(home.path()).await;
+    let app = BenchApp::new(home.path(), "bench", 2, "100ms");
+    supervisor.deploy(&app, "v0").await;
+
+    let load = Load::start(app.listen, clients);
+    let started = Instant::now();
+    for n in 1..=deploys {
+        supervisor.deploy(&app, &format!("v{n}")).await;
+    }
+    let elapsed = started.elapsed();
+    let (ok, failed, socket_errors) = load.stop().await;
+    let per_minute = f64::from(deploys) / elapsed.as_secs_f64() * 60.0;
+    println!(
+        "deploys: {deploys} blue-green deploys of 2 instances in {:.1}s ({per_minute:.1} deploys/min) \
+         under {clients} keep-alive clients: {ok} requests ok, {failed} failed, {socket_errors} socket errors \
+         (target 0/0)",
+        elapsed.as_secs_f64()
+    );
+    supervisor.stop_app(&app).await;
+}
+
+async fn idle_footprint() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let supervisor = Supervisor::start(home.path()).await;
+    let apps: Vec<BenchApp> = (0..3)
+        .map(|i| BenchApp::new(home.path(), &format!("idle{i}"), 1, "1s"))
+        .collect();
+    for app in &apps {
+        supervisor.deploy(app, "v1").await;
+    }
+    // Let the first health checks and the deploys' tails settle before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = supervisor.child.id();
+    let before = cpu_ticks(pid);
+    // The measurement itself is an idle period: nothing may be polled to end it early.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let ticks = cpu_ticks(pid) - before;
+    let rss_kb = rss_kb(pid);
+    println!(
+        "idle: supervisor with 3 apps (1 instance each, health checks every 1s): \
+         RSS {:.1} MB (target <= 20 MB), {ticks} CPU ticks in 10s (target ~0; {} ticks/s)",
+        rss_kb as f64 / 1024.0,
+        ticks_per_second()
+    );
+    for app in &apps {
+        supervisor.stop_app(app).await;
+    }
+}
+
+/// `cutover supervise` in a temp dir, killed on drop.
+struct Supervisor {
+    socket: PathBuf,
+    child: Child,
+}
+
+impl Supervisor {
+    async fn start(home: &Path) -> Supervisor {
+        let socket = home.join("cutover.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .arg("supervise")
+            .arg("--state-dir")
+            .arg(home.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "cutover=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start cutover supervise");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Client::connect(&socket).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the supervisor did not come up in 30s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Supervisor { socket, child }
+    }
+
+    async fn request(&self, request: Request) -> Response {
+        let client = Client::connect(&self.socket).await.expect("connect");
+        client.request(&request, |_| {}).await.expect("request")
+    }
+
+    async fn deploy(&self, app: &BenchApp, version: &str) {
+        app.place(version);
+        let request = Request::Deploy(DeployRequest {
+            app: app.spec(version),
+            version: version.to_owned(),
+            dest: app.dest.clone(),
+        });
+        match self.request(request).await {
+            Response::Deployed(_) => {}
+            other => panic!("deploy {version} of {}: {other:?}", app.name),
+        }
+    }
+
+    async fn stop_app(&self, app: &BenchApp) {
+        let request = Request::Stop(cutover::protocol::StopRequest {
+            app: app.name.clone(),
+        });
+        let _ = self.request(request).await;
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct BenchApp {
+    name: String,
+    dest: PathBuf,
+    listen: SocketAddr,
+    instances: u32,
+    /// Health-check interval: fast for the deploy run, the 1s default for the idle run.
+    interval: &'static str,
+}
+
+impl BenchApp {
+    fn new(home: &Path, name: &str, instances: u32, interval: &'static str) -> BenchApp {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        BenchApp {
+            name: name.to_owned(),
+            dest: home.join(name),
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            instances,
+            interval,
+        }
+    }
+
+    fn place(&self, version: &str) {
+        std::fs::create_dir_all(self.dest.join("releases").join(version)).expect("release dir");
+    }
+
+    fn spec(&self, version: &str) -> AppSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": self.name,
+            "run": format!(
+                "{} demo-app --port {{port}} --version-label {version}",
+                env!("CARGO_BIN_EXE_cutover")
+            ),
+            "listen": self.listen.to_string(),
+            "instances": self.instances,
+            "health": { "path": "/healthz", "interval": self.interval, "healthy": 2, "deadline": "60s" },
+            "drain_timeout": "10s",
+            "stop_timeout": "10s",
+            "keep_releases": 3,
+        }))
+        .expect("a valid spec")
+    }
+}
+
+/// Keep-alive clients sending `GET /` back to back; a broken connection is counted and re-made.
+struct Load {
+    stop: Arc<AtomicBool>,
+    counters: Arc<[AtomicU64; 3]>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+        let tasks = (0..clients)
+            .map(|_| tokio::spawn(client(addr, stop.clone(), counters.clone())))
+            .collect();
+        Load {
+            stop,
+            counters,
+            tasks,
+        }
+    }
+
+    /// Stops the clients and returns (ok, failed responses, socket errors).
+    async fn stop(self) -> (u64, u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let [ok, failed, errors] = &*self.counters;
+        (
+            ok.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed),
+            errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn client(addr: SocketAddr, stop: Arc<AtomicBool>, counters: Arc<[AtomicU64; 3]>) {
+    let [ok, failed, errors] = &*counters;
+    let mut sender = None;
+    while !stop.load(Ordering::Relaxed) {
+        if sender.is_none() {
+            match connect(addr).await {
+                Ok(s) => sender = Some(s),
+                Err(e) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("connect to {addr}: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = sender.as_mut() else { continue };
+        match get(s, addr).await {
+            Ok(status) if status < 400 => {
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(status) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("GET / answered {status}");
+            }
+            Err(e) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("GET /: {e}");
+                sender = None;
+            }
+        }
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn get(sender: &mut Sender, addr: SocketAddr) -> Result<u16, String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let request = http::Request::get("/")
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
+        .await
+        .map_err(|_| "no answer within 30s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(status)
+}
+
+/// utime + stime of `pid`, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 1..];
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // `rest` starts at field 3, so field N is at index N - 3.
+    let field = |n: usize| fields[n - 3].parse::<u64>().expect("a number");
+    field(14) + field(15)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+fn ticks_per_second() -> i64 {
+    // SAFETY: sysconf only reads a system constant.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -1,2 +1,223 @@
 //! Benchmark: proxy overhead, direct vs cutover vs nginx against the same backend.
-fn main() {}
+//!
+//! `cargo bench --bench proxy` starts one backend (the release `cutover demo-app`), then measures
+//! with `wrk -t2 -c50 -d10s --latency`: the backend directly, through cutover's proxy (in this
+//! process, a 2-thread tokio runtime), and through nginx (Debian's, 2 worker processes: the same
+//! two cores as cutover; upstream keepalive 64, HTTP/1.1 to the backend, access log off).
+//! `BENCH_SECS` changes the duration of each run. Everything stays on 127.0.0.1.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cutover::protocol::app::Balance;
+use cutover::supervisor::proxy::{Backend, Proxy, Route};
+
+/// A child process stopped with SIGTERM (then SIGKILL) when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {addr} within 20s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Requests per second and p99 latency (ms) as wrk reports them.
+#[derive(Debug)]
+struct Figures {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: String,
+}
+
+fn wrk(addr: SocketAddr, secs: u64) -> Figures {
+    let output = Command::new("wrk")
+        .args(["-t2", "-c50", &format!("-d{secs}s"), "--latency"])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .expect("run wrk (Debian package `wrk`)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no `{prefix}` in wrk output:\n{text}"))
+    };
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Figures {
+        rps: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50_ms: to_ms(&field("50%")),
+        p99_ms: to_ms(&field("99%")),
+        errors,
+    }
+}
+
+/// wrk prints latencies as `812.00us`, `1.23ms` or `1.01s`.
+fn to_ms(value: &str) -> f64 {
+    let split = value
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => number / 1000.0,
+        "ms" => number,
+        "s" => number * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn start_nginx(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> Guard {
+    let prefix = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 2;\npid {prefix}/nginx.pid;\n\
+         error_log {prefix}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n  \
+         proxy_temp_path {prefix}/proxy;\n  fastcgi_temp_path {prefix}/fastcgi;\n  \
+         uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n  \
+         upstream backend {{ server {backend}; keepalive 64; }}\n  \
+         server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://backend;\n      \
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("write nginx.conf");
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start nginx (Debian package `nginx-light`)");
+    Guard(child)
+}
+
+fn main() {
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    if Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("proxy bench: `wrk` is not installed (apt-get install wrk); skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let backend_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _backend = Guard(
+        Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args([
+                "demo-app",
+                "--port",
+                &backend_addr.port().to_string(),
+                "--version-label",
+                "bench",
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cutover demo-app"),
+    );
+    wait_listening(backend_addr, "demo-app");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let proxy = runtime.block_on(async {
+        let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind cutover proxy");
+        proxy.set_route(Route {
+            backends: vec![Arc::new(Backend {
+                id: "bench-0".into(),
+                version: "bench".into(),
+                addr: backend_addr,
+            })],
+            balance: Balance::RoundRobin,
+        });
+        proxy
+    });
+    wait_listening(proxy.local_addr, "cutover proxy");
+
+    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let nginx = Command::new("nginx")
+        .arg("-v")
+        .output()
+        .is_ok()
+        .then(|| start_nginx(dir.path(), nginx_addr, backend_addr));
+    if nginx.is_some() {
+        wait_listening(nginx_addr, "nginx");
+    }
+
+    let mut targets = vec![("direct", backend_addr), ("cutover", proxy.local_addr)];
+    if nginx.is_some() {
+        targets.push(("nginx", nginx_addr));
+    }
+    // A short warm-up each, so connection pools and caches are filled before measuring.
+    for (_, addr) in &targets {
+        wrk(*addr, 2);
+    }
+    println!("proxy bench: wrk -t2 -c50 -d{secs}s --latency, backend `cutover demo-app` (release)");
+    println!(
+        "{:<10} {:>12} {:>10} {:>10}  errors",
+        "target", "req/s", "p50 ms", "p99 ms"
+    );
+    for (name, addr) in &targets {
+        let f = wrk(*addr, secs);
+        println!(
+            "{name:<10} {:>12.0} {:>10.2} {:>10.2}  {}",
+            f.rps,
+            f.p50_ms,
+            f.p99_ms,
+            if f.errors.is_empty() {
+                "none"
+            } else {
+                &f.errors
+            }
+        );
+    }
+    if nginx.is_none() {
+        println!("nginx: not installed (apt-get install nginx-light), no comparison");
+    }
+    drop(proxy);
+}

@@ -6,6 +6,7 @@
 mod support;
 
 mod agent;
+mod control;
 mod fetch;
 mod fleet;
 mod process;

@@ -3,14 +3,28 @@
 //!
 //! HTTP/1.1 with keep-alive and WebSocket upgrades; a failed connect is retried on another
 //! instance; per-instance counters (requests, 5xx, latency) and in-flight tracking for draining.
+//!
+//! The route is read lock-free on every request (`arc-swap`), and an instance is chosen per
+//! request, not per connection: after a swap, clients' existing keep-alive connections move to the
+//! new instances with their very next request.
+
+mod backend;
+mod body;
+mod forward;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
 
 use crate::protocol::app::Balance;
+use backend::BackendState;
 
 /// One instance as the proxy sees it. Shared between the route and its counters.
 #[derive(Debug)]
@@ -43,35 +57,191 @@ pub struct BackendStats {
     pub p99_us: u64,
 }
 
+/// The route as requests read it: each backend with its live state.
+#[derive(Debug, Default)]
+struct Table {
+    backends: Vec<Arc<BackendState>>,
+    balance: Balance,
+}
+
+/// What every connection task shares with the `Proxy` handle.
+#[derive(Debug)]
+struct Shared {
+    route: ArcSwap<Table>,
+    /// Every backend routed now or still draining: the counters `stats` reports. Locked only by
+    /// `set_route`, `stats` and `drain`, never by a request.
+    known: Mutex<Vec<Arc<BackendState>>>,
+    /// Round-robin turn; also breaks ties for least-connections.
+    next: AtomicUsize,
+}
+
 /// A running proxy for one app; dropping it closes the listener.
 #[derive(Debug)]
 pub struct Proxy {
     pub local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }
 
 impl Proxy {
     /// Binds `listen` and starts serving (with an empty route: requests get 503 until one is set).
     pub async fn bind(listen: SocketAddr) -> std::io::Result<Proxy> {
-        let _ = listen;
-        todo!("Proxy::bind")
+        let listener = TcpListener::bind(listen).await.map_err(|err| {
+            std::io::Error::new(
+                err.kind(),
+                format!("cannot listen on {listen}: {err} (is another process using it?)"),
+            )
+        })?;
+        Proxy::serve(listener)
+    }
+
+    /// Serves on a listener bound elsewhere (handed over by a previous supervisor, or bound
+    /// before dropping privileges). Must be called within a tokio runtime.
+    pub fn from_listener(listener: std::net::TcpListener) -> std::io::Result<Proxy> {
+        listener.set_nonblocking(true)?;
+        Proxy::serve(TcpListener::from_std(listener)?)
+    }
+
+    fn serve(listener: TcpListener) -> std::io::Result<Proxy> {
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            route: ArcSwap::from_pointee(Table::default()),
+            known: Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+        });
+        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(Proxy {
+            local_addr,
+            shared,
+            accept,
+        })
+    }
+
+    /// Stops accepting connections; connections already open finish their requests.
+    pub fn shutdown(&self) {
+        self.accept.abort();
     }
 
     /// Replaces the route atomically: new requests go to the new backends from now on; requests
     /// in flight on the old ones finish there.
     pub fn set_route(&self, route: Route) {
-        let _ = route;
-        todo!("Proxy::set_route")
+        let mut known = lock(&self.shared.known);
+        let backends = route
+            .backends
+            .into_iter()
+            .map(|backend| {
+                // Same instance (id and address) keeps its counters and its idle connections;
+                // one cut by a drain starts afresh, or its requests would be cut at once.
+                let existing = known.iter().find(|s| {
+                    s.backend.id == backend.id
+                        && s.backend.addr == backend.addr
+                        && !s.cut.is_cancelled()
+                });
+                match existing {
+                    Some(state) => state.clone(),
+                    None => {
+                        known.retain(|s| s.backend.id != backend.id || s.in_flight() > 0);
+                        let state = Arc::new(BackendState::new(backend));
+                        known.push(state.clone());
+                        state
+                    }
+                }
+            })
+            .collect();
+        self.shared.route.store(Arc::new(Table {
+            backends,
+            balance: route.balance,
+        }));
     }
 
     /// Counters of every backend currently routed or still draining.
     pub fn stats(&self) -> Vec<BackendStats> {
-        todo!("Proxy::stats")
+        lock(&self.shared.known).iter().map(|s| s.stats()).collect()
     }
 
     /// Waits until `backend_id` has no request or connection in flight, or `timeout` passes;
     /// returns the number still open (and then cut) at the deadline.
+    ///
+    /// A backend that is no longer routed is forgotten afterwards (its counters go with it).
     pub async fn drain(&self, backend_id: &str, timeout: Duration) -> u64 {
-        let _ = (backend_id, timeout);
-        todo!("Proxy::drain")
+        let state = lock(&self.shared.known)
+            .iter()
+            .rev()
+            .find(|s| s.backend.id == backend_id)
+            .cloned();
+        let Some(state) = state else { return 0 };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut cut = 0;
+        if !state.wait_idle(deadline).await {
+            cut = state.in_flight();
+            tracing::info!(
+                backend = %state.backend.id,
+                "drain deadline of {timeout:?} passed, cutting {cut} open connection(s)"
+            );
+            state.cut.cancel();
+            // Cut requests and tunnels end at their next poll; give them a moment to do so, so
+            // that the instance is really free when this returns.
+            let settle = tokio::time::Instant::now() + Duration::from_secs(2);
+            state.wait_idle(settle).await;
+        }
+        state.close_idle();
+        let routed = self
+            .shared
+            .route
+            .load()
+            .backends
+            .iter()
+            .any(|s| Arc::ptr_eq(s, &state));
+        if !routed {
+            lock(&self.shared.known).retain(|s| !Arc::ptr_eq(s, &state));
+        }
+        cut
+    }
+}
+
+/// The registry lock: a panic while holding it leaves plain data behind, still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).keep_alive(true);
+    let http = Arc::new(http);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and the like: pause instead of spinning on the error.
+                tracing::warn!("proxy accept failed: {err}; retrying in 50ms");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let http = http.clone();
+        tokio::spawn(async move {
+            let client = forward::Client {
+                ip: hyper::header::HeaderValue::from_str(&peer.ip().to_string())
+                    .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown")),
+            };
+            let service =
+                service_fn(move |req| forward::handle(shared.clone(), client.clone(), req));
+            let conn = http
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(err) = conn.await {
+                tracing::debug!(%peer, "client connection ended: {err}");
+            }
+        });
     }
 }

@@ -1,1 +1,276 @@
-//! A load generator that keeps requests flowing through the proxy and counts every failure.
+//! A load generator that keeps requests flowing through the proxy and counts every failure, and
+//! `DemoApp`, the real `cutover demo-app` process that load tests aim at.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+use super::{cutover, free_port, wait_until};
+
+/// A running `cutover demo-app` on a free port of 127.0.0.1; killed on drop.
+pub struct DemoApp {
+    pub port: u16,
+    pub child: Child,
+}
+
+impl DemoApp {
+    /// Starts `demo-app --version-label VERSION ARGS…` and waits until it accepts connections.
+    pub fn start(version: &str, args: &[&str]) -> DemoApp {
+        let app = DemoApp::spawn(version, args);
+        let addr = app.addr();
+        wait_until("demo-app to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+        app
+    }
+
+    /// Starts it without waiting (for apps that are meant never to listen, or to listen late).
+    pub fn spawn(version: &str, args: &[&str]) -> DemoApp {
+        let port = free_port();
+        let child = cutover()
+            .args([
+                "demo-app",
+                "--port",
+                &port.to_string(),
+                "--version-label",
+                version,
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cutover demo-app");
+        DemoApp { port, child }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILLs the app and reaps it: the harshest way an instance can die.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DemoApp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a load run saw.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// 2xx/3xx responses.
+    pub ok: u64,
+    /// Responses with another status, by status code.
+    pub failed: BTreeMap<u16, u64>,
+    /// Connections that broke or could not be made, with the first few messages.
+    pub socket_errors: u64,
+    pub error_samples: Vec<String>,
+    /// How many answers came from each version (the `hello from VERSION` line of the demo app).
+    pub versions: BTreeMap<String, u64>,
+}
+
+impl LoadReport {
+    pub fn failures(&self) -> u64 {
+        self.failed.values().sum::<u64>() + self.socket_errors
+    }
+
+    fn merge(&mut self, other: &LoadReport) {
+        self.ok += other.ok;
+        for (status, n) in &other.failed {
+            *self.failed.entry(*status).or_default() += n;
+        }
+        self.socket_errors += other.socket_errors;
+        for sample in &other.error_samples {
+            if self.error_samples.len() < 10 {
+                self.error_samples.push(sample.clone());
+            }
+        }
+        for (version, n) in &other.versions {
+            *self.versions.entry(version.clone()).or_default() += n;
+        }
+    }
+}
+
+/// `clients` keep-alive connections sending `GET path` back to back until stopped, on a runtime
+/// of their own so that sync and async tests can both use it.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<LoadReport>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize, path: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(LoadReport::default()));
+        let path = path.to_owned();
+        let thread = {
+            let (stop, report) = (stop.clone(), report.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("load runtime");
+                runtime.block_on(async move {
+                    let mut tasks = Vec::new();
+                    for _ in 0..clients {
+                        tasks.push(tokio::spawn(client(
+                            addr,
+                            path.clone(),
+                            stop.clone(),
+                            report.clone(),
+                        )));
+                    }
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                });
+            })
+        };
+        Load {
+            stop,
+            report,
+            thread: Some(thread),
+        }
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> LoadReport {
+        self.report.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` more requests succeeded than at the call (proof traffic flows).
+    pub fn wait_for_more_ok(&self, n: u64, deadline: Duration) {
+        let start = self.snapshot().ok;
+        wait_until(&format!("{n} more successful requests"), deadline, || {
+            self.snapshot().ok >= start + n
+        });
+    }
+
+    /// Stops the clients (each finishes its request in flight) and returns the totals.
+    pub fn stop(mut self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.snapshot()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One client: a keep-alive connection, re-made after any socket error (which is counted).
+async fn client(
+    addr: SocketAddr,
+    path: String,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Mutex<LoadReport>>,
+) {
+    let mut local = LoadReport::default();
+    let mut sender = None;
+    while !stop.load(Ordering::Relaxed) {
+        if sender.is_none() {
+            match connect(addr).await {
+                Ok(s) => sender = Some(s),
+                Err(err) => {
+                    note_error(&mut local, format!("connect: {err}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(s) = sender.as_mut() else { continue };
+        match one_request(s, addr, &path).await {
+            Ok((status, body)) => {
+                if status < 400 {
+                    local.ok += 1;
+                } else {
+                    *local.failed.entry(status).or_default() += 1;
+                }
+                if let Some(version) = body
+                    .strip_prefix("hello from ")
+                    .and_then(|r| r.split(' ').next())
+                {
+                    *local.versions.entry(version.to_owned()).or_default() += 1;
+                }
+            }
+            Err(err) => {
+                note_error(&mut local, err);
+                sender = None;
+            }
+        }
+        // Published after every request so a snapshot is exact; tests are not benchmarks.
+        shared.lock().unwrap().merge(&local);
+        local = LoadReport::default();
+    }
+    shared.lock().unwrap().merge(&local);
+}
+
+fn note_error(report: &mut LoadReport, message: String) {
+    report.socket_errors += 1;
+    if report.error_samples.len() < 10 {
+        report.error_samples.push(message);
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn one_request(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(u16, String), String> {
+    sender.ready().await.map_err(|e| format!("ready: {e}"))?;
+    let request = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
+        .await
+        .map_err(|_| "no response within 30s".to_owned())?
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

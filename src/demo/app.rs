@@ -1,0 +1,394 @@
+//! The demo app: a small HTTP/1.1 server with fault injection that stands in for a real app in the
+//! README demo and in every supervisor and proxy test.
+//!
+//! Routes: `GET /` (hello with version and pid), `/healthz`, `/slow?ms=N`,
+//! `/stream?chunks=N&interval_ms=M` and a WebSocket echo on `/ws`. Faults (fail at boot, never
+//! healthy, crash after a while, an error rate, a slow boot) come from flags or the environment so
+//! that a manifest's `env:` can switch them on. SIGTERM stops accepting, lets in-flight requests
+//! finish and exits 0, as a well-behaved app should.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How the demo app behaves; built from `cutover demo-app` flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    /// Shown in `GET /` so a test or a person can see which release answered.
+    pub version: String,
+    /// Exit 3 at once, before listening: a release that cannot start.
+    pub fail_boot: bool,
+    /// `/healthz` answers 500 forever: a release that never becomes healthy.
+    pub never_healthy: bool,
+    /// Exit 1 this long after starting to serve: a release that crashes in production.
+    pub crash_after: Option<Duration>,
+    /// Share of `GET /` answered with 500 (0.0 to 1.0): a release a canary should catch.
+    pub error_rate: f64,
+    /// Sleep this long before listening: a slow boot.
+    pub boot_delay: Duration,
+}
+
+/// Exit codes of the demo app, so tests can tell its failure modes apart.
+pub const EXIT_FAIL_BOOT: u8 = 3;
+pub const EXIT_CRASH: u8 = 1;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+struct App {
+    config: Config,
+    pid: u32,
+    /// Spreads `--error-rate` evenly instead of randomly, so a test with a rate of 0.5 sees
+    /// exactly every other request fail.
+    served: AtomicU64,
+    /// Flips to true on SIGTERM; upgraded WebSocket connections watch it to close.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Runs the demo app until SIGTERM (exit 0) or an injected fault (non-zero); returns the exit code.
+pub fn run(config: Config) -> u8 {
+    if config.fail_boot {
+        eprintln!("demo-app: failing at boot as asked (--fail-boot)");
+        return EXIT_FAIL_BOOT;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("demo-app: cannot start the async runtime: {err}");
+            return 1;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> u8 {
+    tokio::time::sleep(config.boot_delay).await;
+    let listener = match TcpListener::bind(config.addr).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("demo-app: cannot listen on {}: {err}", config.addr);
+            return 1;
+        }
+    };
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            eprintln!("demo-app: cannot install the SIGTERM handler: {err}");
+            return 1;
+        }
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let crash = config.crash_after;
+    let app = Arc::new(App {
+        pid: std::process::id(),
+        served: AtomicU64::new(0),
+        shutdown: stop_rx,
+        config,
+    });
+    eprintln!(
+        "demo-app: {} listening on {} (pid {})",
+        app.config.version, app.config.addr, app.pid
+    );
+    let crash_at = async move {
+        match crash {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(crash_at);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                connections.spawn(connection(app.clone(), stream));
+                // Reap finished connection tasks so the set does not grow for ever.
+                while connections.try_join_next().is_some() {}
+            }
+            _ = term.recv() => break,
+            _ = &mut crash_at => {
+                eprintln!("demo-app: crashing as asked (--crash-after)");
+                return EXIT_CRASH;
+            }
+        }
+    }
+    // Graceful stop: no new connections; every connection finishes its request in flight and
+    // closes; WebSockets get a close frame.
+    drop(listener);
+    eprintln!("demo-app: SIGTERM, finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
+    0
+}
+
+async fn connection(app: Arc<App>, stream: tokio::net::TcpStream) {
+    let mut shutdown = app.shutdown.clone();
+    let service = {
+        let app = app.clone();
+        service_fn(move |req| handle(app.clone(), req))
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stopped(&mut shutdown) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let query = req.uri().query().unwrap_or("");
+    let response = match req.uri().path() {
+        "/" => hello(&app),
+        "/healthz" if app.config.never_healthy => {
+            text(StatusCode::INTERNAL_SERVER_ERROR, "never healthy\n")
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/slow" => {
+            let ms = query_u64(query, "ms").unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            text(StatusCode::OK, "slow done\n")
+        }
+        "/stream" => stream(
+            query_u64(query, "chunks").unwrap_or(5),
+            Duration::from_millis(query_u64(query, "interval_ms").unwrap_or(100)),
+        ),
+        "/ws" => websocket(app.clone(), req),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(response)
+}
+
+fn hello(app: &App) -> Response<Body> {
+    let n = app.served.fetch_add(1, Ordering::Relaxed);
+    // Request n fails when the running count of failures due crosses an integer: exact shares.
+    let rate = app.config.error_rate.clamp(0.0, 1.0);
+    let fails = ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor();
+    let status = if fails {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    let body = format!("hello from {} (pid {})\n", app.config.version, app.pid);
+    text(status, body)
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+/// `chunks` lines, one every `interval`, sent as they are made (chunked transfer).
+fn stream(chunks: u64, interval: Duration) -> Response<Body> {
+    let body = futures_util::stream::unfold(0u64, move |i| async move {
+        if i >= chunks {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        let line = Bytes::from(format!("chunk {i}\n"));
+        Some((Ok::<_, Infallible>(Frame::data(line)), i + 1))
+    });
+    Response::new(StreamBody::new(body).boxed())
+}
+
+fn query_u64(query: &str, key: &str) -> Option<u64> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Resolves once SIGTERM has been received (or the sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// The RFC 6455 handshake: answer 101 with the accept hash, then echo frames on the raw stream.
+fn websocket(app: Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
+    let wants_ws = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+    };
+    if !wants_ws {
+        return text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+    }
+    let accept = websocket_accept(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let _ = echo(TokioIo::new(upgraded), app.shutdown.clone()).await;
+        }
+    });
+    let mut response = Response::new(Empty::new().boxed());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(value) = header::HeaderValue::from_str(&accept) {
+        headers.insert("sec-websocket-accept", value);
+    }
+    response
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 section 4.2.2).
+pub fn websocket_accept(key: &[u8]) -> String {
+    use base64::Engine;
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Echoes text and binary frames back unmasked, answers pings, and closes on a close frame or on
+/// shutdown. Frames are echoed one by one, so fragmented messages come back fragmented alike.
+async fn echo<S>(mut io: S, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame(&mut io) => frame?,
+            _ = stopped(&mut shutdown) => {
+                io.write_all(&encode_frame(0x8, &[0x03, 0xe9])).await?; // 1001 going away
+                return Ok(());
+            }
+        };
+        let (opcode, payload) = frame;
+        match opcode {
+            0x8 => {
+                io.write_all(&encode_frame(0x8, &payload)).await?;
+                return Ok(());
+            }
+            0x9 => io.write_all(&encode_frame(0xA, &payload)).await?,
+            0xA => {}
+            _ => io.write_all(&encode_frame(opcode, &payload)).await?,
+        }
+    }
+}
+
+/// Reads one frame; returns its opcode (with the FIN bit folded into bit 7) and unmasked payload.
+async fn read_frame<S: tokio::io::AsyncRead + Unpin + Send>(
+    io: &mut S,
+) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    io.read_exact(&mut head).await?;
+    let fin_opcode = head[0] & 0x8F;
+    let masked = head[1] & 0x80 != 0;
+    let len = match head[1] & 0x7F {
+        126 => u64::from(io.read_u16().await?),
+        127 => io.read_u64().await?,
+        n => u64::from(n),
+    };
+    // The demo only echoes small messages; a huge length is a broken or hostile peer.
+    if len > 16 * 1024 * 1024 {
+        return Err(std::io::Error::other("WebSocket frame larger than 16 MiB"));
+    }
+    let mut mask = [0u8; 4];
+    if masked {
+        io.read_exact(&mut mask).await?;
+    }
+    let mut payload = vec![0u8; len as usize];
+    io.read_exact(&mut payload).await?;
+    if masked {
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= mask[i % 4];
+        }
+    }
+    // Control frames are matched without the FIN bit; data frames keep it for the echo.
+    let opcode = fin_opcode & 0x0F;
+    Ok((if opcode >= 0x8 { opcode } else { fin_opcode }, payload))
+}
+
+/// An unmasked frame, as a server sends it; `opcode` may carry the FIN bit (0x80) already.
+pub fn encode_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let first = if opcode & 0x80 != 0 || opcode >= 0x8 {
+        opcode | 0x80
+    } else {
+        opcode
+    };
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    out.push(first);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        assert_eq!(
+            websocket_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn query_values_are_found_by_key() {
+        assert_eq!(
+            query_u64("chunks=3&interval_ms=20", "interval_ms"),
+            Some(20)
+        );
+        assert_eq!(query_u64("chunks=x", "chunks"), None);
+        assert_eq!(query_u64("", "ms"), None);
+    }
+
+    #[test]
+    fn frames_use_the_extended_length_forms() {
+        assert_eq!(encode_frame(0x81, b"hi"), vec![0x81, 2, b'h', b'i']);
+        assert_eq!(&encode_frame(0x82, &[0; 300])[..4], &[0x82, 126, 1, 44]);
+    }
+}

@@ -1,0 +1,425 @@
+//! One instance of an app: a small task that keeps its process running (restart with exponential
+//! backoff, crash-loop detection), follows its health checker, and publishes what it sees.
+//!
+//! The app task never owns the process itself: it holds an [`InstanceHandle`] (commands in, a
+//! watch of the [`View`] out) and hears "something changed" through its event channel. That keeps
+//! the app task free to answer `status` while an instance is being stopped or restarted.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::protocol::app::HealthSpec;
+use crate::supervisor::health::{Checker, Health, HealthReport, Probe};
+use crate::supervisor::process::{self, ExitStatus, ProcessId, Running, SpawnSpec};
+use crate::supervisor::proxy::Backend;
+
+use super::Event;
+
+/// First restart delay; doubled after each exit up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Healthy this long, an instance restarts at [`BACKOFF_MIN`] again after its next exit.
+const BACKOFF_RESET: Duration = Duration::from_secs(30);
+/// This many exits within [`CRASH_WINDOW`] make an instance crash-looping.
+const CRASH_EXITS: usize = 5;
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+
+/// Everything needed to run one instance, fixed for its whole life.
+#[derive(Debug, Clone)]
+pub struct InstancePlan {
+    /// `<app>-<version>-<n>`, unique for the app's lifetime.
+    pub id: String,
+    pub version: String,
+    /// Where it listens (loopback, its own port): what the checker probes and the proxy dials.
+    pub addr: SocketAddr,
+    pub spawn: SpawnSpec,
+    pub health: HealthSpec,
+    pub stop_signal: String,
+    pub stop_timeout: Duration,
+}
+
+/// Where an instance is in its life. Transitions are logged as "now X, was Y".
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lifecycle {
+    /// Running, not yet healthy.
+    Starting {
+        since: Instant,
+    },
+    Healthy {
+        since: Instant,
+    },
+    Unhealthy {
+        reason: String,
+    },
+    /// Down, restarting after `restart_in`.
+    Exited {
+        status: Option<ExitStatus>,
+        restart_in: Duration,
+    },
+    /// Down again and again: restarts continue at the slowest pace.
+    CrashLooping {
+        reason: String,
+        restart_in: Duration,
+    },
+    /// Taken out of the route; in-flight requests finish until `deadline`.
+    Draining {
+        deadline: Instant,
+    },
+    /// Stopped for good (by a rollout or `cutover stop`).
+    Stopped {
+        status: Option<ExitStatus>,
+    },
+}
+
+impl fmt::Display for Lifecycle {
+    /// The short words `cutover status` shows.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Lifecycle::Starting { .. } => "starting",
+            Lifecycle::Healthy { .. } => "healthy",
+            Lifecycle::Unhealthy { .. } => "unhealthy",
+            Lifecycle::Exited { .. } => "crashed",
+            Lifecycle::CrashLooping { .. } => "crash-looping",
+            Lifecycle::Draining { .. } => "draining",
+            Lifecycle::Stopped { .. } => "stopped",
+        })
+    }
+}
+
+/// What the instance task publishes after every change.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub lifecycle: Lifecycle,
+    /// The process serving now, if one runs.
+    pub process: Option<ProcessId>,
+    /// Times the process was started again after an exit.
+    pub restarts: u32,
+    /// Times a process of this instance ended on its own (a candidate with any is a boot crash).
+    pub exits: u32,
+    pub last_failure: Option<String>,
+    /// Set while the instance is crash-looping: why, for `status` and the automatic rollback.
+    pub crash_loop: Option<String>,
+}
+
+/// How the app task and a rollout talk to an instance. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct InstanceHandle {
+    pub id: String,
+    pub version: String,
+    pub addr: SocketAddr,
+    /// The proxy's view of this instance; the same `Arc` in every route keeps its counters.
+    pub backend: Arc<Backend>,
+    pub view: watch::Receiver<View>,
+    commands: mpsc::Sender<Command>,
+}
+
+#[derive(Debug)]
+enum Command {
+    /// Mark as draining (the route no longer has it); no restart if it exits now.
+    Drain { deadline: Instant },
+    /// Graceful stop: signal, grace, SIGKILL to the group. Replies when it is gone.
+    Stop { reply: oneshot::Sender<()> },
+    /// Let go of the process and end the task, leaving the process running (supervisor shutdown).
+    Detach,
+}
+
+impl InstanceHandle {
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    pub async fn drain(&self, deadline: Instant) {
+        let _ = self.commands.send(Command::Drain { deadline }).await;
+    }
+
+    /// Stops the instance and waits until its process is gone; an ended task is already stopped.
+    pub async fn stop(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.commands.send(Command::Stop { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    pub async fn detach(&self) {
+        let _ = self.commands.send(Command::Detach).await;
+    }
+}
+
+/// Starts the instance task: spawns the process (or takes over `adopted`, which is never
+/// restarted while it runs) and supervises it until stopped or detached.
+pub fn start(
+    plan: InstancePlan,
+    adopted: Option<Running>,
+    events: mpsc::UnboundedSender<Event>,
+) -> InstanceHandle {
+    let view = View {
+        lifecycle: Lifecycle::Starting {
+            since: Instant::now(),
+        },
+        process: adopted.as_ref().map(|r| r.id),
+        restarts: 0,
+        exits: 0,
+        last_failure: None,
+        crash_loop: None,
+    };
+    let (view_tx, view_rx) = watch::channel(view);
+    let (commands_tx, commands) = mpsc::channel(8);
+    let handle = InstanceHandle {
+        id: plan.id.clone(),
+        version: plan.version.clone(),
+        addr: plan.addr,
+        backend: Arc::new(Backend {
+            id: plan.id.clone(),
+            version: plan.version.clone(),
+            addr: plan.addr,
+        }),
+        view: view_rx,
+        commands: commands_tx,
+    };
+    let task = InstanceTask {
+        plan,
+        view: view_tx,
+        events,
+        commands,
+        exits: VecDeque::new(),
+        backoff: BACKOFF_MIN,
+        healthy_since: None,
+        retiring: false,
+    };
+    tokio::spawn(task.run(adopted));
+    handle
+}
+
+struct InstanceTask {
+    plan: InstancePlan,
+    view: watch::Sender<View>,
+    events: mpsc::UnboundedSender<Event>,
+    commands: mpsc::Receiver<Command>,
+    /// When recent exits happened, for crash-loop detection.
+    exits: VecDeque<Instant>,
+    backoff: Duration,
+    /// When the current run became healthy, if it did.
+    healthy_since: Option<Instant>,
+    /// Draining: an exit now is the end, not a crash to restart from.
+    retiring: bool,
+}
+
+/// How one run of the process ended.
+enum RunEnd {
+    Exited(ExitStatus),
+    Stopped,
+    Detached,
+}
+
+impl InstanceTask {
+    async fn run(mut self, mut adopted: Option<Running>) {
+        loop {
+            let started = match adopted.take() {
+                Some(running) => Ok(running),
+                None => process::spawn(&self.plan.spawn),
+            };
+            let status = match started {
+                Ok(mut running) => {
+                    self.update(|v| v.process = Some(running.id));
+                    match self.supervise(&mut running).await {
+                        RunEnd::Exited(status) => Some(status),
+                        RunEnd::Stopped | RunEnd::Detached => return,
+                    }
+                }
+                Err(e) => {
+                    let why = format!("could not start `{}`: {e}", self.plan.spawn.command);
+                    self.update(|v| v.last_failure = Some(why));
+                    None
+                }
+            };
+            if self.retiring {
+                self.transition(Lifecycle::Stopped { status });
+                self.wait_for_stop().await;
+                return;
+            }
+            let restart_in = self.record_exit(status.clone());
+            if !self.pause(restart_in).await {
+                return;
+            }
+            self.update(|v| v.restarts += 1);
+        }
+    }
+
+    /// Follows one process until it exits or a command ends it.
+    async fn supervise(&mut self, running: &mut Running) -> RunEnd {
+        self.transition(Lifecycle::Starting {
+            since: Instant::now(),
+        });
+        let probe = Probe::for_spec(&self.plan.health, self.plan.addr);
+        let mut checker = Checker::start(probe, &self.plan.health);
+        let mut checker_alive = true;
+        loop {
+            tokio::select! {
+                status = running.exited() => {
+                    self.update(|v| v.process = None);
+                    return RunEnd::Exited(status);
+                }
+                changed = checker.reports.changed(), if checker_alive => {
+                    checker_alive = changed.is_ok();
+                    let report = checker.reports.borrow_and_update().clone();
+                    self.on_health(report);
+                }
+                command = self.commands.recv() => match command {
+                    Some(Command::Drain { deadline }) => {
+                        self.retiring = true;
+                        self.transition(Lifecycle::Draining { deadline });
+                    }
+                    Some(Command::Stop { reply }) => {
+                        let status = process::stop(
+                            running,
+                            &self.plan.stop_signal,
+                            self.plan.stop_timeout,
+                        )
+                        .await;
+                        self.update(|v| v.process = None);
+                        self.transition(Lifecycle::Stopped { status: Some(status) });
+                        let _ = reply.send(());
+                        return RunEnd::Stopped;
+                    }
+                    Some(Command::Detach) | None => return RunEnd::Detached,
+                },
+            }
+        }
+    }
+
+    fn on_health(&mut self, report: HealthReport) {
+        if let Some(failure) = &report.last_failure {
+            let failure = failure.clone();
+            self.update(|v| v.last_failure = Some(failure));
+        }
+        if self.retiring {
+            return;
+        }
+        let now = Instant::now();
+        let next = match report.health {
+            Health::Starting => return,
+            Health::Healthy => {
+                self.healthy_since.get_or_insert(now);
+                self.forget_old_exits(now);
+                if self.exits.len() < CRASH_EXITS {
+                    self.update(|v| v.crash_loop = None);
+                }
+                Lifecycle::Healthy { since: now }
+            }
+            Health::Unhealthy { reason } => {
+                self.healthy_since = None;
+                Lifecycle::Unhealthy { reason }
+            }
+        };
+        if std::mem::discriminant(&next) != std::mem::discriminant(&self.view.borrow().lifecycle) {
+            self.transition(next);
+        }
+    }
+
+    /// Counts an exit, updates backoff and crash-loop state; returns the delay before restarting.
+    fn record_exit(&mut self, status: Option<ExitStatus>) -> Duration {
+        let now = Instant::now();
+        // A long healthy run forgives earlier crashes: the next exit restarts quickly again.
+        // A short one does not, or an app that crashes a second after each boot would be
+        // restarted at full speed for ever.
+        if self
+            .healthy_since
+            .take()
+            .is_some_and(|since| now.duration_since(since) >= BACKOFF_RESET)
+        {
+            self.backoff = BACKOFF_MIN;
+        }
+        self.exits.push_back(now);
+        self.forget_old_exits(now);
+        let restart_in = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        let what = status.as_ref().map_or_else(
+            || self.view.borrow().last_failure.clone().unwrap_or_default(),
+            ExitStatus::to_string,
+        );
+        self.update(|v| {
+            v.exits += 1;
+            v.last_failure = Some(what.clone());
+        });
+        if self.exits.len() >= CRASH_EXITS {
+            let reason = format!(
+                "{} exits within {}s, last: {what}",
+                self.exits.len(),
+                CRASH_WINDOW.as_secs()
+            );
+            self.update(|v| v.crash_loop = Some(reason.clone()));
+            self.transition(Lifecycle::CrashLooping { reason, restart_in });
+        } else {
+            self.transition(Lifecycle::Exited { status, restart_in });
+        }
+        restart_in
+    }
+
+    fn forget_old_exits(&mut self, now: Instant) {
+        while self
+            .exits
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
+        {
+            self.exits.pop_front();
+        }
+    }
+
+    /// Waits out the backoff, still obeying commands. False when the instance must end.
+    async fn pause(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                command = self.commands.recv() => match command {
+                    Some(Command::Drain { deadline }) => {
+                        self.retiring = true;
+                        self.transition(Lifecycle::Draining { deadline });
+                    }
+                    Some(Command::Stop { reply }) => {
+                        self.transition(Lifecycle::Stopped { status: None });
+                        let _ = reply.send(());
+                        return false;
+                    }
+                    Some(Command::Detach) | None => return false,
+                },
+            }
+        }
+    }
+
+    /// A retiring instance whose process already ended: answer the stop that will come.
+    async fn wait_for_stop(&mut self) {
+        while let Some(command) = self.commands.recv().await {
+            match command {
+                Command::Stop { reply } => {
+                    let _ = reply.send(());
+                    return;
+                }
+                Command::Detach => return,
+                Command::Drain { .. } => {}
+            }
+        }
+    }
+
+    fn transition(&self, next: Lifecycle) {
+        let was = self.view.borrow().lifecycle.clone();
+        if std::mem::discriminant(&was) != std::mem::discriminant(&next) {
+            tracing::info!(instance = %self.plan.id, "now {next}, was {was}");
+        }
+        self.update(|v| v.lifecycle = next);
+    }
+
+    /// Changes the view and tells the app task (which recomputes the route and persists pids).
+    fn update(&self, change: impl FnOnce(&mut View)) {
+        self.view.send_modify(change);
+        let _ = self
+            .events
+            .send(Event::InstanceChanged(self.plan.id.clone()));
+    }
+}

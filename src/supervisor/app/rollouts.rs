@@ -1,0 +1,214 @@
+//! The app task's side of a rollout and of routing: recording and starting candidates, the
+//! switch, the end of a rollout (success, or failure with the release marked bad), the automatic
+//! rollback of a live release that crash-loops, and which instances the proxy routes to.
+
+use tokio::sync::mpsc;
+
+use crate::protocol::{AppSpec, DeployOutcome, ErrorKind, ErrorReply, Response};
+use crate::supervisor::deploy::Kind;
+use crate::supervisor::process;
+use crate::supervisor::proxy::Route;
+use crate::supervisor::rollback;
+use crate::supervisor::store::{DeployRecord, InstanceRecord};
+
+use super::instance::{InstanceHandle, Lifecycle};
+use super::{loopback_for, AppTask, Switched};
+
+impl AppTask {
+    /// A live instance crash-loops after its switch: go back to the previous good release if
+    /// there is one (health-gated, like a manual rollback), else say so in `status`.
+    pub(super) fn on_live_crash_loop(&mut self, reason: String) {
+        if self.rollout.is_some() || self.stuck.is_some() {
+            return;
+        }
+        let Some(live) = self.record.live.clone() else {
+            return;
+        };
+        match rollback::choose(&self.record, None) {
+            Ok((target, spec)) => {
+                tracing::error!(
+                    app = %self.shared.name,
+                    "{live} is crash-looping ({reason}); rolling back to {target}"
+                );
+                let (progress, _) = mpsc::channel(1);
+                let kind = Kind::AutoRollback {
+                    from: live,
+                    reason: format!("crash-looping after it went live: {reason}"),
+                };
+                self.begin(kind, target, spec, progress, None);
+            }
+            Err(e) => {
+                tracing::error!(
+                    app = %self.shared.name,
+                    "{live} is crash-looping ({reason}) and cannot be rolled back: {}",
+                    e.message
+                );
+                self.stuck = Some(format!("crash-looping: {reason}; {}", e.message));
+            }
+        }
+    }
+
+    /// Records the candidates in the state before any of them starts, then starts them.
+    pub(super) fn start_candidates(
+        &mut self,
+        version: &str,
+        spec: &AppSpec,
+    ) -> Result<Vec<InstanceHandle>, String> {
+        let host = loopback_for(&spec.listen);
+        let mut planned = Vec::new();
+        for _ in 0..spec.instances.max(1) {
+            let port = process::free_port(host)
+                .map_err(|e| format!("no free port on {host} for a new instance: {e}"))?;
+            let id = self.next_id(version);
+            planned.push(InstanceRecord {
+                id,
+                version: version.to_owned(),
+                port,
+                process: None,
+            });
+        }
+        self.record.deploy = Some(DeployRecord {
+            version: version.to_owned(),
+            candidates: planned.clone(),
+            retiring: Vec::new(),
+        });
+        self.persist();
+        let mut handles = Vec::new();
+        for record in &planned {
+            let plan = self.plan(record, spec).map_err(|e| e.to_string())?;
+            handles.push(self.launch(plan, None));
+        }
+        Ok(handles)
+    }
+
+    /// Makes the deploy's candidates the live instances and routes to them, in one step.
+    pub(super) fn switch(&mut self, version: &str) -> Switched {
+        let candidates = self
+            .record
+            .deploy
+            .as_mut()
+            .map(|d| std::mem::take(&mut d.candidates))
+            .unwrap_or_default();
+        let retiring = std::mem::replace(&mut self.record.instances, candidates);
+        if let Some(deploy) = &mut self.record.deploy {
+            deploy.retiring = retiring.clone();
+        }
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        if let Some(release) = self.record.releases.get_mut(version) {
+            release.deployed_at = Some(now);
+            self.record.spec = release.spec.clone();
+        }
+        self.record.history.retain(|v| v != version);
+        self.record.history.push(version.to_owned());
+        self.record.live = Some(version.to_owned());
+        // The release a rollback leaves is marked bad in the same step that leaves it, so no
+        // one (a status, a prune, a crash) ever sees it as the good previous release.
+        if let Some((from, reason)) = self
+            .rollout
+            .as_ref()
+            .and_then(|r| r.kind.rolled_away_from())
+        {
+            rollback::mark_bad(&mut self.record, &from, &reason);
+        }
+        self.stuck = None;
+        self.persist();
+        self.update_route();
+        Switched {
+            retiring: retiring
+                .iter()
+                .filter_map(|r| self.instances.get(&r.id).cloned())
+                .collect(),
+            record: self.record.clone(),
+        }
+    }
+
+    pub(super) async fn on_rollout_done(
+        &mut self,
+        result: Result<Result<DeployOutcome, String>, tokio::task::JoinError>,
+    ) {
+        let Some(run) = self.rollout.take() else {
+            return;
+        };
+        let result = result.unwrap_or_else(|e| Err(format!("internal fault in the rollout: {e}")));
+        let response = match result {
+            Ok(outcome) => {
+                tracing::info!(app = %self.shared.name, "{} of {} done", run.kind, run.version);
+                match run.kind {
+                    Kind::Deploy => Response::Deployed(outcome),
+                    _ => Response::RolledBack(outcome),
+                }
+            }
+            Err(reason) => {
+                rollback::mark_bad(&mut self.record, &run.version, &reason);
+                self.stop_leftover_candidates();
+                let kept = match &self.record.live {
+                    Some(live) => format!("kept {live} serving"),
+                    None => "nothing was serving before".to_owned(),
+                };
+                tracing::error!(app = %self.shared.name, "{} of {} failed: {reason}; {kept}", run.kind, run.version);
+                Response::Error(ErrorReply {
+                    kind: ErrorKind::DeployFailed,
+                    message: format!("{} of {} failed: {reason}: {kept}", run.kind, run.version),
+                })
+            }
+        };
+        self.record.deploy = None;
+        self.persist();
+        self.update_route();
+        if let Some(reply) = run.reply {
+            let _ = reply.send(response);
+        }
+    }
+
+    /// Candidates a failed (or panicked) rollout left running are stopped in the background.
+    pub(super) fn stop_leftover_candidates(&mut self) {
+        let Some(deploy) = &self.record.deploy else {
+            return;
+        };
+        for record in &deploy.candidates {
+            if let Some(handle) = self.instances.get(&record.id).cloned() {
+                tokio::spawn(async move { handle.stop().await });
+            }
+        }
+    }
+
+    /// Sets the proxy's route to the healthy live instances; when none is healthy, to every live
+    /// instance that runs (a slow check is better than a certain 503), saying so.
+    pub(super) fn update_route(&mut self) {
+        let live: Vec<&InstanceHandle> = self
+            .record
+            .instances
+            .iter()
+            .filter_map(|r| self.instances.get(&r.id))
+            .collect();
+        let healthy: Vec<&InstanceHandle> = live
+            .iter()
+            .copied()
+            .filter(|h| matches!(h.view.borrow().lifecycle, Lifecycle::Healthy { .. }))
+            .collect();
+        let chosen = if healthy.is_empty() {
+            live.into_iter()
+                .filter(|h| h.view.borrow().process.is_some())
+                .collect()
+        } else {
+            healthy
+        };
+        let ids: Vec<String> = chosen.iter().map(|h| h.id.clone()).collect();
+        if ids == self.routed {
+            return;
+        }
+        if !chosen.is_empty()
+            && !chosen
+                .iter()
+                .any(|h| matches!(h.view.borrow().lifecycle, Lifecycle::Healthy { .. }))
+        {
+            tracing::warn!(app = %self.shared.name, "no healthy instance: routing to {ids:?} anyway");
+        }
+        tracing::info!(app = %self.shared.name, "route now {ids:?}, was {:?}", self.routed);
+        self.shared.proxy.set_route(Route {
+            backends: chosen.iter().map(|h| h.backend.clone()).collect(),
+            balance: self.record.spec.balance,
+        });
+        self.routed = ids;
+    }
+}

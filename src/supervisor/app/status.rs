@@ -1,0 +1,91 @@
+//! What an app task reports about itself: `status` (phase, instances, proxy counters) and `logs`.
+
+use std::collections::BTreeMap;
+
+use crate::protocol::{AppStatus, InstanceStatus, LogFiles};
+
+use super::instance::Lifecycle;
+use super::AppTask;
+
+impl AppTask {
+    /// The app as `cutover status` shows it, from the instances' views and the proxy's counters.
+    pub(super) fn status(&self) -> AppStatus {
+        let stats: BTreeMap<String, _> = self
+            .shared
+            .proxy
+            .stats()
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let instances = self
+            .instances
+            .values()
+            .map(|handle| {
+                let view = handle.view();
+                let counters = stats.get(&handle.id).cloned().unwrap_or_default();
+                InstanceStatus {
+                    id: handle.id.clone(),
+                    version: handle.version.clone(),
+                    pid: view.process.map(|p| p.pid),
+                    addr: handle.addr.to_string(),
+                    state: view.lifecycle.to_string(),
+                    routed: self.routed.contains(&handle.id),
+                    restarts: view.restarts,
+                    last_failure: view.crash_loop.clone().or(view.last_failure),
+                    requests: counters.requests,
+                    errors_5xx: counters.errors_5xx,
+                    in_flight: counters.in_flight,
+                    p99_us: counters.p99_us,
+                }
+            })
+            .collect();
+        AppStatus {
+            name: self.shared.name.clone(),
+            listen: self.record.spec.listen.clone(),
+            live_version: self.record.live.clone(),
+            phase: self.phase(),
+            instances,
+        }
+    }
+
+    /// `idle`, the rollout's current step, or why the live release is in trouble.
+    fn phase(&self) -> String {
+        if let Some(run) = &self.rollout {
+            return run.phase.borrow().clone();
+        }
+        if let Some(stuck) = &self.stuck {
+            return stuck.clone();
+        }
+        let looping = self
+            .instances
+            .values()
+            .find_map(|h| match h.view().lifecycle {
+                Lifecycle::CrashLooping { reason, .. } => Some(reason),
+                _ => None,
+            });
+        match looping {
+            Some(reason) => format!("crash-looping: {reason}"),
+            None if self.routed.is_empty() && self.record.live.is_some() => {
+                "degraded: no instance is running".to_owned()
+            }
+            None => "idle".to_owned(),
+        }
+    }
+
+    /// The app's instance log files, oldest first (by modification time).
+    pub(super) fn logs(&self) -> LogFiles {
+        let dir = self.shared.state_dir.join("logs").join(&self.shared.name);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        files.sort();
+        LogFiles {
+            app: self.shared.name.clone(),
+            files: files.into_iter().map(|(_, path)| path).collect(),
+        }
+    }
+}

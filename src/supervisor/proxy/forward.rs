@@ -1,0 +1,358 @@
+//! One request through the proxy: pick an instance from the route of the moment, rewrite the
+//! headers a proxy must (hop-by-hop out, X-Forwarded-* in), send it, retry on another instance
+//! when that is safe, and hand back the response or the WebSocket tunnel.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::backend::{BackendState, InFlight, SendError};
+use super::body::{RequestBody, ResponseBody};
+use super::{Shared, Table};
+use crate::protocol::app::Balance;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1): never
+/// forwarded. Upgrade and Connection are put back for a WebSocket handshake.
+fn hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+    ]
+}
+
+/// The client's side of one connection, computed once per connection rather than per request.
+#[derive(Debug, Clone)]
+pub(super) struct Client {
+    pub ip: HeaderValue,
+}
+
+/// A bodiless request kept aside so it can be sent again if its instance dies mid-exchange.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::Empty);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    client: Client,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let table = shared.route.load_full();
+    if table.backends.is_empty() {
+        return Ok(status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 service unavailable: no healthy instance of this app is routed yet\n",
+        ));
+    }
+    let upgrade = wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    prepare(&mut req, &client, upgrade);
+    // Only safe methods without a body may be sent twice (what nginx's proxy_next_upstream does
+    // by default); anything else is retried only when it provably never left the proxy. With a
+    // single instance there is nowhere else to send it, so the copy is not made.
+    let replay = (table.backends.len() > 1 && !upgrade && is_replayable(&req)).then(|| Replay {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+    });
+    let mut req = req.map(RequestBody::Incoming);
+    let mut tried = 0u64;
+    let mut replayed = false;
+    while let Some(index) = pick(&table, shared.next.fetch_add(1, Ordering::Relaxed), tried) {
+        tried |= 1u64 << (index % 64);
+        let state = &table.backends[index];
+        let in_flight = InFlight::new(state.clone());
+        let started = Instant::now();
+        match state.send(req).await {
+            Ok((response, sender)) => {
+                state.record(response.status().as_u16(), started.elapsed());
+                return Ok(respond(response, sender, in_flight, client_upgrade));
+            }
+            Err(SendError::Connect(err, unsent)) => {
+                tracing::debug!(backend = %state.backend.id, "connect failed, trying another: {err}");
+                req = *unsent;
+            }
+            Err(SendError::Cut) => {
+                return Ok(status(
+                    StatusCode::BAD_GATEWAY,
+                    "502 bad gateway: instance drained\n",
+                ));
+            }
+            Err(SendError::Exchange(err)) => {
+                state.record_broken();
+                tracing::debug!(backend = %state.backend.id, "exchange failed: {err}");
+                match &replay {
+                    Some(replay) if !replayed => {
+                        replayed = true;
+                        req = replay.request();
+                    }
+                    _ => return Ok(status(
+                        StatusCode::BAD_GATEWAY,
+                        "502 bad gateway: the instance closed the connection before answering\n",
+                    )),
+                }
+            }
+        }
+    }
+    Ok(status(
+        StatusCode::BAD_GATEWAY,
+        "502 bad gateway: no instance of this app accepted the connection\n",
+    ))
+}
+
+/// The next instance to try, skipping those in `tried` (a bit per index).
+fn pick(table: &Table, turn: usize, tried: u64) -> Option<usize> {
+    let n = table.backends.len();
+    let untried = |i: &usize| tried & (1u64 << (i % 64)) == 0;
+    let mut order = (0..n).map(|k| (turn + k) % n).filter(untried);
+    match table.balance {
+        Balance::RoundRobin => order.next(),
+        // Ties go to the round-robin order, so equal instances still share the load.
+        Balance::LeastConnections => order.min_by_key(|&i| table.backends[i].in_flight()),
+    }
+}
+
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn is_replayable(req: &Request<Incoming>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && !req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|len| len.as_bytes() == b"0")
+}
+
+/// Rewrites a client's request into the one the instance gets.
+fn prepare(req: &mut Request<Incoming>, client: &Client, upgrade: bool) {
+    // Origin-form on the wire to the instance, whatever form the client used.
+    if req.uri().scheme().is_some() {
+        if let Some(path) = req.uri().path_and_query() {
+            *req.uri_mut() = Uri::from(path.clone());
+        }
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let upgrade_to = if upgrade {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade_to {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    append_forwarded_for(headers, &client.ip);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    let combined = match headers.get(&X_FORWARDED_FOR) {
+        None => ip.clone(),
+        Some(earlier) => {
+            let mut both = earlier.as_bytes().to_vec();
+            both.extend_from_slice(b", ");
+            both.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&both).unwrap_or_else(|_| ip.clone())
+        }
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), combined);
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    if let Some(connection) = headers.get(header::CONNECTION).cloned() {
+        if let Ok(names) = connection.to_str() {
+            for name in names.split(',') {
+                if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in hop_by_hop() {
+        headers.remove(name);
+    }
+}
+
+/// The instance's response for the client; a 101 to an upgrade becomes a tunnel.
+fn respond(
+    mut response: Response<Incoming>,
+    sender: super::backend::Sender,
+    in_flight: InFlight,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ResponseBody> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let backend_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_upgrade, backend_upgrade, in_flight));
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, ResponseBody::empty());
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, ResponseBody::proxied(body, sender, in_flight))
+}
+
+/// Copies bytes both ways between an upgraded client and instance until either side closes or
+/// `drain` cuts the instance; the tunnel counts as in flight all along.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+) {
+    let state: &BackendState = &in_flight.0;
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(both) => both,
+        Err(err) => {
+            tracing::debug!(backend = %state.backend.id, "upgrade failed: {err}");
+            return;
+        }
+    };
+    let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
+            if let Err(err) = result {
+                tracing::debug!(backend = %state.backend.id, "tunnel ended: {err}");
+            }
+        }
+        _ = state.cut.cancelled() => {
+            tracing::debug!(backend = %state.backend.id, "tunnel cut by drain");
+        }
+    }
+}
+
+fn status(code: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::text(text));
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(n: usize, balance: Balance) -> Table {
+        let backends = (0..n)
+            .map(|i| {
+                Arc::new(BackendState::new(Arc::new(super::super::Backend {
+                    id: format!("b{i}"),
+                    version: "v1".into(),
+                    addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
+                })))
+            })
+            .collect();
+        Table { backends, balance }
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_skips_tried_backends() {
+        let t = table(3, Balance::RoundRobin);
+        assert_eq!(pick(&t, 0, 0), Some(0));
+        assert_eq!(pick(&t, 4, 0), Some(1));
+        assert_eq!(pick(&t, 4, 0b010), Some(2));
+        assert_eq!(pick(&t, 4, 0b111), None);
+    }
+
+    #[test]
+    fn least_connections_prefers_the_idlest_backend() {
+        let t = table(3, Balance::LeastConnections);
+        let _busy = [
+            InFlight::new(t.backends[0].clone()),
+            InFlight::new(t.backends[1].clone()),
+        ];
+        assert_eq!(pick(&t, 0, 0), Some(2));
+        assert_eq!(pick(&t, 0, 0b100), Some(0), "ties go in turn order");
+        assert_eq!(t.backends[0].in_flight(), 1);
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!wants_upgrade(&headers));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(wants_upgrade(&headers));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_stripped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut headers = HeaderMap::new();
+        let ip = HeaderValue::from_static("127.0.0.1");
+        append_forwarded_for(&mut headers, &ip);
+        assert_eq!(headers[&X_FORWARDED_FOR], "127.0.0.1");
+        append_forwarded_for(&mut headers, &HeaderValue::from_static("10.0.0.2"));
+        assert_eq!(headers[&X_FORWARDED_FOR], "127.0.0.1, 10.0.0.2");
+    }
+}

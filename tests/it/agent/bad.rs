@@ -1,0 +1,156 @@
+//! Bad input ends in one clear line, the failure hooks when the contract says so, an untouched
+//! dest and exit 1: the data-driven manifest corpus, checksum mismatches, hostile archives.
+
+use super::{read, snapshot, Entry, Site};
+use crate::support;
+
+/// Walks fixtures/bad-manifests/*.yml: each must fail with its `.err` substring, run no hooks
+/// (manifest errors never do) and exit 1.
+#[test]
+fn every_bad_manifest_fails_with_its_expected_message() {
+    let dir = support::fixture("bad-manifests");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures/bad-manifests")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "the corpus is there: {names:?}");
+    let mut failures = Vec::new();
+    for yml in &names {
+        let expected = read(&yml.with_extension("err")).trim_end().to_owned();
+        let site = Site::new();
+        let mut cmd = site.agent();
+        cmd.env_remove("CUTOVER_TEST_UNSET_VAR")
+            .arg("apply")
+            .arg(yml);
+        let run = site.run_with(&mut cmd, "");
+        let stderr = run.stderr();
+        let lines: Vec<_> = stderr.lines().filter(|l| l.contains(&expected)).collect();
+        if run.code() != Some(1) || lines.is_empty() {
+            failures.push(format!(
+                "{}: exit {:?}, expected {expected:?} in:\n{stderr}",
+                yml.display(),
+                run.code()
+            ));
+        } else if site.path("cwd/failure-ran").exists() {
+            failures.push(format!(
+                "{}: failure hooks ran on a manifest error",
+                yml.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_checksum_mismatch_runs_failure_without_pre_and_leaves_dest_alone() {
+    let site = Site::new();
+    std::fs::create_dir(site.dest()).expect("dest");
+    std::fs::write(site.dest().join("index.html"), "v1").expect("v1");
+    let before = snapshot(&site.dest());
+    let (src, _) = site.archive("a.tar.gz", None, &[Entry::File("index.html", b"v2")]);
+    let wrong = "0".repeat(64);
+    let url = site.manifest(
+        "m.yml",
+        &format!("src: {src}\nchecksum: {wrong}\ndest: @DEST@\ncommands:\n  pre:\n    - touch pre-ran\n  failure:\n    - cat > failure-stdin\n"),
+    );
+    site.run(&url, &[])
+        .expect_code(1)
+        .expect_stderr(&format!("Deploy manifest failed: {url}"));
+    assert_eq!(snapshot(&site.dest()), before);
+    assert!(
+        !site.path("cwd/pre-ran").exists(),
+        "a mismatch runs failure without pre"
+    );
+    let stdin = read(&site.path("cwd/failure-stdin"));
+    assert!(stdin.contains("Deploy manifest failed"), "{stdin}");
+}
+
+#[test]
+fn md5_sha1_and_sha512_checksums_are_accepted_in_any_case() {
+    use digest::Digest;
+    let site = Site::new();
+    let bytes = super::tar_gz(None, &[Entry::File("a", b"1")]);
+    let path = site.path("archives/a.tar.gz");
+    std::fs::write(&path, &bytes).expect("archive");
+    for sum in [
+        hex::encode(md5::Md5::digest(&bytes)),
+        hex::encode(sha1::Sha1::digest(&bytes)).to_uppercase(),
+        hex::encode(sha2::Sha512::digest(&bytes)),
+    ] {
+        let url = site.manifest(
+            "m.yml",
+            &format!(
+                "src: file://{}\nchecksum: {sum}\ndest: @DEST@\n",
+                path.display()
+            ),
+        );
+        site.run(&url, &[]).expect_code(0);
+    }
+}
+
+#[test]
+fn hostile_and_truncated_archives_fail_and_write_nothing_outside() {
+    let cases: [(&str, Vec<u8>); 4] = [
+        (
+            "dotdot",
+            super::tar_gz(None, &[Entry::Raw("../escaped.txt", b"evil")]),
+        ),
+        (
+            "absolute",
+            super::tar_gz(None, &[Entry::Raw("/tmp/cutover-escaped-abs.txt", b"evil")]),
+        ),
+        (
+            "escaping symlink",
+            super::tar_gz(
+                None,
+                &[
+                    Entry::Symlink("link", "../.."),
+                    Entry::File("link/escaped.txt", b"evil"),
+                ],
+            ),
+        ),
+        ("truncated", {
+            let full = super::tar_gz(None, &[Entry::File("big", &[7u8; 200_000])]);
+            full[..full.len() / 2].to_vec()
+        }),
+    ];
+    for (name, bytes) in cases {
+        let site = Site::new();
+        std::fs::create_dir(site.dest()).expect("dest");
+        std::fs::write(site.dest().join("keep"), "v1").expect("keep");
+        let before = snapshot(&site.dest());
+        let path = site.path("archives/x.tar.gz");
+        std::fs::write(&path, &bytes).expect("archive");
+        let url = site.manifest(
+            "m.yml",
+            &format!(
+                "src: file://{}\nchecksum: {}\ndest: @DEST@\ncommands:\n  failure:\n    - touch failure-ran\n",
+                path.display(),
+                super::sha256_hex(&bytes)
+            ),
+        );
+        let run = site.run(&url, &[]);
+        run.expect_code(1).expect_stderr("Deploy manifest failed");
+        assert_eq!(snapshot(&site.dest()), before, "{name}: dest untouched");
+        assert!(
+            site.path("cwd/failure-ran").exists(),
+            "{name}: failure hooks run"
+        );
+        assert!(
+            !site.path("escaped.txt").exists(),
+            "{name}: nothing written outside"
+        );
+        assert!(!std::path::Path::new("/tmp/cutover-escaped-abs.txt").exists());
+    }
+}
+
+#[test]
+fn unknown_manifest_keys_warn_but_deploy() {
+    let site = Site::new();
+    let url = site.deploy_manifest("owner: ops\n", &[Entry::File("a", b"1")]);
+    site.run(&url, &[])
+        .expect_code(0)
+        .expect_stderr("warning: unknown manifest key \"owner\" is ignored");
+}

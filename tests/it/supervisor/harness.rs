@@ -1,0 +1,296 @@
+//! A real `cutover supervise` in a temp dir, killed on drop, and the apps it is asked to run:
+//! release dirs made by hand and specs whose `run` is the real demo app.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use cutover::protocol::client::Client;
+use cutover::protocol::{
+    AppSpec, AppStatus, DeployRequest, ErrorKind, ReleaseInfo, ReleaseState, ReleasesRequest,
+    Request, Response, RollbackRequest, StatusRequest,
+};
+
+use crate::support::{cutover, cutover_bin, free_port, wait_until};
+
+/// How long a rollout may take in these tests (a loaded 2-core CI box is slow).
+pub const ROLLOUT: Duration = Duration::from_secs(60);
+
+/// One supervisor process over a state dir that outlives it (for restart tests).
+pub struct Supervisor {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub stderr: PathBuf,
+    child: Child,
+}
+
+impl Supervisor {
+    /// Starts `cutover supervise` and waits until its control socket answers.
+    pub fn start(home: &Path) -> Supervisor {
+        let state_dir = home.join("state");
+        let socket = home.join("cutover.sock");
+        let stderr = home.join("supervisor.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr)
+            .expect("open the supervisor's log");
+        let child = cutover()
+            .arg("supervise")
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "cutover=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start cutover supervise");
+        let supervisor = Supervisor {
+            state_dir,
+            socket,
+            stderr,
+            child,
+        };
+        wait_until("the control socket to answer", ROLLOUT, || {
+            block_on(Client::connect(&supervisor.socket)).is_ok()
+        });
+        supervisor
+    }
+
+    /// The harshest crash: SIGKILL, no chance to persist or to let go of anything.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends one request and returns the final response (progress lines are dropped).
+    pub fn request(&self, request: Request) -> Response {
+        block_on(async {
+            let client = Client::connect(&self.socket).await.expect("connect");
+            client.request(&request, |_| {}).await.expect("request")
+        })
+    }
+
+    pub fn deploy(&self, app: &App, version: &str) -> Response {
+        self.request(Request::Deploy(DeployRequest {
+            app: app.spec(version),
+            version: version.to_owned(),
+            dest: app.dest.clone(),
+        }))
+    }
+
+    /// Deploys and insists it worked.
+    pub fn deploy_ok(&self, app: &App, version: &str) {
+        match self.deploy(app, version) {
+            Response::Deployed(outcome) => assert_eq!(outcome.version, version),
+            other => panic!(
+                "deploy of {version} should succeed, got {other:?}\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    pub fn rollback(&self, app: &App, version: Option<&str>) -> Response {
+        self.request(Request::Rollback(RollbackRequest {
+            app: app.name.clone(),
+            version: version.map(str::to_owned),
+        }))
+    }
+
+    pub fn status(&self, app: &App) -> AppStatus {
+        match self.request(Request::Status(StatusRequest {
+            app: Some(app.name.clone()),
+        })) {
+            Response::Status(mut report) if report.apps.len() == 1 => report.apps.remove(0),
+            other => panic!("status of {}: {other:?}", app.name),
+        }
+    }
+
+    pub fn releases(&self, app: &App) -> Vec<ReleaseInfo> {
+        match self.request(Request::Releases(ReleasesRequest {
+            app: app.name.clone(),
+        })) {
+            Response::Releases(list) => list.releases,
+            other => panic!("releases of {}: {other:?}", app.name),
+        }
+    }
+
+    /// Pids of the instances that serve the live release.
+    pub fn live_pids(&self, app: &App) -> Vec<u32> {
+        let status = self.status(app);
+        let live = status.live_version.clone();
+        let mut pids: Vec<u32> = status
+            .instances
+            .iter()
+            .filter(|i| Some(&i.version) == live.as_ref())
+            .filter_map(|i| i.pid)
+            .collect();
+        pids.sort();
+        pids
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// One app under test: its home (`dest`) and its public port. Its instances are killed on drop,
+/// whichever supervisor started them (they outlive a killed supervisor by design).
+pub struct App {
+    pub name: String,
+    pub dest: PathBuf,
+    pub listen: SocketAddr,
+    /// Demo-app flags per version (`--fail-boot`, …); versions not listed run plainly.
+    pub faults: Vec<(String, String)>,
+    pub tweak: fn(&mut AppSpec),
+}
+
+impl App {
+    pub fn new(home: &Path, name: &str) -> App {
+        App {
+            name: name.to_owned(),
+            dest: home.join(name),
+            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            faults: Vec::new(),
+            tweak: |_| {},
+        }
+    }
+
+    /// Places an (empty) release dir, as the agent would.
+    pub fn place(&self, version: &str) {
+        fs::create_dir_all(self.dest.join("releases").join(version)).expect("make release dir");
+    }
+
+    /// The spec a manifest would carry: fast health checks, short drains and stops.
+    pub fn spec(&self, version: &str) -> AppSpec {
+        let faults = self
+            .faults
+            .iter()
+            .filter(|(v, _)| v == version)
+            .map(|(_, f)| f.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut spec: AppSpec = serde_json::from_value(serde_json::json!({
+            "name": self.name,
+            "version": version,
+            "run": format!(
+                "{} demo-app --port {{port}} --version-label {version} {faults}",
+                cutover_bin().display()
+            ),
+            "listen": self.listen.to_string(),
+            "instances": 1,
+            "health": {
+                "path": "/healthz", "interval": "100ms", "timeout": "2s",
+                "healthy": 2, "unhealthy": 2, "deadline": "60s"
+            },
+            "drain_timeout": "5s",
+            "stop_timeout": "5s",
+            "keep_releases": 5,
+        }))
+        .expect("a valid app spec");
+        (self.tweak)(&mut spec);
+        spec
+    }
+
+    /// One GET through the app's public address; the body (`hello from VERSION …`).
+    pub fn get(&self) -> Result<String, String> {
+        let mut stream = std::net::TcpStream::connect(self.listen).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        use std::io::{Read, Write};
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.listen
+        )
+        .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| e.to_string())?;
+        if !answer.starts_with("HTTP/1.1 200") {
+            return Err(answer);
+        }
+        Ok(answer)
+    }
+
+    /// Waits until a GET through the proxy is answered by `version`.
+    pub fn wait_serving(&self, version: &str) {
+        let needle = format!("hello from {version} ");
+        wait_until(
+            &format!("{} to serve {version}", self.name),
+            ROLLOUT,
+            || self.get().is_ok_and(|body| body.contains(&needle)),
+        );
+    }
+}
+
+/// Whether `pid` is a live process (not a zombie).
+pub fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|s| !s.trim_start().starts_with('Z'))
+    })
+}
+
+/// The state of `version` in a release list.
+pub fn state_of(releases: &[ReleaseInfo], version: &str) -> Option<ReleaseState> {
+    releases
+        .iter()
+        .find(|r| r.version == version)
+        .map(|r| r.state)
+}
+
+/// The error kind and message of a response that must be an error.
+pub fn error_of(response: Response) -> (ErrorKind, String) {
+    match response {
+        Response::Error(e) => (e.kind, e.message),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// Kills every process whose command line names `dest` (an app's instances) on drop, so a test
+/// that fails half-way leaves nothing running.
+pub struct Reaper(pub Vec<PathBuf>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cwd) = fs::read_link(entry.path().join("cwd")) else {
+                continue;
+            };
+            if self.0.iter().any(|dest| cwd.starts_with(dest)) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for one request")
+        .block_on(future)
+}
