@@ -112,14 +112,24 @@ async fn ask_manifest(serf: &Serf, peers: &[Member], app: &str, version: &str) -
         .map(|m| m.name.clone())
         .collect();
     let payload = format!("{app} {version}");
-    let result = serf
-        .query(wire::QUERY_MANIFEST, &payload, &holders, ASK_TIMEOUT)
-        .await
-        .ok()?;
-    result
-        .responses
-        .values()
-        .filter_map(|text| serde_json::from_str::<Ack>(text).ok())
-        .find(|ack| ack.ok && ack.v.as_deref() == Some(version))
-        .and_then(|ack| ack.url)
+    // A few tries: on a busy host a query or its answers can be lost, and one loss must not
+    // leave the node on an old version until the next rollout.
+    for _attempt in 0..3 {
+        let Ok(result) = serf
+            .query(wire::QUERY_MANIFEST, &payload, &holders, ASK_TIMEOUT)
+            .await
+        else {
+            continue;
+        };
+        let url = result
+            .responses
+            .values()
+            .filter_map(|text| serde_json::from_str::<Ack>(text).ok())
+            .find(|ack| ack.ok && ack.v.as_deref() == Some(version))
+            .and_then(|ack| ack.url);
+        if url.is_some() {
+            return url;
+        }
+    }
+    None
 }
