@@ -283,6 +283,9 @@ pub async fn run(serf: &Serf, step: &Step, plan: Plan, opts: &Options, out: &Pro
     report
 }
 
+/// Pause before asking a busy node again.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(300);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum NodeEnd {
     Serving,
@@ -302,42 +305,60 @@ async fn deploy_batch(
     let r = &step.release;
     let nodes: Vec<String> = batch.iter().map(|t| t.node.clone()).collect();
     let mut ends = BTreeMap::new();
-    let acks = ask(
-        serf,
-        wire::QUERY_DEPLOY,
-        &step.url,
-        &nodes,
-        opts.query_timeout,
-        out,
-    )
-    .await;
     let mut pending = Vec::new();
-    for node in &nodes {
-        match acks.get(node).map(|text| serde_json::from_str::<Ack>(text)) {
-            Some(Ok(ack)) if ack.ok => pending.push(node.clone()),
-            Some(Ok(ack)) => {
-                out.say(&format!("{node}: refused the deploy: {}", ack.msg));
-                ends.insert(node.clone(), NodeEnd::Refused(ack.msg));
-            }
-            Some(Err(_)) => {
-                out.say(&format!(
-                    "{node}: answered the deploy query with something not cutover's"
-                ));
-                ends.insert(
-                    node.clone(),
-                    NodeEnd::Refused("unreadable answer".to_owned()),
-                );
-            }
-            None => {
-                out.say(&format!(
-                    "{node}: UNREACHABLE: no answer to the deploy query"
-                ));
-                ends.insert(
-                    node.clone(),
-                    NodeEnd::Unreachable("no answer to the deploy query".to_owned()),
-                );
+    // A node still finishing its previous run (its worker publishing tags after the app went
+    // live) answers "busy": ask it again until the per-node deadline instead of failing it.
+    let busy_deadline = tokio::time::Instant::now() + opts.node_timeout;
+    let mut asking = nodes.clone();
+    while !asking.is_empty() {
+        let acks = ask(
+            serf,
+            wire::QUERY_DEPLOY,
+            &step.url,
+            &asking,
+            opts.query_timeout,
+            out,
+        )
+        .await;
+        let mut busy = Vec::new();
+        for node in &asking {
+            match acks.get(node).map(|text| serde_json::from_str::<Ack>(text)) {
+                Some(Ok(ack)) if ack.ok => pending.push(node.clone()),
+                Some(Ok(ack)) if ack.is_busy() && tokio::time::Instant::now() < busy_deadline => {
+                    busy.push(node.clone());
+                }
+                Some(Ok(ack)) => {
+                    out.say(&format!("{node}: refused the deploy: {}", ack.msg));
+                    ends.insert(node.clone(), NodeEnd::Refused(ack.msg));
+                }
+                Some(Err(_)) => {
+                    out.say(&format!(
+                        "{node}: answered the deploy query with something not cutover's"
+                    ));
+                    ends.insert(
+                        node.clone(),
+                        NodeEnd::Refused("unreadable answer".to_owned()),
+                    );
+                }
+                None => {
+                    out.say(&format!(
+                        "{node}: UNREACHABLE: no answer to the deploy query"
+                    ));
+                    ends.insert(
+                        node.clone(),
+                        NodeEnd::Unreachable("no answer to the deploy query".to_owned()),
+                    );
+                }
             }
         }
+        if !busy.is_empty() {
+            out.say(&format!(
+                "{}: still finishing a previous run; asking again",
+                busy.join(", ")
+            ));
+            tokio::time::sleep(BUSY_RETRY).await;
+        }
+        asking = busy;
     }
     let version = r.version.clone();
     let app = r.app.clone();

@@ -32,6 +32,11 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// A refusal because the node is still busy with another run (worth asking again).
+    pub fn is_busy(&self) -> bool {
+        !self.ok && self.msg.starts_with("busy")
+    }
+
     pub fn accepted() -> Ack {
         Ack {
             ok: true,

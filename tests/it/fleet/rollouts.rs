@@ -134,7 +134,7 @@ fn a_node_killed_mid_rollout_is_reported_and_catches_up_when_it_returns() {
             "--timeout",
             "40s",
             "--unreachable-after",
-            "6s",
+            "12s",
             "--query-timeout",
             "3s",
         ])

@@ -336,7 +336,13 @@ pub struct Fleet {
     pub nodes: Vec<FleetNode>,
     pub root: tempfile::TempDir,
     pub key: String,
+    /// Held for the fleet's life when it runs supervisors: several 3-5 node fleets at once would
+    /// overload a 2-core CI machine and turn Serf's deadlines into noise. Dropped last.
+    _serial: Option<std::sync::MutexGuard<'static, ()>>,
 }
+
+/// One fleet with supervisors at a time (see `Fleet::_serial`).
+static FLEETS_WITH_SUPERVISORS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Fleet {
     /// Starts `n` nodes (`n1`…); `supervisors: false` runs Serf agents and handlers only.
@@ -346,12 +352,18 @@ impl Fleet {
         supervisors: bool,
         env: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Fleet {
+        let serial = supervisors.then(|| {
+            FLEETS_WITH_SUPERVISORS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        });
         let root = tempfile::tempdir().unwrap();
         let key = keygen();
         let mut fleet = Fleet {
             nodes: Vec::new(),
             root,
             key,
+            _serial: serial,
         };
         for i in 1..=n {
             let mut node_env = env(i);
