@@ -18,6 +18,8 @@ fi
 if ! command -v moto_server >/dev/null || ! moto_server --help >/dev/null 2>&1; then
   echo "tests/run.sh: installing moto[server] from PyPI" >&2
   python3 -m pip install --quiet 'moto[server]'
+  # pyenv (as on the build machines) only sees a new console script after a rehash.
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
   hash -r
 fi
 
