@@ -127,12 +127,7 @@ const SECONDARY_LIMIT_PAUSE: Duration = Duration::from_secs(60);
 
 impl GithubClient {
     pub fn new(token: Option<Token>) -> GithubClient {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("cutover/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap_or_default();
+        let http = super::http_client();
         GithubClient { http, token }
     }
 

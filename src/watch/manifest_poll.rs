@@ -4,8 +4,6 @@
 //! The body comes back with its validator in one request, so what gets deployed is exactly the
 //! version whose ETag was recorded (a HEAD then a GET could see two different objects).
 
-use std::time::Duration;
-
 use http::StatusCode;
 
 /// What a poll found.
@@ -48,12 +46,7 @@ impl Default for ManifestPoller {
 
 impl ManifestPoller {
     pub fn new() -> ManifestPoller {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("cutover/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap_or_default();
+        let http = super::http_client();
         ManifestPoller {
             http,
             s3: Default::default(),

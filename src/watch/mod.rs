@@ -32,6 +32,17 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Mutex, Notify};
 
+/// The HTTP client every watch polls with (GitHub API and watched manifests): one user agent,
+/// and timeouts so a stalled server cannot hold a watch forever.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("cutover/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default()
+}
+
 pub use config::{Watch, WatchConfig};
 pub use deploy::{ApplyCommand, DeployJob, DeployResult, Deployer};
 pub use supervisor::BadReleases;
