@@ -1,5 +1,6 @@
-//! Catching up: a node that (re)joins compares what it runs with its peers' tags and deploys the
-//! version most of them run, asking a peer that runs it for its manifest URL.
+//! Catching up: a node that (re)joins compares what it runs with what its peers run (their status
+//! answers, else their tags) and deploys the version most of them run, asking a peer that runs it
+//! for its manifest URL.
 //!
 //! It runs detached, started by the handler on the member-join event of the node itself, so it
 //! first waits (bounded) for its supervisor to answer and for peers to show up in the gossip.
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::node::Node;
 use super::serf::{Member, Serf};
-use super::wire::{self, Ack};
+use super::wire::{self, Ack, NodeState};
 use super::{tags, worker};
 use crate::protocol::StatusReport;
 
@@ -39,7 +40,9 @@ pub async fn run(node: &Node, serf: &Serf) -> ExitCode {
     };
     let mut code = ExitCode::SUCCESS;
     for app in &report.apps {
-        let Some(majority) = tags::majority(&peers, &app.name) else {
+        let Some((majority, peers)) =
+            settled_majority(serf, &me, peers.clone(), &app.name, deadline).await
+        else {
             node.log(&format!(
                 "catch-up: peers agree on no single {} version; left as is",
                 app.name
@@ -83,6 +86,53 @@ async fn wait_for_supervisor(node: &Node, deadline: Instant) -> Option<StatusRep
         }
         tokio::time::sleep(PAUSE).await;
     }
+}
+
+/// The version of `app` most peers run, read from their answers to a status query (tags reach a
+/// newcomer by gossip and may lag behind; a peer that does not answer counts by its tags). A tie
+/// means the fleet is mid-rollout or its last nodes have not settled yet: look again until the
+/// deadline rather than give up at once.
+async fn settled_majority(
+    serf: &Serf,
+    me: &str,
+    mut peers: Vec<Member>,
+    app: &str,
+    deadline: Instant,
+) -> Option<(tags::Majority, Vec<Member>)> {
+    loop {
+        let live = live_versions(serf, peers).await;
+        if let Some(majority) = tags::majority(&live, app) {
+            return Some((majority, live));
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(PAUSE).await;
+        peers = wait_for_peers(serf, me, deadline).await.unwrap_or(live);
+    }
+}
+
+/// `peers` with each answering peer's tags replaced by the versions it reports running now.
+async fn live_versions(serf: &Serf, mut peers: Vec<Member>) -> Vec<Member> {
+    let names: Vec<String> = peers.iter().map(|m| m.name.clone()).collect();
+    let (answers, _) = serf
+        .gather(wire::QUERY_STATUS, "", &names, ASK_TIMEOUT, ASK_TIMEOUT)
+        .await;
+    for peer in &mut peers {
+        let Some(state) = answers
+            .get(&peer.name)
+            .and_then(|text| serde_json::from_str::<NodeState>(text).ok())
+        else {
+            continue;
+        };
+        peer.tags.retain(|key, _| !key.starts_with(tags::PREFIX));
+        for app in state.apps {
+            if let Some(version) = app.v {
+                peer.tags.insert(tags::key(&app.n), version);
+            }
+        }
+    }
+    peers
 }
 
 /// Alive members other than `me` once at least one of them publishes a cutover tag.

@@ -73,12 +73,19 @@ pub async fn answer_query(node: &Node, name: &str, payload: &str) -> Option<Stri
 
 /// Records the run as started and spawns its worker; the coordinator follows it by status.
 fn start(node: &Node, op: &str, payload: &str) -> Ack {
+    let (payload, run_id) = wire::split_run(payload);
     if payload.is_empty() {
         return Ack::refused(format!(
             "empty {op} payload: send a manifest URL or APP [VERSION]"
         ));
     }
     let run = format!("{op} {payload}");
+    // Another copy of a query this node already took: the coordinator sends again while an
+    // answer is late, and the work must start once, even if it has finished since.
+    let taken = run_id.map(|id| format!("{run} {}{id}", wire::RUN_PREFIX));
+    if taken.is_some() && node.record().accepted == taken {
+        return Ack::accepted();
+    }
     if worker::busy(node) {
         if node.record().running.as_deref() == Some(run.as_str()) {
             return Ack::accepted();
@@ -99,6 +106,7 @@ fn start(node: &Node, op: &str, payload: &str) -> Ack {
     };
     let marked = node.update_record(|r| {
         r.running = Some(run);
+        r.accepted = taken;
         r.last = Some(LastRun {
             op: op.to_owned(),
             app,
@@ -111,7 +119,7 @@ fn start(node: &Node, op: &str, payload: &str) -> Ack {
         return Ack::refused(err.to_string());
     }
     let flag = format!("--run-{op}");
-    match spawn_detached(node, &["serf-handler", &flag, payload]) {
+    match spawn_detached(node, &["serf-handler", &flag, &payload]) {
         Ok(()) => Ack::accepted(),
         Err(err) => Ack::refused(format!("could not start the {op} worker: {err}")),
     }

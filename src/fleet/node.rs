@@ -1,8 +1,9 @@
-//! This node as the fleet sees it: the local cutover verbs the handler runs (`apply`, `status
-//! --json`, `rollback`) and the handler's small record under `STATE/fleet/`.
+//! This node as the fleet sees it: the local cutover verbs the handler runs (`apply`,
+//! `rollback`), the supervisor's status, and the handler's small record under `STATE/fleet/`.
 //!
-//! The handler talks to the supervisor through the real `cutover` binary rather than the socket:
-//! a deploy must outlive the Serf handler that started it, and a child process is what does.
+//! Deploys and rollbacks go through the real `cutover` binary rather than the socket: they must
+//! outlive the Serf handler that started them, and a child process is what does. A status is
+//! asked over the control socket directly: it is answered inside a Serf query.
 //! The record keeps what peers and coordinators ask for and the supervisor does not know: the
 //! manifest URL each app last came from, and how the last fleet-started run ended.
 
@@ -16,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::wire::{AppState, LastRun, NodeState};
-use crate::protocol::StatusReport;
+use crate::protocol::client::Client;
+use crate::protocol::{Request, Response, StatusReport, StatusRequest};
 
 /// A status read from the supervisor must be quick: it is answered inside a Serf query.
 const STATUS_DEADLINE: Duration = Duration::from_secs(4);
@@ -70,35 +72,38 @@ impl Node {
         cmd
     }
 
-    /// The supervisor's report, read through `cutover status --json`.
+    /// The supervisor's report, asked over its control socket from this process: a status
+    /// answer is on the critical path of every poll of a rollout, and a child process would
+    /// only add its start-up time.
     pub async fn status(&self) -> Result<StatusReport, NodeError> {
-        let what = "`cutover status --json`".to_owned();
-        let mut cmd = self.command(&["status", "--json"]);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = cmd.spawn().map_err(|source| NodeError::Spawn {
-            what: what.clone(),
-            source,
-        })?;
-        let out = tokio::time::timeout(STATUS_DEADLINE, child.wait_with_output())
+        let what = "the supervisor's status".to_owned();
+        let ask = async {
+            let client = Client::connect(&self.socket).await?;
+            client
+                .request(&Request::Status(StatusRequest { app: None }), |_| {})
+                .await
+        };
+        let answer = tokio::time::timeout(STATUS_DEADLINE, ask)
             .await
             .map_err(|_| NodeError::Timeout {
                 what: what.clone(),
                 deadline: STATUS_DEADLINE,
-            })?
-            .map_err(|source| NodeError::Spawn {
-                what: what.clone(),
-                source,
             })?;
-        if !out.status.success() {
-            return Err(NodeError::Failed {
+        match answer {
+            Ok(Response::Status(report)) => Ok(report),
+            Ok(Response::Error(err)) => Err(NodeError::Failed {
                 what,
-                message: last_line(&String::from_utf8_lossy(&out.stderr)),
-            });
+                message: err.message,
+            }),
+            Ok(other) => Err(NodeError::Failed {
+                what,
+                message: format!("unexpected answer {other:?}"),
+            }),
+            Err(err) => Err(NodeError::Failed {
+                what,
+                message: err.to_string(),
+            }),
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| NodeError::Failed {
-            what,
-            message: format!("unreadable JSON: {e}"),
-        })
     }
 
     /// What this node answers to a status query: the supervisor's view plus the handler's record.
@@ -190,6 +195,10 @@ pub struct Record {
     /// lost on the way) is answered "accepted" again instead of "busy".
     #[serde(default)]
     pub running: Option<String>,
+    /// `OP PAYLOAD run=ID` of the last run a coordinator started here, so that late copies of
+    /// its query do not start it again after it ended.
+    #[serde(default)]
+    pub accepted: Option<String>,
     /// App → version → the manifest URL it was deployed from, for peers that catch up.
     #[serde(default)]
     pub manifests: BTreeMap<String, BTreeMap<String, String>>,
@@ -233,14 +242,6 @@ pub fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
         .create(true)
         .append(true)
         .open(path)
-}
-
-fn last_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or("no output")
-        .to_owned()
 }
 
 #[cfg(test)]

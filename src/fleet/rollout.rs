@@ -130,14 +130,15 @@ pub async fn plan(serf: &Serf, step: &Step, opts: &Options) -> Result<Plan, Roll
     if alive.is_empty() && plan.unreachable.is_empty() {
         return Err(RolloutError::NoMembers(describe(filters)));
     }
-    let mut states = status_of(serf, &alive, opts.query_timeout).await?;
-    // One more chance for nodes whose answer was lost on a busy host (see `ask`).
-    let missing: Vec<String> = alive
-        .iter()
-        .filter(|n| !states.contains_key(*n))
-        .cloned()
-        .collect();
-    states.extend(status_of(serf, &missing, opts.query_timeout).await?);
+    // Twice the query timeout: the old two attempts, now with copies resent in between.
+    let states = status_of(
+        serf,
+        &alive,
+        opts,
+        opts.query_timeout * 2,
+        &Progress::default(),
+    )
+    .await;
     let app = &step.release.app;
     let mut todo = Vec::new();
     for node in alive {
@@ -223,6 +224,8 @@ pub async fn run(serf: &Serf, step: &Step, plan: Plan, opts: &Options, out: &Pro
         ..Report::default()
     };
     let mut updated: Vec<Target> = Vec::new();
+    // Names this run in its queries, so that repeated copies start nothing twice on a node.
+    let run_id = format!("{:016x}", rand::random::<u64>());
     // Nodes known to serve the app right now, kept up to date as nodes go out and come back.
     let mut serving = plan.serving;
     let total = plan.batches.len();
@@ -245,7 +248,7 @@ pub async fn run(serf: &Serf, step: &Step, plan: Plan, opts: &Options, out: &Pro
             r.version,
             names.join(", ")
         ));
-        let outcome = deploy_batch(serf, step, &batch, opts, out).await;
+        let outcome = deploy_batch(serf, step, &run_id, &batch, opts, out).await;
         for target in batch {
             match outcome.get(&target.node) {
                 Some(NodeEnd::Serving) => {
@@ -278,7 +281,7 @@ pub async fn run(serf: &Serf, step: &Step, plan: Plan, opts: &Options, out: &Pro
             updated.len(),
             r.app
         ));
-        report.reverted = revert(serf, step, &updated, opts, out).await;
+        report.reverted = revert(serf, step, &run_id, &updated, opts, out).await;
     }
     report
 }
@@ -298,6 +301,7 @@ enum NodeEnd {
 async fn deploy_batch(
     serf: &Serf,
     step: &Step,
+    run_id: &str,
     batch: &[Target],
     opts: &Options,
     out: &Progress,
@@ -311,12 +315,13 @@ async fn deploy_batch(
     let busy_deadline = tokio::time::Instant::now() + opts.node_timeout;
     let mut asking = nodes.clone();
     while !asking.is_empty() {
-        let acks = ask(
+        let acks = gather(
             serf,
             wire::QUERY_DEPLOY,
-            &step.url,
+            &wire::with_run(&step.url, run_id),
             &asking,
-            opts.query_timeout,
+            opts,
+            opts.unreachable_after,
             out,
         )
         .await;
@@ -383,6 +388,10 @@ async fn deploy_batch(
 
 /// Polls the status of `nodes` until `settled` decides each one, or its deadlines pass.
 /// `settled` returns `Some(Ok(msg))` for success, `Some(Err(why))` for failure, `None` to wait.
+///
+/// A new query goes out every `poll` even while earlier ones are still open (up to
+/// `serf::QUERIES_IN_FLIGHT`): gossip on a busy host loses a message now and then, and one lost query
+/// or answer must cost a poll interval, not a whole query timeout.
 async fn follow(
     serf: &Serf,
     nodes: &[String],
@@ -394,15 +403,33 @@ async fn follow(
     let mut ends = BTreeMap::new();
     let mut last_seen: BTreeMap<String, Instant> =
         nodes.iter().map(|n| (n.clone(), start)).collect();
+    let mut queries = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(opts.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while ends.len() < nodes.len() {
         let pending: Vec<String> = nodes
             .iter()
             .filter(|n| !ends.contains_key(*n))
             .cloned()
             .collect();
-        let states = status_of(serf, &pending, opts.query_timeout)
-            .await
-            .unwrap_or_default();
+        let mut states = BTreeMap::new();
+        tokio::select! {
+            _ = tick.tick() => {
+                if queries.len() < super::serf::QUERIES_IN_FLIGHT {
+                    let (serf, timeout) = (serf.clone(), opts.query_timeout);
+                    let asked = pending.clone();
+                    queries.spawn(async move {
+                        serf.query(wire::QUERY_STATUS, "", &asked, timeout).await
+                    });
+                }
+            }
+            Some(done) = queries.join_next() => match done {
+                Ok(Ok(result)) => states = parse_states(result.responses),
+                // Counted as silence below: a node is not written off for one failed query.
+                Ok(Err(err)) => out.say(&format!("status query failed: {err}")),
+                Err(err) => out.say(&format!("status query failed: {err}")),
+            },
+        }
         let now = Instant::now();
         for node in &pending {
             if let Some(state) = states.get(node) {
@@ -434,9 +461,6 @@ async fn follow(
                 ends.insert(node.clone(), NodeEnd::Failed(why));
             }
         }
-        if ends.len() < nodes.len() {
-            tokio::time::sleep(opts.poll).await;
-        }
     }
     ends
 }
@@ -445,6 +469,7 @@ async fn follow(
 async fn revert(
     serf: &Serf,
     step: &Step,
+    run_id: &str,
     nodes: &[Target],
     opts: &Options,
     out: &Progress,
@@ -459,14 +484,15 @@ async fn revert(
             ));
             continue;
         };
-        let payload = format!("{app} {previous}");
+        let payload = wire::with_run(&format!("{app} {previous}"), run_id);
         let node = std::slice::from_ref(&target.node);
-        let answer = ask(
+        let answer = gather(
             serf,
             wire::QUERY_ROLLBACK,
             &payload,
             node,
-            opts.query_timeout,
+            opts,
+            opts.unreachable_after,
             out,
         )
         .await
@@ -509,50 +535,45 @@ async fn revert(
         .collect()
 }
 
-/// Sends a query and, to the nodes whose answer did not come, once more: on a loaded host a
-/// gossip message or an answer can be lost, and a node must not be written off for that. The
-/// handler answers a repeated deploy or rollback "accepted" without starting it twice.
-async fn ask(
+/// `Serf::gather` with the rollout's query timeout, reporting the first failed query.
+async fn gather(
     serf: &Serf,
     name: &str,
     payload: &str,
     nodes: &[String],
-    timeout: Duration,
+    opts: &Options,
+    patience: Duration,
     out: &Progress,
 ) -> BTreeMap<String, String> {
-    let mut answers = BTreeMap::new();
-    for _attempt in 0..2 {
-        let missing: Vec<String> = nodes
-            .iter()
-            .filter(|n| !answers.contains_key(*n))
-            .cloned()
-            .collect();
-        if missing.is_empty() {
-            break;
-        }
-        match serf.query(name, payload, &missing, timeout).await {
-            Ok(result) => answers.extend(result.responses),
-            Err(err) => out.say(&format!("{name} query failed: {err}")),
-        }
+    let (answers, failure) = serf
+        .gather(name, payload, nodes, opts.query_timeout, patience)
+        .await;
+    if let Some(err) = failure {
+        out.say(&format!("{name} query failed: {err}"));
     }
     answers
 }
 
-/// Each answering node's state; nodes that did not answer are absent.
+/// Each answering node's state; nodes that did not answer within `patience` are absent.
 async fn status_of(
     serf: &Serf,
     nodes: &[String],
-    timeout: Duration,
-) -> Result<BTreeMap<String, NodeState>, SerfError> {
+    opts: &Options,
+    patience: Duration,
+    out: &Progress,
+) -> BTreeMap<String, NodeState> {
     if nodes.is_empty() {
-        return Ok(BTreeMap::new());
+        return BTreeMap::new();
     }
-    let result = serf.query(wire::QUERY_STATUS, "", nodes, timeout).await?;
-    Ok(result
-        .responses
+    parse_states(gather(serf, wire::QUERY_STATUS, "", nodes, opts, patience, out).await)
+}
+
+/// Status answers read as node states; an answer that is not cutover's is dropped.
+fn parse_states(answers: BTreeMap<String, String>) -> BTreeMap<String, NodeState> {
+    answers
         .into_iter()
         .filter_map(|(node, text)| Some((node, serde_json::from_str(&text).ok()?)))
-        .collect())
+        .collect()
 }
 
 fn describe(filters: &[String]) -> String {

@@ -18,6 +18,10 @@ const RPC_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Slack added to a query's own timeout: serf itself returns when the query times out.
 const QUERY_SLACK: Duration = Duration::from_secs(5);
+/// How long `gather` lets a query go unanswered before it sends the same query again beside it.
+const RESEND: Duration = Duration::from_millis(600);
+/// Queries `gather` (and a rollout's status polling) keep open at once.
+pub const QUERIES_IN_FLIGHT: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SerfError {
@@ -230,6 +234,64 @@ impl Serf {
             });
         }
         Ok(result)
+    }
+
+    /// Sends query `name` to `nodes` and gathers their answers until each has answered or
+    /// `patience` has passed; also returns the first failure of a query, if any.
+    ///
+    /// While answers are missing, a new copy goes out every `RESEND` (up to `QUERIES_IN_FLIGHT`
+    /// open at once): Serf spreads a query by gossip, and on a small or busy cluster a copy now
+    /// and then never reaches its node; waiting out a whole query timeout for it would stall
+    /// whoever asked. A query that starts work must therefore be idempotent (cutover's deploy
+    /// and rollback queries carry a run id for that, see `wire::with_run`).
+    pub async fn gather(
+        &self,
+        name: &str,
+        payload: &str,
+        nodes: &[String],
+        query_timeout: Duration,
+        patience: Duration,
+    ) -> (BTreeMap<String, String>, Option<SerfError>) {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut answers = BTreeMap::new();
+        let mut failure = None;
+        let mut queries = tokio::task::JoinSet::new();
+        let mut resend = tokio::time::interval(RESEND);
+        resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let missing: Vec<String> = nodes
+                .iter()
+                .filter(|n| !answers.contains_key(*n))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = resend.tick(), if queries.len() < QUERIES_IN_FLIGHT => {
+                    let (serf, name, payload) = (self.clone(), name.to_owned(), payload.to_owned());
+                    let timeout = query_timeout.min(patience);
+                    queries.spawn(async move { serf.query(&name, &payload, &missing, timeout).await });
+                }
+                Some(done) = queries.join_next() => match done {
+                    Ok(Ok(result)) => answers.extend(
+                        result.responses.into_iter().filter(|(node, _)| nodes.contains(node)),
+                    ),
+                    Ok(Err(err)) => {
+                        failure.get_or_insert(err);
+                    }
+                    Err(err) => {
+                        failure.get_or_insert(SerfError::Failed {
+                            verb: "query".to_owned(),
+                            rpc: self.rpc(),
+                            message: err.to_string(),
+                        });
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        (answers, failure)
     }
 
     /// Fires user event `name` at the whole cluster; `coalesce: false` keeps every event (Serf's

@@ -18,6 +18,33 @@ pub const QUERY_ROLLBACK: &str = "cutover-rollback";
 /// Ask a node for the manifest URL it last deployed an app from: payload `APP`.
 pub const QUERY_MANIFEST: &str = "cutover-manifest";
 
+/// The word a coordinator appends to a deploy or rollback payload to name its run
+/// (`URL run=ID`, `APP VERSION run=ID`): every copy of the query it sends carries the same one, so
+/// a node that got an earlier copy answers "accepted" instead of starting the work again.
+pub const RUN_PREFIX: &str = "run=";
+
+/// `payload` with the coordinator's run id appended.
+pub fn with_run(payload: &str, id: &str) -> String {
+    format!("{payload} {RUN_PREFIX}{id}")
+}
+
+/// Splits a payload into what it asks for and its run id, if it carries one (payloads typed by
+/// hand with `serf query` usually do not).
+pub fn split_run(payload: &str) -> (String, Option<&str>) {
+    let mut id = None;
+    let words: Vec<&str> = payload
+        .split_whitespace()
+        .filter(|word| match word.strip_prefix(RUN_PREFIX) {
+            Some(run) => {
+                id = Some(run);
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (words.join(" "), id)
+}
+
 /// A node's short answer to a deploy, rollback or manifest query.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
@@ -248,5 +275,17 @@ mod tests {
     fn truncate_respects_char_boundaries() {
         assert_eq!(truncate("héllo", 5), "h…");
         assert_eq!(truncate("short", 10), "short");
+    }
+
+    #[test]
+    fn a_run_id_travels_beside_the_payload() {
+        let sent = with_run("file:///m.yml", "1f2e");
+        assert_eq!(sent, "file:///m.yml run=1f2e");
+        assert_eq!(split_run(&sent), ("file:///m.yml".to_owned(), Some("1f2e")));
+        assert_eq!(split_run("shop 3"), ("shop 3".to_owned(), None));
+        assert_eq!(
+            split_run(&with_run("shop 3", "9")),
+            ("shop 3".to_owned(), Some("9"))
+        );
     }
 }

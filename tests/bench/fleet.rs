@@ -45,7 +45,18 @@ fn main() {
     let baseline = direct[1];
 
     let (took, out) = rollout(&release(dir, "shop", "2", Behaviour::Serves), 1);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out),
+        fleet.logs()
+    );
+    // The rollout's own timestamped progress shows where the time per node goes.
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if std::env::var_os("BENCH_LOGS").is_some() {
+        println!("{}", fleet.logs());
+    }
     let per_node = took / NODES as u32;
     let overhead = per_node.saturating_sub(baseline);
     println!(
@@ -77,6 +88,9 @@ fn main() {
         || node.live_version("shop").as_deref() == Some("3"),
     );
     let rejoin = back.elapsed();
+    if std::env::var_os("BENCH_LOGS").is_some() {
+        println!("{}", fleet.node(&last).fleet_log());
+    }
     println!(
         "fleet: rejoining node runs the fleet's version after {rejoin:.2?} (target <= 10s): {}",
         verdict(rejoin <= Duration::from_secs(10))

@@ -116,11 +116,7 @@ fn a_release_failing_health_on_the_second_node_halts_and_reverts_the_first() {
     );
 }
 
-// Flaky on a loaded 2-core machine: now and then a node after the killed one is left on the old
-// version when the rollout ends (seen once in a clean-clone CI run, cause not found yet). Run it
-// with `cargo test --test it -- --ignored fleet::`; the README lists it under what does not work.
 #[test]
-#[ignore = "flaky: a node after the killed one is sometimes left on the old version"]
 fn a_node_killed_mid_rollout_is_reported_and_catches_up_when_it_returns() {
     let mut fleet = fleet_on_v1(4, |_| Vec::new());
     let v2 = release(fleet.root.path(), "shop", "2", Behaviour::Serves);
@@ -237,4 +233,52 @@ fn apps_go_out_in_dependency_order() {
         assert_eq!(node.live_version("auth").as_deref(), Some("7"));
         assert_eq!(node.live_version("shop").as_deref(), Some("3"));
     }
+}
+
+/// Sends query `name` with `payload` to node `to` through its own agent; returns its ack.
+fn ack_of(fleet: &Fleet, to: &str, name: &str, payload: &str) -> serde_json::Value {
+    let out = fleet.node(to).agent().cli(&[
+        "query",
+        "-format=json",
+        "-timeout=8s",
+        &format!("-node={to}"),
+        name,
+        payload,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = json["Responses"][to]
+        .as_str()
+        .unwrap_or_else(|| panic!("no answer from {to}: {json}"));
+    serde_json::from_str(answer).unwrap()
+}
+
+#[test]
+fn a_repeated_copy_of_a_deploy_query_starts_the_deploy_once() {
+    let fleet = fleet_on_v1(1, |_| Vec::new());
+    let v2 = release(fleet.root.path(), "shop", "2", Behaviour::Serves);
+    let url = v2.to_str().unwrap();
+    let log = || fleet.node("n1").fleet_log();
+    let deploys = || log().matches("deploying shop 2").count();
+    let first = ack_of(&fleet, "n1", "cutover-deploy", &format!("{url} run=aaa"));
+    assert_eq!(first["ok"], true, "{first}");
+    wait_until("n1 to run shop 2", ROLLOUT, || {
+        fleet.node("n1").live_version("shop").as_deref() == Some("2")
+    });
+    wait_until("the first deploy to be logged", ROLLOUT, || deploys() == 1);
+    // The same run's copy, after the work finished: accepted again, nothing started.
+    wait_until("the first worker to finish", ROLLOUT, || {
+        log().contains("deploy shop 2: deployed")
+    });
+    let copy = ack_of(&fleet, "n1", "cutover-deploy", &format!("{url} run=aaa"));
+    assert_eq!(copy["ok"], true, "{copy}");
+    // Another run of the same URL is new work: it starts (and would be refused as busy if the
+    // copy had started a worker that still runs).
+    let other = ack_of(&fleet, "n1", "cutover-deploy", &format!("{url} run=bbb"));
+    assert_eq!(other["ok"], true, "{other}");
+    wait_until("the second run to be logged", ROLLOUT, || deploys() >= 2);
+    wait_until("the second worker to finish", ROLLOUT, || {
+        log().matches("deploy shop 2: ").count() >= 2
+    });
+    assert_eq!(deploys(), 2, "{}", log());
 }
