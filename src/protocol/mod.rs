@@ -3,6 +3,7 @@
 //! This module depends on nothing else of ours, so both sides (and tests) can use it alone.
 
 pub mod app;
+pub mod canary;
 pub mod client;
 pub mod codec;
 pub mod layout;

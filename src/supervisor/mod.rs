@@ -4,6 +4,7 @@
 //! [`run`] is the whole daemon, mini-redis style: it takes its listener, its state directory and a
 //! shutdown future, so a test can start one in a temp dir. [`bind_socket`] makes the listener.
 
+pub mod analysis;
 pub mod app;
 pub mod apps;
 pub mod control;
