@@ -5,6 +5,7 @@
 pub mod app;
 pub mod client;
 pub mod codec;
+pub mod handover;
 pub mod layout;
 pub mod messages;
 

@@ -1,0 +1,186 @@
+//! Restarting the supervisor itself under load: handed over (`supervise --take-over`) or with its
+//! sockets held by systemd socket activation, no connection is refused, no request fails, and the
+//! app's instances are the same processes before and after.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::harness::{alive, App, Reaper, Supervisor, ROLLOUT};
+use crate::support::load::{Load, LoadReport};
+use crate::support::wait_until;
+
+/// A client that opens a fresh connection for every request, so that every connect during a
+/// restart is tried: the refused ones and failed requests are kept with their messages.
+struct FreshConnections {
+    stop: Arc<AtomicBool>,
+    failures: Arc<Mutex<Vec<String>>>,
+    ok: Arc<Mutex<u64>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FreshConnections {
+    fn start(app: &App) -> FreshConnections {
+        let stop: Arc<AtomicBool> = Arc::default();
+        let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+        let ok: Arc<Mutex<u64>> = Arc::default();
+        let thread = {
+            let (stop, failures, ok) = (stop.clone(), failures.clone(), ok.clone());
+            let app = App {
+                name: app.name.clone(),
+                dest: app.dest.clone(),
+                listen: app.listen,
+                faults: Vec::new(),
+                tweak: |_| {},
+            };
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match app.get() {
+                        Ok(_) => *ok.lock().unwrap() += 1,
+                        Err(e) => failures.lock().unwrap().push(e),
+                    }
+                }
+            })
+        };
+        FreshConnections {
+            stop,
+            failures,
+            ok,
+            thread: Some(thread),
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        *self.ok.lock().unwrap()
+    }
+
+    fn stop(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        (self.ok(), self.failures.lock().unwrap().clone())
+    }
+}
+
+/// Both loads have seen more successful requests since the call: traffic flows.
+fn wait_flowing(load: &Load, fresh: &FreshConnections) {
+    load.wait_for_more_ok(50, ROLLOUT);
+    let start = fresh.ok();
+    wait_until("more fresh-connection requests", ROLLOUT, || {
+        fresh.ok() >= start + 10
+    });
+}
+
+fn assert_clean(report: &LoadReport, fresh: (u64, Vec<String>), log: &str) {
+    assert_eq!(
+        report.failures(),
+        0,
+        "keep-alive clients saw failures: {report:?}\n{log}"
+    );
+    let (ok, failures) = fresh;
+    assert!(
+        failures.is_empty(),
+        "{} of {} fresh connections failed (first: {:?})\n{log}",
+        failures.len(),
+        ok + failures.len() as u64,
+        failures.first()
+    );
+}
+
+#[test]
+fn handed_over_under_load_no_connection_is_refused_and_the_instances_stay() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut app = App::new(home.path(), "shop");
+    app.tweak = |spec| spec.instances = 2;
+    let _reaper = Reaper(vec![app.dest.clone()]);
+    let mut supervisor = Supervisor::start(home.path());
+    app.place("v1");
+    app.place("v2");
+    supervisor.deploy_ok(&app, "v1");
+    app.wait_serving("v1");
+    let pids = supervisor.live_pids(&app);
+
+    let load = Load::start(app.listen, 4, "/");
+    let fresh = FreshConnections::start(&app);
+    wait_flowing(&load, &fresh);
+    for _ in 0..3 {
+        let old = supervisor.pid();
+        supervisor.take_over();
+        assert!(!alive(old), "the old supervisor {old} exited");
+        wait_flowing(&load, &fresh);
+    }
+    let report = load.stop();
+    assert_clean(&report, fresh.stop(), &supervisor.log());
+
+    assert_eq!(
+        supervisor.live_pids(&app),
+        pids,
+        "re-adopted, not restarted"
+    );
+    let status = supervisor.status(&app);
+    assert!(
+        status.instances.iter().all(|i| i.restarts == 0),
+        "{status:?}"
+    );
+    let log = supervisor.log();
+    assert_eq!(
+        log.matches("takes over from this supervisor").count(),
+        3,
+        "{log}"
+    );
+    assert!(
+        log.contains("handed over 2 socket(s)"),
+        "control and app sockets: {log}"
+    );
+    // The last supervisor is a full one: it deploys.
+    supervisor.deploy_ok(&app, "v2");
+    app.wait_serving("v2");
+}
+
+#[test]
+fn restarted_with_systemd_socket_activation_under_load_no_connection_is_refused() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut app = App::new(home.path(), "shop");
+    app.tweak = |spec| spec.instances = 2;
+    let _reaper = Reaper(vec![app.dest.clone()]);
+    let supervisor = Supervisor::start_activated(home.path(), app.listen);
+    app.place("v1");
+    supervisor.deploy_ok(&app, "v1");
+    app.wait_serving("v1");
+    let pids = supervisor.live_pids(&app);
+    let log = supervisor.log();
+    assert!(
+        log.contains(&format!("listening socket {} from systemd", app.listen)),
+        "{log}"
+    );
+
+    let load = Load::start(app.listen, 4, "/");
+    let fresh = FreshConnections::start(&app);
+    wait_flowing(&load, &fresh);
+    for _ in 0..2 {
+        let old = supervisor.activated_pid().expect("cutover supervise runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM the supervisor");
+        wait_until("the supervisor to be started again", ROLLOUT, || {
+            supervisor.activated_pid().is_some_and(|pid| pid != old)
+        });
+        wait_flowing(&load, &fresh);
+    }
+    let report = load.stop();
+    assert_clean(&report, fresh.stop(), &supervisor.log());
+
+    assert_eq!(
+        supervisor.live_pids(&app),
+        pids,
+        "re-adopted, not restarted"
+    );
+    let log = supervisor.log();
+    assert_eq!(log.matches("re-adopted shop-v1-0").count(), 2, "{log}");
+    assert!(
+        !log.contains("could not bind") && !log.contains("cannot listen"),
+        "{log}"
+    );
+}
