@@ -68,6 +68,14 @@ fn supervise(args: &SuperviseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             }
             None => match supervisor::bind_socket(&socket) {
                 Ok(listener) => (listener, true),
+                Err(supervisor::BindError::AlreadyRunning(path)) if args.take_over => {
+                    anyhow::bail!(
+                        "a supervisor listens on {} but offers no hand-over on {} (an older \
+                         cutover, or another --state-dir): stop it first",
+                        path.display(),
+                        handover::socket_path(&state_dir).display()
+                    )
+                }
                 Err(supervisor::BindError::AlreadyRunning(path)) => anyhow::bail!(
                     "another supervisor is already listening on {}: stop it first, use another \
                      --socket, or replace it without a gap with `cutover supervise --take-over`",

@@ -89,19 +89,25 @@ pub async fn run_with(
     let mut left_over: Option<apps::Released> = None;
     tokio::pin!(shutdown);
     loop {
-        let started = Apps::start_with(&state_dir, std::mem::take(&mut inherited)).await;
-        let apps = match started {
-            Ok(apps) => apps,
+        // The door first: it is also what keeps two supervisors off one state dir.
+        let started = match Door::open(&state_dir) {
+            Ok(door) => Apps::start_with(&state_dir, std::mem::take(&mut inherited))
+                .await
+                .map(|apps| (door, apps))
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        let (door, apps) = match started {
+            Ok(started) => started,
             Err(e) => {
                 if let Some(predecessor) = predecessor.take() {
-                    predecessor.failed(e.to_string()).await;
+                    predecessor.failed(format!("{e:#}")).await;
                 }
                 return Err(e).with_context(|| {
                     format!("starting the supervisor from {}", state_dir.display())
                 });
             }
         };
-        let door = Door::open(&state_dir)?;
         if let Some(predecessor) = predecessor.take() {
             predecessor.serving().await;
         }

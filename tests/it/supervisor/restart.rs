@@ -184,3 +184,43 @@ fn restarted_with_systemd_socket_activation_under_load_no_connection_is_refused(
         "{log}"
     );
 }
+
+#[test]
+fn the_systemd_units_pass_the_default_control_socket_and_keep_the_apps_running() {
+    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    let read = |name: &str| {
+        std::fs::read_to_string(manifests.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let settings = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+            .map(str::to_owned)
+            .collect()
+    };
+    let socket = settings(&read("cutover.socket"));
+    let service = settings(&read("cutover.service"));
+    // `cutover supervise` as root (what the service runs) looks for its socket here.
+    for line in ["ListenStream=/run/cutover/cutover.sock", "SocketMode=0600"] {
+        assert!(
+            socket.iter().any(|l| l == line),
+            "cutover.socket lacks {line}: {socket:?}"
+        );
+    }
+    for line in [
+        "ExecStart=/usr/local/bin/cutover supervise",
+        "KillMode=process",
+        "Requires=cutover.socket",
+        "StateDirectory=cutover",
+    ] {
+        assert!(
+            service.iter().any(|l| l == line),
+            "cutover.service lacks {line}: {service:?}"
+        );
+    }
+    // Removing /run/cutover at stop would delete the socket file systemd keeps open.
+    assert!(
+        !service.iter().any(|l| l.starts_with("RuntimeDirectory=")),
+        "{service:?}"
+    );
+}
