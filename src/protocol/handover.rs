@@ -52,3 +52,49 @@ pub enum Outcome {
     /// It could not start: the old one takes its apps back on the same sockets.
     Failed { message: String },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frames of version 1 as they travel: a newer cutover must keep reading and writing
+    /// exactly these to take over from (or hand over to) this one.
+    #[test]
+    fn version_1_frames_are_stable() {
+        let offer = Offer::Sockets {
+            version: 1,
+            supervisor: "cutover 0.1.0".to_owned(),
+            sockets: vec![
+                SocketInfo { name: None },
+                SocketInfo {
+                    name: Some("shop".to_owned()),
+                },
+            ],
+        };
+        assert_eq!(
+            serde_json::to_string(&offer).unwrap(),
+            r#"{"offer":"sockets","version":1,"supervisor":"cutover 0.1.0","sockets":[{"name":null},{"name":"shop"}]}"#
+        );
+        let ask = TakeOver {
+            version: 1,
+            pid: 42,
+            supervisor: "cutover 0.1.0".to_owned(),
+        };
+        assert_eq!(
+            serde_json::to_string(&ask).unwrap(),
+            r#"{"version":1,"pid":42,"supervisor":"cutover 0.1.0"}"#
+        );
+        for (outcome, json) in [
+            (Outcome::Serving, r#"{"outcome":"serving"}"#),
+            (
+                Outcome::Failed {
+                    message: "no".to_owned(),
+                },
+                r#"{"outcome":"failed","message":"no"}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&outcome).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Outcome>(json).unwrap(), outcome);
+        }
+    }
+}

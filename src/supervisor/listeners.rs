@@ -198,3 +198,49 @@ fn classify(fd: &OwnedFd) -> Result<Kind, String> {
         local.family()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp() -> (std::net::TcpListener, SocketAddr) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        (listener, addr)
+    }
+
+    #[test]
+    fn apps_take_their_socket_by_name_first_then_by_address() {
+        let ((a, a_addr), (b, b_addr)) = (tcp(), tcp());
+        let mut pool = Listeners::default();
+        pool.add(None, a.into(), "test");
+        pool.add(Some("shop".to_owned()), b.into(), "test");
+        let shop = pool.take_app("shop", a_addr).expect("named socket");
+        assert_eq!(shop.local_addr().unwrap(), b_addr, "the name wins");
+        let other = pool.take_app("blog", a_addr).expect("by address");
+        assert_eq!(other.local_addr().unwrap(), a_addr);
+        assert!(pool.take_app("blog", a_addr).is_none(), "taken once");
+        assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn the_control_socket_is_the_unix_one_at_its_path_and_the_rest_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("s.sock");
+        let unix = UnixListener::bind(&path).expect("bind unix");
+        let (_listening, addr) = tcp();
+        let connected = std::net::TcpStream::connect(addr).expect("connect");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let mut pool = Listeners::default();
+        pool.add(None, unix.into(), "test");
+        pool.add(None, connected.into(), "test");
+        pool.add(None, udp.into(), "test");
+        assert!(
+            pool.take_unclaimed().is_empty(),
+            "only listening stream sockets are kept"
+        );
+        assert!(pool.take_control(&dir.path().join("other.sock")).is_none());
+        assert!(pool.take_control(&path).is_some());
+        assert!(pool.is_empty());
+    }
+}

@@ -209,7 +209,7 @@ impl Supervisor {
 }
 
 /// `cutover supervise ARGS` on `state_dir` and `socket`, logging (appending) to `stderr`.
-fn spawn(state_dir: &Path, socket: &Path, stderr: &Path, args: &[&str]) -> Child {
+pub fn spawn(state_dir: &Path, socket: &Path, stderr: &Path, args: &[&str]) -> Child {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::harness::{alive, App, Reaper, Supervisor, ROLLOUT};
+use super::harness::{alive, spawn, App, Reaper, Supervisor, ROLLOUT};
 use crate::support::load::{Load, LoadReport};
 use crate::support::wait_until;
 
@@ -135,6 +135,48 @@ fn handed_over_under_load_no_connection_is_refused_and_the_instances_stay() {
     // The last supervisor is a full one: it deploys.
     supervisor.deploy_ok(&app, "v2");
     app.wait_serving("v2");
+}
+
+#[test]
+fn a_successor_that_cannot_start_hands_everything_back_and_nothing_is_dropped() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let app = App::new(home.path(), "shop");
+    let _reaper = Reaper(vec![app.dest.clone()]);
+    let mut supervisor = Supervisor::start(home.path());
+    app.place("v1");
+    supervisor.deploy_ok(&app, "v1");
+    app.wait_serving("v1");
+    let pids = supervisor.live_pids(&app);
+    let load = Load::start(app.listen, 4, "/");
+    let fresh = FreshConnections::start(&app);
+    wait_flowing(&load, &fresh);
+
+    // It receives the sockets, then cannot bind its own --socket (the parent is a file): it exits.
+    let blocker = home.path().join("a-file");
+    std::fs::write(&blocker, "").expect("write a file");
+    let mut successor = spawn(
+        &supervisor.state_dir,
+        &blocker.join("cutover.sock"),
+        &supervisor.stderr,
+        &["--take-over"],
+    );
+    let mut status = None;
+    wait_until("the successor to give up", ROLLOUT, || {
+        status = successor.try_wait().expect("wait on the successor");
+        status.is_some()
+    });
+    assert!(!status.unwrap().success(), "{}", supervisor.log());
+    wait_until("the old supervisor to take its apps back", ROLLOUT, || {
+        supervisor.log().contains("taking the apps back")
+    });
+    wait_flowing(&load, &fresh);
+    let report = load.stop();
+    assert_clean(&report, fresh.stop(), &supervisor.log());
+    assert_eq!(supervisor.live_pids(&app), pids, "same instances");
+
+    // Still a whole supervisor: a later hand-over works.
+    supervisor.take_over();
+    assert_eq!(supervisor.live_pids(&app), pids, "same instances");
 }
 
 #[test]
