@@ -5,6 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cutover::protocol::client::Client;
+use cutover::protocol::{Request, Response, StatusRequest};
+
 use super::harness::{alive, spawn, App, Reaper, Supervisor, ROLLOUT};
 use crate::support::load::{Load, LoadReport};
 use crate::support::wait_until;
@@ -62,6 +65,56 @@ impl FreshConnections {
     }
 }
 
+/// A CLI-like client asking `status` over and over on the control socket, keeping every failure.
+struct StatusAsker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl StatusAsker {
+    fn start(socket: &std::path::Path) -> StatusAsker {
+        let stop: Arc<AtomicBool> = Arc::default();
+        let thread = {
+            let (stop, socket) = (stop.clone(), socket.to_owned());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                let (mut ok, mut failures) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let asked = runtime.block_on(async {
+                        let client = Client::connect(&socket).await.map_err(|e| e.to_string())?;
+                        let request = Request::Status(StatusRequest { app: None });
+                        client
+                            .request(&request, |_| {})
+                            .await
+                            .map_err(|e| e.to_string())
+                    });
+                    match asked {
+                        Ok(Response::Status(_)) => ok += 1,
+                        Ok(other) => failures.push(format!("{other:?}")),
+                        Err(e) => failures.push(e),
+                    }
+                }
+                (ok, failures)
+            })
+        };
+        StatusAsker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
 /// Both loads have seen more successful requests since the call: traffic flows.
 fn wait_flowing(load: &Load, fresh: &FreshConnections) {
     load.wait_for_more_ok(50, ROLLOUT);
@@ -102,6 +155,7 @@ fn handed_over_under_load_no_connection_is_refused_and_the_instances_stay() {
 
     let load = Load::start(app.listen, 4, "/");
     let fresh = FreshConnections::start(&app);
+    let asker = StatusAsker::start(&supervisor.socket);
     wait_flowing(&load, &fresh);
     for _ in 0..3 {
         let old = supervisor.pid();
@@ -111,6 +165,14 @@ fn handed_over_under_load_no_connection_is_refused_and_the_instances_stay() {
     }
     let report = load.stop();
     assert_clean(&report, fresh.stop(), &supervisor.log());
+    let (asked, failures) = asker.stop();
+    assert!(
+        asked > 0 && failures.is_empty(),
+        "{} of {} status requests failed across the hand-overs (first: {:?})",
+        failures.len(),
+        asked + failures.len() as u64,
+        failures.first()
+    );
 
     assert_eq!(
         supervisor.live_pids(&app),
@@ -198,6 +260,7 @@ fn restarted_with_systemd_socket_activation_under_load_no_connection_is_refused(
 
     let load = Load::start(app.listen, 4, "/");
     let fresh = FreshConnections::start(&app);
+    let asker = StatusAsker::start(&supervisor.socket);
     wait_flowing(&load, &fresh);
     for _ in 0..2 {
         let old = supervisor.activated_pid().expect("cutover supervise runs");
@@ -213,6 +276,14 @@ fn restarted_with_systemd_socket_activation_under_load_no_connection_is_refused(
     }
     let report = load.stop();
     assert_clean(&report, fresh.stop(), &supervisor.log());
+    let (asked, failures) = asker.stop();
+    assert!(
+        asked > 0 && failures.is_empty(),
+        "{} of {} status requests failed across the restarts (first: {:?})",
+        failures.len(),
+        asked + failures.len() as u64,
+        failures.first()
+    );
 
     assert_eq!(
         supervisor.live_pids(&app),
