@@ -85,7 +85,8 @@ struct Shared {
 pub struct Proxy {
     pub local_addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: tokio::task::JoinHandle<()>,
+    /// The accept loop; `close` takes it to wait until it has really stopped.
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The listening socket, shared with the accept loop so that `listener` can copy it;
     /// `shutdown` lets go of it.
     listener: Mutex<Option<Arc<TcpListener>>>,
@@ -95,7 +96,9 @@ pub struct Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.accept.abort();
+        if let Some(accept) = lock(&self.accept).as_ref() {
+            accept.abort();
+        }
     }
 }
 
@@ -152,7 +155,7 @@ impl Proxy {
         Ok(Proxy {
             local_addr,
             shared,
-            accept,
+            accept: Mutex::new(Some(accept)),
             listener: Mutex::new(Some(listener)),
             accepting,
         })
@@ -160,7 +163,9 @@ impl Proxy {
 
     /// Stops accepting connections; connections already open finish their requests.
     pub fn shutdown(&self) {
-        self.accept.abort();
+        if let Some(accept) = lock(&self.accept).as_ref() {
+            accept.abort();
+        }
         lock(&self.listener).take();
     }
 
@@ -182,6 +187,12 @@ impl Proxy {
     /// closed, or after `timeout` (shutting down the rest); the number still open then.
     pub async fn close(&self, timeout: Duration) -> u64 {
         self.shutdown();
+        // The loop may be mid-accept on another thread: once it has ended, every connection it
+        // accepted is counted, and none comes after.
+        let accept = lock(&self.accept).take();
+        if let Some(accept) = accept {
+            let _ = accept.await;
+        }
         self.shared.clients.close(timeout).await
     }
 
@@ -284,6 +295,8 @@ async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>) {
             }
         };
         let _ = stream.set_nodelay(true);
+        // Counted here, not in the task: `close` must see it as soon as the loop has stopped.
+        let open = shared.clients.open();
         let shared = shared.clone();
         let http = http.clone();
         tokio::spawn(async move {
@@ -291,7 +304,6 @@ async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>) {
                 ip: hyper::header::HeaderValue::from_str(&peer.ip().to_string())
                     .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown")),
             };
-            let open = shared.clients.open();
             let service = {
                 let open = open.clone();
                 service_fn(move |req| {
