@@ -1,8 +1,11 @@
-//! `cutover supervise`: runs the supervisor in the foreground until SIGTERM or SIGINT.
+//! `cutover supervise`: runs the supervisor in the foreground until SIGTERM or SIGINT, or until a
+//! newer one takes over.
 //!
 //! Meant to run under systemd (or any service manager): it logs to stderr, binds the control
 //! socket (`--socket`), keeps its state in `--state-dir`, and on a stop signal leaves the app
-//! processes running so that the next start takes them back.
+//! processes running so that the next start takes them back. Sockets passed by systemd socket
+//! activation (`LISTEN_FDS`) are used instead of binding; `--take-over` takes the sockets of a
+//! supervisor already running on the same state dir, so that no connection is refused.
 
 use std::process::ExitCode;
 
@@ -11,14 +14,19 @@ use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::GlobalArgs;
-use crate::supervisor;
+use crate::supervisor::{self, handover, listeners::Listeners, Daemon, Ending};
 
 #[derive(Debug, Args)]
-pub struct SuperviseArgs {}
+pub struct SuperviseArgs {
+    /// Take over from the supervisor running on this state dir, if one does: its listening
+    /// sockets (apps' and control) are handed over and its app processes re-adopted, so no
+    /// connection is refused; it exits once this one serves. Without one, start as usual.
+    #[arg(long)]
+    pub take_over: bool,
+}
 
 pub fn run(args: SuperviseArgs, global: &GlobalArgs) -> ExitCode {
-    let SuperviseArgs {} = args;
-    match supervise(global) {
+    match supervise(&args, global) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("cutover supervise: {err:#}");
@@ -27,31 +35,83 @@ pub fn run(args: SuperviseArgs, global: &GlobalArgs) -> ExitCode {
     }
 }
 
-fn supervise(global: &GlobalArgs) -> anyhow::Result<()> {
+fn supervise(args: &SuperviseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let socket = global.socket();
     let state_dir = global.state_dir();
+    // Before the runtime starts any thread: it reads and clears LISTEN_* in the environment.
+    let mut inherited = Listeners::from_systemd();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         // Signal handlers before the socket: a stop signal that arrives once clients can connect
         // must shut down cleanly, not kill the process mid-write.
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let listener = supervisor::bind_socket(&socket)?;
-        let bound = std::fs::metadata(&socket).ok().map(|m| inode(&m));
+        let predecessor = if args.take_over {
+            match handover::take_over(&state_dir).await? {
+                Some((predecessor, handed)) => {
+                    inherited.merge(handed);
+                    Some(predecessor)
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        let (listener, ours) = match inherited.take_control(&socket) {
+            Some(listener) => {
+                listener
+                    .set_nonblocking(true)
+                    .context("using the passed control socket")?;
+                let listener = tokio::net::UnixListener::from_std(listener)
+                    .context("using the passed control socket")?;
+                (listener, false)
+            }
+            None => match supervisor::bind_socket(&socket) {
+                Ok(listener) => (listener, true),
+                Err(supervisor::BindError::AlreadyRunning(path)) if args.take_over => {
+                    anyhow::bail!(
+                        "a supervisor listens on {} but offers no hand-over on {} (an older \
+                         cutover, or another --state-dir): stop it first",
+                        path.display(),
+                        handover::socket_path(&state_dir).display()
+                    )
+                }
+                Err(supervisor::BindError::AlreadyRunning(path)) => anyhow::bail!(
+                    "another supervisor is already listening on {}: stop it first, use another \
+                     --socket, or replace it without a gap with `cutover supervise --take-over`",
+                    path.display()
+                ),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        // Only a socket file this process made is removed at exit: systemd's stays for the
+        // next start, and a successor's is the successor's.
+        let bound = ours
+            .then(|| std::fs::metadata(&socket).ok().map(|m| inode(&m)))
+            .flatten();
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
         };
-        let result = supervisor::run(listener, state_dir, shutdown).await;
+        let daemon = Daemon {
+            control: listener,
+            state_dir,
+            inherited,
+            predecessor,
+        };
+        let result = supervisor::run_with(daemon, shutdown).await;
         // Remove our socket file so clients say "no supervisor" at once; never one that a newer
-        // supervisor bound in the meantime.
+        // supervisor bound in the meantime, nor the one a successor serves on now.
         let current = std::fs::metadata(&socket).ok().map(|m| inode(&m));
-        if bound.is_some() && current == bound {
+        if bound.is_some() && current == bound && !matches!(result, Ok(Ending::HandedOver)) {
             let _ = std::fs::remove_file(&socket);
         }
-        result
+        if let Ok(Ending::HandedOver) = result {
+            tracing::info!("handed over to the new supervisor; exiting");
+        }
+        result.map(|_| ())
     })
 }
 

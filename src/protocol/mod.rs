@@ -6,6 +6,7 @@ pub mod app;
 pub mod canary;
 pub mod client;
 pub mod codec;
+pub mod handover;
 pub mod layout;
 pub mod messages;
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -16,6 +17,7 @@ use crate::protocol::{
 };
 use crate::supervisor::app::{AppHandle, AppShared, AppTask, Control};
 use crate::supervisor::deploy;
+use crate::supervisor::listeners::{Inherited, Listeners};
 use crate::supervisor::proxy::Proxy;
 use crate::supervisor::recovery;
 use crate::supervisor::store::{AppRecord, Store, StoreError};
@@ -31,6 +33,20 @@ struct Inner {
     state_dir: PathBuf,
     store: Arc<Store>,
     tasks: Mutex<BTreeMap<String, AppHandle>>,
+    /// Sockets passed by systemd or by the previous supervisor that no app has taken yet.
+    inherited: std::sync::Mutex<Listeners>,
+}
+
+/// How long a stopping supervisor lets its proxies' client connections finish (each is asked to
+/// close after its next response) before it shuts the rest down.
+pub const CLIENT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a supervisor that hands over lets go of: every app's proxy, still serving, and the
+/// inherited sockets no app took.
+#[derive(Debug)]
+pub struct Released {
+    pub apps: Vec<Arc<AppShared>>,
+    pub unclaimed: Vec<Inherited>,
 }
 
 /// Why the supervisor could not start from its state directory.
@@ -45,10 +61,17 @@ impl Apps {
     /// instances (pid and start time must match), resumes proxies and health checks, and resolves
     /// a deploy that was in progress by stopping the candidate and keeping the stable release.
     pub async fn start(state_dir: &Path) -> Result<Apps, StartError> {
+        Apps::start_with(state_dir, Listeners::default()).await
+    }
+
+    /// [`Apps::start`], with listening sockets passed by systemd or a previous supervisor: an
+    /// app whose socket is among them serves on it instead of binding its address.
+    pub async fn start_with(state_dir: &Path, inherited: Listeners) -> Result<Apps, StartError> {
         let store = Arc::new(Store::open(state_dir)?);
+        let inherited = std::sync::Mutex::new(inherited);
         let mut tasks = BTreeMap::new();
         for (name, record) in store.snapshot().apps {
-            let proxy = match bind(&record.spec.listen).await {
+            let proxy = match bind(&name, &record.spec.listen, &inherited).await {
                 Ok(proxy) => proxy,
                 Err(e) => {
                     // Its instances keep running; a later deploy or restart can take it back.
@@ -62,13 +85,16 @@ impl Apps {
                 proxy,
                 store: store.clone(),
             });
-            tasks.insert(name, recovery::resume(shared, record).await);
+            tasks.insert(name, recovery::resume(shared.clone(), record).await);
+            // A passed socket already has clients waiting: they are let in once the route is set.
+            shared.proxy.start_accepting();
         }
         Ok(Apps {
             inner: Arc::new(Inner {
                 state_dir: state_dir.to_owned(),
                 store,
                 tasks: Mutex::new(tasks),
+                inherited,
             }),
         })
     }
@@ -100,24 +126,33 @@ impl Apps {
     }
 
     /// Stops health checks and proxies and persists the state, but leaves app processes running
-    /// so that a restarted supervisor re-adopts them.
+    /// so that a restarted supervisor re-adopts them. Client connections are let go of without
+    /// failing a request (see [`Proxy::close`]), within [`CLIENT_CLOSE_TIMEOUT`].
     pub async fn shutdown(self) {
+        let released = self.release().await;
+        close_all(&released.apps).await;
+    }
+
+    /// Lets go of every app like [`Apps::shutdown`] (instances keep running, the state is
+    /// persisted), but returns their proxies still accepting and serving: a hand-over keeps them
+    /// until the next supervisor serves.
+    pub async fn release(self) -> Released {
         let tasks = std::mem::take(&mut *self.inner.tasks.lock().await);
+        let mut apps = Vec::new();
         for (name, task) in tasks {
             let (reply, done) = oneshot::channel();
-            if task
-                .controls
-                .send(Control::Shutdown { reply })
-                .await
-                .is_ok()
-            {
-                let _ = done.await;
+            if task.controls.send(Control::Release { reply }).await.is_ok() {
+                if let Ok(shared) = done.await {
+                    apps.push(shared);
+                }
             }
             tracing::info!(app = %name, "let go of the app; its instances keep running");
         }
         if let Err(e) = self.inner.store.flush() {
             tracing::error!("{e}");
         }
+        let unclaimed = lock(&self.inner.inherited).take_unclaimed();
+        Released { apps, unclaimed }
     }
 
     async fn deploy(
@@ -149,7 +184,13 @@ impl Apps {
     /// The first deploy of an app: bind its public address, then start its task.
     async fn create(&self, request: &DeployRequest) -> Result<AppHandle, ErrorReply> {
         deploy::validate(request, None)?;
-        let proxy = bind(&request.app.listen).await?;
+        let proxy = bind(
+            &request.app.name,
+            &request.app.listen,
+            &self.inner.inherited,
+        )
+        .await?;
+        proxy.start_accepting();
         let record = AppRecord {
             spec: request.app.clone(),
             dest: request.dest.clone(),
@@ -227,12 +268,42 @@ fn not_found(name: &str) -> ErrorReply {
     }
 }
 
-/// Binds an app's public address for its proxy.
-async fn bind(listen: &str) -> Result<Proxy, ErrorReply> {
+/// Stops every proxy accepting and lets their client connections go (concurrently, each within
+/// [`CLIENT_CLOSE_TIMEOUT`]).
+pub async fn close_all(apps: &[Arc<AppShared>]) {
+    let closing = apps.iter().map(|app| async move {
+        let cut = app.proxy.close(CLIENT_CLOSE_TIMEOUT).await;
+        if cut > 0 {
+            tracing::warn!(app = %app.name, "shut down {cut} client connection(s) still open after {CLIENT_CLOSE_TIMEOUT:?}");
+        }
+    });
+    futures_util::future::join_all(closing).await;
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The proxy for an app's public address: on the socket passed for it (accepting once
+/// `start_accepting` is called), else bound anew.
+async fn bind(
+    name: &str,
+    listen: &str,
+    inherited: &std::sync::Mutex<Listeners>,
+) -> Result<Proxy, ErrorReply> {
     let addr: SocketAddr = listen.parse().map_err(|_| ErrorReply {
         kind: ErrorKind::BadRequest,
         message: format!("listen {listen:?} is not an address like 0.0.0.0:8080"),
     })?;
+    let passed = lock(inherited).take_app(name, addr);
+    if let Some(listener) = passed {
+        return Proxy::from_listener_held(listener).map_err(|e| ErrorReply {
+            kind: ErrorKind::Internal,
+            message: format!("cannot serve on the socket passed for {addr}: {e}"),
+        });
+    }
     Proxy::bind(addr).await.map_err(|e| ErrorReply {
         kind: ErrorKind::BadRequest,
         message: format!("cannot listen on {addr}: {e}; free that address or pick another"),

@@ -25,13 +25,18 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// long is treated as gone, and the request carries on without it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long connections still open at shutdown (a `status`, a hand-over's last requests) get to
+/// finish before they are closed: a CLI call in flight at a restart gets its answer.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
 /// Progress lines buffered between a request and its connection.
 const PROGRESS_BUFFER: usize = 64;
 
 const SUPERVISOR: &str = concat!("cutover ", env!("CARGO_PKG_VERSION"));
 
-/// Accepts connections on `listener` until `shutdown` completes; connections still open then are
-/// closed (their requests' own tasks are left to the apps' shutdown).
+/// Accepts connections on `listener` until `shutdown` completes; connections still open then get
+/// [`CLOSE_GRACE`] to finish and are closed after it (their requests' own tasks are left to the
+/// apps' shutdown).
 pub async fn serve(listener: UnixListener, apps: Apps, shutdown: impl Future<Output = ()>) {
     let owner = nix::unistd::geteuid().as_raw();
     let mut connections = JoinSet::new();
@@ -58,6 +63,16 @@ pub async fn serve(listener: UnixListener, apps: Apps, shutdown: impl Future<Out
             // Reap finished connections so the set does not grow without bound.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
+    }
+    let finished = tokio::time::timeout(CLOSE_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::info!(
+            "closing {} control connection(s) still open {CLOSE_GRACE:?} after the shutdown began",
+            connections.len()
+        );
     }
     connections.shutdown().await;
 }

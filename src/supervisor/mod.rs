@@ -3,13 +3,17 @@
 //!
 //! [`run`] is the whole daemon, mini-redis style: it takes its listener, its state directory and a
 //! shutdown future, so a test can start one in a temp dir. [`bind_socket`] makes the listener.
+//! [`run_with`] is the same with the sockets of systemd or of a previous supervisor
+//! (`listeners`, `handover`), and ends either on the shutdown future or by handing over.
 
 pub mod analysis;
 pub mod app;
 pub mod apps;
 pub mod control;
 pub mod deploy;
+pub mod handover;
 pub mod health;
+pub mod listeners;
 pub mod process;
 pub mod proxy;
 pub mod recovery;
@@ -19,6 +23,7 @@ pub mod store;
 
 use std::future::Future;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -26,6 +31,8 @@ use anyhow::Context;
 use tokio::net::UnixListener;
 
 use apps::Apps;
+use handover::{Door, Predecessor};
+use listeners::Listeners;
 
 /// Runs the supervisor until `shutdown` completes: starts the apps from `state_dir` (re-adopting
 /// live instances), serves the control socket, then shuts the apps down.
@@ -37,13 +44,116 @@ pub async fn run(
     state_dir: PathBuf,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let apps = Apps::start(&state_dir)
-        .await
-        .with_context(|| format!("starting the supervisor from {}", state_dir.display()))?;
-    control::serve(listener, apps.clone(), shutdown).await;
-    tracing::info!("shutting down: app processes keep running and are re-adopted on restart");
-    apps.shutdown().await;
-    Ok(())
+    let daemon = Daemon {
+        control: listener,
+        state_dir,
+        inherited: Listeners::default(),
+        predecessor: None,
+    };
+    run_with(daemon, shutdown).await.map(|_| ())
+}
+
+/// Everything [`run_with`] starts from.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The control socket, bound by [`bind_socket`] or inherited.
+    pub control: UnixListener,
+    pub state_dir: PathBuf,
+    /// App sockets passed by systemd or by the previous supervisor.
+    pub inherited: Listeners,
+    /// The supervisor this one takes over from, told once this one serves.
+    pub predecessor: Option<Predecessor>,
+}
+
+/// How [`run_with`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// On the shutdown future: apps let go of, client connections closed, sockets closed.
+    Stopped,
+    /// A successor took the sockets (the control socket too: its file is the successor's now).
+    HandedOver,
+}
+
+/// Runs the supervisor until `shutdown` completes or a successor takes over (`cutover supervise
+/// --take-over`, on `STATE/handover.sock`). Apps serve on `daemon.inherited` sockets where one
+/// matches; a failed hand-over takes the apps back and carries on.
+pub async fn run_with(
+    daemon: Daemon,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Ending> {
+    let Daemon {
+        mut control,
+        state_dir,
+        mut inherited,
+        mut predecessor,
+    } = daemon;
+    let mut left_over: Option<apps::Released> = None;
+    tokio::pin!(shutdown);
+    loop {
+        // The door first: it is also what keeps two supervisors off one state dir.
+        let started = match Door::open(&state_dir) {
+            Ok(door) => Apps::start_with(&state_dir, std::mem::take(&mut inherited))
+                .await
+                .map(|apps| (door, apps))
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        let (door, apps) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                if let Some(predecessor) = predecessor.take() {
+                    predecessor.failed(format!("{e:#}")).await;
+                }
+                return Err(e).with_context(|| {
+                    format!("starting the supervisor from {}", state_dir.display())
+                });
+            }
+        };
+        if let Some(predecessor) = predecessor.take() {
+            predecessor.serving().await;
+        }
+        if let Some(released) = left_over.take() {
+            // Back after a failed hand-over: the old proxies let their clients go.
+            tokio::spawn(async move { apps::close_all(&released.apps).await });
+        }
+        // Our own copy: serving stops by dropping the listener, the socket must stay open.
+        let control_fd = control
+            .as_fd()
+            .try_clone_to_owned()
+            .context("duplicating the control socket")?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let stop = async {
+            let why = tokio::select! {
+                () = &mut shutdown => None,
+                successor = door.requested() => Some(successor),
+            };
+            let _ = stop_tx.send(why);
+        };
+        control::serve(control, apps.clone(), stop).await;
+        let Ok(Some(successor)) = stop_rx.await else {
+            tracing::info!(
+                "shutting down: app processes keep running and are re-adopted on restart"
+            );
+            apps.shutdown().await;
+            return Ok(Ending::Stopped);
+        };
+        // The successor binds its own door once it has the sockets.
+        drop(door);
+        let released = apps.release().await;
+        match successor.hand_over(control_fd, released).await {
+            Ok(()) => return Ok(Ending::HandedOver),
+            Err(back) => {
+                let back = *back;
+                back.control
+                    .set_nonblocking(true)
+                    .context("serving the control socket again")?;
+                control = UnixListener::from_std(back.control)
+                    .context("serving the control socket again")?;
+                inherited = back.listeners;
+                left_over = Some(back.released);
+            }
+        }
+    }
 }
 
 /// Why the control socket could not be bound.

@@ -4,6 +4,7 @@
 //! real HTTP through the supervisor's proxy.
 
 mod harness;
+mod restart;
 
 use std::fs;
 use std::time::Duration;

@@ -68,6 +68,11 @@ pub enum Control {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Supervisor hand-over: like `Shutdown`, but the reply carries the app's proxy, still
+    /// serving, for the old supervisor to keep until the new one serves.
+    Release {
+        reply: oneshot::Sender<Arc<AppShared>>,
+    },
 }
 
 /// What the app task hears from its instances and its rollout.
@@ -245,6 +250,11 @@ impl AppTask {
             Control::Shutdown { reply } => {
                 self.shutdown().await;
                 let _ = reply.send(());
+                return std::ops::ControlFlow::Break(());
+            }
+            Control::Release { reply } => {
+                self.shutdown().await;
+                let _ = reply.send(self.shared.clone());
                 return std::ops::ControlFlow::Break(());
             }
         }

@@ -10,9 +10,11 @@
 
 mod backend;
 mod body;
+mod clients;
 mod forward;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +27,7 @@ use tokio::net::TcpListener;
 
 use crate::protocol::app::Balance;
 use backend::BackendState;
+use clients::Clients;
 
 /// One instance as the proxy sees it. Shared between the route and its counters.
 #[derive(Debug)]
@@ -73,6 +76,8 @@ struct Shared {
     known: Mutex<Vec<Arc<BackendState>>>,
     /// Round-robin turn; also breaks ties for least-connections.
     next: AtomicUsize,
+    /// The open client connections, for `close`.
+    clients: Arc<Clients>,
 }
 
 /// A running proxy for one app; dropping it closes the listener.
@@ -80,12 +85,20 @@ struct Shared {
 pub struct Proxy {
     pub local_addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: tokio::task::JoinHandle<()>,
+    /// The accept loop; `close` takes it to wait until it has really stopped.
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The listening socket, shared with the accept loop so that `listener` can copy it;
+    /// `shutdown` lets go of it.
+    listener: Mutex<Option<Arc<TcpListener>>>,
+    /// Opens the accept loop of a proxy made by `from_listener_held`.
+    accepting: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.accept.abort();
+        if let Some(accept) = lock(&self.accept).as_ref() {
+            accept.abort();
+        }
     }
 }
 
@@ -98,34 +111,89 @@ impl Proxy {
                 format!("cannot listen on {listen}: {err} (is another process using it?)"),
             )
         })?;
-        Proxy::serve(listener)
+        Proxy::serve(listener, true)
     }
 
     /// Serves on a listener bound elsewhere (handed over by a previous supervisor, or bound
     /// before dropping privileges). Must be called within a tokio runtime.
     pub fn from_listener(listener: std::net::TcpListener) -> std::io::Result<Proxy> {
         listener.set_nonblocking(true)?;
-        Proxy::serve(TcpListener::from_std(listener)?)
+        Proxy::serve(TcpListener::from_std(listener)?, true)
     }
 
-    fn serve(listener: TcpListener) -> std::io::Result<Proxy> {
+    /// Like `from_listener`, but accepts nothing before `start_accepting`: a restarted
+    /// supervisor's clients wait in the socket's backlog until the route is set, rather than
+    /// getting 503s from an empty one.
+    pub fn from_listener_held(listener: std::net::TcpListener) -> std::io::Result<Proxy> {
+        listener.set_nonblocking(true)?;
+        Proxy::serve(TcpListener::from_std(listener)?, false)
+    }
+
+    /// Starts the accept loop of a proxy made by `from_listener_held`; does nothing otherwise.
+    pub fn start_accepting(&self) {
+        self.accepting.send_replace(true);
+    }
+
+    fn serve(listener: TcpListener, accepting: bool) -> std::io::Result<Proxy> {
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             route: ArcSwap::from_pointee(Table::default()),
             known: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
+            clients: Arc::default(),
         });
-        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        let listener = Arc::new(listener);
+        let (accepting, mut open) = tokio::sync::watch::channel(accepting);
+        let accept = tokio::spawn({
+            let (listener, shared) = (listener.clone(), shared.clone());
+            async move {
+                if open.wait_for(|open| *open).await.is_ok() {
+                    accept_loop(listener, shared).await;
+                }
+            }
+        });
         Ok(Proxy {
             local_addr,
             shared,
-            accept,
+            accept: Mutex::new(Some(accept)),
+            listener: Mutex::new(Some(listener)),
+            accepting,
         })
     }
 
     /// Stops accepting connections; connections already open finish their requests.
     pub fn shutdown(&self) {
-        self.accept.abort();
+        if let Some(accept) = lock(&self.accept).as_ref() {
+            accept.abort();
+        }
+        lock(&self.listener).take();
+    }
+
+    /// A copy of the listening socket (the same socket under a new descriptor), to hand to the
+    /// next supervisor: the socket stays open, and connections wait in its backlog, as long as
+    /// any copy is open. Fails after `shutdown`.
+    pub fn listener(&self) -> std::io::Result<std::net::TcpListener> {
+        let listener = lock(&self.listener);
+        let listener = listener
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the proxy no longer listens"))?;
+        Ok(std::net::TcpListener::from(
+            listener.as_fd().try_clone_to_owned()?,
+        ))
+    }
+
+    /// Stops accepting, then lets go of every client connection without failing a request: each
+    /// gets `Connection: close` on its next response, idle ones are closed. Returns when all are
+    /// closed, or after `timeout` (shutting down the rest); the number still open then.
+    pub async fn close(&self, timeout: Duration) -> u64 {
+        self.shutdown();
+        // The loop may be mid-accept on another thread: once it has ended, every connection it
+        // accepted is counted, and none comes after.
+        let accept = lock(&self.accept).take();
+        if let Some(accept) = accept {
+            let _ = accept.await;
+        }
+        self.shared.clients.close(timeout).await
     }
 
     /// Replaces the route atomically: new requests go to the new backends from now on; requests
@@ -212,7 +280,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).keep_alive(true);
     let http = Arc::new(http);
@@ -227,6 +295,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let _ = stream.set_nodelay(true);
+        // Counted here, not in the task: `close` must see it as soon as the loop has stopped.
+        let open = shared.clients.open();
         let shared = shared.clone();
         let http = http.clone();
         tokio::spawn(async move {
@@ -234,12 +304,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 ip: hyper::header::HeaderValue::from_str(&peer.ip().to_string())
                     .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown")),
             };
-            let service =
-                service_fn(move |req| forward::handle(shared.clone(), client.clone(), req));
-            let conn = http
+            let service = {
+                let open = open.clone();
+                service_fn(move |req| {
+                    let response = forward::handle(shared.clone(), client.clone(), req);
+                    let open = open.clone();
+                    async move { response.await.map(|r| open.answer(r)) }
+                })
+            };
+            let conn = std::pin::pin!(http
                 .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(err) = conn.await {
+                .with_upgrades());
+            let served = open.serve(conn, |conn| conn.as_mut().graceful_shutdown());
+            if let Err(err) = served.await {
                 tracing::debug!(%peer, "client connection ended: {err}");
             }
         });

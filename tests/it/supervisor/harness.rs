@@ -24,6 +24,8 @@ pub struct Supervisor {
     pub socket: PathBuf,
     pub stderr: PathBuf,
     child: Child,
+    /// Started by [`Supervisor::start_activated`]: `child` is the stand-in service manager.
+    activated: bool,
 }
 
 impl Supervisor {
@@ -32,33 +34,101 @@ impl Supervisor {
         let state_dir = home.join("state");
         let socket = home.join("cutover.sock");
         let stderr = home.join("supervisor.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr)
-            .expect("open the supervisor's log");
-        let child = cutover()
-            .arg("supervise")
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .arg("--socket")
-            .arg(&socket)
-            .env("RUST_LOG", "cutover=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start cutover supervise");
+        let child = spawn(&state_dir, &socket, &stderr, &[]);
         let supervisor = Supervisor {
             state_dir,
             socket,
             stderr,
             child,
+            activated: false,
         };
         wait_until("the control socket to answer", ROLLOUT, || {
             block_on(Client::connect(&supervisor.socket)).is_ok()
         });
         supervisor
+    }
+
+    /// Starts `cutover supervise --take-over` on the same state dir and socket, and waits until
+    /// the running supervisor has handed over and exited; this one is the supervisor from then on.
+    pub fn take_over(&mut self) {
+        let old_pid = self.pid();
+        let child = spawn(
+            &self.state_dir,
+            &self.socket,
+            &self.stderr,
+            &["--take-over"],
+        );
+        let mut old = std::mem::replace(&mut self.child, child);
+        wait_until("the old supervisor to hand over and exit", ROLLOUT, || {
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                panic!("the new supervisor exited with {status}:\n{}", self.log());
+            }
+            old.try_wait().ok().flatten().is_some()
+        });
+        let status = old.wait().expect("reap the old supervisor");
+        assert!(
+            status.success(),
+            "the old supervisor ({old_pid}) exited with {status}:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs the supervisor the way systemd does with `cutover.socket`: `systemd-socket-activate`
+    /// binds the control socket and `listen` and keeps them, and a shell stands in for the
+    /// service manager, starting `cutover supervise` again each time it exits (`Restart=always`)
+    /// with the same sockets in `LISTEN_FDS`.
+    pub fn start_activated(home: &Path, listen: SocketAddr) -> Supervisor {
+        let state_dir = home.join("state");
+        let socket = home.join("cutover.sock");
+        let stderr = home.join("supervisor.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr)
+            .expect("open the supervisor's log");
+        // LISTEN_PID must name the process that reads it: the inner shell's pid, kept by exec.
+        let manager = r#"while :; do sh -c 'export LISTEN_PID=$$; exec "$0" supervise --state-dir "$1" --socket "$2"' "$0" "$1" "$2" || sleep 1; done"#;
+        let child = std::process::Command::new("systemd-socket-activate")
+            .arg("-l")
+            .arg(listen.to_string())
+            .arg("-l")
+            .arg(&socket)
+            .args(["--", "sh", "-c", manager])
+            .arg(cutover_bin())
+            .arg(&state_dir)
+            .arg(&socket)
+            .env("RUST_LOG", "cutover=debug")
+            .env_remove("CUTOVER_SOCKET")
+            .env_remove("CUTOVER_STATE_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start systemd-socket-activate (Debian package `systemd`; tests/run.sh installs it)");
+        let supervisor = Supervisor {
+            state_dir,
+            socket,
+            stderr,
+            child,
+            activated: true,
+        };
+        // The first connection makes systemd-socket-activate start the manager shell.
+        wait_until("the activated control socket to answer", ROLLOUT, || {
+            block_on(Client::connect(&supervisor.socket)).is_ok()
+        });
+        supervisor
+    }
+
+    /// Pid of the `cutover supervise` the stand-in service manager runs now.
+    pub fn activated_pid(&self) -> Option<u32> {
+        children(self.child.id())
+            .into_iter()
+            .find(|(_, comm)| comm == "cutover")
+            .map(|(pid, _)| pid)
     }
 
     /// The harshest crash: SIGKILL, no chance to persist or to let go of anything.
@@ -138,10 +208,57 @@ impl Supervisor {
     }
 }
 
+/// `cutover supervise ARGS` on `state_dir` and `socket`, logging (appending) to `stderr`.
+pub fn spawn(state_dir: &Path, socket: &Path, stderr: &Path, args: &[&str]) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stderr)
+        .expect("open the supervisor's log");
+    cutover()
+        .arg("supervise")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env("RUST_LOG", "cutover=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start cutover supervise")
+}
+
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        let supervisor = self.activated.then(|| self.activated_pid()).flatten();
         self.kill_9();
+        if let Some(pid) = supervisor {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
+}
+
+/// The children of `parent`: pid and command name, from /proc.
+pub fn children(parent: u32) -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
+            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_owned();
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some((pid, comm))
+        })
+        .collect()
 }
 
 /// One app under test: its home (`dest`) and its public port. Its instances are killed on drop,

@@ -205,7 +205,12 @@ async fn client(
         }
         let Some(s) = sender.as_mut() else { continue };
         match one_request(s, addr, &path).await {
-            Ok((status, body)) => {
+            Ok((status, body, close)) => {
+                // The server said this answer is the connection's last (a proxy letting its
+                // clients go at a restart): like any HTTP client, reconnect for the next request.
+                if close {
+                    sender = None;
+                }
                 if status < 400 {
                     local.ok += 1;
                 } else {
@@ -255,7 +260,7 @@ async fn one_request(
     sender: &mut Sender,
     addr: SocketAddr,
     path: &str,
-) -> Result<(u16, String), String> {
+) -> Result<(u16, String, bool), String> {
     sender.ready().await.map_err(|e| format!("ready: {e}"))?;
     let request = http::Request::get(path)
         .header(http::header::HOST, addr.to_string())
@@ -266,11 +271,15 @@ async fn one_request(
         .map_err(|_| "no response within 30s".to_owned())?
         .map_err(|e| format!("request: {e}"))?;
     let status = response.status().as_u16();
+    let close = response
+        .headers()
+        .get(http::header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let body = response
         .into_body()
         .collect()
         .await
         .map_err(|e| format!("body: {e}"))?
         .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((status, String::from_utf8_lossy(&body).into_owned(), close))
 }

@@ -1,0 +1,100 @@
+//! The supervisor↔supervisor contract of a hand-over: what a new supervisor and the one it
+//! replaces say on `STATE/handover.sock`, in the control socket's frames ([`super::codec`]).
+//!
+//! new → old: [`TakeOver`]; old → new: [`Offer`], whose `Sockets` frame carries the listening
+//! sockets themselves as SCM_RIGHTS, one [`SocketInfo`] per descriptor in order; new → old:
+//! [`Outcome`] once the new one serves (or why it could not, and the old one carries on).
+//! The version only ever grows; a newer supervisor must still speak every older version, since
+//! taking over from an older binary is what an upgrade is.
+
+use serde::{Deserialize, Serialize};
+
+/// The hand-over protocol version this build speaks.
+pub const HANDOVER_VERSION: u32 = 1;
+
+/// The new supervisor asks the running one to hand over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TakeOver {
+    pub version: u32,
+    pub pid: u32,
+    /// `cutover X.Y.Z` of the new supervisor, for the old one's log.
+    pub supervisor: String,
+}
+
+/// The running supervisor's answer to [`TakeOver`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "offer")]
+pub enum Offer {
+    /// Its apps are let go of and persisted; the sockets come with this frame.
+    Sockets {
+        version: u32,
+        supervisor: String,
+        sockets: Vec<SocketInfo>,
+    },
+    Refused {
+        message: String,
+    },
+}
+
+/// One handed-over descriptor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SocketInfo {
+    /// The app whose public socket it is; `None` for the control socket and unclaimed ones.
+    pub name: Option<String>,
+}
+
+/// The new supervisor's last word.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Outcome {
+    /// It serves on the sockets: the old one stops accepting, lets its clients go and exits.
+    Serving,
+    /// It could not start: the old one takes its apps back on the same sockets.
+    Failed { message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frames of version 1 as they travel: a newer cutover must keep reading and writing
+    /// exactly these to take over from (or hand over to) this one.
+    #[test]
+    fn version_1_frames_are_stable() {
+        let offer = Offer::Sockets {
+            version: 1,
+            supervisor: "cutover 0.1.0".to_owned(),
+            sockets: vec![
+                SocketInfo { name: None },
+                SocketInfo {
+                    name: Some("shop".to_owned()),
+                },
+            ],
+        };
+        assert_eq!(
+            serde_json::to_string(&offer).unwrap(),
+            r#"{"offer":"sockets","version":1,"supervisor":"cutover 0.1.0","sockets":[{"name":null},{"name":"shop"}]}"#
+        );
+        let ask = TakeOver {
+            version: 1,
+            pid: 42,
+            supervisor: "cutover 0.1.0".to_owned(),
+        };
+        assert_eq!(
+            serde_json::to_string(&ask).unwrap(),
+            r#"{"version":1,"pid":42,"supervisor":"cutover 0.1.0"}"#
+        );
+        for (outcome, json) in [
+            (Outcome::Serving, r#"{"outcome":"serving"}"#),
+            (
+                Outcome::Failed {
+                    message: "no".to_owned(),
+                },
+                r#"{"outcome":"failed","message":"no"}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&outcome).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Outcome>(json).unwrap(), outcome);
+        }
+    }
+}
