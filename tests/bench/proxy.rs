@@ -174,6 +174,7 @@ fn main() {
                 addr: backend_addr,
             })],
             balance: Balance::RoundRobin,
+            canary: None,
         });
         proxy
     });

@@ -11,6 +11,7 @@ mod fetch;
 mod fleet;
 mod process;
 mod proxy;
+mod proxy_canary;
 mod proxy_close;
 mod supervisor;
 mod tidy;

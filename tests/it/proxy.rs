@@ -29,6 +29,7 @@ fn route(backends: Vec<Arc<Backend>>) -> Route {
     Route {
         backends,
         balance: Balance::RoundRobin,
+        canary: None,
     }
 }
 

@@ -23,6 +23,7 @@ fn route(app: &DemoApp) -> Route {
             addr: app.addr(),
         })],
         balance: Balance::RoundRobin,
+        canary: None,
     }
 }
 

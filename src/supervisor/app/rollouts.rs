@@ -208,6 +208,7 @@ impl AppTask {
         self.shared.proxy.set_route(Route {
             backends: chosen.iter().map(|h| h.backend.clone()).collect(),
             balance: self.record.spec.balance,
+            canary: None,
         });
         self.routed = ids;
     }

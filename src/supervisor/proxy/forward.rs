@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use super::backend::{BackendState, InFlight, SendError};
 use super::body::{RequestBody, ResponseBody};
-use super::{Shared, Table};
+use super::{Shared, Side};
 use crate::protocol::app::Balance;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -68,7 +68,15 @@ pub(super) async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let table = shared.route.load_full();
-    if table.backends.is_empty() {
+    // During a canary the request's side is tried first, the other side if none of it answers.
+    let (first, second, cookie) = match &table.canary {
+        Some((split, canary)) if !canary.is_empty() => match split.side(req.headers()) {
+            (Side::Canary, cookie) => (&canary[..], &table.backends[..], cookie),
+            (Side::Stable, cookie) => (&table.backends[..], &canary[..], cookie),
+        },
+        _ => (&table.backends[..], &[][..], None),
+    };
+    if first.is_empty() && second.is_empty() {
         return Ok(status(
             StatusCode::SERVICE_UNAVAILABLE,
             "503 service unavailable: no healthy instance of this app is routed yet\n",
@@ -80,23 +88,40 @@ pub(super) async fn handle(
     // Only safe methods without a body may be sent twice (what nginx's proxy_next_upstream does
     // by default); anything else is retried only when it provably never left the proxy. With a
     // single instance there is nowhere else to send it, so the copy is not made.
-    let replay = (table.backends.len() > 1 && !upgrade && is_replayable(&req)).then(|| Replay {
+    let many = first.len() + second.len() > 1;
+    let replay = (many && !upgrade && is_replayable(&req)).then(|| Replay {
         method: req.method().clone(),
         uri: req.uri().clone(),
         headers: req.headers().clone(),
     });
     let mut req = req.map(RequestBody::Incoming);
-    let mut tried = 0u64;
+    let mut tried = [0u64; 2];
     let mut replayed = false;
-    while let Some(index) = pick(&table, shared.next.fetch_add(1, Ordering::Relaxed), tried) {
-        tried |= 1u64 << (index % 64);
-        let state = &table.backends[index];
+    loop {
+        let turn = shared.next.fetch_add(1, Ordering::Relaxed);
+        let (side, index) = match pick(first, table.balance, turn, tried[0]) {
+            Some(index) => (0, index),
+            None => match pick(second, table.balance, turn, tried[1]) {
+                Some(index) => (1, index),
+                None => break,
+            },
+        };
+        tried[side] |= 1u64 << (index % 64);
+        let state = if side == 0 {
+            &first[index]
+        } else {
+            &second[index]
+        };
         let in_flight = InFlight::new(state.clone());
         let started = Instant::now();
         match state.send(req).await {
             Ok((response, sender)) => {
                 state.record(response.status().as_u16(), started.elapsed());
-                return Ok(respond(response, sender, in_flight, client_upgrade));
+                let mut response = respond(response, sender, in_flight, client_upgrade);
+                if let Some(cookie) = cookie {
+                    response.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+                return Ok(response);
             }
             Err(SendError::Connect(err, unsent)) => {
                 tracing::debug!(backend = %state.backend.id, "connect failed, trying another: {err}");
@@ -130,15 +155,20 @@ pub(super) async fn handle(
     ))
 }
 
-/// The next instance to try, skipping those in `tried` (a bit per index).
-fn pick(table: &Table, turn: usize, tried: u64) -> Option<usize> {
-    let n = table.backends.len();
+/// The next instance of `backends` to try, skipping those in `tried` (a bit per index).
+fn pick(
+    backends: &[Arc<BackendState>],
+    balance: Balance,
+    turn: usize,
+    tried: u64,
+) -> Option<usize> {
+    let n = backends.len();
     let untried = |i: &usize| tried & (1u64 << (i % 64)) == 0;
     let mut order = (0..n).map(|k| (turn + k) % n).filter(untried);
-    match table.balance {
+    match balance {
         Balance::RoundRobin => order.next(),
         // Ties go to the round-robin order, so equal instances still share the load.
-        Balance::LeastConnections => order.min_by_key(|&i| table.backends[i].in_flight()),
+        Balance::LeastConnections => order.min_by_key(|&i| backends[i].in_flight()),
     }
 }
 
@@ -281,6 +311,7 @@ fn status(code: StatusCode, text: &'static str) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::supervisor::proxy::Table;
 
     fn table(n: usize, balance: Balance) -> Table {
         let backends = (0..n)
@@ -292,16 +323,20 @@ mod tests {
                 })))
             })
             .collect();
-        Table { backends, balance }
+        Table {
+            backends,
+            balance,
+            canary: None,
+        }
     }
 
     #[test]
     fn round_robin_takes_turns_and_skips_tried_backends() {
         let t = table(3, Balance::RoundRobin);
-        assert_eq!(pick(&t, 0, 0), Some(0));
-        assert_eq!(pick(&t, 4, 0), Some(1));
-        assert_eq!(pick(&t, 4, 0b010), Some(2));
-        assert_eq!(pick(&t, 4, 0b111), None);
+        assert_eq!(pick(&t.backends, t.balance, 0, 0), Some(0));
+        assert_eq!(pick(&t.backends, t.balance, 4, 0), Some(1));
+        assert_eq!(pick(&t.backends, t.balance, 4, 0b010), Some(2));
+        assert_eq!(pick(&t.backends, t.balance, 4, 0b111), None);
     }
 
     #[test]
@@ -311,8 +346,12 @@ mod tests {
             InFlight::new(t.backends[0].clone()),
             InFlight::new(t.backends[1].clone()),
         ];
-        assert_eq!(pick(&t, 0, 0), Some(2));
-        assert_eq!(pick(&t, 0, 0b100), Some(0), "ties go in turn order");
+        assert_eq!(pick(&t.backends, t.balance, 0, 0), Some(2));
+        assert_eq!(
+            pick(&t.backends, t.balance, 0, 0b100),
+            Some(0),
+            "ties go in turn order"
+        );
         assert_eq!(t.backends[0].in_flight(), 1);
     }
 

@@ -10,6 +10,7 @@
 
 mod backend;
 mod body;
+mod canary;
 mod clients;
 mod forward;
 
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::protocol::app::Balance;
 use backend::BackendState;
+pub use canary::{CanaryRoute, Side};
 use clients::Clients;
 
 /// One instance as the proxy sees it. Shared between the route and its counters.
@@ -42,8 +44,11 @@ pub struct Backend {
 /// The set of instances that take new requests. Swapped as a whole.
 #[derive(Debug, Clone, Default)]
 pub struct Route {
+    /// The live (stable) release's instances.
     pub backends: Vec<Arc<Backend>>,
     pub balance: Balance,
+    /// While a canary runs: the new release's instances and their share.
+    pub canary: Option<CanaryRoute>,
 }
 
 /// Counters of one backend, as shown by `status` and read by the canary analysis.
@@ -65,6 +70,18 @@ pub struct BackendStats {
 struct Table {
     backends: Vec<Arc<BackendState>>,
     balance: Balance,
+    /// The canary's instances and how requests are split, while a canary runs.
+    canary: Option<(canary::Split, Vec<Arc<BackendState>>)>,
+}
+
+impl Table {
+    fn routes(&self, state: &Arc<BackendState>) -> bool {
+        let canary = self.canary.iter().flat_map(|(_, b)| b);
+        self.backends
+            .iter()
+            .chain(canary)
+            .any(|s| Arc::ptr_eq(s, state))
+    }
 }
 
 /// What every connection task shares with the `Proxy` handle.
@@ -200,31 +217,36 @@ impl Proxy {
     /// in flight on the old ones finish there.
     pub fn set_route(&self, route: Route) {
         let mut known = lock(&self.shared.known);
-        let backends = route
-            .backends
-            .into_iter()
-            .map(|backend| {
-                // Same instance (id and address) keeps its counters and its idle connections;
-                // one cut by a drain starts afresh, or its requests would be cut at once.
-                let existing = known.iter().find(|s| {
-                    s.backend.id == backend.id
-                        && s.backend.addr == backend.addr
-                        && !s.cut.is_cancelled()
-                });
-                match existing {
-                    Some(state) => state.clone(),
-                    None => {
-                        known.retain(|s| s.backend.id != backend.id || s.in_flight() > 0);
-                        let state = Arc::new(BackendState::new(backend));
-                        known.push(state.clone());
-                        state
-                    }
+        let mut state_of = |backend: Arc<Backend>| {
+            // Same instance (id and address) keeps its counters and its idle connections;
+            // one cut by a drain starts afresh, or its requests would be cut at once.
+            let existing = known.iter().find(|s| {
+                s.backend.id == backend.id
+                    && s.backend.addr == backend.addr
+                    && !s.cut.is_cancelled()
+            });
+            match existing {
+                Some(state) => state.clone(),
+                None => {
+                    known.retain(|s| s.backend.id != backend.id || s.in_flight() > 0);
+                    let state = Arc::new(BackendState::new(backend));
+                    known.push(state.clone());
+                    state
                 }
-            })
-            .collect();
+            }
+        };
+        let backends = route.backends.into_iter().map(&mut state_of).collect();
+        let canary = route.canary.map(|canary| {
+            let split = canary::Split::new(&canary);
+            (
+                split,
+                canary.backends.into_iter().map(&mut state_of).collect(),
+            )
+        });
         self.shared.route.store(Arc::new(Table {
             backends,
             balance: route.balance,
+            canary,
         }));
     }
 
@@ -259,13 +281,7 @@ impl Proxy {
             state.wait_idle(settle).await;
         }
         state.close_idle();
-        let routed = self
-            .shared
-            .route
-            .load()
-            .backends
-            .iter()
-            .any(|s| Arc::ptr_eq(s, &state));
+        let routed = self.shared.route.load().routes(&state);
         if !routed {
             lock(&self.shared.known).retain(|s| !Arc::ptr_eq(s, &state));
         }
