@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod agent;
 pub mod apply;
+pub mod decide;
 pub mod demo;
 pub mod fleet;
 pub mod logs;
@@ -76,6 +77,10 @@ pub enum Command {
     Releases(releases::ReleasesArgs),
     /// Go back to the previous good release of an app (or a named one)
     Rollback(rollback::RollbackArgs),
+    /// End a running canary now: switch all traffic to the new release
+    Promote(decide::DecideArgs),
+    /// Back a running canary out: its share to 0, drain, stop, mark the release bad
+    Abort(decide::DecideArgs),
     /// Stop an app: its instances, its public address; its files stay
     Stop(stop::StopArgs),
     /// Show an app's instance logs
@@ -147,6 +152,8 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         Some(Command::Rollback(args)) => rollback::run(args, &cli.global),
         Some(Command::Logs(args)) => logs::run(args, &cli.global),
         Some(Command::Stop(args)) => stop::run(args, &cli.global),
+        Some(Command::Promote(args)) => decide::run(args, true, &cli.global),
+        Some(Command::Abort(args)) => decide::run(args, false, &cli.global),
         Some(Command::Demo(args)) => demo::run(args, &cli.global),
         Some(Command::DemoApp(args)) => demo::run_app(args),
         Some(Command::Rollout(args)) => fleet::rollout(args, &cli.global),

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::canary::CanarySpec;
+
 /// One long-running application, as described by a manifest's `app:` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +36,9 @@ pub struct AppSpec {
     /// How a new release replaces the live one.
     #[serde(default)]
     pub strategy: Strategy,
+    /// The steps and limits of `strategy: canary`.
+    #[serde(default)]
+    pub canary: CanarySpec,
     /// How the proxy spreads requests across healthy instances.
     #[serde(default)]
     pub balance: Balance,
@@ -100,6 +105,9 @@ pub enum Strategy {
     /// Start the new instances beside the old, switch all traffic at once when they are healthy.
     #[default]
     BlueGreen,
+    /// Start the new instances beside the old, give them a growing share of the traffic step by
+    /// step while the proxy's counters judge them, then switch all traffic (or back out).
+    Canary,
 }
 
 /// How the proxy picks a healthy instance for a request.

@@ -134,9 +134,11 @@ impl Client {
             .map_err(|e| self.frame_error(e))?;
         let limit = match request {
             Request::Deploy(_) | Request::Rollback(_) | Request::Stop(_) => None,
-            Request::Status(_) | Request::Releases(_) | Request::Logs(_) => {
-                Some(QUICK_ANSWER_TIMEOUT)
-            }
+            Request::Status(_)
+            | Request::Releases(_)
+            | Request::Logs(_)
+            | Request::Promote(_)
+            | Request::Abort(_) => Some(QUICK_ANSWER_TIMEOUT),
         };
         loop {
             let frame = match limit {

@@ -41,6 +41,10 @@ pub enum Request {
     Rollback(RollbackRequest),
     Logs(LogsRequest),
     Stop(StopRequest),
+    /// Ends a running canary now with a full switch (`cutover promote APP`).
+    Promote(CanaryRequest),
+    /// Backs a running canary out: weight 0, drain, stop, mark bad (`cutover abort APP`).
+    Abort(CanaryRequest),
 }
 
 /// Roll out a release that the agent has already placed in `dest/releases/<version>`.
@@ -75,6 +79,19 @@ pub struct LogsRequest {
     pub app: String,
 }
 
+/// The app whose running canary the operator decides on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryRequest {
+    pub app: String,
+}
+
+/// A decision taken by a running canary; its outcome comes to the deploy's own client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryReply {
+    pub app: String,
+    pub message: String,
+}
+
 /// Stop an app's instances, close its public address and forget it (its files stay on disk).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StopRequest {
@@ -94,6 +111,7 @@ pub enum Response {
     Releases(ReleaseList),
     Logs(LogFiles),
     Stopped(StopOutcome),
+    Decided(CanaryReply),
     Error(ErrorReply),
 }
 

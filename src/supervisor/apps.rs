@@ -16,6 +16,7 @@ use crate::protocol::{
     DeployRequest, ErrorKind, ErrorReply, Progress, Request, Response, StatusReport,
 };
 use crate::supervisor::app::{AppHandle, AppShared, AppTask, Control};
+use crate::supervisor::canary::Decision;
 use crate::supervisor::deploy;
 use crate::supervisor::listeners::{Inherited, Listeners};
 use crate::supervisor::proxy::Proxy;
@@ -116,6 +117,16 @@ impl Apps {
                 .await
             }
             Request::Logs(r) => self.ask(&r.app, |reply| Control::Logs { reply }).await,
+            Request::Promote(r) => {
+                let decision = Decision::Promote;
+                self.ask(&r.app, |reply| Control::Decide { decision, reply })
+                    .await
+            }
+            Request::Abort(r) => {
+                let decision = Decision::Abort;
+                self.ask(&r.app, |reply| Control::Decide { decision, reply })
+                    .await
+            }
             Request::Stop(r) => {
                 let response = self.ask(&r.app, |reply| Control::Stop { reply }).await;
                 self.inner.tasks.lock().await.remove(&r.app);

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use crate::protocol::app::Strategy;
 use crate::protocol::layout;
 use crate::protocol::{AppSpec, DeployOutcome, DeployRequest, ErrorKind, ErrorReply, Progress};
 use crate::supervisor::app::instance::{InstanceHandle, Lifecycle, View};
 use crate::supervisor::app::{AppShared, Link, Switched};
+use crate::supervisor::canary::{self, Decision};
 use crate::supervisor::releases;
 use crate::supervisor::store::AppRecord;
 
@@ -83,6 +85,8 @@ pub struct Rollout {
     pub progress: mpsc::Sender<Progress>,
     /// The step in progress, as `status` shows it.
     pub phase: watch::Sender<String>,
+    /// `cutover promote` and `cutover abort`, for a canary.
+    pub decisions: tokio::sync::Mutex<mpsc::Receiver<Decision>>,
 }
 
 /// Checks a deploy request against the app's record (absent for a new app). Done by the app task
@@ -121,6 +125,9 @@ pub fn validate(request: &DeployRequest, record: Option<&AppRecord>) -> Result<(
             "run of {} is empty; say how to start it",
             spec.name
         )));
+    }
+    if spec.strategy == Strategy::Canary {
+        spec.canary.check().map_err(bad)?;
     }
     let dir = layout::release_dir(&request.dest, &request.version);
     if !dir.is_dir() {
@@ -168,6 +175,12 @@ pub async fn run(rollout: Rollout) -> Result<DeployOutcome, String> {
     if let Err(why) = wait_healthy(&rollout, &candidates).await {
         stop_candidates(&rollout, &candidates).await;
         return Err(why);
+    }
+    if rollout.is_canary() {
+        if let Err(why) = canary::steps(&rollout).await {
+            back_out(&rollout, &candidates, &why).await;
+            return Err(why);
+        }
     }
     let switched = swap_route(&rollout).await?;
     swap_current(&rollout).await;
@@ -253,6 +266,30 @@ fn not_healthy_reason(candidates: &[InstanceHandle], deadline: Duration) -> Stri
         "not healthy after {}: {detail}",
         humantime::format_duration(deadline)
     )
+}
+
+/// A canary that failed or was aborted: its share back to 0, its requests drained, then the
+/// candidates stop; the stable release served throughout.
+async fn back_out(rollout: &Rollout, candidates: &[InstanceHandle], why: &str) {
+    rollout.say(format!("backing out the canary: {why}")).await;
+    if let Err(e) = rollout.link.canary(None).await {
+        tracing::warn!(app = %rollout.shared.name, "{e}");
+    }
+    let timeout = rollout.spec.drain_timeout;
+    let proxy = &rollout.shared.proxy;
+    let cut: u64 =
+        futures_util::future::join_all(candidates.iter().map(|c| proxy.drain(&c.id, timeout)))
+            .await
+            .into_iter()
+            .sum();
+    if cut > 0 {
+        rollout
+            .say(format!(
+                "drain deadline passed: {cut} request(s) or connection(s) to the canary cut"
+            ))
+            .await;
+    }
+    stop_candidates(rollout, candidates).await;
 }
 
 /// The failure path: the candidates go, the old instances never stopped serving.
@@ -347,8 +384,31 @@ async fn prune(rollout: &Rollout, record: &AppRecord) {
 }
 
 impl Rollout {
+    /// A canary runs for a deploy of a canary release over a live one; a rollback (health-gated,
+    /// fast) and a first deploy (nothing to compare with) switch at once.
+    fn is_canary(&self) -> bool {
+        self.spec.strategy == Strategy::Canary
+            && self.kind == Kind::Deploy
+            && self.previous.is_some()
+    }
+
+    /// The operator's next decision, if one comes within `wait`.
+    pub(crate) async fn decision_within(&self, wait: Duration) -> Option<Decision> {
+        let mut decisions = self.decisions.lock().await;
+        tokio::time::timeout(wait, decisions.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Updates what `status` shows of the step in progress, without a progress line.
+    pub(crate) fn show(&self, message: String) {
+        self.phase
+            .send_replace(format!("{}: {message}", self.kind.doing(&self.version)));
+    }
+
     /// One progress line: to the client (if it still listens), the log, and `status`.
-    async fn say(&self, message: String) {
+    pub(crate) async fn say(&self, message: String) {
         tracing::info!(app = %self.shared.name, "{}", message);
         self.phase
             .send_replace(format!("{}: {message}", self.kind.doing(&self.version)));

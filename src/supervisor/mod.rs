@@ -9,6 +9,7 @@
 pub mod analysis;
 pub mod app;
 pub mod apps;
+pub mod canary;
 pub mod control;
 pub mod deploy;
 pub mod handover;

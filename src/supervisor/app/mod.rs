@@ -6,6 +6,7 @@
 //! answered at once and instance events keep the route right. Instances are tasks too
 //! (`instance.rs`), so the app task only ever awaits short things.
 
+mod canary;
 pub mod instance;
 mod rollouts;
 mod status;
@@ -18,9 +19,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::protocol::canary::Share;
 use crate::protocol::{
     AppSpec, AppStatus, DeployOutcome, DeployRequest, ErrorKind, ErrorReply, Progress, Response,
 };
+use crate::supervisor::canary::Decision;
 use crate::supervisor::deploy::{self, Kind, Rollout};
 use crate::supervisor::process::{self, Running, SpawnSpec};
 use crate::supervisor::proxy::{Proxy, Route};
@@ -64,6 +67,11 @@ pub enum Control {
     Stop {
         reply: oneshot::Sender<Response>,
     },
+    /// `cutover promote` / `cutover abort`: handed to the running canary.
+    Decide {
+        decision: Decision,
+        reply: oneshot::Sender<Response>,
+    },
     /// Supervisor shutdown: let go of the instances (they keep running), persist, end.
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -85,6 +93,11 @@ pub enum Event {
         version: String,
         spec: Box<AppSpec>,
         reply: oneshot::Sender<Result<Vec<InstanceHandle>, String>>,
+    },
+    /// A canary step: route this share of new clients to the healthy candidates (`None`: none).
+    Canary {
+        share: Option<Share>,
+        reply: oneshot::Sender<()>,
     },
     /// The rollout's candidates are healthy: make them live and route to them.
     Switch {
@@ -123,6 +136,14 @@ impl Link {
         answer.await.map_err(|_| gone())?
     }
 
+    pub async fn canary(&self, share: Option<Share>) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(Event::Canary { share, reply })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())
+    }
+
     pub async fn switch(&self, version: &str) -> Result<Switched, String> {
         let (reply, answer) = oneshot::channel();
         let event = Event::Switch {
@@ -151,6 +172,8 @@ struct RolloutRun {
     reply: Option<oneshot::Sender<Response>>,
     phase: watch::Receiver<String>,
     task: JoinHandle<Result<DeployOutcome, String>>,
+    /// The operator's decisions, for a canary.
+    decisions: mpsc::Sender<Decision>,
 }
 
 /// The app task's state. Fields are visible to `recovery`, which builds a task from a record.
@@ -166,6 +189,8 @@ pub struct AppTask {
     events: mpsc::UnboundedReceiver<Event>,
     /// Why the live release is crash-looping and could not be rolled back, for `status`.
     stuck: Option<String>,
+    /// The share of new clients the running canary's candidates get.
+    canary: Option<Share>,
 }
 
 impl AppTask {
@@ -180,6 +205,7 @@ impl AppTask {
             events_tx,
             events,
             stuck: None,
+            canary: None,
         }
     }
 
@@ -238,6 +264,9 @@ impl AppTask {
                     app: self.shared.name.clone(),
                     releases: releases::list(&self.record),
                 }));
+            }
+            Control::Decide { decision, reply } => {
+                let _ = reply.send(self.decide(decision));
             }
             Control::Logs { reply } => {
                 let _ = reply.send(Response::Logs(self.logs()));
@@ -344,6 +373,7 @@ impl AppTask {
         reply: Option<oneshot::Sender<Response>>,
     ) {
         let (phase_tx, phase) = watch::channel(format!("{}: starting", kind.doing(&version)));
+        let (decisions, decided) = mpsc::channel(4);
         let rollout = Rollout {
             shared: self.shared.clone(),
             link: Link {
@@ -356,6 +386,7 @@ impl AppTask {
             previous: self.record.live.clone(),
             progress,
             phase: phase_tx,
+            decisions: tokio::sync::Mutex::new(decided),
         };
         tracing::info!(app = %self.shared.name, "{kind} of {version} begins");
         self.rollout = Some(RolloutRun {
@@ -364,6 +395,7 @@ impl AppTask {
             reply,
             phase,
             task: tokio::spawn(deploy::run(rollout)),
+            decisions,
         });
     }
 
@@ -376,6 +408,11 @@ impl AppTask {
                 reply,
             } => {
                 let _ = reply.send(self.start_candidates(&version, &spec));
+            }
+            Event::Canary { share, reply } => {
+                self.canary = share;
+                self.update_route();
+                let _ = reply.send(());
             }
             Event::Switch { version, reply } => {
                 let _ = reply.send(self.switch(&version));

@@ -111,6 +111,7 @@ impl AppTask {
             rollback::mark_bad(&mut self.record, &from, &reason);
         }
         self.stuck = None;
+        self.canary = None;
         self.persist();
         self.update_route();
         Switched {
@@ -153,6 +154,7 @@ impl AppTask {
             }
         };
         self.record.deploy = None;
+        self.canary = None;
         self.persist();
         self.update_route();
         if let Some(reply) = run.reply {
@@ -193,7 +195,14 @@ impl AppTask {
         } else {
             healthy
         };
-        let ids: Vec<String> = chosen.iter().map(|h| h.id.clone()).collect();
+        let canary = self.canary_route();
+        let mut ids: Vec<String> = chosen.iter().map(|h| h.id.clone()).collect();
+        // The canary's share and instances are part of what is routed: a change of either
+        // is a new route.
+        if let Some(c) = &canary {
+            ids.push(format!("canary at {}:", c.share));
+            ids.extend(c.backends.iter().map(|b| b.id.clone()));
+        }
         if ids == self.routed {
             return;
         }
@@ -208,7 +217,7 @@ impl AppTask {
         self.shared.proxy.set_route(Route {
             backends: chosen.iter().map(|h| h.backend.clone()).collect(),
             balance: self.record.spec.balance,
-            canary: None,
+            canary,
         });
         self.routed = ids;
     }

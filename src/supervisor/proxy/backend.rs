@@ -82,6 +82,7 @@ impl BackendState {
             in_flight: self.in_flight(),
             p50_us: self.latency.quantile(0.50),
             p99_us: self.latency.quantile(0.99),
+            latency: self.latency.counts(),
         }
     }
 
@@ -253,27 +254,34 @@ impl Histogram {
         self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The upper bound of the bucket holding the `q` quantile, in microseconds (0 if empty).
-    fn quantile(&self, q: f64) -> u64 {
-        let counts: Vec<u64> = self
-            .buckets
+    fn counts(&self) -> Vec<u64> {
+        self.buckets
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return 0;
-        }
-        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, count) in counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return upper_bound(i);
-            }
-        }
-        upper_bound(BUCKETS - 1)
+            .collect()
     }
+
+    fn quantile(&self, q: f64) -> u64 {
+        quantile(&self.counts(), q)
+    }
+}
+
+/// The upper bound of the bucket holding the `q` quantile of a histogram's bucket `counts` (as in
+/// `BackendStats::latency`, or the difference of two readings), in microseconds; 0 if empty.
+pub fn quantile(counts: &[u64], q: f64) -> u64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, count) in counts.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return upper_bound(i);
+        }
+    }
+    upper_bound(BUCKETS - 1)
 }
 
 fn bucket_of(us: u64) -> usize {

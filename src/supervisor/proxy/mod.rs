@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::protocol::app::Balance;
+pub use backend::quantile;
 use backend::BackendState;
 pub use canary::{CanaryRoute, Side};
 use clients::Clients;
@@ -63,6 +64,10 @@ pub struct BackendStats {
     /// p50/p99 latency over the kept window, in microseconds.
     pub p50_us: u64,
     pub p99_us: u64,
+    /// The latency histogram's bucket counts: two readings subtract into the histogram of the
+    /// time between them (see [`quantile`]). Not sent over the control socket.
+    #[serde(skip)]
+    pub latency: Vec<u64>,
 }
 
 /// The route as requests read it: each backend with its live state.

@@ -1,0 +1,174 @@
+//! The canary steps of a rollout: give the healthy candidates a growing share of the traffic,
+//! judge each step from the proxy's own counters, and end with a verdict — promote (the caller
+//! then switches all traffic as blue-green does) or back out.
+//!
+//! A straight line like the rest of the rollout: for each step, set the share, read the counters,
+//! wait out the pause while watching them, judge. The operator can end it at any time with
+//! `cutover promote` or `cutover abort`; `progress_deadline` bounds every wait.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::supervisor::analysis::{self, Verdict, Window};
+use crate::supervisor::deploy::Rollout;
+use crate::supervisor::proxy::{quantile, BackendStats};
+
+/// How often a step's figures are read and judged.
+const TICK: Duration = Duration::from_millis(250);
+
+/// What the operator asks of a running canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Promote,
+    Abort,
+}
+
+/// Runs the steps; `Ok` means promote, `Err` why the canary was backed out.
+pub async fn steps(rollout: &Rollout) -> Result<(), String> {
+    let spec = &rollout.spec.canary;
+    let total = spec.steps.len();
+    for (i, share) in spec.steps.iter().copied().enumerate() {
+        let step = format!("canary step {}/{total} at {share}", i + 1);
+        rollout.link.canary(Some(share)).await?;
+        rollout
+            .say(format!(
+                "{step}: {share} of new clients go to {} for {}",
+                rollout.version,
+                humantime::format_duration(spec.pause)
+            ))
+            .await;
+        match judge_step(rollout, &step).await? {
+            Some(Decision::Promote) => {
+                rollout.say("promoted by the operator".to_owned()).await;
+                return Ok(());
+            }
+            Some(Decision::Abort) => return Err("aborted by the operator".to_owned()),
+            None => {}
+        }
+    }
+    if !spec.auto_promote {
+        let wait = spec.progress_deadline;
+        rollout
+            .say(format!(
+                "every step passed; waiting for `cutover promote {}` (or abort), up to {}",
+                rollout.shared.name,
+                humantime::format_duration(wait)
+            ))
+            .await;
+        return match rollout.decision_within(wait).await {
+            Some(Decision::Promote) => Ok(()),
+            Some(Decision::Abort) => Err("aborted by the operator".to_owned()),
+            None => Err(format!(
+                "no promote within progress_deadline {}",
+                humantime::format_duration(wait)
+            )),
+        };
+    }
+    Ok(())
+}
+
+/// Watches one step until it passes (after its pause), fails, or the operator decides.
+async fn judge_step(rollout: &Rollout, step: &str) -> Result<Option<Decision>, String> {
+    let spec = &rollout.spec.canary;
+    let before = rollout.shared.proxy.stats();
+    let started = Instant::now();
+    loop {
+        if let Some(decision) = rollout.decision_within(TICK).await {
+            return Ok(Some(decision));
+        }
+        let after = rollout.shared.proxy.stats();
+        let (stable, canary) = windows(&before, &after, &rollout.version);
+        let figures = format!(
+            "canary {} errors, p99 {:.1}ms, {} requests; stable {} errors, p99 {:.1}ms, {} requests",
+            canary.error_rate(),
+            canary.p99_us as f64 / 1000.0,
+            canary.requests,
+            stable.error_rate(),
+            stable.p99_us as f64 / 1000.0,
+            stable.requests
+        );
+        rollout.show(format!("{step}: {figures}"));
+        let elapsed = started.elapsed();
+        match analysis::judge(&stable, &canary, spec) {
+            Verdict::Fail(why) => return Err(format!("{step}: {why}")),
+            Verdict::Pass(summary) if elapsed >= spec.pause => {
+                rollout.say(format!("{step} passed: {summary}")).await;
+                return Ok(None);
+            }
+            Verdict::Wait(need) if elapsed >= spec.pause + spec.progress_deadline => {
+                return Err(format!(
+                    "{step}: no verdict within progress_deadline {} ({need})",
+                    humantime::format_duration(spec.progress_deadline)
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The stable and the canary side's traffic between two readings of the proxy's counters. An
+/// instance absent from the first reading counts from zero.
+pub fn windows(before: &[BackendStats], after: &[BackendStats], canary: &str) -> (Window, Window) {
+    let mut sides = [SideSum::default(), SideSum::default()];
+    for now in after {
+        let then = before.iter().find(|b| b.id == now.id);
+        let side = &mut sides[usize::from(now.version == canary)];
+        let (req, err, fail) =
+            then.map_or((0, 0, 0), |t| (t.requests, t.errors_5xx, t.failed_connects));
+        side.requests +=
+            now.requests.saturating_sub(req) + now.failed_connects.saturating_sub(fail);
+        side.errors +=
+            now.errors_5xx.saturating_sub(err) + now.failed_connects.saturating_sub(fail);
+        side.latency
+            .resize(side.latency.len().max(now.latency.len()), 0);
+        for (i, count) in now.latency.iter().enumerate() {
+            let was = then.and_then(|t| t.latency.get(i)).copied().unwrap_or(0);
+            side.latency[i] += count.saturating_sub(was);
+        }
+    }
+    let [stable, canary] = sides.map(|s| Window {
+        requests: s.requests,
+        errors: s.errors,
+        p99_us: quantile(&s.latency, 0.99),
+    });
+    (stable, canary)
+}
+
+#[derive(Default)]
+struct SideSum {
+    requests: u64,
+    errors: u64,
+    latency: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(id: &str, version: &str, requests: u64, errors: u64, fast: u64) -> BackendStats {
+        let mut latency = vec![0; 64];
+        latency[20] = fast;
+        BackendStats {
+            id: id.to_owned(),
+            version: version.to_owned(),
+            requests,
+            errors_5xx: errors,
+            latency,
+            ..BackendStats::default()
+        }
+    }
+
+    #[test]
+    fn windows_are_differences_per_side() {
+        let before = [stats("v1-0", "v1", 1000, 5, 1000)];
+        let after = [
+            stats("v1-0", "v1", 1900, 6, 1900),
+            stats("v2-0", "v2", 100, 5, 100),
+        ];
+        let (stable, canary) = windows(&before, &after, "v2");
+        assert_eq!((stable.requests, stable.errors), (900, 1));
+        assert_eq!((canary.requests, canary.errors), (100, 5));
+        assert!(stable.p99_us > 0 && canary.p99_us == stable.p99_us);
+    }
+}

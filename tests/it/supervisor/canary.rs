@@ -1,0 +1,169 @@
+//! Canary releases through a real supervisor under real load: a candidate with 5 % errors is
+//! backed out at its first step on its own and clients see at most that step's share of errors;
+//! a good one is promoted step by step; `auto_promote: false` waits for `cutover promote`, and
+//! `cutover abort` backs a canary out at any time.
+
+use std::time::Duration;
+
+use cutover::protocol::app::Strategy;
+use cutover::protocol::{AppSpec, CanaryRequest, ErrorKind, ReleaseState, Request, Response};
+
+use super::harness::{error_of, state_of, App, Reaper, Supervisor, ROLLOUT};
+use crate::support::load::Load;
+use crate::support::wait_until;
+
+/// Two steps, short pauses, a small minimum: a whole canary takes a few seconds.
+fn canary(spec: &mut AppSpec) {
+    spec.strategy = Strategy::Canary;
+    spec.canary.steps = vec!["10%".parse().unwrap(), "50%".parse().unwrap()];
+    spec.canary.pause = Duration::from_secs(1);
+    spec.canary.min_requests = 50;
+    spec.canary.progress_deadline = Duration::from_secs(30);
+    // A p99 over one second of a debug build on a loaded 2-core box swings by 2x and more; the
+    // latency judgement has unit tests, these tests are about errors and decisions.
+    spec.canary.max_p99_ratio = 10.0;
+}
+
+fn manual(spec: &mut AppSpec) {
+    canary(spec);
+    spec.canary.auto_promote = false;
+}
+
+/// A supervisor with v1 live under 4 keep-alive clients.
+fn under_load(app: &App, home: &std::path::Path) -> (Supervisor, Load) {
+    let supervisor = Supervisor::start(home);
+    for v in ["v1", "v2", "v3"] {
+        app.place(v);
+    }
+    supervisor.deploy_ok(app, "v1");
+    app.wait_serving("v1");
+    let load = Load::start(app.listen, 4, "/");
+    load.wait_for_more_ok(200, ROLLOUT);
+    (supervisor, load)
+}
+
+#[test]
+fn a_canary_with_five_percent_errors_is_backed_out_at_its_first_step() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut app = App::new(home.path(), "shop");
+    app.tweak = canary;
+    app.faults = vec![("v2".to_owned(), "--error-rate 0.05".to_owned())];
+    let _reaper = Reaper(vec![app.dest.clone()]);
+    let (supervisor, load) = under_load(&app, home.path());
+    let before = load.snapshot();
+
+    let (kind, message) = error_of(supervisor.deploy(&app, "v2"));
+    assert_eq!(kind, ErrorKind::DeployFailed, "{message}");
+    assert!(message.contains("canary step 1/2"), "{message}");
+    assert!(message.contains("above max_error_rate 1%"), "{message}");
+    load.wait_for_more_ok(200, ROLLOUT);
+    let report = load.stop();
+
+    assert_eq!(supervisor.status(&app).live_version.as_deref(), Some("v1"));
+    assert_eq!(
+        state_of(&supervisor.releases(&app), "v2"),
+        Some(ReleaseState::Bad)
+    );
+    // What clients saw of the bad release: its 500s, within the first step's 10 % of the traffic.
+    let during = report.ok + report.failures() - before.ok - before.failures();
+    let v2 = report.versions.get("v2").copied().unwrap_or(0);
+    assert!(
+        report.failures() > 0,
+        "the canary did take traffic: {report:?}"
+    );
+    assert_eq!(report.socket_errors, 0, "{report:?}");
+    assert_eq!(
+        report.failures(),
+        report.failed.get(&500).copied().unwrap_or(0)
+    );
+    assert!(
+        report.failures() * 10 <= during,
+        "errors beyond the step's share: {report:?}"
+    );
+    assert!(
+        v2 * 100 <= during * 11,
+        "v2 took more than its 10%: {report:?}"
+    );
+}
+
+#[test]
+fn a_good_canary_is_promoted_step_by_step_without_a_failed_request() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut app = App::new(home.path(), "shop");
+    app.tweak = canary;
+    let _reaper = Reaper(vec![app.dest.clone()]);
+    let (supervisor, load) = under_load(&app, home.path());
+
+    supervisor.deploy_ok(&app, "v2");
+    load.wait_for_more_ok(200, ROLLOUT);
+    let report = load.stop();
+    assert_eq!(report.failures(), 0, "{report:?}");
+    assert!(
+        report.versions.get("v2").copied().unwrap_or(0) > 0,
+        "{report:?}"
+    );
+    assert_eq!(supervisor.status(&app).live_version.as_deref(), Some("v2"));
+    let log = supervisor.log();
+    for line in [
+        "canary step 1/2 at 10% passed",
+        "canary step 2/2 at 50% passed",
+    ] {
+        assert!(log.contains(line), "no {line:?} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn promote_and_abort_decide_a_canary_that_waits_for_the_operator() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut app = App::new(home.path(), "shop");
+    app.tweak = manual;
+    let _reaper = Reaper(vec![app.dest.clone()]);
+    let (supervisor, load) = under_load(&app, home.path());
+    let decide = |promote: bool| {
+        let request = CanaryRequest {
+            app: app.name.clone(),
+        };
+        supervisor.request(if promote {
+            Request::Promote(request)
+        } else {
+            Request::Abort(request)
+        })
+    };
+    // Nothing to decide while no canary runs.
+    let (kind, message) = error_of(decide(true));
+    assert_eq!(kind, ErrorKind::BadRequest, "{message}");
+
+    std::thread::scope(|s| {
+        // v2 passes its steps, then waits; `abort` backs it out and marks it bad.
+        let deploy = s.spawn(|| supervisor.deploy(&app, "v2"));
+        wait_until("v2 to wait for the operator", ROLLOUT, || {
+            supervisor
+                .status(&app)
+                .phase
+                .contains("waiting for `cutover promote shop`")
+        });
+        assert!(matches!(decide(false), Response::Decided(_)));
+        let (kind, message) = error_of(deploy.join().unwrap());
+        assert_eq!(kind, ErrorKind::DeployFailed, "{message}");
+        assert!(message.contains("aborted by the operator"), "{message}");
+
+        // v3 waits the same way; `promote` switches all traffic to it.
+        let deploy = s.spawn(|| supervisor.deploy(&app, "v3"));
+        wait_until("v3 to wait for the operator", ROLLOUT, || {
+            supervisor
+                .status(&app)
+                .phase
+                .contains("waiting for `cutover promote shop`")
+        });
+        assert!(matches!(decide(true), Response::Decided(_)));
+        assert!(matches!(deploy.join().unwrap(), Response::Deployed(_)));
+    });
+    load.wait_for_more_ok(100, ROLLOUT);
+    let report = load.stop();
+    assert_eq!(report.failures(), 0, "{report:?}");
+    assert_eq!(supervisor.status(&app).live_version.as_deref(), Some("v3"));
+    assert_eq!(
+        state_of(&supervisor.releases(&app), "v2"),
+        Some(ReleaseState::Bad)
+    );
+}
