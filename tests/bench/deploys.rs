@@ -1,13 +1,18 @@
-//! Benchmark: 50 consecutive blue-green deploys under load, and the idle supervisor's footprint.
+//! Benchmark: 50 consecutive blue-green deploys under load, 50 canary promotions and 50 canary
+//! aborts under load, and the idle supervisor's footprint.
 //!
 //! `cargo bench --bench deploys` runs the real `cutover supervise` and real `cutover demo-app`
 //! instances in a temp dir and prints:
 //! - deploys: how many requests the load saw fail (HTTP errors and socket errors; target 0/0)
 //!   and the deploy rate;
+//! - canaries: the same for canaries of good releases (promoted; target 0/0), and for canaries
+//!   of releases answering 5 % of requests with 500 (backed out at their first step, 10 %): the
+//!   500s clients saw, which can only come from the bad canary's own share, and socket errors
+//!   (target 0);
 //! - idle: the supervisor's RSS with 3 idle apps (VmRSS; target ≤ 20 MB) and the CPU ticks it
 //!   used over 10 s of idleness (utime+stime from /proc/PID/stat; target ~0: no polling loops).
 //!
-//! Environment: `DEPLOYS` (default 50), `CLIENTS` (default 4).
+//! Environment: `DEPLOYS` (default 50), `CANARIES` (default 50 of each), `CLIENTS` (default 4).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,10 +29,12 @@ use hyper_util::rt::TokioIo;
 
 fn main() {
     let deploys: u32 = env_number("DEPLOYS", 50);
+    let canaries: u32 = env_number("CANARIES", 50);
     let clients: usize = env_number("CLIENTS", 4);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     runtime.block_on(async {
         deploys_under_load(deploys, clients).await;
+        canaries_under_load(canaries, clients).await;
         idle_footprint().await;
     });
 }
@@ -51,6 +58,45 @@ async fn deploys_under_load(deploys: u32, clients: usize) {
          under {clients} keep-alive clients: {ok} requests ok, {failed} failed, {socket_errors} socket errors \
          (target 0/0)",
         elapsed.as_secs_f64()
+    );
+    supervisor.stop_app(&app).await;
+}
+
+async fn canaries_under_load(canaries: u32, clients: usize) {
+    let home = tempfile::tempdir().expect("temp dir");
+    let supervisor = Supervisor::start(home.path()).await;
+    let mut app = BenchApp::new(home.path(), "canary", 2, "100ms");
+    app.canary = true;
+    supervisor.deploy(&app, "v0").await;
+
+    let load = Load::start(app.listen, clients);
+    let started = Instant::now();
+    for n in 1..=canaries {
+        supervisor.deploy(&app, &format!("v{n}")).await;
+    }
+    let promoted = started.elapsed();
+    let (ok, failed, socket_errors) = load.read();
+    println!(
+        "canaries: {canaries} promotions (steps 10%, 50%, 200ms each) in {:.1}s under {clients} \
+         keep-alive clients: {ok} requests ok, {failed} failed, {socket_errors} socket errors \
+         (target 0/0)",
+        promoted.as_secs_f64()
+    );
+    let started = Instant::now();
+    for n in 1..=canaries {
+        supervisor.deploy_failing(&app, &format!("bad{n}")).await;
+    }
+    let aborted = started.elapsed();
+    let (ok2, failed2, socket_errors2) = load.stop().await;
+    let (ok2, failed2, socket_errors2) =
+        (ok2 - ok, failed2 - failed, socket_errors2 - socket_errors);
+    let total = ok2 + failed2 + socket_errors2;
+    println!(
+        "canaries: {canaries} aborts of releases with 5% errors in {:.1}s: {total} requests, \
+         {failed2} answered 500 by the bad canaries ({:.3}% of all; their share was at most \
+         10% x 5% = 0.5%), {socket_errors2} socket errors (target 0)",
+        aborted.as_secs_f64(),
+        failed2 as f64 * 100.0 / total.max(1) as f64
     );
     supervisor.stop_app(&app).await;
 }
@@ -133,6 +179,20 @@ impl Supervisor {
         }
     }
 
+    /// Deploys a release that must fail (a canary backed out); panics if it goes live.
+    async fn deploy_failing(&self, app: &BenchApp, version: &str) {
+        app.place(version);
+        let request = Request::Deploy(DeployRequest {
+            app: app.spec(version),
+            version: version.to_owned(),
+            dest: app.dest.clone(),
+        });
+        match self.request(request).await {
+            Response::Error(_) => {}
+            other => panic!("deploy {version} of {} should fail: {other:?}", app.name),
+        }
+    }
+
     async fn stop_app(&self, app: &BenchApp) {
         let request = Request::Stop(cutover::protocol::StopRequest {
             app: app.name.clone(),
@@ -155,6 +215,8 @@ struct BenchApp {
     instances: u32,
     /// Health-check interval: fast for the deploy run, the 1s default for the idle run.
     interval: &'static str,
+    /// `strategy: canary` with short steps; versions named `bad…` answer 5 % of requests with 500.
+    canary: bool,
 }
 
 impl BenchApp {
@@ -169,6 +231,7 @@ impl BenchApp {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             instances,
             interval,
+            canary: false,
         }
     }
 
@@ -177,10 +240,15 @@ impl BenchApp {
     }
 
     fn spec(&self, version: &str) -> AppSpec {
-        serde_json::from_value(serde_json::json!({
+        let faults = if version.starts_with("bad") {
+            "--error-rate 0.05"
+        } else {
+            ""
+        };
+        let mut spec = serde_json::json!({
             "name": self.name,
             "run": format!(
-                "{} demo-app --port {{port}} --version-label {version}",
+                "{} demo-app --port {{port}} --version-label {version} {faults}",
                 env!("CARGO_BIN_EXE_cutover")
             ),
             "listen": self.listen.to_string(),
@@ -189,8 +257,16 @@ impl BenchApp {
             "drain_timeout": "10s",
             "stop_timeout": "10s",
             "keep_releases": 3,
-        }))
-        .expect("a valid spec")
+        });
+        if self.canary {
+            spec["strategy"] = "canary".into();
+            spec["canary"] = serde_json::json!({
+                "steps": ["10%", "50%"], "pause": "200ms", "min_requests": 20,
+                // One-second p99s on a shared 2-core box swing 2x: errors are what is measured.
+                "max_p99_ratio": 10.0,
+            });
+        }
+        serde_json::from_value(spec).expect("a valid spec")
     }
 }
 
@@ -213,6 +289,16 @@ impl Load {
             counters,
             tasks,
         }
+    }
+
+    /// (ok, failed responses, socket errors) so far.
+    fn read(&self) -> (u64, u64, u64) {
+        let [ok, failed, errors] = &*self.counters;
+        (
+            ok.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed),
+            errors.load(Ordering::Relaxed),
+        )
     }
 
     /// Stops the clients and returns (ok, failed responses, socket errors).
