@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 
 use crate::support::load::{DemoApp, Load};
 
+mod wire;
+
 fn backend(id: &str, app: &DemoApp) -> Arc<Backend> {
     Arc::new(Backend {
         id: id.to_owned(),

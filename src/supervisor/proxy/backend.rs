@@ -1,39 +1,31 @@
 //! One backend as the proxy keeps it: its counters, its in-flight tracking (what `drain` waits
-//! on), the switch that cuts its remaining connections, and its pool of keep-alive connections.
+//! on), the switch that cuts its remaining connections, and its pools of keep-alive connections,
+//! one per worker thread so that a request uses a connection driven by its own event loop.
 //!
-//! Everything a request touches here is an atomic or a very short critical section, so requests
-//! to the same instance never wait on each other.
+//! Everything a request touches here is an atomic or a very short critical section (a worker's
+//! pool lock is taken by that worker only, and by `drain` once), so requests to the same instance
+//! never wait on each other.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::body::RequestBody;
+use super::client::{self, Conn, ExchangeError, Head, Outgoing};
 use super::{Backend, BackendStats};
 
-/// How long a connect to an instance may take before it counts as failed (and is retried on
-/// another one). Instances are local, so a slow connect means an overloaded or wedged one.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Idle keep-alive connections kept per instance; beyond that they are closed after use.
+/// Idle keep-alive connections kept per instance and worker; beyond that they are closed after use.
 const MAX_IDLE: usize = 512;
-
-pub(super) type Sender = SendRequest<RequestBody>;
 
 /// Why a request could not be answered by this backend.
 #[derive(Debug)]
 pub(super) enum SendError {
-    /// No connection could be made; the request was not sent and is handed back for a retry.
-    Connect(std::io::Error, Box<Request<RequestBody>>),
+    /// No connection could be made; the request was not sent and can go to another instance.
+    Connect(std::io::Error),
     /// The request was sent (at least in part) and the exchange failed.
-    Exchange(hyper::Error),
+    Exchange(std::io::Error),
     /// `drain` cut this backend's connections at its deadline.
     Cut,
 }
@@ -50,11 +42,18 @@ pub(super) struct BackendState {
     idle: Notify,
     /// Cancelled by `drain` at its deadline: every request and tunnel on this backend ends.
     pub cut: CancellationToken,
-    pool: Mutex<Vec<Sender>>,
+    /// Idle connections, one pool per worker thread.
+    pools: Box<[Pool]>,
 }
 
+/// One worker's idle connections, on a cache line of its own so that workers do not slow each
+/// other down by writing next to each other.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Pool(Mutex<Vec<Conn>>);
+
 impl BackendState {
-    pub fn new(backend: Arc<Backend>) -> BackendState {
+    pub fn new(backend: Arc<Backend>, workers: usize) -> BackendState {
         BackendState {
             backend,
             requests: AtomicU64::new(0),
@@ -64,7 +63,7 @@ impl BackendState {
             latency: Histogram::default(),
             idle: Notify::new(),
             cut: CancellationToken::new(),
-            pool: Mutex::new(Vec::new()),
+            pools: (0..workers.max(1)).map(|_| Pool::default()).collect(),
         }
     }
 
@@ -120,95 +119,79 @@ impl BackendState {
 
     /// Closes the idle keep-alive connections (after a drain: the instance is going away).
     pub fn close_idle(&self) {
-        if let Ok(mut pool) = self.pool.lock() {
-            pool.clear();
+        for pool in &self.pools {
+            if let Ok(mut pool) = pool.0.lock() {
+                pool.clear();
+            }
         }
     }
 
-    /// Puts a connection whose exchange finished cleanly back for the next request.
-    pub fn give_back(&self, sender: Sender) {
+    /// Puts a connection whose exchange finished cleanly back for `worker`'s next request.
+    pub fn give_back(&self, worker: usize, conn: Conn) {
         if self.cut.is_cancelled() {
             return;
         }
-        if let Ok(mut pool) = self.pool.lock() {
+        if let Ok(mut pool) = self.pool(worker).lock() {
             if pool.len() < MAX_IDLE {
-                pool.push(sender);
+                pool.push(conn);
             }
         }
     }
 
-    fn take_idle(&self) -> Option<Sender> {
-        self.pool.lock().ok()?.pop()
+    fn pool(&self, worker: usize) -> &Mutex<Vec<Conn>> {
+        &self.pools[worker % self.pools.len()].0
     }
 
-    /// Sends `req` on a pooled connection or a new one. A pooled connection that turns out to be
-    /// closed hands the request back untouched and the next one is tried, so a stale keep-alive
-    /// connection never fails a request.
-    pub async fn send(
-        &self,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Sender), SendError> {
+    fn take_idle(&self, worker: usize) -> Option<Conn> {
+        self.pool(worker).lock().ok()?.pop()
+    }
+
+    /// Sends `req` on one of `worker`'s pooled connections or a new one, and reads the response
+    /// head. A pooled connection that turns out to be closed (before the request, or by closing
+    /// without a byte of answer, the race every keep-alive client has) is dropped and the request
+    /// sent again on the next one while that is safe, so a stale keep-alive connection never
+    /// fails a request.
+    pub async fn send(&self, worker: usize, req: &mut Outgoing) -> Result<(Head, Conn), SendError> {
         loop {
-            let (mut sender, fresh) = match self.take_idle() {
-                Some(sender) if !sender.is_closed() => (sender, false),
+            let (mut conn, fresh) = match self.take_idle(worker) {
+                Some(conn) if conn.is_open() => (conn, false),
                 Some(_) => continue,
-                None => match self.connect().await {
-                    Ok(sender) => (sender, true),
+                None => match Conn::connect(self.backend.addr).await {
+                    Ok(conn) => (conn, true),
                     Err(err) => {
                         self.failed_connects.fetch_add(1, Ordering::Relaxed);
-                        return Err(SendError::Connect(err, Box::new(req)));
+                        return Err(SendError::Connect(err));
                     }
                 },
             };
-            // A pooled sender becomes ready a moment after its previous response ended.
-            if sender.ready().await.is_err() {
-                if fresh {
-                    let err = std::io::Error::other("connection closed right after the handshake");
-                    self.failed_connects.fetch_add(1, Ordering::Relaxed);
-                    return Err(SendError::Connect(err, Box::new(req)));
-                }
-                continue;
-            }
-            let exchange = sender.try_send_request(req);
             let outcome = tokio::select! {
-                outcome = exchange => outcome,
+                outcome = client::exchange(&mut conn, req) => outcome,
                 _ = self.cut.cancelled() => return Err(SendError::Cut),
             };
             match outcome {
-                Ok(response) => return Ok((response, sender)),
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) if !fresh => req = unsent,
-                    Some(unsent) => {
-                        let err = std::io::Error::other(err.into_error());
-                        self.failed_connects.fetch_add(1, Ordering::Relaxed);
-                        return Err(SendError::Connect(err, Box::new(unsent)));
-                    }
-                    None => return Err(SendError::Exchange(err.into_error())),
-                },
+                Ok(head) => return Ok((head, conn)),
+                Err(ExchangeError::Unsent(_)) if !fresh => continue,
+                // Sent but unanswered on a connection the instance may have been closing as it
+                // went out: only a request that may be sent twice goes again.
+                Err(ExchangeError::Closed) if !fresh && req.resendable() && replayable(req) => {
+                    continue
+                }
+                Err(ExchangeError::Unsent(err)) => {
+                    self.failed_connects.fetch_add(1, Ordering::Relaxed);
+                    return Err(SendError::Connect(err));
+                }
+                Err(err) => return Err(SendError::Exchange(err.into_io())),
             }
         }
     }
+}
 
-    async fn connect(&self) -> std::io::Result<Sender> {
-        let addr = self.backend.addr;
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        // Upgrades enabled on every connection: any request may turn out to be a WebSocket.
-        tokio::spawn(async move {
-            if let Err(err) = conn.with_upgrades().await {
-                tracing::debug!(%addr, "backend connection ended: {err}");
-            }
-        });
-        Ok(sender)
-    }
+/// Safe to send twice (RFC 9110 section 9.2.1) and without a body.
+fn replayable(req: &Outgoing) -> bool {
+    matches!(
+        req.method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) && req.replay().is_some()
 }
 
 /// Marks one request or tunnel as in flight on a backend until dropped.

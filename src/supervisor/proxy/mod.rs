@@ -7,10 +7,17 @@
 //! The route is read lock-free on every request (`arc-swap`), and an instance is chosen per
 //! request, not per connection: after a swap, clients' existing keep-alive connections move to the
 //! new instances with their very next request.
+//!
+//! Built for speed the way nginx is (`workers`): one event loop per core, each accepting on the
+//! shared listening socket and keeping its own idle connections to each instance, so a request
+//! never leaves the thread that accepted its connection; the client side is hyper's server, the
+//! instance side a small HTTP/1.1 client (`client`, `body`) run inside that same task.
 
 mod backend;
 mod body;
+mod client;
 mod forward;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -18,13 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 
 use crate::protocol::app::Balance;
 use backend::BackendState;
+use workers::Workers;
 
 /// One instance as the proxy sees it. Shared between the route and its counters.
 #[derive(Debug)]
@@ -73,59 +78,63 @@ struct Shared {
     known: Mutex<Vec<Arc<BackendState>>>,
     /// Round-robin turn; also breaks ties for least-connections.
     next: AtomicUsize,
+    /// Worker threads: each backend keeps one pool of idle connections per worker.
+    workers: usize,
 }
 
-/// A running proxy for one app; dropping it closes the listener.
+/// A running proxy for one app; dropping it closes the listener and stops its worker threads
+/// (with the connections still open on them) before the drop returns.
 #[derive(Debug)]
 pub struct Proxy {
     pub local_addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
+    workers: Workers,
 }
 
 impl Proxy {
-    /// Binds `listen` and starts serving (with an empty route: requests get 503 until one is set).
+    /// Binds `listen` and starts serving (with an empty route: requests get 503 until one is set)
+    /// on one worker thread per core.
     pub async fn bind(listen: SocketAddr) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind(listen).await.map_err(|err| {
-            std::io::Error::new(
-                err.kind(),
-                format!("cannot listen on {listen}: {err} (is another process using it?)"),
-            )
-        })?;
-        Proxy::serve(listener)
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .and_then(|listener| listener.into_std())
+            .map_err(|err| {
+                std::io::Error::new(
+                    err.kind(),
+                    format!("cannot listen on {listen}: {err} (is another process using it?)"),
+                )
+            })?;
+        Proxy::from_listener(listener)
     }
 
     /// Serves on a listener bound elsewhere (handed over by a previous supervisor, or bound
-    /// before dropping privileges). Must be called within a tokio runtime.
+    /// before dropping privileges), on one worker thread per core.
     pub fn from_listener(listener: std::net::TcpListener) -> std::io::Result<Proxy> {
-        listener.set_nonblocking(true)?;
-        Proxy::serve(TcpListener::from_std(listener)?)
+        Proxy::with_workers(listener, workers::default_count())
     }
 
-    fn serve(listener: TcpListener) -> std::io::Result<Proxy> {
+    /// Serves on `listener` with `workers` threads (at least one), each running its own event
+    /// loop and accepting from the same socket.
+    pub fn with_workers(listener: std::net::TcpListener, workers: usize) -> std::io::Result<Proxy> {
         let local_addr = listener.local_addr()?;
+        let workers = workers.max(1);
         let shared = Arc::new(Shared {
             route: ArcSwap::from_pointee(Table::default()),
             known: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
+            workers,
         });
-        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        let workers = Workers::start(listener, shared.clone(), workers)?;
         Ok(Proxy {
             local_addr,
             shared,
-            accept,
+            workers,
         })
     }
 
     /// Stops accepting connections; connections already open finish their requests.
     pub fn shutdown(&self) {
-        self.accept.abort();
+        self.workers.stop_accepting();
     }
 
     /// Replaces the route atomically: new requests go to the new backends from now on; requests
@@ -147,7 +156,7 @@ impl Proxy {
                     Some(state) => state.clone(),
                     None => {
                         known.retain(|s| s.backend.id != backend.id || s.in_flight() > 0);
-                        let state = Arc::new(BackendState::new(backend));
+                        let state = Arc::new(BackendState::new(backend, self.shared.workers));
                         known.push(state.clone());
                         state
                     }
@@ -210,38 +219,4 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).keep_alive(true);
-    let http = Arc::new(http);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of file descriptors and the like: pause instead of spinning on the error.
-                tracing::warn!("proxy accept failed: {err}; retrying in 50ms");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let http = http.clone();
-        tokio::spawn(async move {
-            let client = forward::Client {
-                ip: hyper::header::HeaderValue::from_str(&peer.ip().to_string())
-                    .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown")),
-            };
-            let service =
-                service_fn(move |req| forward::handle(shared.clone(), client.clone(), req));
-            let conn = http
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(err) = conn.await {
-                tracing::debug!(%peer, "client connection ended: {err}");
-            }
-        });
-    }
 }
