@@ -31,6 +31,12 @@ pub(super) struct Workers {
     stop: CancellationToken,
 }
 
+/// How many more connections than another worker a worker may hold before it pauses accepting.
+const BALANCE_SLACK: usize = 2;
+/// How long it pauses: the others, woken by the same connection, take it meanwhile; if they are
+/// all busy, the connection waits no longer than this.
+const BALANCE_PAUSE: Duration = Duration::from_millis(1);
+
 /// One worker per core, as nginx's `worker_processes auto`.
 pub(super) fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -57,12 +63,14 @@ impl Workers {
             listeners.push(listener.try_clone()?);
         }
         listeners.push(listener);
+        let opens: Arc<[Arc<Open>]> = (0..count).map(|_| Arc::new(Open::default())).collect();
         for (index, listener) in listeners.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let worker = Worker {
                 index,
+                opens: opens.clone(),
                 shared: shared.clone(),
                 accepting: accepting.clone(),
                 stop: stop.clone(),
@@ -101,13 +109,17 @@ impl Drop for Workers {
 
 struct Worker {
     index: usize,
+    /// Every worker's open connections, this one's at `index`: for balancing the accepts.
+    opens: Arc<[Arc<Open>]>,
     shared: Arc<Shared>,
     accepting: CancellationToken,
     stop: CancellationToken,
 }
 
 /// Connections and tunnels open on one worker, so that after `shutdown` it ends once they have.
+/// On a cache line of its own: each worker writes its own count on every connection.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(super) struct Open {
     count: AtomicUsize,
     none_left: Notify,
@@ -141,7 +153,7 @@ impl Worker {
                 return;
             }
         };
-        let open = Arc::new(Open::default());
+        let open = self.opens[self.index].clone();
         tokio::select! {
             _ = self.accept_loop(listener, &open) => {}
             _ = self.accepting.cancelled() => {}
@@ -162,11 +174,24 @@ impl Worker {
         }
     }
 
+    fn ahead_of_others(&self, open: &Open) -> bool {
+        let mine = open.count.load(Ordering::Relaxed);
+        self.opens
+            .iter()
+            .any(|other| other.count.load(Ordering::Relaxed) + BALANCE_SLACK < mine)
+    }
+
     async fn accept_loop(&self, listener: TcpListener, open: &Arc<Open>) {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).keep_alive(true);
         let http = Arc::new(http);
         loop {
+            // Every worker is woken by a new connection and the first to call accept takes it: a
+            // worker already holding more than its share lets the others go first for a moment,
+            // so that a burst of connections does not all land on one thread.
+            if self.ahead_of_others(open) {
+                tokio::time::sleep(BALANCE_PAUSE).await;
+            }
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(err) => {
