@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use crate::support::load::{DemoApp, Load};
 
+mod lifecycle;
 mod wire;
 
 fn backend(id: &str, app: &DemoApp) -> Arc<Backend> {
