@@ -46,14 +46,26 @@ pub(super) struct BackendState {
     pools: Box<[Pool]>,
 }
 
-/// One worker's idle connections, on a cache line of its own so that workers do not slow each
-/// other down by writing next to each other.
-#[derive(Debug, Default)]
+/// One worker's idle connections and its view of `cut`, on a cache line of its own so that
+/// workers do not slow each other down by writing next to each other.
+#[derive(Debug)]
 #[repr(align(128))]
-struct Pool(Mutex<Vec<Conn>>);
+struct Pool {
+    idle: Mutex<Vec<Conn>>,
+    /// A child of `cut`: the requests of one worker wait on it, so that they do not all register
+    /// with (and contend for) one token.
+    cut: CancellationToken,
+}
 
 impl BackendState {
     pub fn new(backend: Arc<Backend>, workers: usize) -> BackendState {
+        let cut = CancellationToken::new();
+        let pools = (0..workers.max(1))
+            .map(|_| Pool {
+                idle: Mutex::new(Vec::new()),
+                cut: cut.child_token(),
+            })
+            .collect();
         BackendState {
             backend,
             requests: AtomicU64::new(0),
@@ -62,8 +74,8 @@ impl BackendState {
             in_flight: AtomicU64::new(0),
             latency: Histogram::default(),
             idle: Notify::new(),
-            cut: CancellationToken::new(),
-            pools: (0..workers.max(1)).map(|_| Pool::default()).collect(),
+            cut,
+            pools,
         }
     }
 
@@ -120,7 +132,7 @@ impl BackendState {
     /// Closes the idle keep-alive connections (after a drain: the instance is going away).
     pub fn close_idle(&self) {
         for pool in &self.pools {
-            if let Ok(mut pool) = pool.0.lock() {
+            if let Ok(mut pool) = pool.idle.lock() {
                 pool.clear();
             }
         }
@@ -139,7 +151,12 @@ impl BackendState {
     }
 
     fn pool(&self, worker: usize) -> &Mutex<Vec<Conn>> {
-        &self.pools[worker % self.pools.len()].0
+        &self.pools[worker % self.pools.len()].idle
+    }
+
+    /// `cut` as `worker`'s requests wait on it.
+    pub fn cut_of(&self, worker: usize) -> &CancellationToken {
+        &self.pools[worker % self.pools.len()].cut
     }
 
     fn take_idle(&self, worker: usize) -> Option<Conn> {
@@ -166,7 +183,7 @@ impl BackendState {
             };
             let outcome = tokio::select! {
                 outcome = client::exchange(&mut conn, req) => outcome,
-                _ = self.cut.cancelled() => return Err(SendError::Cut),
+                _ = self.cut_of(worker).cancelled() => return Err(SendError::Cut),
             };
             match outcome {
                 Ok(head) => return Ok((head, conn)),

@@ -203,9 +203,9 @@ impl Proxied {
                 }
                 Poll::Pending => {
                     let state = &self.in_flight.0;
-                    let cut = self
-                        .cut
-                        .get_or_insert_with(|| Box::pin(state.cut.clone().cancelled_owned()));
+                    let cut = self.cut.get_or_insert_with(|| {
+                        Box::pin(state.cut_of(self.worker).clone().cancelled_owned())
+                    });
                     if cut.as_mut().poll(cx).is_ready() {
                         self.conn = None;
                         return Poll::Ready(Some(Err(
