@@ -33,83 +33,98 @@ pub(super) enum SendError {
 #[derive(Debug)]
 pub(super) struct BackendState {
     pub backend: Arc<Backend>,
+    /// Woken when nothing is in flight any more.
+    idle: Notify,
+    /// Cancelled by `drain` at its deadline: every request and tunnel on this backend ends.
+    pub cut: CancellationToken,
+    /// What each worker thread writes on every request; `stats` and `in_flight` add them up.
+    shards: Box<[Shard]>,
+}
+
+/// One worker's share of a backend: its idle connections, its counters and its view of `cut`,
+/// on cache lines of its own, so that workers never write where another one does (a counter
+/// shared by all was a cache line passed between cores on every request).
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
+    idle: Mutex<Vec<Conn>>,
+    /// A child of `cut`: the requests of one worker wait on it, so that they do not all register
+    /// with (and contend for) one token.
+    cut: CancellationToken,
     requests: AtomicU64,
     errors_5xx: AtomicU64,
     failed_connects: AtomicU64,
     in_flight: AtomicU64,
     latency: Histogram,
-    /// Woken when `in_flight` drops to zero.
-    idle: Notify,
-    /// Cancelled by `drain` at its deadline: every request and tunnel on this backend ends.
-    pub cut: CancellationToken,
-    /// Idle connections, one pool per worker thread.
-    pools: Box<[Pool]>,
-}
-
-/// One worker's idle connections and its view of `cut`, on a cache line of its own so that
-/// workers do not slow each other down by writing next to each other.
-#[derive(Debug)]
-#[repr(align(128))]
-struct Pool {
-    idle: Mutex<Vec<Conn>>,
-    /// A child of `cut`: the requests of one worker wait on it, so that they do not all register
-    /// with (and contend for) one token.
-    cut: CancellationToken,
 }
 
 impl BackendState {
     pub fn new(backend: Arc<Backend>, workers: usize) -> BackendState {
         let cut = CancellationToken::new();
-        let pools = (0..workers.max(1))
-            .map(|_| Pool {
+        let shards = (0..workers.max(1))
+            .map(|_| Shard {
                 idle: Mutex::new(Vec::new()),
                 cut: cut.child_token(),
+                requests: AtomicU64::new(0),
+                errors_5xx: AtomicU64::new(0),
+                failed_connects: AtomicU64::new(0),
+                in_flight: AtomicU64::new(0),
+                latency: Histogram::default(),
             })
             .collect();
         BackendState {
             backend,
-            requests: AtomicU64::new(0),
-            errors_5xx: AtomicU64::new(0),
-            failed_connects: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            latency: Histogram::default(),
             idle: Notify::new(),
             cut,
-            pools,
+            shards,
         }
     }
 
+    fn shard(&self, worker: usize) -> &Shard {
+        &self.shards[worker % self.shards.len()]
+    }
+
+    fn sum(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| counter(shard).load(Ordering::SeqCst))
+            .sum()
+    }
+
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Acquire)
+        self.sum(|s| &s.in_flight)
     }
 
     pub fn stats(&self) -> BackendStats {
+        let latency: Vec<&Histogram> = self.shards.iter().map(|s| &s.latency).collect();
         BackendStats {
             id: self.backend.id.clone(),
             version: self.backend.version.clone(),
-            requests: self.requests.load(Ordering::Relaxed),
-            errors_5xx: self.errors_5xx.load(Ordering::Relaxed),
-            failed_connects: self.failed_connects.load(Ordering::Relaxed),
+            requests: self.sum(|s| &s.requests),
+            errors_5xx: self.sum(|s| &s.errors_5xx),
+            failed_connects: self.sum(|s| &s.failed_connects),
             in_flight: self.in_flight(),
-            p50_us: self.latency.quantile(0.50),
-            p99_us: self.latency.quantile(0.99),
+            p50_us: Histogram::quantile(&latency, 0.50),
+            p99_us: Histogram::quantile(&latency, 0.99),
         }
     }
 
     /// Records an answered request: its status class and time to the response head.
-    pub fn record(&self, status: u16, latency: Duration) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+    pub fn record(&self, worker: usize, status: u16, latency: Duration) {
+        let shard = self.shard(worker);
+        shard.requests.fetch_add(1, Ordering::Relaxed);
         if status >= 500 {
-            self.errors_5xx.fetch_add(1, Ordering::Relaxed);
+            shard.errors_5xx.fetch_add(1, Ordering::Relaxed);
         }
-        self.latency.record(latency);
+        shard.latency.record(latency);
     }
 
     /// Records a request that reached the instance but got no answer (it died or broke the
     /// connection): a server error as far as the canary analysis is concerned.
-    pub fn record_broken(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.errors_5xx.fetch_add(1, Ordering::Relaxed);
+    pub fn record_broken(&self, worker: usize) {
+        let shard = self.shard(worker);
+        shard.requests.fetch_add(1, Ordering::Relaxed);
+        shard.errors_5xx.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits until nothing is in flight; returns false if `until` passed first.
@@ -131,8 +146,8 @@ impl BackendState {
 
     /// Closes the idle keep-alive connections (after a drain: the instance is going away).
     pub fn close_idle(&self) {
-        for pool in &self.pools {
-            if let Ok(mut pool) = pool.idle.lock() {
+        for shard in &self.shards {
+            if let Ok(mut pool) = shard.idle.lock() {
                 pool.clear();
             }
         }
@@ -151,12 +166,12 @@ impl BackendState {
     }
 
     fn pool(&self, worker: usize) -> &Mutex<Vec<Conn>> {
-        &self.pools[worker % self.pools.len()].idle
+        &self.shard(worker).idle
     }
 
     /// `cut` as `worker`'s requests wait on it.
     pub fn cut_of(&self, worker: usize) -> &CancellationToken {
-        &self.pools[worker % self.pools.len()].cut
+        &self.shard(worker).cut
     }
 
     fn take_idle(&self, worker: usize) -> Option<Conn> {
@@ -176,7 +191,9 @@ impl BackendState {
                 None => match Conn::connect(self.backend.addr).await {
                     Ok(conn) => (conn, true),
                     Err(err) => {
-                        self.failed_connects.fetch_add(1, Ordering::Relaxed);
+                        self.shard(worker)
+                            .failed_connects
+                            .fetch_add(1, Ordering::Relaxed);
                         return Err(SendError::Connect(err));
                     }
                 },
@@ -194,7 +211,9 @@ impl BackendState {
                     continue
                 }
                 Err(ExchangeError::Unsent(err)) => {
-                    self.failed_connects.fetch_add(1, Ordering::Relaxed);
+                    self.shard(worker)
+                        .failed_connects
+                        .fetch_add(1, Ordering::Relaxed);
                     return Err(SendError::Connect(err));
                 }
                 Err(err) => return Err(SendError::Exchange(err.into_io())),
@@ -211,21 +230,26 @@ fn replayable(req: &Outgoing) -> bool {
     ) && req.replay().is_some()
 }
 
-/// Marks one request or tunnel as in flight on a backend until dropped.
+/// Marks one request or tunnel as in flight on a backend (on `worker`'s count) until dropped.
 #[derive(Debug)]
-pub(super) struct InFlight(pub Arc<BackendState>);
+pub(super) struct InFlight(pub Arc<BackendState>, usize);
 
 impl InFlight {
-    pub fn new(state: Arc<BackendState>) -> InFlight {
-        state.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(state)
+    pub fn new(state: Arc<BackendState>, worker: usize) -> InFlight {
+        state.shard(worker).in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(state, worker)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+        // SeqCst: of two workers dropping their last request at once, at least one sees the
+        // other's count at zero and wakes the drain.
+        let state = &self.0;
+        if state.shard(self.1).in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && state.in_flight() == 0
+        {
+            state.idle.notify_waiters();
         }
     }
 }
@@ -253,12 +277,16 @@ impl Histogram {
         self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The upper bound of the bucket holding the `q` quantile, in microseconds (0 if empty).
-    fn quantile(&self, q: f64) -> u64 {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
+    /// The upper bound of the bucket holding the `q` quantile of all of `histograms` together,
+    /// in microseconds (0 if empty).
+    fn quantile(histograms: &[&Histogram], q: f64) -> u64 {
+        let counts: Vec<u64> = (0..BUCKETS)
+            .map(|i| {
+                histograms
+                    .iter()
+                    .map(|h| h.buckets[i].load(Ordering::Relaxed))
+                    .sum()
+            })
             .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
@@ -315,13 +343,13 @@ mod tests {
         }
         h.record(Duration::from_millis(50));
         h.record(Duration::from_millis(50));
-        assert!(
-            (100..=128).contains(&h.quantile(0.5)),
-            "{}",
-            h.quantile(0.5)
-        );
-        assert!((100..=128).contains(&h.quantile(0.98)));
-        assert!(h.quantile(0.99) >= 50_000);
-        assert_eq!(Histogram::default().quantile(0.99), 0);
+        let other = Histogram::default();
+        other.record(Duration::from_micros(100));
+        let both = [&h, &other];
+        let q = |q| Histogram::quantile(&both, q);
+        assert!((100..=128).contains(&q(0.5)), "{}", q(0.5));
+        assert!((100..=128).contains(&q(0.98)));
+        assert!(q(0.99) >= 50_000);
+        assert_eq!(Histogram::quantile(&[&Histogram::default()], 0.99), 0);
     }
 }

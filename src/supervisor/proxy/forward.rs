@@ -75,11 +75,11 @@ pub(super) async fn handle(
     while let Some(index) = pick(&table, shared.next.fetch_add(1, Ordering::Relaxed), tried) {
         tried |= 1u64 << (index % 64);
         let state = &table.backends[index];
-        let in_flight = InFlight::new(state.clone());
+        let in_flight = InFlight::new(state.clone(), client.worker);
         let started = Instant::now();
         match state.send(client.worker, &mut req).await {
             Ok((head, conn)) => {
-                state.record(head.status.as_u16(), started.elapsed());
+                state.record(client.worker, head.status.as_u16(), started.elapsed());
                 return Ok(respond(head, conn, &client, in_flight, client_upgrade));
             }
             Err(SendError::Connect(err)) => {
@@ -92,7 +92,7 @@ pub(super) async fn handle(
                 ));
             }
             Err(SendError::Exchange(err)) => {
-                state.record_broken();
+                state.record_broken(client.worker);
                 tracing::debug!(backend = %state.backend.id, "exchange failed: {err}");
                 match replay.take() {
                     Some(replay) => req = replay,
@@ -318,8 +318,8 @@ mod tests {
     fn least_connections_prefers_the_idlest_backend() {
         let t = table(3, Balance::LeastConnections);
         let _busy = [
-            InFlight::new(t.backends[0].clone()),
-            InFlight::new(t.backends[1].clone()),
+            InFlight::new(t.backends[0].clone(), 0),
+            InFlight::new(t.backends[1].clone(), 0),
         ];
         assert_eq!(pick(&t, 0, 0), Some(2));
         assert_eq!(pick(&t, 0, 0b100), Some(0), "ties go in turn order");
