@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{self, Conn, ExchangeError, Head, Outgoing};
-use super::{Backend, BackendStats};
+use super::{Backend, BackendStats, Table};
 
 /// Idle keep-alive connections kept per instance and worker; beyond that they are closed after use.
 const MAX_IDLE: usize = 512;
@@ -231,13 +231,29 @@ fn replayable(req: &Outgoing) -> bool {
 }
 
 /// Marks one request or tunnel as in flight on a backend (on `worker`'s count) until dropped.
+/// It holds the backend through the worker's own copy of the route (`table`), whose reference
+/// count only that worker writes.
 #[derive(Debug)]
-pub(super) struct InFlight(pub Arc<BackendState>, usize);
+pub(super) struct InFlight {
+    table: Arc<Table>,
+    index: usize,
+    worker: usize,
+}
 
 impl InFlight {
-    pub fn new(state: Arc<BackendState>, worker: usize) -> InFlight {
-        state.shard(worker).in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(state, worker)
+    pub fn new(table: Arc<Table>, index: usize, worker: usize) -> InFlight {
+        let in_flight = InFlight {
+            table,
+            index,
+            worker,
+        };
+        let shard = in_flight.state().shard(worker);
+        shard.in_flight.fetch_add(1, Ordering::SeqCst);
+        in_flight
+    }
+
+    pub fn state(&self) -> &BackendState {
+        &self.table.backends[self.index]
     }
 }
 
@@ -245,8 +261,12 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         // SeqCst: of two workers dropping their last request at once, at least one sees the
         // other's count at zero and wakes the drain.
-        let state = &self.0;
-        if state.shard(self.1).in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+        let state = self.state();
+        if state
+            .shard(self.worker)
+            .in_flight
+            .fetch_sub(1, Ordering::SeqCst)
+            == 1
             && state.in_flight() == 0
         {
             state.idle.notify_waiters();

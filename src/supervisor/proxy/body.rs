@@ -202,7 +202,7 @@ impl Proxied {
                     return Poll::Ready(Some(Err(err.into())));
                 }
                 Poll::Pending => {
-                    let state = &self.in_flight.0;
+                    let state = self.in_flight.state();
                     let cut = self.cut.get_or_insert_with(|| {
                         Box::pin(state.cut_of(self.worker).clone().cancelled_owned())
                     });
@@ -261,7 +261,7 @@ impl Drop for Proxied {
         // bytes past the response (the instance sent more than it said).
         if self.decoder == Decoder::Done && self.keep_alive {
             if let Some(conn) = self.conn.take().filter(|c| c.buf.is_empty()) {
-                self.in_flight.0.give_back(self.worker, conn);
+                self.in_flight.state().give_back(self.worker, conn);
             }
         }
     }

@@ -56,7 +56,8 @@ pub(super) async fn handle(
     client: Client,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let table = shared.route.load_full();
+    let lane = shared.lane(client.worker);
+    let table = lane.route.load_full();
     if table.backends.is_empty() {
         return Ok(status(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -72,10 +73,10 @@ pub(super) async fn handle(
     let mut req = Outgoing::new(req);
     let mut replay = if replayable { req.replay() } else { None };
     let mut tried = 0u64;
-    while let Some(index) = pick(&table, shared.next.fetch_add(1, Ordering::Relaxed), tried) {
+    while let Some(index) = pick(&table, lane.next.fetch_add(1, Ordering::Relaxed), tried) {
         tried |= 1u64 << (index % 64);
         let state = &table.backends[index];
-        let in_flight = InFlight::new(state.clone(), client.worker);
+        let in_flight = InFlight::new(table.clone(), index, client.worker);
         let started = Instant::now();
         match state.send(client.worker, &mut req).await {
             Ok((head, conn)) => {
@@ -248,7 +249,7 @@ async fn tunnel(
     in_flight: InFlight,
     _open: OpenGuard,
 ) {
-    let state: &BackendState = &in_flight.0;
+    let state: &BackendState = in_flight.state();
     let client = match client.await {
         Ok(client) => client,
         Err(err) => {
@@ -316,10 +317,10 @@ mod tests {
 
     #[test]
     fn least_connections_prefers_the_idlest_backend() {
-        let t = table(3, Balance::LeastConnections);
+        let t = Arc::new(table(3, Balance::LeastConnections));
         let _busy = [
-            InFlight::new(t.backends[0].clone(), 0),
-            InFlight::new(t.backends[1].clone(), 0),
+            InFlight::new(t.clone(), 0, 0),
+            InFlight::new(t.clone(), 1, 0),
         ];
         assert_eq!(pick(&t, 0, 0), Some(2));
         assert_eq!(pick(&t, 0, 0b100), Some(0), "ties go in turn order");

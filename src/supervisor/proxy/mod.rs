@@ -72,14 +72,30 @@ struct Table {
 /// What every connection task shares with the `Proxy` handle.
 #[derive(Debug)]
 struct Shared {
-    route: ArcSwap<Table>,
+    /// One per worker thread.
+    lanes: Box<[Lane]>,
     /// Every backend routed now or still draining: the counters `stats` reports. Locked only by
     /// `set_route`, `stats` and `drain`, never by a request.
     known: Mutex<Vec<Arc<BackendState>>>,
-    /// Round-robin turn; also breaks ties for least-connections.
-    next: AtomicUsize,
     /// Worker threads: each backend keeps one pool of idle connections per worker.
     workers: usize,
+}
+
+/// One worker's copy of the route and its round-robin turn, on a cache line of its own: each
+/// worker takes (and counts references to) its own copy, so no request writes where a request on
+/// another core does.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Lane {
+    route: ArcSwap<Table>,
+    /// Round-robin turn; also breaks ties for least-connections.
+    next: AtomicUsize,
+}
+
+impl Shared {
+    fn lane(&self, worker: usize) -> &Lane {
+        &self.lanes[worker % self.lanes.len()]
+    }
 }
 
 /// A running proxy for one app; dropping it closes the listener and stops its worker threads
@@ -119,9 +135,13 @@ impl Proxy {
         let local_addr = listener.local_addr()?;
         let workers = workers.max(1);
         let shared = Arc::new(Shared {
-            route: ArcSwap::from_pointee(Table::default()),
+            lanes: (0..workers)
+                .map(|_| Lane {
+                    route: ArcSwap::from_pointee(Table::default()),
+                    next: AtomicUsize::new(0),
+                })
+                .collect(),
             known: Mutex::new(Vec::new()),
-            next: AtomicUsize::new(0),
             workers,
         });
         let workers = Workers::start(listener, shared.clone(), workers)?;
@@ -141,7 +161,7 @@ impl Proxy {
     /// in flight on the old ones finish there.
     pub fn set_route(&self, route: Route) {
         let mut known = lock(&self.shared.known);
-        let backends = route
+        let backends: Vec<Arc<BackendState>> = route
             .backends
             .into_iter()
             .map(|backend| {
@@ -163,10 +183,12 @@ impl Proxy {
                 }
             })
             .collect();
-        self.shared.route.store(Arc::new(Table {
-            backends,
-            balance: route.balance,
-        }));
+        for lane in &self.shared.lanes {
+            lane.route.store(Arc::new(Table {
+                backends: backends.clone(),
+                balance: route.balance,
+            }));
+        }
     }
 
     /// Counters of every backend currently routed or still draining.
@@ -202,6 +224,7 @@ impl Proxy {
         state.close_idle();
         let routed = self
             .shared
+            .lane(0)
             .route
             .load()
             .backends
