@@ -17,6 +17,9 @@ use tokio::net::TcpStream;
 
 use crate::support::load::{DemoApp, Load};
 
+mod lifecycle;
+mod wire;
+
 fn backend(id: &str, app: &DemoApp) -> Arc<Backend> {
     Arc::new(Backend {
         id: id.to_owned(),

@@ -1,39 +1,31 @@
 //! One backend as the proxy keeps it: its counters, its in-flight tracking (what `drain` waits
-//! on), the switch that cuts its remaining connections, and its pool of keep-alive connections.
+//! on), the switch that cuts its remaining connections, and its pools of keep-alive connections,
+//! one per worker thread so that a request uses a connection driven by its own event loop.
 //!
-//! Everything a request touches here is an atomic or a very short critical section, so requests
-//! to the same instance never wait on each other.
+//! Everything a request touches here is an atomic or a very short critical section (a worker's
+//! pool lock is taken by that worker only, and by `drain` once), so requests to the same instance
+//! never wait on each other.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::body::RequestBody;
-use super::{Backend, BackendStats};
+use super::client::{self, Conn, ExchangeError, Head, Outgoing};
+use super::{Backend, BackendStats, Table};
 
-/// How long a connect to an instance may take before it counts as failed (and is retried on
-/// another one). Instances are local, so a slow connect means an overloaded or wedged one.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Idle keep-alive connections kept per instance; beyond that they are closed after use.
+/// Idle keep-alive connections kept per instance and worker; beyond that they are closed after use.
 const MAX_IDLE: usize = 512;
-
-pub(super) type Sender = SendRequest<RequestBody>;
 
 /// Why a request could not be answered by this backend.
 #[derive(Debug)]
 pub(super) enum SendError {
-    /// No connection could be made; the request was not sent and is handed back for a retry.
-    Connect(std::io::Error, Box<Request<RequestBody>>),
+    /// No connection could be made; the request was not sent and can go to another instance.
+    Connect(std::io::Error),
     /// The request was sent (at least in part) and the exchange failed.
-    Exchange(hyper::Error),
+    Exchange(std::io::Error),
     /// `drain` cut this backend's connections at its deadline.
     Cut,
 }
@@ -41,65 +33,100 @@ pub(super) enum SendError {
 #[derive(Debug)]
 pub(super) struct BackendState {
     pub backend: Arc<Backend>,
+    /// Woken when nothing is in flight any more.
+    idle: Notify,
+    /// Cancelled by `drain` at its deadline: every request and tunnel on this backend ends.
+    pub cut: CancellationToken,
+    /// What each worker thread writes on every request; `stats` and `in_flight` add them up.
+    shards: Box<[Shard]>,
+}
+
+/// One worker's share of a backend: its idle connections, its counters and its view of `cut`,
+/// on cache lines of its own, so that workers never write where another one does (a counter
+/// shared by all was a cache line passed between cores on every request).
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
+    idle: Mutex<Vec<Conn>>,
+    /// A child of `cut`: the requests of one worker wait on it, so that they do not all register
+    /// with (and contend for) one token.
+    cut: CancellationToken,
     requests: AtomicU64,
     errors_5xx: AtomicU64,
     failed_connects: AtomicU64,
     in_flight: AtomicU64,
     latency: Histogram,
-    /// Woken when `in_flight` drops to zero.
-    idle: Notify,
-    /// Cancelled by `drain` at its deadline: every request and tunnel on this backend ends.
-    pub cut: CancellationToken,
-    pool: Mutex<Vec<Sender>>,
 }
 
 impl BackendState {
-    pub fn new(backend: Arc<Backend>) -> BackendState {
+    pub fn new(backend: Arc<Backend>, workers: usize) -> BackendState {
+        let cut = CancellationToken::new();
+        let shards = (0..workers.max(1))
+            .map(|_| Shard {
+                idle: Mutex::new(Vec::new()),
+                cut: cut.child_token(),
+                requests: AtomicU64::new(0),
+                errors_5xx: AtomicU64::new(0),
+                failed_connects: AtomicU64::new(0),
+                in_flight: AtomicU64::new(0),
+                latency: Histogram::default(),
+            })
+            .collect();
         BackendState {
             backend,
-            requests: AtomicU64::new(0),
-            errors_5xx: AtomicU64::new(0),
-            failed_connects: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            latency: Histogram::default(),
             idle: Notify::new(),
-            cut: CancellationToken::new(),
-            pool: Mutex::new(Vec::new()),
+            cut,
+            shards,
         }
     }
 
+    fn shard(&self, worker: usize) -> &Shard {
+        &self.shards[worker % self.shards.len()]
+    }
+
+    fn sum(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| counter(shard).load(Ordering::SeqCst))
+            .sum()
+    }
+
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Acquire)
+        self.sum(|s| &s.in_flight)
     }
 
     pub fn stats(&self) -> BackendStats {
+        let latency: Vec<&Histogram> = self.shards.iter().map(|s| &s.latency).collect();
+        let counts = Histogram::counts(&latency);
         BackendStats {
             id: self.backend.id.clone(),
             version: self.backend.version.clone(),
-            requests: self.requests.load(Ordering::Relaxed),
-            errors_5xx: self.errors_5xx.load(Ordering::Relaxed),
-            failed_connects: self.failed_connects.load(Ordering::Relaxed),
+            requests: self.sum(|s| &s.requests),
+            errors_5xx: self.sum(|s| &s.errors_5xx),
+            failed_connects: self.sum(|s| &s.failed_connects),
             in_flight: self.in_flight(),
-            p50_us: self.latency.quantile(0.50),
-            p99_us: self.latency.quantile(0.99),
-            latency: self.latency.counts(),
+            p50_us: quantile(&counts, 0.50),
+            p99_us: quantile(&counts, 0.99),
+            latency: counts,
         }
     }
 
     /// Records an answered request: its status class and time to the response head.
-    pub fn record(&self, status: u16, latency: Duration) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+    pub fn record(&self, worker: usize, status: u16, latency: Duration) {
+        let shard = self.shard(worker);
+        shard.requests.fetch_add(1, Ordering::Relaxed);
         if status >= 500 {
-            self.errors_5xx.fetch_add(1, Ordering::Relaxed);
+            shard.errors_5xx.fetch_add(1, Ordering::Relaxed);
         }
-        self.latency.record(latency);
+        shard.latency.record(latency);
     }
 
     /// Records a request that reached the instance but got no answer (it died or broke the
     /// connection): a server error as far as the canary analysis is concerned.
-    pub fn record_broken(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.errors_5xx.fetch_add(1, Ordering::Relaxed);
+    pub fn record_broken(&self, worker: usize) {
+        let shard = self.shard(worker);
+        shard.requests.fetch_add(1, Ordering::Relaxed);
+        shard.errors_5xx.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits until nothing is in flight; returns false if `until` passed first.
@@ -121,112 +148,130 @@ impl BackendState {
 
     /// Closes the idle keep-alive connections (after a drain: the instance is going away).
     pub fn close_idle(&self) {
-        if let Ok(mut pool) = self.pool.lock() {
-            pool.clear();
+        for shard in &self.shards {
+            if let Ok(mut pool) = shard.idle.lock() {
+                pool.clear();
+            }
         }
     }
 
-    /// Puts a connection whose exchange finished cleanly back for the next request.
-    pub fn give_back(&self, sender: Sender) {
+    /// Puts a connection whose exchange finished cleanly back for `worker`'s next request.
+    pub fn give_back(&self, worker: usize, conn: Conn) {
         if self.cut.is_cancelled() {
             return;
         }
-        if let Ok(mut pool) = self.pool.lock() {
+        if let Ok(mut pool) = self.pool(worker).lock() {
             if pool.len() < MAX_IDLE {
-                pool.push(sender);
+                pool.push(conn);
             }
         }
     }
 
-    fn take_idle(&self) -> Option<Sender> {
-        self.pool.lock().ok()?.pop()
+    fn pool(&self, worker: usize) -> &Mutex<Vec<Conn>> {
+        &self.shard(worker).idle
     }
 
-    /// Sends `req` on a pooled connection or a new one. A pooled connection that turns out to be
-    /// closed hands the request back untouched and the next one is tried, so a stale keep-alive
-    /// connection never fails a request.
-    pub async fn send(
-        &self,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Sender), SendError> {
+    /// `cut` as `worker`'s requests wait on it.
+    pub fn cut_of(&self, worker: usize) -> &CancellationToken {
+        &self.shard(worker).cut
+    }
+
+    fn take_idle(&self, worker: usize) -> Option<Conn> {
+        self.pool(worker).lock().ok()?.pop()
+    }
+
+    /// Sends `req` on one of `worker`'s pooled connections or a new one, and reads the response
+    /// head. A pooled connection that turns out to be closed (before the request, or by closing
+    /// without a byte of answer, the race every keep-alive client has) is dropped and the request
+    /// sent again on the next one while that is safe, so a stale keep-alive connection never
+    /// fails a request.
+    pub async fn send(&self, worker: usize, req: &mut Outgoing) -> Result<(Head, Conn), SendError> {
         loop {
-            let (mut sender, fresh) = match self.take_idle() {
-                Some(sender) if !sender.is_closed() => (sender, false),
+            let (mut conn, fresh) = match self.take_idle(worker) {
+                Some(conn) if conn.is_open() => (conn, false),
                 Some(_) => continue,
-                None => match self.connect().await {
-                    Ok(sender) => (sender, true),
+                None => match Conn::connect(self.backend.addr).await {
+                    Ok(conn) => (conn, true),
                     Err(err) => {
-                        self.failed_connects.fetch_add(1, Ordering::Relaxed);
-                        return Err(SendError::Connect(err, Box::new(req)));
+                        self.shard(worker)
+                            .failed_connects
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(SendError::Connect(err));
                     }
                 },
             };
-            // A pooled sender becomes ready a moment after its previous response ended.
-            if sender.ready().await.is_err() {
-                if fresh {
-                    let err = std::io::Error::other("connection closed right after the handshake");
-                    self.failed_connects.fetch_add(1, Ordering::Relaxed);
-                    return Err(SendError::Connect(err, Box::new(req)));
-                }
-                continue;
-            }
-            let exchange = sender.try_send_request(req);
             let outcome = tokio::select! {
-                outcome = exchange => outcome,
-                _ = self.cut.cancelled() => return Err(SendError::Cut),
+                outcome = client::exchange(&mut conn, req) => outcome,
+                _ = self.cut_of(worker).cancelled() => return Err(SendError::Cut),
             };
             match outcome {
-                Ok(response) => return Ok((response, sender)),
-                Err(mut err) => match err.take_message() {
-                    Some(unsent) if !fresh => req = unsent,
-                    Some(unsent) => {
-                        let err = std::io::Error::other(err.into_error());
-                        self.failed_connects.fetch_add(1, Ordering::Relaxed);
-                        return Err(SendError::Connect(err, Box::new(unsent)));
-                    }
-                    None => return Err(SendError::Exchange(err.into_error())),
-                },
+                Ok(head) => return Ok((head, conn)),
+                Err(ExchangeError::Unsent(_)) if !fresh => continue,
+                // Sent but unanswered on a connection the instance may have been closing as it
+                // went out: only a request that may be sent twice goes again.
+                Err(ExchangeError::Closed) if !fresh && req.resendable() && replayable(req) => {
+                    continue
+                }
+                Err(ExchangeError::Unsent(err)) => {
+                    self.shard(worker)
+                        .failed_connects
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(SendError::Connect(err));
+                }
+                Err(err) => return Err(SendError::Exchange(err.into_io())),
             }
         }
-    }
-
-    async fn connect(&self) -> std::io::Result<Sender> {
-        let addr = self.backend.addr;
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        // Upgrades enabled on every connection: any request may turn out to be a WebSocket.
-        tokio::spawn(async move {
-            if let Err(err) = conn.with_upgrades().await {
-                tracing::debug!(%addr, "backend connection ended: {err}");
-            }
-        });
-        Ok(sender)
     }
 }
 
-/// Marks one request or tunnel as in flight on a backend until dropped.
+/// Safe to send twice (RFC 9110 section 9.2.1) and without a body.
+fn replayable(req: &Outgoing) -> bool {
+    matches!(
+        req.method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) && req.replay().is_some()
+}
+
+/// Marks one request or tunnel as in flight on a backend (on `worker`'s count) until dropped.
+/// It holds the backend through the worker's own copy of the route (`table`), whose reference
+/// count only that worker writes.
 #[derive(Debug)]
-pub(super) struct InFlight(pub Arc<BackendState>);
+pub(super) struct InFlight {
+    table: Arc<Table>,
+    index: usize,
+    worker: usize,
+}
 
 impl InFlight {
-    pub fn new(state: Arc<BackendState>) -> InFlight {
-        state.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(state)
+    pub fn new(table: Arc<Table>, index: usize, worker: usize) -> InFlight {
+        let in_flight = InFlight {
+            table,
+            index,
+            worker,
+        };
+        let shard = in_flight.state().shard(worker);
+        shard.in_flight.fetch_add(1, Ordering::SeqCst);
+        in_flight
+    }
+
+    pub fn state(&self) -> &BackendState {
+        &self.table.backends[self.index]
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
+        // SeqCst: of two workers dropping their last request at once, at least one sees the
+        // other's count at zero and wakes the drain.
+        let state = self.state();
+        if state
+            .shard(self.worker)
+            .in_flight
+            .fetch_sub(1, Ordering::SeqCst)
+            == 1
+            && state.in_flight() == 0
+        {
+            state.idle.notify_waiters();
         }
     }
 }
@@ -254,15 +299,16 @@ impl Histogram {
         self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn counts(&self) -> Vec<u64> {
-        self.buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
+    /// The bucket counts of all of `histograms` together.
+    fn counts(histograms: &[&Histogram]) -> Vec<u64> {
+        (0..BUCKETS)
+            .map(|i| {
+                histograms
+                    .iter()
+                    .map(|h| h.buckets[i].load(Ordering::Relaxed))
+                    .sum()
+            })
             .collect()
-    }
-
-    fn quantile(&self, q: f64) -> u64 {
-        quantile(&self.counts(), q)
     }
 }
 
@@ -323,13 +369,16 @@ mod tests {
         }
         h.record(Duration::from_millis(50));
         h.record(Duration::from_millis(50));
-        assert!(
-            (100..=128).contains(&h.quantile(0.5)),
-            "{}",
-            h.quantile(0.5)
+        let other = Histogram::default();
+        other.record(Duration::from_micros(100));
+        let both = [&h, &other];
+        let q = |q| quantile(&Histogram::counts(&both), q);
+        assert!((100..=128).contains(&q(0.5)), "{}", q(0.5));
+        assert!((100..=128).contains(&q(0.98)));
+        assert!(q(0.99) >= 50_000);
+        assert_eq!(
+            quantile(&Histogram::counts(&[&Histogram::default()]), 0.99),
+            0
         );
-        assert!((100..=128).contains(&h.quantile(0.98)));
-        assert!(h.quantile(0.99) >= 50_000);
-        assert_eq!(Histogram::default().quantile(0.99), 0);
     }
 }

@@ -11,10 +11,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use super::backend::{BackendState, InFlight, SendError};
-use super::body::{RequestBody, ResponseBody};
-use super::{Shared, Side};
+use super::body::ResponseBody;
+use super::client::{Conn, Head, Outgoing};
+use super::workers::{Open, OpenGuard};
+use super::{Shared, Side, Table};
 use crate::protocol::app::Balance;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -42,24 +45,10 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
 #[derive(Debug, Clone)]
 pub(super) struct Client {
     pub ip: HeaderValue,
-}
-
-/// A bodiless request kept aside so it can be sent again if its instance dies mid-exchange.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::Empty);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
+    /// The worker thread serving the connection: its requests use that worker's pools.
+    pub worker: usize,
+    /// The worker's open connections, which a WebSocket tunnel joins.
+    pub open: Arc<Open>,
 }
 
 pub(super) async fn handle(
@@ -67,16 +56,18 @@ pub(super) async fn handle(
     client: Client,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let table = shared.route.load_full();
+    let lane = shared.lane(client.worker);
+    let table = lane.route.load_full();
     // During a canary the request's side is tried first, the other side if none of it answers.
-    let (first, second, cookie) = match &table.canary {
-        Some((split, canary)) if !canary.is_empty() => match split.side(req.headers()) {
-            (Side::Canary, cookie) => (&canary[..], &table.backends[..], cookie),
-            (Side::Stable, cookie) => (&table.backends[..], &canary[..], cookie),
+    let (stable, all) = (0..table.stable, table.stable..table.backends.len());
+    let (first, second, cookie) = match &table.split {
+        Some(split) if !all.is_empty() => match split.side(req.headers()) {
+            (Side::Canary, cookie) => (all, stable, cookie),
+            (Side::Stable, cookie) => (stable, all, cookie),
         },
-        _ => (&table.backends[..], &[][..], None),
+        _ => (0..table.backends.len(), 0..0, None),
     };
-    if first.is_empty() && second.is_empty() {
+    if table.backends.is_empty() {
         return Ok(status(
             StatusCode::SERVICE_UNAVAILABLE,
             "503 service unavailable: no healthy instance of this app is routed yet\n",
@@ -86,46 +77,33 @@ pub(super) async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare(&mut req, &client, upgrade);
     // Only safe methods without a body may be sent twice (what nginx's proxy_next_upstream does
-    // by default); anything else is retried only when it provably never left the proxy. With a
-    // single instance there is nowhere else to send it, so the copy is not made.
-    let many = first.len() + second.len() > 1;
-    let replay = (many && !upgrade && is_replayable(&req)).then(|| Replay {
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        headers: req.headers().clone(),
-    });
-    let mut req = req.map(RequestBody::Incoming);
-    let mut tried = [0u64; 2];
-    let mut replayed = false;
+    // by default); anything else is retried only when it provably never left the proxy.
+    let replayable = !upgrade && is_replayable(&req);
+    let mut req = Outgoing::new(req);
+    let mut replay = if replayable { req.replay() } else { None };
+    let mut tried = 0u64;
     loop {
-        let turn = shared.next.fetch_add(1, Ordering::Relaxed);
-        let (side, index) = match pick(first, table.balance, turn, tried[0]) {
-            Some(index) => (0, index),
-            None => match pick(second, table.balance, turn, tried[1]) {
-                Some(index) => (1, index),
-                None => break,
-            },
+        let turn = lane.next.fetch_add(1, Ordering::Relaxed);
+        let Some(index) = pick(&table, first.clone(), turn, tried)
+            .or_else(|| pick(&table, second.clone(), turn, tried))
+        else {
+            break;
         };
-        tried[side] |= 1u64 << (index % 64);
-        let state = if side == 0 {
-            &first[index]
-        } else {
-            &second[index]
-        };
-        let in_flight = InFlight::new(state.clone());
+        tried |= 1u64 << (index % 64);
+        let state = &table.backends[index];
+        let in_flight = InFlight::new(table.clone(), index, client.worker);
         let started = Instant::now();
-        match state.send(req).await {
-            Ok((response, sender)) => {
-                state.record(response.status().as_u16(), started.elapsed());
-                let mut response = respond(response, sender, in_flight, client_upgrade);
+        match state.send(client.worker, &mut req).await {
+            Ok((head, conn)) => {
+                state.record(client.worker, head.status.as_u16(), started.elapsed());
+                let mut response = respond(head, conn, &client, in_flight, client_upgrade);
                 if let Some(cookie) = cookie {
                     response.headers_mut().append(header::SET_COOKIE, cookie);
                 }
                 return Ok(response);
             }
-            Err(SendError::Connect(err, unsent)) => {
+            Err(SendError::Connect(err)) => {
                 tracing::debug!(backend = %state.backend.id, "connect failed, trying another: {err}");
-                req = *unsent;
             }
             Err(SendError::Cut) => {
                 return Ok(status(
@@ -134,13 +112,10 @@ pub(super) async fn handle(
                 ));
             }
             Err(SendError::Exchange(err)) => {
-                state.record_broken();
+                state.record_broken(client.worker);
                 tracing::debug!(backend = %state.backend.id, "exchange failed: {err}");
-                match &replay {
-                    Some(replay) if !replayed => {
-                        replayed = true;
-                        req = replay.request();
-                    }
+                match replay.take() {
+                    Some(replay) => req = replay,
                     _ => return Ok(status(
                         StatusCode::BAD_GATEWAY,
                         "502 bad gateway: the instance closed the connection before answering\n",
@@ -155,20 +130,16 @@ pub(super) async fn handle(
     ))
 }
 
-/// The next instance of `backends` to try, skipping those in `tried` (a bit per index).
-fn pick(
-    backends: &[Arc<BackendState>],
-    balance: Balance,
-    turn: usize,
-    tried: u64,
-) -> Option<usize> {
-    let n = backends.len();
+/// The next instance of `table.backends[range]` to try, skipping those in `tried` (a bit per
+/// index of `table.backends`).
+fn pick(table: &Table, range: std::ops::Range<usize>, turn: usize, tried: u64) -> Option<usize> {
+    let n = range.len();
     let untried = |i: &usize| tried & (1u64 << (i % 64)) == 0;
-    let mut order = (0..n).map(|k| (turn + k) % n).filter(untried);
-    match balance {
+    let mut order = (0..n).map(|k| range.start + (turn + k) % n).filter(untried);
+    match table.balance {
         Balance::RoundRobin => order.next(),
         // Ties go to the round-robin order, so equal instances still share the load.
-        Balance::LeastConnections => order.min_by_key(|&i| backends[i].in_flight()),
+        Balance::LeastConnections => order.min_by_key(|&i| table.backends[i].in_flight()),
     }
 }
 
@@ -236,6 +207,11 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names (cheap compares) spares the lookups.
+    let hop = hop_by_hop();
+    if !headers.keys().any(|name| hop.contains(&name)) {
+        return;
+    }
     // Headers named in Connection are hop-by-hop too.
     if let Some(connection) = headers.get(header::CONNECTION).cloned() {
         if let Ok(names) = connection.to_str() {
@@ -246,49 +222,71 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in hop_by_hop() {
+    for name in hop {
         headers.remove(name);
     }
 }
 
 /// The instance's response for the client; a 101 to an upgrade becomes a tunnel.
 fn respond(
-    mut response: Response<Incoming>,
-    sender: super::backend::Sender,
+    head: Head,
+    conn: Conn,
+    client: &Client,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ResponseBody> {
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let backend_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, backend_upgrade, in_flight));
-            let (parts, _) = response.into_parts();
-            return Response::from_parts(parts, ResponseBody::empty());
-        }
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return status(
+                StatusCode::BAD_GATEWAY,
+                "502 bad gateway: the instance switched protocols unasked\n",
+            );
+        };
+        // The tunnel outlives its connection's task: it keeps the worker open by itself.
+        let open = OpenGuard::new(client.open.clone());
+        tokio::spawn(tunnel(client_upgrade, conn, in_flight, open));
+        return response;
     }
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ResponseBody::proxied(body, sender, in_flight))
+    strip_hop_by_hop(response.headers_mut());
+    *response.body_mut() = ResponseBody::proxied(
+        conn,
+        head.framing,
+        head.keep_alive,
+        client.worker,
+        in_flight,
+    );
+    response
 }
 
 /// Copies bytes both ways between an upgraded client and instance until either side closes or
 /// `drain` cuts the instance; the tunnel counts as in flight all along.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
+    mut backend: Conn,
     in_flight: InFlight,
+    _open: OpenGuard,
 ) {
-    let state: &BackendState = &in_flight.0;
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(both) => both,
+    let state: &BackendState = in_flight.state();
+    let client = match client.await {
+        Ok(client) => client,
         Err(err) => {
             tracing::debug!(backend = %state.backend.id, "upgrade failed: {err}");
             return;
         }
     };
-    let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+    let mut client = TokioIo::new(client);
+    let copy = async {
+        // What the instance sent right after its 101 goes first.
+        if !backend.buf.is_empty() {
+            client.write_all(&backend.buf).await?;
+        }
+        tokio::io::copy_bidirectional(&mut client, &mut backend.io).await
+    };
     tokio::select! {
-        result = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
+        result = copy => {
             if let Err(err) = result {
                 tracing::debug!(backend = %state.backend.id, "tunnel ended: {err}");
             }
@@ -311,47 +309,46 @@ fn status(code: StatusCode, text: &'static str) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::proxy::Table;
 
     fn table(n: usize, balance: Balance) -> Table {
         let backends = (0..n)
             .map(|i| {
-                Arc::new(BackendState::new(Arc::new(super::super::Backend {
-                    id: format!("b{i}"),
-                    version: "v1".into(),
-                    addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
-                })))
+                Arc::new(BackendState::new(
+                    Arc::new(super::super::Backend {
+                        id: format!("b{i}"),
+                        version: "v1".into(),
+                        addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
+                    }),
+                    1,
+                ))
             })
             .collect();
         Table {
             backends,
+            stable: n,
             balance,
-            canary: None,
+            split: None,
         }
     }
 
     #[test]
     fn round_robin_takes_turns_and_skips_tried_backends() {
         let t = table(3, Balance::RoundRobin);
-        assert_eq!(pick(&t.backends, t.balance, 0, 0), Some(0));
-        assert_eq!(pick(&t.backends, t.balance, 4, 0), Some(1));
-        assert_eq!(pick(&t.backends, t.balance, 4, 0b010), Some(2));
-        assert_eq!(pick(&t.backends, t.balance, 4, 0b111), None);
+        assert_eq!(pick(&t, 0..3, 0, 0), Some(0));
+        assert_eq!(pick(&t, 0..3, 4, 0), Some(1));
+        assert_eq!(pick(&t, 0..3, 4, 0b010), Some(2));
+        assert_eq!(pick(&t, 0..3, 4, 0b111), None);
     }
 
     #[test]
     fn least_connections_prefers_the_idlest_backend() {
-        let t = table(3, Balance::LeastConnections);
+        let t = Arc::new(table(3, Balance::LeastConnections));
         let _busy = [
-            InFlight::new(t.backends[0].clone()),
-            InFlight::new(t.backends[1].clone()),
+            InFlight::new(t.clone(), 0, 0),
+            InFlight::new(t.clone(), 1, 0),
         ];
-        assert_eq!(pick(&t.backends, t.balance, 0, 0), Some(2));
-        assert_eq!(
-            pick(&t.backends, t.balance, 0, 0b100),
-            Some(0),
-            "ties go in turn order"
-        );
+        assert_eq!(pick(&t, 0..3, 0, 0), Some(2));
+        assert_eq!(pick(&t, 0..3, 0, 0b100), Some(0), "ties go in turn order");
         assert_eq!(t.backends[0].in_flight(), 1);
     }
 

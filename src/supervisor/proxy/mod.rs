@@ -7,30 +7,34 @@
 //! The route is read lock-free on every request (`arc-swap`), and an instance is chosen per
 //! request, not per connection: after a swap, clients' existing keep-alive connections move to the
 //! new instances with their very next request.
+//!
+//! Built for speed the way nginx is (`workers`): one event loop per core, each accepting on the
+//! shared listening socket and keeping its own idle connections to each instance, so a request
+//! never leaves the thread that accepted its connection; the client side is hyper's server, the
+//! instance side a small HTTP/1.1 client (`client`, `body`) run inside that same task.
 
 mod backend;
 mod body;
 mod canary;
+mod client;
 mod clients;
 mod forward;
+mod workers;
 
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 
 use crate::protocol::app::Balance;
 pub use backend::quantile;
 use backend::BackendState;
 pub use canary::{CanaryRoute, Side};
 use clients::Clients;
+use workers::Workers;
 
 /// One instance as the proxy sees it. Shared between the route and its counters.
 #[derive(Debug)]
@@ -70,124 +74,134 @@ pub struct BackendStats {
     pub latency: Vec<u64>,
 }
 
-/// The route as requests read it: each backend with its live state.
+/// The route as requests read it: each backend with its live state. During a canary the
+/// canary's instances follow the stable ones in `backends` (from index `stable` on), so that an
+/// in-flight mark can name any backend by its index.
 #[derive(Debug, Default)]
 struct Table {
     backends: Vec<Arc<BackendState>>,
+    /// How many of `backends` are the stable release's; the rest are the canary's.
+    stable: usize,
     balance: Balance,
-    /// The canary's instances and how requests are split, while a canary runs.
-    canary: Option<(canary::Split, Vec<Arc<BackendState>>)>,
+    /// How requests are split while a canary runs.
+    split: Option<canary::Split>,
 }
 
 impl Table {
     fn routes(&self, state: &Arc<BackendState>) -> bool {
-        let canary = self.canary.iter().flat_map(|(_, b)| b);
-        self.backends
-            .iter()
-            .chain(canary)
-            .any(|s| Arc::ptr_eq(s, state))
+        self.backends.iter().any(|s| Arc::ptr_eq(s, state))
     }
 }
 
 /// What every connection task shares with the `Proxy` handle.
 #[derive(Debug)]
 struct Shared {
-    route: ArcSwap<Table>,
+    /// One per worker thread.
+    lanes: Box<[Lane]>,
     /// Every backend routed now or still draining: the counters `stats` reports. Locked only by
     /// `set_route`, `stats` and `drain`, never by a request.
     known: Mutex<Vec<Arc<BackendState>>>,
-    /// Round-robin turn; also breaks ties for least-connections.
-    next: AtomicUsize,
+    /// Worker threads: each backend keeps one pool of idle connections per worker.
+    workers: usize,
     /// The open client connections, for `close`.
     clients: Arc<Clients>,
 }
 
-/// A running proxy for one app; dropping it closes the listener.
+/// One worker's copy of the route and its round-robin turn, on a cache line of its own: each
+/// worker takes (and counts references to) its own copy, so no request writes where a request on
+/// another core does.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Lane {
+    route: ArcSwap<Table>,
+    /// Round-robin turn; also breaks ties for least-connections.
+    next: AtomicUsize,
+}
+
+impl Shared {
+    fn lane(&self, worker: usize) -> &Lane {
+        &self.lanes[worker % self.lanes.len()]
+    }
+}
+
+/// A running proxy for one app; dropping it closes the listener and stops its worker threads
+/// (with the connections still open on them) before the drop returns.
 #[derive(Debug)]
 pub struct Proxy {
     pub local_addr: SocketAddr,
     shared: Arc<Shared>,
-    /// The accept loop; `close` takes it to wait until it has really stopped.
-    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The listening socket, shared with the accept loop so that `listener` can copy it;
-    /// `shutdown` lets go of it.
-    listener: Mutex<Option<Arc<TcpListener>>>,
-    /// Opens the accept loop of a proxy made by `from_listener_held`.
-    accepting: tokio::sync::watch::Sender<bool>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(accept) = lock(&self.accept).as_ref() {
-            accept.abort();
-        }
-    }
+    workers: Workers,
+    /// A copy of the listening socket for `listener`; `shutdown` lets go of it.
+    listener: Mutex<Option<std::net::TcpListener>>,
 }
 
 impl Proxy {
-    /// Binds `listen` and starts serving (with an empty route: requests get 503 until one is set).
+    /// Binds `listen` and starts serving (with an empty route: requests get 503 until one is set)
+    /// on one worker thread per core.
     pub async fn bind(listen: SocketAddr) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind(listen).await.map_err(|err| {
-            std::io::Error::new(
-                err.kind(),
-                format!("cannot listen on {listen}: {err} (is another process using it?)"),
-            )
-        })?;
-        Proxy::serve(listener, true)
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .and_then(|listener| listener.into_std())
+            .map_err(|err| {
+                std::io::Error::new(
+                    err.kind(),
+                    format!("cannot listen on {listen}: {err} (is another process using it?)"),
+                )
+            })?;
+        Proxy::from_listener(listener)
     }
 
     /// Serves on a listener bound elsewhere (handed over by a previous supervisor, or bound
-    /// before dropping privileges). Must be called within a tokio runtime.
+    /// before dropping privileges), on one worker thread per core.
     pub fn from_listener(listener: std::net::TcpListener) -> std::io::Result<Proxy> {
-        listener.set_nonblocking(true)?;
-        Proxy::serve(TcpListener::from_std(listener)?, true)
+        Proxy::with_workers(listener, workers::default_count(), false)
     }
 
     /// Like `from_listener`, but accepts nothing before `start_accepting`: a restarted
     /// supervisor's clients wait in the socket's backlog until the route is set, rather than
     /// getting 503s from an empty one.
     pub fn from_listener_held(listener: std::net::TcpListener) -> std::io::Result<Proxy> {
-        listener.set_nonblocking(true)?;
-        Proxy::serve(TcpListener::from_std(listener)?, false)
+        Proxy::with_workers(listener, workers::default_count(), true)
     }
 
-    /// Starts the accept loop of a proxy made by `from_listener_held`; does nothing otherwise.
+    /// Starts the accept loops of a proxy made by `from_listener_held`; does nothing otherwise.
     pub fn start_accepting(&self) {
-        self.accepting.send_replace(true);
+        self.workers.start_accepting();
     }
 
-    fn serve(listener: TcpListener, accepting: bool) -> std::io::Result<Proxy> {
+    /// Serves on `listener` with `workers` threads (at least one), each running its own event
+    /// loop and accepting from the same socket; `held`: not before `start_accepting`.
+    pub fn with_workers(
+        listener: std::net::TcpListener,
+        workers: usize,
+        held: bool,
+    ) -> std::io::Result<Proxy> {
         let local_addr = listener.local_addr()?;
+        let copy = listener.try_clone()?;
+        let workers = workers.max(1);
         let shared = Arc::new(Shared {
-            route: ArcSwap::from_pointee(Table::default()),
+            lanes: (0..workers)
+                .map(|_| Lane {
+                    route: ArcSwap::from_pointee(Table::default()),
+                    next: AtomicUsize::new(0),
+                })
+                .collect(),
             known: Mutex::new(Vec::new()),
-            next: AtomicUsize::new(0),
+            workers,
             clients: Arc::default(),
         });
-        let listener = Arc::new(listener);
-        let (accepting, mut open) = tokio::sync::watch::channel(accepting);
-        let accept = tokio::spawn({
-            let (listener, shared) = (listener.clone(), shared.clone());
-            async move {
-                if open.wait_for(|open| *open).await.is_ok() {
-                    accept_loop(listener, shared).await;
-                }
-            }
-        });
+        let workers = Workers::start(listener, shared.clone(), workers, held)?;
         Ok(Proxy {
             local_addr,
             shared,
-            accept: Mutex::new(Some(accept)),
-            listener: Mutex::new(Some(listener)),
-            accepting,
+            workers,
+            listener: Mutex::new(Some(copy)),
         })
     }
 
     /// Stops accepting connections; connections already open finish their requests.
     pub fn shutdown(&self) {
-        if let Some(accept) = lock(&self.accept).as_ref() {
-            accept.abort();
-        }
+        self.workers.stop_accepting();
         lock(&self.listener).take();
     }
 
@@ -195,13 +209,10 @@ impl Proxy {
     /// next supervisor: the socket stays open, and connections wait in its backlog, as long as
     /// any copy is open. Fails after `shutdown`.
     pub fn listener(&self) -> std::io::Result<std::net::TcpListener> {
-        let listener = lock(&self.listener);
-        let listener = listener
+        lock(&self.listener)
             .as_ref()
-            .ok_or_else(|| std::io::Error::other("the proxy no longer listens"))?;
-        Ok(std::net::TcpListener::from(
-            listener.as_fd().try_clone_to_owned()?,
-        ))
+            .ok_or_else(|| std::io::Error::other("the proxy no longer listens"))?
+            .try_clone()
     }
 
     /// Stops accepting, then lets go of every client connection without failing a request: each
@@ -209,12 +220,9 @@ impl Proxy {
     /// closed, or after `timeout` (shutting down the rest); the number still open then.
     pub async fn close(&self, timeout: Duration) -> u64 {
         self.shutdown();
-        // The loop may be mid-accept on another thread: once it has ended, every connection it
+        // A worker may be mid-accept: once every accept loop has ended, every connection they
         // accepted is counted, and none comes after.
-        let accept = lock(&self.accept).take();
-        if let Some(accept) = accept {
-            let _ = accept.await;
-        }
+        self.workers.accepting_stopped().await;
         self.shared.clients.close(timeout).await
     }
 
@@ -223,8 +231,8 @@ impl Proxy {
     pub fn set_route(&self, route: Route) {
         let mut known = lock(&self.shared.known);
         let mut state_of = |backend: Arc<Backend>| {
-            // Same instance (id and address) keeps its counters and its idle connections;
-            // one cut by a drain starts afresh, or its requests would be cut at once.
+            // Same instance (id and address) keeps its counters and its idle connections; one
+            // cut by a drain starts afresh, or its requests would be cut at once.
             let existing = known.iter().find(|s| {
                 s.backend.id == backend.id
                     && s.backend.addr == backend.addr
@@ -234,25 +242,26 @@ impl Proxy {
                 Some(state) => state.clone(),
                 None => {
                     known.retain(|s| s.backend.id != backend.id || s.in_flight() > 0);
-                    let state = Arc::new(BackendState::new(backend));
+                    let state = Arc::new(BackendState::new(backend, self.shared.workers));
                     known.push(state.clone());
                     state
                 }
             }
         };
-        let backends = route.backends.into_iter().map(&mut state_of).collect();
-        let canary = route.canary.map(|canary| {
-            let split = canary::Split::new(&canary);
-            (
-                split,
-                canary.backends.into_iter().map(&mut state_of).collect(),
-            )
-        });
-        self.shared.route.store(Arc::new(Table {
-            backends,
-            balance: route.balance,
-            canary,
-        }));
+        let mut backends: Vec<Arc<BackendState>> =
+            route.backends.into_iter().map(&mut state_of).collect();
+        let stable = backends.len();
+        if let Some(canary) = &route.canary {
+            backends.extend(canary.backends.iter().cloned().map(&mut state_of));
+        }
+        for lane in &self.shared.lanes {
+            lane.route.store(Arc::new(Table {
+                backends: backends.clone(),
+                stable,
+                balance: route.balance,
+                split: route.canary.as_ref().map(canary::Split::new),
+            }));
+        }
     }
 
     /// Counters of every backend currently routed or still draining.
@@ -286,7 +295,7 @@ impl Proxy {
             state.wait_idle(settle).await;
         }
         state.close_idle();
-        let routed = self.shared.route.load().routes(&state);
+        let routed = self.shared.lane(0).route.load().routes(&state);
         if !routed {
             lock(&self.shared.known).retain(|s| !Arc::ptr_eq(s, &state));
         }
@@ -299,47 +308,4 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-async fn accept_loop(listener: Arc<TcpListener>, shared: Arc<Shared>) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).keep_alive(true);
-    let http = Arc::new(http);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                // Out of file descriptors and the like: pause instead of spinning on the error.
-                tracing::warn!("proxy accept failed: {err}; retrying in 50ms");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        // Counted here, not in the task: `close` must see it as soon as the loop has stopped.
-        let open = shared.clients.open();
-        let shared = shared.clone();
-        let http = http.clone();
-        tokio::spawn(async move {
-            let client = forward::Client {
-                ip: hyper::header::HeaderValue::from_str(&peer.ip().to_string())
-                    .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown")),
-            };
-            let service = {
-                let open = open.clone();
-                service_fn(move |req| {
-                    let response = forward::handle(shared.clone(), client.clone(), req);
-                    let open = open.clone();
-                    async move { response.await.map(|r| open.answer(r)) }
-                })
-            };
-            let conn = std::pin::pin!(http
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades());
-            let served = open.serve(conn, |conn| conn.as_mut().graceful_shutdown());
-            if let Err(err) = served.await {
-                tracing::debug!(%peer, "client connection ended: {err}");
-            }
-        });
-    }
 }

@@ -1,0 +1,298 @@
+//! The proxy's event loops, nginx's model: N threads, each a current-thread tokio runtime with its
+//! own accept loop on the one listening socket (a dup of its fd), so that a client connection, its
+//! requests and the instance connections they use (from that worker's own pool) all live on one
+//! thread — no hand-off between tasks on different threads, no work stealing.
+//!
+//! The workers share only what `Proxy` shares with them: the route (`ArcSwap`), the counters
+//! (atomics) and the drain signals (`Notify`, `CancellationToken`), all runtime-agnostic, so
+//! `drain` and `stats` work from the caller's runtime.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{forward, Shared};
+
+/// The worker threads of one proxy. Dropping it stops them and waits until they let go of the
+/// listening socket, so the address is free when the drop returns.
+#[derive(Debug)]
+pub(super) struct Workers {
+    threads: Vec<JoinHandle<()>>,
+    /// Cancelled by `start_accepting` (at once unless held): the accept loops begin.
+    gate: CancellationToken,
+    /// Cancelled by `Proxy::shutdown`: the accept loops end, open connections go on.
+    accepting: CancellationToken,
+    /// Cancelled on drop: the workers end, with every connection still open on them.
+    stop: CancellationToken,
+    /// Accept loops not ended yet, for `accepting_stopped`.
+    loops: Arc<Loops>,
+}
+
+/// How many workers may still accept a connection.
+#[derive(Debug, Default)]
+struct Loops {
+    running: AtomicUsize,
+    ended: Notify,
+}
+
+/// How many more connections than another worker a worker may hold before it pauses accepting.
+const BALANCE_SLACK: usize = 2;
+/// How long it pauses: the others, woken by the same connection, take it meanwhile; if they are
+/// all busy, the connection waits no longer than this.
+const BALANCE_PAUSE: Duration = Duration::from_millis(1);
+
+/// One worker per core, as nginx's `worker_processes auto`.
+pub(super) fn default_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Workers {
+    /// Starts `count` workers (at least one) accepting on `listener`.
+    /// `held`: the workers accept nothing before `start_accepting`.
+    pub fn start(
+        listener: std::net::TcpListener,
+        shared: Arc<Shared>,
+        count: usize,
+        held: bool,
+    ) -> std::io::Result<Workers> {
+        listener.set_nonblocking(true)?;
+        let gate = CancellationToken::new();
+        if !held {
+            gate.cancel();
+        }
+        let accepting = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let count = count.max(1);
+        let loops = Arc::new(Loops {
+            running: AtomicUsize::new(count),
+            ended: Notify::new(),
+        });
+        let mut workers = Workers {
+            threads: Vec::new(),
+            gate: gate.clone(),
+            accepting: accepting.clone(),
+            stop: stop.clone(),
+            loops: loops.clone(),
+        };
+        let mut listeners = Vec::with_capacity(count);
+        for _ in 1..count {
+            listeners.push(listener.try_clone()?);
+        }
+        listeners.push(listener);
+        let opens: Arc<[Arc<Open>]> = (0..count).map(|_| Arc::new(Open::default())).collect();
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let worker = Worker {
+                index,
+                opens: opens.clone(),
+                shared: shared.clone(),
+                gate: gate.clone(),
+                accepting: accepting.clone(),
+                stop: stop.clone(),
+                loops: loops.clone(),
+            };
+            // On error the workers started so far are stopped by `workers`' drop.
+            let thread = std::thread::Builder::new()
+                .name(format!("cutover-proxy-{index}"))
+                .spawn(move || {
+                    runtime.block_on(worker.run(listener));
+                    // Connections still open (after a drop) are closed with their tasks here.
+                    runtime.shutdown_background();
+                })?;
+            workers.threads.push(thread);
+        }
+        Ok(workers)
+    }
+
+    pub fn start_accepting(&self) {
+        self.gate.cancel();
+    }
+
+    pub fn stop_accepting(&self) {
+        self.accepting.cancel();
+    }
+
+    /// Waits until no worker can accept a connection any more (after `stop_accepting`).
+    pub async fn accepting_stopped(&self) {
+        loop {
+            let ended = self.loops.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.loops.running.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.accepting.cancel();
+        self.stop.cancel();
+        let me = std::thread::current().id();
+        for thread in self.threads.drain(..) {
+            // A worker never owns its own proxy, but a join on itself would hang forever.
+            if thread.thread().id() != me {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+struct Worker {
+    index: usize,
+    /// Every worker's open connections, this one's at `index`: for balancing the accepts.
+    opens: Arc<[Arc<Open>]>,
+    shared: Arc<Shared>,
+    gate: CancellationToken,
+    accepting: CancellationToken,
+    stop: CancellationToken,
+    loops: Arc<Loops>,
+}
+
+/// Connections and tunnels open on one worker, so that after `shutdown` it ends once they have.
+/// On a cache line of its own: each worker writes its own count on every connection.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(super) struct Open {
+    count: AtomicUsize,
+    none_left: Notify,
+}
+
+/// Counts one connection or tunnel as open until dropped.
+#[derive(Debug)]
+pub(super) struct OpenGuard(Arc<Open>);
+
+impl OpenGuard {
+    pub fn new(open: Arc<Open>) -> OpenGuard {
+        open.count.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
+}
+
+impl Worker {
+    async fn run(self, listener: std::net::TcpListener) {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!("proxy worker {} cannot use its listener: {err}", self.index);
+                return;
+            }
+        };
+        let open = self.opens[self.index].clone();
+        let accepted = async {
+            tokio::select! {
+                _ = self.gate.cancelled() => {}
+                _ = self.accepting.cancelled() => return,
+            }
+            tokio::select! {
+                _ = self.accept_loop(listener, &open) => {}
+                _ = self.accepting.cancelled() => {}
+            }
+        };
+        let stopped = tokio::select! {
+            _ = accepted => false,
+            _ = self.stop.cancelled() => true,
+        };
+        // The listener is closed with the accept loop: every connection it took is counted.
+        if self.loops.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.loops.ended.notify_waiters();
+        }
+        if stopped {
+            return;
+        }
+        // No longer accepting (the listener is closed): serve what is open, then end.
+        loop {
+            let none_left = open.none_left.notified();
+            tokio::pin!(none_left);
+            none_left.as_mut().enable();
+            if open.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = none_left => {}
+                _ = self.stop.cancelled() => return,
+            }
+        }
+    }
+
+    fn ahead_of_others(&self, open: &Open) -> bool {
+        let mine = open.count.load(Ordering::Relaxed);
+        self.opens
+            .iter()
+            .any(|other| other.count.load(Ordering::Relaxed) + BALANCE_SLACK < mine)
+    }
+
+    async fn accept_loop(&self, listener: TcpListener, open: &Arc<Open>) {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).keep_alive(true);
+        let http = Arc::new(http);
+        loop {
+            // Every worker is woken by a new connection and the first to call accept takes it: a
+            // worker already holding more than its share lets the others go first for a moment,
+            // so that a burst of connections does not all land on one thread.
+            if self.ahead_of_others(open) {
+                tokio::time::sleep(BALANCE_PAUSE).await;
+            }
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: pause instead of spinning on it.
+                    tracing::warn!("proxy accept failed: {err}; retrying in 50ms");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let guard = OpenGuard::new(open.clone());
+            // Counted here, not in the task: `close` must see it as soon as the loop has stopped.
+            let client_open = self.shared.clients.open();
+            let open = open.clone();
+            let shared = self.shared.clone();
+            let http = http.clone();
+            let worker = self.index;
+            tokio::spawn(async move {
+                let _guard = guard;
+                let client = forward::Client {
+                    ip: hyper::header::HeaderValue::from_str(&peer.ip().to_string())
+                        .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown")),
+                    worker,
+                    open,
+                };
+                let service = {
+                    let client_open = client_open.clone();
+                    service_fn(move |req| {
+                        let response = forward::handle(shared.clone(), client.clone(), req);
+                        let client_open = client_open.clone();
+                        async move { response.await.map(|r| client_open.answer(r)) }
+                    })
+                };
+                let conn = std::pin::pin!(http
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades());
+                let served = client_open.serve(conn, |conn| conn.as_mut().graceful_shutdown());
+                if let Err(err) = served.await {
+                    tracing::debug!(%peer, "client connection ended: {err}");
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The proxy's HTTP/1.1 to instances on the wire: request bodies (by length and chunked), HEAD,
+//! and keep-alive connections the instance closes, against small backends written here so that
+//! every byte is known.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cutover::protocol::app::Balance;
+use cutover::supervisor::proxy::{Backend, Proxy, Route};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn proxy_to(addr: SocketAddr) -> Proxy {
+    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind proxy");
+    proxy.set_route(Route {
+        backends: vec![Arc::new(Backend {
+            id: "wire-0".into(),
+            version: "wire".into(),
+            addr,
+        })],
+        balance: Balance::RoundRobin,
+        canary: None,
+    });
+    proxy
+}
+
+/// A backend that answers with what it got: method, framing headers and body.
+async fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|req: http::Request<Incoming>| async move {
+                let header = |name: &str| {
+                    req.headers()
+                        .get(name)
+                        .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
+                };
+                let seen = format!(
+                    "{} te={} cl={}",
+                    req.method(),
+                    header("transfer-encoding"),
+                    header("content-length")
+                );
+                let body = req.into_body().collect().await?.to_bytes();
+                let text = format!("{seen} body={}", String::from_utf8_lossy(&body));
+                Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(text))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// Sends `request` as is on a new connection and reads the whole answer (the request asks the
+/// proxy to close).
+async fn raw(addr: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to proxy");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the proxy answered within 10s")
+        .expect("read the answer");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_reach_the_instance_whole() {
+    let proxy = proxy_to(echo_backend().await).await;
+    let addr = proxy.local_addr;
+    let by_length = raw(
+        addr,
+        "POST /a HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert!(by_length.starts_with("HTTP/1.1 200"), "{by_length}");
+    assert!(
+        by_length.ends_with("POST te=- cl=5 body=hello"),
+        "{by_length}"
+    );
+
+    let chunked = raw(
+        addr,
+        "POST /b HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+         3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        chunked.ends_with("POST te=chunked cl=- body=abcde"),
+        "{chunked}"
+    );
+
+    let head = raw(
+        addr,
+        "HEAD /c HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 20"), "{head}");
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "a HEAD answer has no body: {head}"
+    );
+}
+
+/// A backend that answers every request with a keep-alive response and then closes the
+/// connection, as an instance whose idle timeout strikes right after answering.
+async fn closing_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_instance_closed_fails_no_request() {
+    let proxy = proxy_to(closing_backend().await).await;
+    let stream = TcpStream::connect(proxy.local_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    for i in 0..50 {
+        sender.ready().await.expect("connection ready");
+        let req = http::Request::get("/")
+            .header("host", "t")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(req).await.expect("response");
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            (status.as_u16(), &body[..]),
+            (200, &b"ok"[..]),
+            "request {i}"
+        );
+    }
+    let stats = &proxy.stats()[0];
+    assert_eq!((stats.requests, stats.errors_5xx), (50, 0), "{stats:?}");
+}
