@@ -1,5 +1,5 @@
 //! One request through the proxy: pick an instance from the route of the moment, rewrite the
-//! headers a proxy must (hop-by-hop out, X-Forwarded-* in), send it, retry on another instance
+//! headers a proxy must (hop-by-hop out, X-Forwarded-* and X-Request-Id in), send it, retry on another instance
 //! when that is safe, and hand back the response or the WebSocket tunnel.
 
 use std::convert::Infallible;
@@ -25,6 +25,9 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// A longer incoming `X-Request-Id` is replaced by a new one rather than passed on.
+const MAX_REQUEST_ID: usize = 200;
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1): never
 /// forwarded. Upgrade and Connection are put back for a WebSocket handshake.
@@ -56,6 +59,33 @@ pub(super) async fn handle(
     client: Client,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let id = request_id(req.headers_mut());
+    let mut response = route(shared, client, req).await;
+    // The client sees the id the instance logged (or the proxy's own answer carries it).
+    response.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
+    Ok(response)
+}
+
+/// The request's id: the one it came with (a load balancer in front set it), else a new one,
+/// put on the request for the instance either way.
+fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID) {
+        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID => id.clone(),
+        _ => {
+            let id = HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
+                .expect("hex digits are a valid header value");
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    }
+}
+
+/// Picks the instance and sends the request; every failure is an answer of the proxy's own.
+async fn route(
+    shared: Arc<Shared>,
+    client: Client,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
     let lane = shared.lane(client.worker);
     let table = lane.route.load_full();
     // During a canary the request's side is tried first, the other side if none of it answers.
@@ -68,10 +98,10 @@ pub(super) async fn handle(
         _ => (0..table.backends.len(), 0..0, None),
     };
     if table.backends.is_empty() {
-        return Ok(status(
+        return status(
             StatusCode::SERVICE_UNAVAILABLE,
             "503 service unavailable: no healthy instance of this app is routed yet\n",
-        ));
+        );
     }
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -100,34 +130,34 @@ pub(super) async fn handle(
                 if let Some(cookie) = cookie {
                     response.headers_mut().append(header::SET_COOKIE, cookie);
                 }
-                return Ok(response);
+                return response;
             }
             Err(SendError::Connect(err)) => {
                 tracing::debug!(backend = %state.backend.id, "connect failed, trying another: {err}");
             }
             Err(SendError::Cut) => {
-                return Ok(status(
+                return status(
                     StatusCode::BAD_GATEWAY,
                     "502 bad gateway: instance drained\n",
-                ));
+                );
             }
             Err(SendError::Exchange(err)) => {
                 state.record_broken(client.worker);
                 tracing::debug!(backend = %state.backend.id, "exchange failed: {err}");
                 match replay.take() {
                     Some(replay) => req = replay,
-                    _ => return Ok(status(
+                    _ => return status(
                         StatusCode::BAD_GATEWAY,
                         "502 bad gateway: the instance closed the connection before answering\n",
-                    )),
+                    ),
                 }
             }
         }
     }
-    Ok(status(
+    status(
         StatusCode::BAD_GATEWAY,
         "502 bad gateway: no instance of this app accepted the connection\n",
-    ))
+    )
 }
 
 /// The next instance of `table.backends[range]` to try, skipping those in `tried` (a bit per

@@ -1,5 +1,5 @@
 //! The proxy's HTTP/1.1 to instances on the wire: request bodies (by length and chunked), HEAD,
-//! and keep-alive connections the instance closes, against small backends written here so that
+//! request ids, and keep-alive connections the instance closes, against small backends written here so that
 //! every byte is known.
 
 use std::net::SocketAddr;
@@ -45,7 +45,8 @@ async fn echo_backend() -> SocketAddr {
                         .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
                 };
                 let seen = format!(
-                    "{} te={} cl={}",
+                    "rid={} {} te={} cl={}",
+                    header("x-request-id"),
                     req.method(),
                     header("transfer-encoding"),
                     header("content-length")
@@ -108,7 +109,8 @@ async fn request_bodies_reach_the_instance_whole() {
     )
     .await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("content-length: 20"), "{head}");
+    // The length of the body a GET would get: `rid=<16 hex digits> HEAD te=- cl=- body=`.
+    assert!(head.contains("content-length: 41"), "{head}");
     assert!(
         head.ends_with("\r\n\r\n"),
         "a HEAD answer has no body: {head}"
@@ -165,4 +167,32 @@ async fn a_pooled_connection_the_instance_closed_fails_no_request() {
     }
     let stats = &proxy.stats()[0];
     assert_eq!((stats.requests, stats.errors_5xx), (50, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_carries_an_id_to_the_instance_and_back() {
+    let proxy = proxy_to(echo_backend().await).await;
+    let id_of = |answer: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no x-request-id in the answer:\n{answer}"))
+    };
+    // A new id: 16 hex digits, the same at the instance and in the answer, new each time.
+    let get = "GET / HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n";
+    let first = raw(proxy.local_addr, get).await;
+    let id = id_of(&first);
+    assert!(
+        id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{first}"
+    );
+    assert!(first.contains(&format!("rid={id}")), "{first}");
+    let second = raw(proxy.local_addr, get).await;
+    assert_ne!(id_of(&second), id);
+    // An id set in front (a load balancer) is kept.
+    let given = "GET / HTTP/1.1\r\nHost: shop\r\nX-Request-Id: lb-42\r\nConnection: close\r\n\r\n";
+    let answer = raw(proxy.local_addr, given).await;
+    assert_eq!(id_of(&answer), "lb-42");
+    assert!(answer.contains("rid=lb-42"), "{answer}");
 }
