@@ -57,6 +57,10 @@ pub struct AppSpec {
     /// Paths under `dest/shared` linked into every release (e.g. `log`, `tmp/pids`).
     #[serde(default)]
     pub shared: Vec<String>,
+    /// Every connection to `listen` starts with a PROXY protocol header (v1 or v2) from a load
+    /// balancer in front, naming the real client. Only for a port that nothing else can reach.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// Health checking of each instance.

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use crate::support::load::{DemoApp, Load};
 
 mod lifecycle;
+mod proxy_protocol;
 mod wire;
 
 fn backend(id: &str, app: &DemoApp) -> Arc<Backend> {

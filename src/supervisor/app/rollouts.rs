@@ -195,6 +195,9 @@ impl AppTask {
         } else {
             healthy
         };
+        self.shared
+            .proxy
+            .set_proxy_protocol(self.record.spec.proxy_protocol);
         let canary = self.canary_route();
         let mut ids: Vec<String> = chosen.iter().map(|h| h.id.clone()).collect();
         // The canary's share and instances are part of what is routed: a change of either

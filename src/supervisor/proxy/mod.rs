@@ -19,10 +19,11 @@ mod canary;
 mod client;
 mod clients;
 mod forward;
+mod proxy_protocol;
 mod workers;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,6 +106,8 @@ struct Shared {
     workers: usize,
     /// The open client connections, for `close`.
     clients: Arc<Clients>,
+    /// Connections start with a PROXY protocol header (see `set_proxy_protocol`).
+    proxy_protocol: AtomicBool,
 }
 
 /// One worker's copy of the route and its round-robin turn, on a cache line of its own: each
@@ -189,6 +192,7 @@ impl Proxy {
             known: Mutex::new(Vec::new()),
             workers,
             clients: Arc::default(),
+            proxy_protocol: AtomicBool::new(false),
         });
         let workers = Workers::start(listener, shared.clone(), workers, held)?;
         Ok(Proxy {
@@ -262,6 +266,12 @@ impl Proxy {
                 split: route.canary.as_ref().map(canary::Split::new),
             }));
         }
+    }
+
+    /// Whether every new connection must start with a PROXY protocol header (from a trusted load
+    /// balancer in front), whose client address then stands for the connection's peer.
+    pub fn set_proxy_protocol(&self, on: bool) {
+        self.shared.proxy_protocol.store(on, Ordering::Relaxed);
     }
 
     /// Counters of every backend currently routed or still draining.

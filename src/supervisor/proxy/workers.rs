@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{forward, Shared};
+use super::{forward, proxy_protocol, Shared};
 
 /// The worker threads of one proxy. Dropping it stops them and waits until they let go of the
 /// listening socket, so the address is free when the drop returns.
@@ -271,8 +271,20 @@ impl Worker {
             let worker = self.index;
             tokio::spawn(async move {
                 let _guard = guard;
+                let mut stream = stream;
+                let mut client_ip = peer.ip();
+                if shared.proxy_protocol.load(Ordering::Relaxed) {
+                    match proxy_protocol::read_header(&mut stream).await {
+                        Ok(Some(ip)) => client_ip = ip,
+                        Ok(None) => {}
+                        Err(err) => {
+                            tracing::debug!(%peer, "connection closed: {err}");
+                            return;
+                        }
+                    }
+                }
                 let client = forward::Client {
-                    ip: hyper::header::HeaderValue::from_str(&peer.ip().to_string())
+                    ip: hyper::header::HeaderValue::from_str(&client_ip.to_string())
                         .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown")),
                     worker,
                     open,
