@@ -39,6 +39,10 @@ pub struct AppSpec {
     /// The steps and limits of `strategy: canary`.
     #[serde(default)]
     pub canary: CanarySpec,
+    /// What the proxy speaks on `listen`: `http` (requests routed one by one) or `tcp` (each
+    /// connection piped whole to one instance, for apps that do not speak HTTP).
+    #[serde(default)]
+    pub mode: Mode,
     /// How the proxy spreads requests across healthy instances.
     #[serde(default)]
     pub balance: Balance,
@@ -112,6 +116,17 @@ pub enum Strategy {
     /// Start the new instances beside the old, give them a growing share of the traffic step by
     /// step while the proxy's counters judge them, then switch all traffic (or back out).
     Canary,
+}
+
+/// What the proxy speaks on an app's public address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// HTTP/1.1 reverse proxy: per-request routing, retries, canary cookies, request ids.
+    #[default]
+    Http,
+    /// L4: each connection goes whole to one instance; canaries weigh connections.
+    Tcp,
 }
 
 /// How the proxy picks a healthy instance for a request.

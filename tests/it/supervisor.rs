@@ -6,6 +6,7 @@
 mod canary;
 mod harness;
 mod restart;
+mod tcp;
 
 use std::fs;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 
 use tokio::sync::mpsc;
 
+use crate::protocol::app::Mode;
 use crate::protocol::{AppSpec, DeployOutcome, ErrorKind, ErrorReply, Response};
 use crate::supervisor::deploy::Kind;
 use crate::supervisor::process;
@@ -195,9 +196,9 @@ impl AppTask {
         } else {
             healthy
         };
-        self.shared
-            .proxy
-            .set_proxy_protocol(self.record.spec.proxy_protocol);
+        let spec = &self.record.spec;
+        self.shared.proxy.set_proxy_protocol(spec.proxy_protocol);
+        self.shared.proxy.set_tcp(spec.mode == Mode::Tcp);
         let canary = self.canary_route();
         let mut ids: Vec<String> = chosen.iter().map(|h| h.id.clone()).collect();
         // The canary's share and instances are part of what is routed: a change of either

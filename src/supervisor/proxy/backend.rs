@@ -121,6 +121,13 @@ impl BackendState {
         shard.latency.record(latency);
     }
 
+    /// Records a connection to the instance that could not be made (TCP mode).
+    pub fn record_failed_connect(&self, worker: usize) {
+        self.shard(worker)
+            .failed_connects
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records a request that reached the instance but got no answer (it died or broke the
     /// connection): a server error as far as the canary analysis is concerned.
     pub fn record_broken(&self, worker: usize) {

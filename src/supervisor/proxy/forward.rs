@@ -162,7 +162,12 @@ async fn route(
 
 /// The next instance of `table.backends[range]` to try, skipping those in `tried` (a bit per
 /// index of `table.backends`).
-fn pick(table: &Table, range: std::ops::Range<usize>, turn: usize, tried: u64) -> Option<usize> {
+pub(super) fn pick(
+    table: &Table,
+    range: std::ops::Range<usize>,
+    turn: usize,
+    tried: u64,
+) -> Option<usize> {
     let n = range.len();
     let untried = |i: &usize| tried & (1u64 << (i % 64)) == 0;
     let mut order = (0..n).map(|k| range.start + (turn + k) % n).filter(untried);

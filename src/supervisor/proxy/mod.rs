@@ -20,6 +20,7 @@ mod client;
 mod clients;
 mod forward;
 mod proxy_protocol;
+mod tcp;
 mod workers;
 
 use std::net::SocketAddr;
@@ -108,6 +109,8 @@ struct Shared {
     clients: Arc<Clients>,
     /// Connections start with a PROXY protocol header (see `set_proxy_protocol`).
     proxy_protocol: AtomicBool,
+    /// Connections are piped whole to one instance (see `set_tcp`).
+    tcp: AtomicBool,
 }
 
 /// One worker's copy of the route and its round-robin turn, on a cache line of its own: each
@@ -193,6 +196,7 @@ impl Proxy {
             workers,
             clients: Arc::default(),
             proxy_protocol: AtomicBool::new(false),
+            tcp: AtomicBool::new(false),
         });
         let workers = Workers::start(listener, shared.clone(), workers, held)?;
         Ok(Proxy {
@@ -272,6 +276,12 @@ impl Proxy {
     /// balancer in front), whose client address then stands for the connection's peer.
     pub fn set_proxy_protocol(&self, on: bool) {
         self.shared.proxy_protocol.store(on, Ordering::Relaxed);
+    }
+
+    /// TCP mode: each new connection goes whole to one instance (counted as one request;
+    /// a failed connect is tried on another instance). Connections already open keep their mode.
+    pub fn set_tcp(&self, on: bool) {
+        self.shared.tcp.store(on, Ordering::Relaxed);
     }
 
     /// Counters of every backend currently routed or still draining.

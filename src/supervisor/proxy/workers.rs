@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{forward, proxy_protocol, Shared};
+use super::{forward, proxy_protocol, tcp, Shared};
 
 /// The worker threads of one proxy. Dropping it stops them and waits until they let go of the
 /// listening socket, so the address is free when the drop returns.
@@ -282,6 +282,11 @@ impl Worker {
                             return;
                         }
                     }
+                }
+                if shared.tcp.load(Ordering::Relaxed) {
+                    let _client_open = client_open;
+                    tcp::pipe(shared, worker, stream).await;
+                    return;
                 }
                 let client = forward::Client {
                     ip: hyper::header::HeaderValue::from_str(&client_ip.to_string())
