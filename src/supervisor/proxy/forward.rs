@@ -17,7 +17,7 @@ use super::backend::{BackendState, InFlight, SendError};
 use super::body::ResponseBody;
 use super::client::{Conn, Head, Outgoing};
 use super::workers::{Open, OpenGuard};
-use super::{Shared, Side, Table};
+use super::{Lane, Shared, Side, Table};
 use crate::protocol::app::Balance;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -112,14 +112,7 @@ async fn route(
     let mut req = Outgoing::new(req);
     let mut replay = if replayable { req.replay() } else { None };
     let mut tried = 0u64;
-    loop {
-        let turn = lane.next.fetch_add(1, Ordering::Relaxed);
-        let Some(index) = pick(&table, first.clone(), turn, tried)
-            .or_else(|| pick(&table, second.clone(), turn, tried))
-        else {
-            break;
-        };
-        tried |= 1u64 << (index % 64);
+    while let Some(index) = next_backend(&table, lane, [&first, &second], &mut tried) {
         let state = &table.backends[index];
         let in_flight = InFlight::new(table.clone(), index, client.worker);
         let started = Instant::now();
@@ -158,6 +151,22 @@ async fn route(
         StatusCode::BAD_GATEWAY,
         "502 bad gateway: no instance of this app accepted the connection\n",
     )
+}
+
+/// The next backend to try, taking the round-robin turn: from the first range (the request's
+/// side), else the second; marks it in `tried`. `None` once every one of both was tried.
+pub(super) fn next_backend(
+    table: &Table,
+    lane: &Lane,
+    sides: [&std::ops::Range<usize>; 2],
+    tried: &mut u64,
+) -> Option<usize> {
+    let turn = lane.next.fetch_add(1, Ordering::Relaxed);
+    let index = sides
+        .iter()
+        .find_map(|range| pick(table, (*range).clone(), turn, *tried))?;
+    *tried |= 1u64 << (index % 64);
+    Some(index)
 }
 
 /// The next instance of `table.backends[range]` to try, skipping those in `tried` (a bit per

@@ -3,7 +3,6 @@
 //! draining are the HTTP proxy's: a connection counts as one request and stays in flight until
 //! it closes, so a drain waits for it up to its deadline and then cuts it.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::backend::InFlight;
 use super::client::Conn;
-use super::forward::pick;
+use super::forward::next_backend;
 use super::{Shared, Side};
 
 /// Pipes `client` to an instance of the route until either side closes or a drain cuts it.
@@ -30,14 +29,10 @@ pub(super) async fn pipe(shared: Arc<Shared>, worker: usize, mut client: TcpStre
     };
     let mut tried = 0u64;
     loop {
-        let turn = lane.next.fetch_add(1, Ordering::Relaxed);
-        let Some(index) = pick(&table, first.clone(), turn, tried)
-            .or_else(|| pick(&table, second.clone(), turn, tried))
-        else {
+        let Some(index) = next_backend(&table, lane, [&first, &second], &mut tried) else {
             tracing::debug!("no instance took the connection: closing it");
             return;
         };
-        tried |= 1u64 << (index % 64);
         let state = &table.backends[index];
         let started = Instant::now();
         let mut backend = match Conn::connect(state.backend.addr).await {
