@@ -61,6 +61,11 @@ impl Clients {
         })
     }
 
+    /// Begins the close: from now on every response says `Connection: close`.
+    pub(super) fn begin_close(&self) {
+        self.closing.cancel();
+    }
+
     /// Begins the close and waits until every connection ended or `timeout` passed; then shuts
     /// the rest down and returns how many were still open.
     pub(super) async fn close(&self, timeout: Duration) -> u64 {

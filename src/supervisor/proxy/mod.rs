@@ -228,6 +228,9 @@ impl Proxy {
     /// closed, or after `timeout` (shutting down the rest); the number still open then.
     pub async fn close(&self, timeout: Duration) -> u64 {
         self.shutdown();
+        // Responses already say `Connection: close` while the workers stop accepting: a request
+        // answered meanwhile must not leave its client on a connection about to be let go of.
+        self.shared.clients.begin_close();
         // A worker may be mid-accept: once every accept loop has ended, every connection they
         // accepted is counted, and none comes after.
         self.workers.accepting_stopped().await;

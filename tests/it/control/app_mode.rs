@@ -256,6 +256,8 @@ fn a_supervisor_killed_mid_deploy_ends_the_agent_with_a_clear_error() {
     let mut sup = Supervisor::start();
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("shop");
+    // The v2 candidate may be started just before the kill, before its pid is on record.
+    let _reaper = crate::support::Reaper(vec![dest.clone()]);
     let port = free_port();
     let v1 = DemoRelease::new("shop", "v1", port).write_manifest(work.path(), &dest);
     assert_ok("deploy v1", &sup.apply(&v1));

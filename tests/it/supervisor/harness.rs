@@ -13,6 +13,7 @@ use cutover::protocol::{
     Request, Response, RollbackRequest, StatusRequest,
 };
 
+pub use crate::support::Reaper;
 use crate::support::{cutover, cutover_bin, free_port, wait_until};
 
 /// How long a rollout may take in these tests (a loaded 2-core CI box is slow).
@@ -375,32 +376,6 @@ pub fn error_of(response: Response) -> (ErrorKind, String) {
     match response {
         Response::Error(e) => (e.kind, e.message),
         other => panic!("expected an error, got {other:?}"),
-    }
-}
-
-/// Kills every process whose command line names `dest` (an app's instances) on drop, so a test
-/// that fails half-way leaves nothing running.
-pub struct Reaper(pub Vec<PathBuf>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let Ok(entries) = fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cwd) = fs::read_link(entry.path().join("cwd")) else {
-                continue;
-            };
-            if self.0.iter().any(|dest| cwd.starts_with(dest)) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
     }
 }
 

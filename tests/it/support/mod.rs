@@ -67,3 +67,30 @@ pub fn fixture(path: &str) -> PathBuf {
         .join("fixtures")
         .join(path)
 }
+
+/// Kills every process working under one of the given app homes (`dest`: their instances run
+/// from `dest/releases/<version>`) on drop, so a test that fails half-way, or a supervisor killed
+/// before it recorded a candidate, leaves nothing running.
+pub struct Reaper(pub Vec<PathBuf>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
+                continue;
+            };
+            if self.0.iter().any(|dest| cwd.starts_with(dest)) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
