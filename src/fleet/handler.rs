@@ -83,14 +83,15 @@ fn start(node: &Node, op: &str, payload: &str) -> Ack {
     // Another copy of a query this node already took: the coordinator sends again while an
     // answer is late, and the work must start once, even if it has finished since.
     let taken = run_id.map(|id| format!("{run} {}{id}", wire::RUN_PREFIX));
-    if taken.is_some() && node.record().accepted == taken {
+    let record = node.record();
+    if taken.is_some() && record.accepted == taken {
         return Ack::accepted();
     }
     if worker::busy(node) {
-        if node.record().running.as_deref() == Some(run.as_str()) {
+        if record.running.as_deref() == Some(run.as_str()) {
             return Ack::accepted();
         }
-        let last = node.record().last;
+        let last = record.last;
         let what = last.map_or_else(String::new, |l| format!(": {} {} {}", l.op, l.app, l.v));
         return Ack::refused(format!("busy{what}; retry when it ends"));
     }

@@ -166,14 +166,19 @@ impl Supervisor {
         client.request(&request, |_| {}).await.expect("request")
     }
 
-    async fn deploy(&self, app: &BenchApp, version: &str) {
+    /// Places and deploys `version`; the supervisor's answer.
+    async fn try_deploy(&self, app: &BenchApp, version: &str) -> Response {
         app.place(version);
-        let request = Request::Deploy(DeployRequest {
+        self.request(Request::Deploy(DeployRequest {
             app: app.spec(version),
             version: version.to_owned(),
             dest: app.dest.clone(),
-        });
-        match self.request(request).await {
+        }))
+        .await
+    }
+
+    async fn deploy(&self, app: &BenchApp, version: &str) {
+        match self.try_deploy(app, version).await {
             Response::Deployed(_) => {}
             other => panic!("deploy {version} of {}: {other:?}", app.name),
         }
@@ -181,13 +186,7 @@ impl Supervisor {
 
     /// Deploys a release that must fail (a canary backed out); panics if it goes live.
     async fn deploy_failing(&self, app: &BenchApp, version: &str) {
-        app.place(version);
-        let request = Request::Deploy(DeployRequest {
-            app: app.spec(version),
-            version: version.to_owned(),
-            dest: app.dest.clone(),
-        });
-        match self.request(request).await {
+        match self.try_deploy(app, version).await {
             Response::Error(_) => {}
             other => panic!("deploy {version} of {} should fail: {other:?}", app.name),
         }

@@ -7,14 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cutover::protocol::app::Balance;
 use cutover::supervisor::proxy::{Backend, Proxy, Route};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::http::{connect, Sender};
 use crate::support::load::{DemoApp, Load};
 
 mod lifecycle;
@@ -41,17 +40,6 @@ async fn proxy() -> Proxy {
     Proxy::bind("127.0.0.1:0".parse().unwrap())
         .await
         .expect("bind proxy")
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> Sender {
-    let stream = TcpStream::connect(addr).await.expect("connect to proxy");
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    sender
 }
 
 async fn get_on(sender: &mut Sender, path: &str) -> (u16, String) {

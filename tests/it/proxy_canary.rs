@@ -2,16 +2,13 @@
 //! 0.1 % included; the sticky cookie keeps a client on its side; the tester header always reaches
 //! the canary.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use cutover::protocol::app::Balance;
 use cutover::supervisor::proxy::{Backend, CanaryRoute, Proxy, Route};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
+use crate::support::http::{connect, Sender};
 use crate::support::load::DemoApp;
 
 fn backend(id: &str, version: &str, app: &DemoApp) -> Arc<Backend> {
@@ -34,17 +31,6 @@ fn split(v1: &DemoApp, v2: &DemoApp, share: &str) -> Route {
             header: "x-cutover-canary".to_owned(),
         }),
     }
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> Sender {
-    let stream = TcpStream::connect(addr).await.expect("connect to proxy");
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    sender
 }
 
 /// One GET with extra headers: the version that answered and the cookie the proxy set, if any.

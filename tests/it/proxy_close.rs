@@ -2,17 +2,15 @@
 //! failing a request, `listener` copies keep the socket open for the next owner, and a proxy made
 //! with `from_listener_held` lets waiting clients in only once told to.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cutover::protocol::app::Balance;
 use cutover::supervisor::proxy::{Backend, Proxy, Route};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::support::http::{connect, Sender};
 use crate::support::load::{DemoApp, Load};
 
 fn route(app: &DemoApp) -> Route {
@@ -25,17 +23,6 @@ fn route(app: &DemoApp) -> Route {
         balance: Balance::RoundRobin,
         canary: None,
     }
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> Sender {
-    let stream = TcpStream::connect(addr).await.expect("connect to proxy");
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    sender
 }
 
 /// One GET on `sender`: the status and the `Connection` header of the answer.

@@ -140,6 +140,30 @@ fn assert_clean(report: &LoadReport, fresh: (u64, Vec<String>), log: &str) {
     );
 }
 
+/// The end of a restart test: no request, connection or status query failed across the
+/// restarts, and the app's instances are the processes from before.
+fn nothing_dropped(
+    supervisor: &Supervisor,
+    app: &App,
+    load: Load,
+    fresh: FreshConnections,
+    asker: StatusAsker,
+    pids: &[u32],
+    across: &str,
+) {
+    let report = load.stop();
+    assert_clean(&report, fresh.stop(), &supervisor.log());
+    let (asked, failures) = asker.stop();
+    assert!(
+        asked > 0 && failures.is_empty(),
+        "{} of {} status requests failed across the {across} (first: {:?})",
+        failures.len(),
+        asked + failures.len() as u64,
+        failures.first()
+    );
+    assert_eq!(supervisor.live_pids(app), pids, "re-adopted, not restarted");
+}
+
 #[test]
 fn handed_over_under_load_no_connection_is_refused_and_the_instances_stay() {
     let home = tempfile::tempdir().expect("temp dir");
@@ -163,22 +187,7 @@ fn handed_over_under_load_no_connection_is_refused_and_the_instances_stay() {
         assert!(!alive(old), "the old supervisor {old} exited");
         wait_flowing(&load, &fresh);
     }
-    let report = load.stop();
-    assert_clean(&report, fresh.stop(), &supervisor.log());
-    let (asked, failures) = asker.stop();
-    assert!(
-        asked > 0 && failures.is_empty(),
-        "{} of {} status requests failed across the hand-overs (first: {:?})",
-        failures.len(),
-        asked + failures.len() as u64,
-        failures.first()
-    );
-
-    assert_eq!(
-        supervisor.live_pids(&app),
-        pids,
-        "re-adopted, not restarted"
-    );
+    nothing_dropped(&supervisor, &app, load, fresh, asker, &pids, "hand-overs");
     let status = supervisor.status(&app);
     assert!(
         status.instances.iter().all(|i| i.restarts == 0),
@@ -274,22 +283,7 @@ fn restarted_with_systemd_socket_activation_under_load_no_connection_is_refused(
         });
         wait_flowing(&load, &fresh);
     }
-    let report = load.stop();
-    assert_clean(&report, fresh.stop(), &supervisor.log());
-    let (asked, failures) = asker.stop();
-    assert!(
-        asked > 0 && failures.is_empty(),
-        "{} of {} status requests failed across the restarts (first: {:?})",
-        failures.len(),
-        asked + failures.len() as u64,
-        failures.first()
-    );
-
-    assert_eq!(
-        supervisor.live_pids(&app),
-        pids,
-        "re-adopted, not restarted"
-    );
+    nothing_dropped(&supervisor, &app, load, fresh, asker, &pids, "restarts");
     let log = supervisor.log();
     assert_eq!(log.matches("re-adopted shop-v1-0").count(), 2, "{log}");
     assert!(
