@@ -49,6 +49,11 @@ pub struct AppSpec {
     /// How long a replaced instance may finish its in-flight requests.
     #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// While no instance is routed (all crashed and restarting, or the first deploy not healthy
+    /// yet), a new request or connection waits this long for one instead of failing at once.
+    /// `0s` (the default): answered 503 at once.
+    #[serde(default, with = "humantime_serde")]
+    pub hold_requests: Duration,
     /// Signal sent to stop an instance (`SIGTERM`, `SIGINT`, `SIGQUIT`, `SIGHUP`, `SIGUSR1`, `SIGUSR2`).
     #[serde(default = "defaults::stop_signal")]
     pub stop_signal: String,

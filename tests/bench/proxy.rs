@@ -1,15 +1,22 @@
 //! Benchmark: proxy overhead, direct vs cutover vs nginx against the same backend.
 //!
 //! `cargo bench --bench proxy` starts one backend (the release `cutover demo-app`), then measures
-//! with `wrk -t2 -c50 -d10s --latency`: the backend directly, through cutover's proxy (in this
-//! process, started with `Proxy::bind` from a 2-thread tokio runtime as the supervisor does), and
-//! through nginx (Debian's, 2 worker processes: the same two cores as cutover; upstream keepalive
-//! 64, HTTP/1.1 to the backend, access log off).
+//! with `wrk -t2 -c50 -d10s --latency`:
+//! - `direct`: the backend itself;
+//! - `cutover`: cutover's proxy (in this process, started with `Proxy::bind` from a 2-thread
+//!   tokio runtime as the supervisor does, with the binary's allocator);
+//! - `canary`: the same with a canary route active (10 % to a second backend entry on the same
+//!   process; wrk keeps no cookies, so every answer also sets the sticky cookie);
+//! - `nginx`: Debian's nginx doing the header work cutover does on every request
+//!   (`X-Forwarded-For/-Proto/-Host`, the `Host` passed on, an `X-Request-Id` to the backend and
+//!   back); 2 worker processes (the same two cores), upstream keepalive 64, HTTP/1.1 to the
+//!   backend, access log off;
+//! - `nginx-bare`: the same nginx adding no header at all, for reference.
 //!
 //! The machine is shared and noisy, so the contenders run in alternating rounds (`BENCH_ROUNDS`,
 //! 3 by default; each round starts with the next contender so none always runs first), every run
-//! is printed, and the verdict compares the medians: cutover meets the target when its requests/s
-//! are at least nginx's and its p99 at most nginx's. `BENCH_SECS` changes the duration of each run
+//! is printed, and the verdict compares the medians: cutover (and cutover with the canary route)
+//! meets the target when its requests/s are at least nginx's and its p99 at most nginx's. `BENCH_SECS` changes the duration of each run
 //! (10 s by default). Everything stays on 127.0.0.1.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,7 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cutover::protocol::app::Balance;
-use cutover::supervisor::proxy::{Backend, Proxy, Route};
+use cutover::supervisor::proxy::{Backend, CanaryRoute, Proxy, Route};
+
+/// The allocator the `cutover` binary uses (src/main.rs), so the proxy here runs as it ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A child process stopped with SIGTERM (then SIGKILL) when dropped.
 struct Guard(Child);
@@ -111,8 +122,20 @@ fn to_ms(value: &str) -> f64 {
     }
 }
 
-fn start_nginx(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> Guard {
+/// nginx in `dir` as a reverse proxy for `backend`; `headers`: with the header work cutover does.
+fn start_nginx(dir: &Path, listen: SocketAddr, backend: SocketAddr, headers: bool) -> Guard {
+    std::fs::create_dir_all(dir).expect("nginx dir");
     let prefix = dir.display();
+    let headers = if headers {
+        "proxy_set_header Host $host;\n      \
+         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      \
+         proxy_set_header X-Forwarded-Proto $scheme;\n      \
+         proxy_set_header X-Forwarded-Host $host;\n      \
+         proxy_set_header X-Request-Id $request_id;\n      \
+         add_header X-Request-Id $request_id;\n"
+    } else {
+        ""
+    };
     let conf = format!(
         "daemon off;\nmaster_process on;\nworker_processes 2;\npid {prefix}/nginx.pid;\n\
          error_log {prefix}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
@@ -121,7 +144,8 @@ fn start_nginx(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> Guard {
          uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n  \
          upstream backend {{ server {backend}; keepalive 64; }}\n  \
          server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://backend;\n      \
-         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      \
+         {headers}    }}\n  }}\n}}\n"
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).expect("write nginx.conf");
@@ -200,36 +224,55 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let proxy = runtime.block_on(async {
-        let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("bind cutover proxy");
+    let backend = |id: &str, version: &str| {
+        Arc::new(Backend {
+            id: id.into(),
+            version: version.into(),
+            addr: backend_addr,
+        })
+    };
+    let (proxy, canary) = runtime.block_on(async {
+        let bind = || Proxy::bind("127.0.0.1:0".parse().unwrap());
+        let proxy = bind().await.expect("bind cutover proxy");
         proxy.set_route(Route {
-            backends: vec![Arc::new(Backend {
-                id: "bench-0".into(),
-                version: "bench".into(),
-                addr: backend_addr,
-            })],
+            backends: vec![backend("bench-0", "bench")],
             balance: Balance::RoundRobin,
             canary: None,
         });
-        proxy
+        let canary = bind().await.expect("bind cutover proxy");
+        canary.set_route(Route {
+            backends: vec![backend("bench-0", "bench")],
+            balance: Balance::RoundRobin,
+            canary: Some(CanaryRoute {
+                backends: vec![backend("bench-canary-0", "canary")],
+                share: "10%".parse().expect("a share"),
+                cookie: "cutover_canary".into(),
+                header: "x-cutover-canary".into(),
+            }),
+        });
+        (proxy, canary)
     });
     wait_listening(proxy.local_addr, "cutover proxy");
+    wait_listening(canary.local_addr, "cutover proxy with a canary route");
 
-    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let nginx = Command::new("nginx")
-        .arg("-v")
-        .output()
-        .is_ok()
-        .then(|| start_nginx(dir.path(), nginx_addr, backend_addr));
-    if nginx.is_some() {
-        wait_listening(nginx_addr, "nginx");
-    }
-
-    let mut targets = vec![("direct", backend_addr), ("cutover", proxy.local_addr)];
-    if nginx.is_some() {
-        targets.push(("nginx", nginx_addr));
+    let mut targets = vec![
+        ("direct", backend_addr),
+        ("cutover", proxy.local_addr),
+        ("canary", canary.local_addr),
+    ];
+    let mut nginxes = Vec::new();
+    if Command::new("nginx").arg("-v").output().is_ok() {
+        for (name, headers) in [("nginx", true), ("nginx-bare", false)] {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            nginxes.push(start_nginx(
+                &dir.path().join(name),
+                addr,
+                backend_addr,
+                headers,
+            ));
+            wait_listening(addr, name);
+            targets.push((name, addr));
+        }
     }
     // A short warm-up each, so connection pools and caches are filled before measuring.
     for (_, addr) in &targets {
@@ -272,19 +315,36 @@ fn main() {
     for ((name, _), f) in targets.iter().zip(&medians) {
         print_row(name, f);
     }
-    match medians.get(2) {
-        Some(nginx) => {
-            let cutover = &medians[1];
-            let rps_ratio = cutover.rps / nginx.rps;
-            let p99_ratio = cutover.p99_ms / nginx.p99_ms;
-            println!("cutover/nginx: req/s {rps_ratio:.2}x, p99 {p99_ratio:.2}x");
-            let met = rps_ratio >= 1.0 && p99_ratio <= 1.0;
-            println!(
-                "verdict: target (req/s >= nginx's, p99 <= nginx's) {}",
-                if met { "MET" } else { "NOT MET" }
-            );
-        }
-        None => println!("nginx: not installed (apt-get install nginx-light), no comparison"),
+    let figures = |name: &str| {
+        targets
+            .iter()
+            .position(|(n, _)| *n == name)
+            .map(|i| &medians[i])
+    };
+    let Some(nginx) = figures("nginx") else {
+        println!("nginx: not installed (apt-get install nginx-light), no comparison");
+        return;
+    };
+    let mut all_met = true;
+    for name in ["cutover", "canary"] {
+        let ours = figures(name).expect("cutover always runs");
+        let rps_ratio = ours.rps / nginx.rps;
+        let p99_ratio = ours.p99_ms / nginx.p99_ms;
+        let met = rps_ratio >= 1.0 && p99_ratio <= 1.0;
+        all_met &= met;
+        println!("{name}/nginx: req/s {rps_ratio:.2}x, p99 {p99_ratio:.2}x");
     }
-    drop(proxy);
+    if let Some(bare) = figures("nginx-bare") {
+        let ours = figures("cutover").expect("cutover always runs");
+        println!(
+            "cutover/nginx-bare (for reference, nginx adding no header): req/s {:.2}x, p99 {:.2}x",
+            ours.rps / bare.rps,
+            ours.p99_ms / bare.p99_ms
+        );
+    }
+    println!(
+        "verdict: target (req/s >= nginx's, p99 <= nginx's, with and without a canary route) {}",
+        if all_met { "MET" } else { "NOT MET" }
+    );
+    drop((proxy, canary, nginxes));
 }

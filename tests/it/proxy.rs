@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 use crate::support::http::{connect, Sender};
 use crate::support::load::{DemoApp, Load};
 
+mod hold;
+mod idle;
 mod lifecycle;
 mod proxy_protocol;
 mod wire;

@@ -5,6 +5,7 @@
 
 mod canary;
 mod harness;
+mod hold;
 mod restart;
 mod tcp;
 

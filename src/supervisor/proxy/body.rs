@@ -13,6 +13,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::backend::InFlight;
 use super::client::{Conn, Framing, READ_CHUNK};
+use super::clients::Active;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -36,6 +37,14 @@ impl ResponseBody {
         ResponseBody::Static(None)
     }
 
+    /// Keeps `active` until an instance's body has been sent whole (a stream may run for long);
+    /// the proxy's own short bodies let go of it at once.
+    pub(super) fn hold(&mut self, active: Active) {
+        if let ResponseBody::Proxied(proxied) = self {
+            proxied.active = Some(active);
+        }
+    }
+
     pub fn proxied(
         conn: Conn,
         framing: Framing,
@@ -56,6 +65,7 @@ impl ResponseBody {
             worker,
             in_flight,
             cut: None,
+            active: None,
         })
     }
 }
@@ -103,6 +113,8 @@ pub(crate) struct Proxied {
     /// Made only when the body has to wait for the instance (a stream, a slow body): most bodies
     /// are complete in the first read and never need it, which saves an allocation per request.
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// The client connection's request in progress, until this body has been sent whole.
+    active: Option<Active>,
 }
 
 impl Decoder {

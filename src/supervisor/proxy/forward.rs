@@ -17,7 +17,7 @@ use super::backend::{BackendState, InFlight, SendError};
 use super::body::ResponseBody;
 use super::client::{Conn, Head, Outgoing};
 use super::workers::{Open, OpenGuard};
-use super::{Lane, Shared, Side, Table};
+use super::{Hold, Lane, Shared, Side, Table};
 use crate::protocol::app::Balance;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -87,22 +87,25 @@ async fn route(
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let lane = shared.lane(client.worker);
-    let table = lane.route.load_full();
-    // During a canary the request's side is tried first, the other side if none of it answers.
-    let (stable, all) = (0..table.stable, table.stable..table.backends.len());
-    let (first, second, cookie) = match &table.split {
-        Some(split) if !all.is_empty() => match split.side(req.headers()) {
-            (Side::Canary, cookie) => (all, stable, cookie),
-            (Side::Stable, cookie) => (stable, all, cookie),
-        },
-        _ => (0..table.backends.len(), 0..0, None),
-    };
+    let mut table = lane.route.load_full();
+    // The request's wait for an instance, if none can take it (`hold_requests`).
+    let mut hold = Hold::default();
     if table.backends.is_empty() {
-        return status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "503 service unavailable: no healthy instance of this app is routed yet\n",
-        );
+        match shared.rerouted(client.worker, &table, &mut hold).await {
+            Some(routed) => table = routed,
+            None => {
+                return status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "503 service unavailable: no healthy instance of this app is routed yet\n",
+                )
+            }
+        }
     }
+    // During a canary the request's side is tried first, the other side if none of it answers.
+    let (side, cookie) = match &table.split {
+        Some(split) if table.stable < table.backends.len() => split.side(req.headers()),
+        _ => (Side::Stable, None),
+    };
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare(&mut req, &client, upgrade);
@@ -111,46 +114,66 @@ async fn route(
     let replayable = !upgrade && is_replayable(&req);
     let mut req = Outgoing::new(req);
     let mut replay = if replayable { req.replay() } else { None };
-    let mut tried = 0u64;
-    while let Some(index) = next_backend(&table, lane, [&first, &second], &mut tried) {
-        let state = &table.backends[index];
-        let in_flight = InFlight::new(table.clone(), index, client.worker);
-        let started = Instant::now();
-        match state.send(client.worker, &mut req).await {
-            Ok((head, conn)) => {
-                state.record(client.worker, head.status.as_u16(), started.elapsed());
-                let mut response = respond(head, conn, &client, in_flight, client_upgrade);
-                if let Some(cookie) = cookie {
-                    response.headers_mut().append(header::SET_COOKIE, cookie);
+    loop {
+        let [first, second] = sides(&table, side);
+        let mut tried = 0u64;
+        while let Some(index) = next_backend(&table, lane, [&first, &second], &mut tried) {
+            let state = &table.backends[index];
+            let in_flight = InFlight::new(table.clone(), index, client.worker);
+            let started = Instant::now();
+            match state.send(client.worker, &mut req).await {
+                Ok((head, conn)) => {
+                    state.record(client.worker, head.status.as_u16(), started.elapsed());
+                    let mut response = respond(head, conn, &client, in_flight, client_upgrade);
+                    if let Some(cookie) = cookie {
+                        response.headers_mut().append(header::SET_COOKIE, cookie);
+                    }
+                    return response;
                 }
-                return response;
-            }
-            Err(SendError::Connect(err)) => {
-                tracing::debug!(backend = %state.backend.id, "connect failed, trying another: {err}");
-            }
-            Err(SendError::Cut) => {
-                return status(
-                    StatusCode::BAD_GATEWAY,
-                    "502 bad gateway: instance drained\n",
-                );
-            }
-            Err(SendError::Exchange(err)) => {
-                state.record_broken(client.worker);
-                tracing::debug!(backend = %state.backend.id, "exchange failed: {err}");
-                match replay.take() {
-                    Some(replay) => req = replay,
-                    _ => return status(
+                Err(SendError::Connect(err)) => {
+                    tracing::debug!(backend = %state.backend.id, "connect failed, trying another: {err}");
+                }
+                Err(SendError::Cut) => {
+                    return status(
                         StatusCode::BAD_GATEWAY,
-                        "502 bad gateway: the instance closed the connection before answering\n",
-                    ),
+                        "502 bad gateway: instance drained\n",
+                    );
+                }
+                Err(SendError::Exchange(err)) => {
+                    state.record_broken(client.worker);
+                    tracing::debug!(backend = %state.backend.id, "exchange failed: {err}");
+                    match replay.take() {
+                        Some(replay) => req = replay,
+                        _ => return status(
+                            StatusCode::BAD_GATEWAY,
+                            "502 bad gateway: the instance closed the connection before answering\n",
+                        ),
+                    }
                 }
             }
         }
+        // No instance accepted the connection, so nothing of the request was sent: within its
+        // hold it may wait for the next route (an instance restarted, a deploy's first healthy).
+        match shared.rerouted(client.worker, &table, &mut hold).await {
+            Some(routed) => table = routed,
+            None => {
+                return status(
+                    StatusCode::BAD_GATEWAY,
+                    "502 bad gateway: no instance of this app accepted the connection\n",
+                )
+            }
+        }
     }
-    status(
-        StatusCode::BAD_GATEWAY,
-        "502 bad gateway: no instance of this app accepted the connection\n",
-    )
+}
+
+/// The ranges of `table.backends` a request on `side` tries, in order: its own side's
+/// instances, then the other side's (during a canary; else the second is empty).
+pub(super) fn sides(table: &Table, side: Side) -> [std::ops::Range<usize>; 2] {
+    let (stable, canary) = (0..table.stable, table.stable..table.backends.len());
+    match side {
+        Side::Canary if !canary.is_empty() => [canary, stable],
+        _ => [stable, canary],
+    }
 }
 
 /// The next backend to try, taking the round-robin turn: from the first range (the request's

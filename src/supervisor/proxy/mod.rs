@@ -24,12 +24,13 @@ mod tcp;
 mod workers;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::protocol::app::Balance;
 pub use backend::quantile;
@@ -111,6 +112,13 @@ struct Shared {
     proxy_protocol: AtomicBool,
     /// Connections are piped whole to one instance (see `set_tcp`).
     tcp: AtomicBool,
+    /// How long an unused client connection stays open, in milliseconds (see `set_idle_timeout`).
+    idle_timeout_ms: AtomicU64,
+    /// How long a request waits for an instance while none is routed, in milliseconds (see
+    /// `set_hold`).
+    hold_ms: AtomicU64,
+    /// Woken by every `set_route`, for the requests held while none is routed.
+    route_changed: Notify,
 }
 
 /// One worker's copy of the route and its round-robin turn, on a cache line of its own: each
@@ -128,6 +136,62 @@ impl Shared {
     fn lane(&self, worker: usize) -> &Lane {
         &self.lanes[worker % self.lanes.len()]
     }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Waits, within a request's hold (`set_hold`), for a route to try again: another than
+    /// `seen` with an instance in it, or after a pause that doubles each time (an instance
+    /// restarted on the same address changes no route), the same one. `None`: no hold, or it
+    /// ran out. Only for a request that no instance could take yet (none routed, or none
+    /// accepting connections): nothing of it has been sent, so it can go again.
+    async fn rerouted(
+        &self,
+        worker: usize,
+        seen: &Arc<Table>,
+        hold: &mut Hold,
+    ) -> Option<Arc<Table>> {
+        let until = *hold.until.get_or_insert_with(|| {
+            let hold = Duration::from_millis(self.hold_ms.load(Ordering::Relaxed));
+            tokio::time::Instant::now() + hold
+        });
+        hold.pause = (hold.pause * 2).clamp(HOLD_RETRY_FIRST, HOLD_RETRY_MAX);
+        let retry_at = (tokio::time::Instant::now() + hold.pause).min(until);
+        let lane = self.lane(worker);
+        loop {
+            let changed = self.route_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let table = lane.route.load_full();
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return None;
+            }
+            if !table.backends.is_empty() && (!Arc::ptr_eq(&table, seen) || now >= retry_at) {
+                return Some(table);
+            }
+            let wake = if table.backends.is_empty() {
+                until
+            } else {
+                retry_at
+            };
+            let _ = tokio::time::timeout_at(wake, changed).await;
+        }
+    }
+}
+
+/// The first pause before a held request tries the same route again; it doubles up to the max.
+const HOLD_RETRY_FIRST: Duration = Duration::from_millis(50);
+const HOLD_RETRY_MAX: Duration = Duration::from_millis(500);
+
+/// One request's wait for an instance (see `Shared::rerouted`).
+#[derive(Debug, Default)]
+pub(super) struct Hold {
+    /// Set by the first wait: when the request stops waiting.
+    until: Option<tokio::time::Instant>,
+    /// The last pause before trying the same route again.
+    pause: Duration,
 }
 
 /// A running proxy for one app; dropping it closes the listener and stops its worker threads
@@ -197,6 +261,9 @@ impl Proxy {
             clients: Arc::default(),
             proxy_protocol: AtomicBool::new(false),
             tcp: AtomicBool::new(false),
+            idle_timeout_ms: AtomicU64::new(clients::IDLE_TIMEOUT.as_millis() as u64),
+            hold_ms: AtomicU64::new(0),
+            route_changed: Notify::new(),
         });
         let workers = Workers::start(listener, shared.clone(), workers, held)?;
         Ok(Proxy {
@@ -273,6 +340,15 @@ impl Proxy {
                 split: route.canary.as_ref().map(canary::Split::new),
             }));
         }
+        self.shared.route_changed.notify_waiters();
+    }
+
+    /// While no instance can take a new request (or TCP connection) — none is routed, or none
+    /// accepts connections — it waits up to `hold` for a route that has one, instead of being
+    /// answered 503 or 502 (closed) at once. Zero, the default: no waiting.
+    pub fn set_hold(&self, hold: Duration) {
+        let ms = hold.as_millis().min(u64::MAX as u128) as u64;
+        self.shared.hold_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Whether every new connection must start with a PROXY protocol header (from a trusted load
@@ -285,6 +361,13 @@ impl Proxy {
     /// a failed connect is tried on another instance). Connections already open keep their mode.
     pub fn set_tcp(&self, on: bool) {
         self.shared.tcp.store(on, Ordering::Relaxed);
+    }
+
+    /// How long a client connection with no request begun and none in progress stays open
+    /// (30 s unless set): it is closed after one to two such periods. New connections only.
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        let ms = timeout.as_millis().clamp(1, u64::MAX as u128) as u64;
+        self.shared.idle_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Counters of every backend currently routed or still draining.

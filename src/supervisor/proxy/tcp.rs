@@ -11,27 +11,35 @@ use tokio::net::TcpStream;
 
 use super::backend::InFlight;
 use super::client::Conn;
-use super::forward::next_backend;
-use super::{Shared, Side};
+use super::forward::{next_backend, sides};
+use super::{Hold, Shared, Side};
 
 /// Pipes `client` to an instance of the route until either side closes or a drain cuts it.
 pub(super) async fn pipe(shared: Arc<Shared>, worker: usize, mut client: TcpStream) {
     let lane = shared.lane(worker);
-    let table = lane.route.load_full();
-    let (stable, canary) = (0..table.stable, table.stable..table.backends.len());
+    let mut table = lane.route.load_full();
+    let mut hold = Hold::default();
     // Connections take turns by weight; there is no cookie or header to read at this layer.
-    let (first, second) = match &table.split {
-        Some(split) if !canary.is_empty() => match split.side(&HeaderMap::new()).0 {
-            Side::Canary => (canary, stable),
-            Side::Stable => (stable, canary),
-        },
-        _ => (0..table.backends.len(), 0..0),
+    let side = match &table.split {
+        Some(split) if table.stable < table.backends.len() => split.side(&HeaderMap::new()).0,
+        _ => Side::Stable,
     };
     let mut tried = 0u64;
     loop {
+        let [first, second] = sides(&table, side);
         let Some(index) = next_backend(&table, lane, [&first, &second], &mut tried) else {
-            tracing::debug!("no instance took the connection: closing it");
-            return;
+            // Within the hold, wait for a route with an instance that may take it.
+            match shared.rerouted(worker, &table, &mut hold).await {
+                Some(routed) => {
+                    table = routed;
+                    tried = 0;
+                    continue;
+                }
+                None => {
+                    tracing::debug!("no instance took the connection: closing it");
+                    return;
+                }
+            }
         };
         let state = &table.backends[index];
         let started = Instant::now();

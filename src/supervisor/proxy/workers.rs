@@ -243,7 +243,12 @@ impl Worker {
 
     async fn accept_loop(&self, listener: TcpListener, open: &Arc<Open>) {
         let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new()).keep_alive(true);
+        // No header read timeout: hyper arms one per request, which costs a timer (and often a
+        // wake-up of the runtime) each time. `clients::IDLE_TIMEOUT` closes slow and idle
+        // connections instead, with one timer per connection.
+        http.timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(None);
         let http = Arc::new(http);
         loop {
             // Every worker is woken by a new connection and the first to call accept takes it: a
@@ -264,7 +269,7 @@ impl Worker {
             let _ = stream.set_nodelay(true);
             let guard = OpenGuard::new(open.clone());
             // Counted here, not in the task: `close` must see it as soon as the loop has stopped.
-            let client_open = self.shared.clients.open();
+            let client_open = self.shared.clients.open(self.shared.idle_timeout());
             let open = open.clone();
             let shared = self.shared.clone();
             let http = http.clone();
@@ -297,16 +302,17 @@ impl Worker {
                 let service = {
                     let client_open = client_open.clone();
                     service_fn(move |req| {
+                        let active = client_open.begin();
                         let response = forward::handle(shared.clone(), client.clone(), req);
                         let client_open = client_open.clone();
-                        async move { response.await.map(|r| client_open.answer(r)) }
+                        async move { response.await.map(|r| client_open.answer(r, active)) }
                     })
                 };
                 let conn = std::pin::pin!(http
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades());
                 let served = client_open.serve(conn, |conn| conn.as_mut().graceful_shutdown());
-                if let Err(err) = served.await {
+                if let Some(Err(err)) = served.await {
                     tracing::debug!(%peer, "client connection ended: {err}");
                 }
             });
