@@ -7,6 +7,7 @@ mod canary;
 mod harness;
 mod restart;
 mod tcp;
+mod websocket;
 
 use std::fs;
 use std::time::Duration;
