@@ -8,6 +8,7 @@ mod harness;
 mod hold;
 mod restart;
 mod tcp;
+mod websocket;
 
 use std::fs;
 use std::time::Duration;

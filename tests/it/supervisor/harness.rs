@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use cutover::protocol::client::Client;
 use cutover::protocol::{
-    AppSpec, AppStatus, DeployRequest, ErrorKind, ReleaseInfo, ReleaseState, ReleasesRequest,
-    Request, Response, RollbackRequest, StatusRequest,
+    AppSpec, AppStatus, DeployRequest, ErrorKind, Progress, ReleaseInfo, ReleaseState,
+    ReleasesRequest, Request, Response, RollbackRequest, StatusRequest,
 };
 
 pub use crate::support::Reaper;
@@ -144,18 +144,42 @@ impl Supervisor {
 
     /// Sends one request and returns the final response (progress lines are dropped).
     pub fn request(&self, request: Request) -> Response {
+        self.request_watched(request, |_| {})
+    }
+
+    /// Sends one request, hands each progress line to `on_progress` as it arrives and returns
+    /// the final response.
+    pub fn request_watched(
+        &self,
+        request: Request,
+        on_progress: impl FnMut(&Progress),
+    ) -> Response {
         block_on(async {
             let client = Client::connect(&self.socket).await.expect("connect");
-            client.request(&request, |_| {}).await.expect("request")
+            client
+                .request(&request, on_progress)
+                .await
+                .expect("request")
         })
     }
 
     pub fn deploy(&self, app: &App, version: &str) -> Response {
-        self.request(Request::Deploy(DeployRequest {
+        self.deploy_watched(app, version, |_| {})
+    }
+
+    /// Deploys, handing each progress line to `on_progress` as it arrives.
+    pub fn deploy_watched(
+        &self,
+        app: &App,
+        version: &str,
+        on_progress: impl FnMut(&Progress),
+    ) -> Response {
+        let request = Request::Deploy(DeployRequest {
             app: app.spec(version),
             version: version.to_owned(),
             dest: app.dest.clone(),
-        }))
+        });
+        self.request_watched(request, on_progress)
     }
 
     /// Deploys and insists it worked.
