@@ -6,7 +6,7 @@
 //! pool lock is taken by that worker only, and by `drain` once), so requests to the same instance
 //! never wait on each other.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,8 +35,12 @@ pub(super) struct BackendState {
     pub backend: Arc<Backend>,
     /// Woken when nothing is in flight any more.
     idle: Notify,
-    /// Cancelled by `drain` at its deadline: every request and tunnel on this backend ends.
+    /// Cancelled by `drain` at its deadline (through `cut_all`): every request and tunnel on
+    /// this backend ends.
     pub cut: CancellationToken,
+    /// `cut` as a plain flag, read as each request gives its connection back (the token's own
+    /// check takes a lock).
+    was_cut: AtomicBool,
     /// What each worker thread writes on every request; `stats` and `in_flight` add them up.
     shards: Box<[Shard]>,
 }
@@ -76,6 +80,7 @@ impl BackendState {
             backend,
             idle: Notify::new(),
             cut,
+            was_cut: AtomicBool::new(false),
             shards,
         }
     }
@@ -153,6 +158,12 @@ impl BackendState {
         }
     }
 
+    /// Ends every request and tunnel on this backend (a drain's deadline passed).
+    pub fn cut_all(&self) {
+        self.was_cut.store(true, Ordering::Relaxed);
+        self.cut.cancel();
+    }
+
     /// Closes the idle keep-alive connections (after a drain: the instance is going away).
     pub fn close_idle(&self) {
         for shard in &self.shards {
@@ -164,7 +175,7 @@ impl BackendState {
 
     /// Puts a connection whose exchange finished cleanly back for `worker`'s next request.
     pub fn give_back(&self, worker: usize, conn: Conn) {
-        if self.cut.is_cancelled() {
+        if self.was_cut.load(Ordering::Relaxed) {
             return;
         }
         if let Ok(mut pool) = self.pool(worker).lock() {

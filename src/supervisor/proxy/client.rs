@@ -82,8 +82,9 @@ pub(super) struct Outgoing {
 }
 
 impl Outgoing {
-    /// Encodes a prepared request (origin-form, hop-by-hop headers already out).
-    pub fn new(req: http::Request<Incoming>) -> Outgoing {
+    /// Encodes a prepared request (origin-form, hop-by-hop headers already out), with what the
+    /// proxy adds to it.
+    pub fn new(req: http::Request<Incoming>, forwarding: &Forwarding) -> Outgoing {
         let (parts, body) = req.into_parts();
         let body = (!hyper::body::Body::is_end_stream(&body)).then_some(body);
         // A body of unknown length (the client's was chunked) goes out chunked.
@@ -91,28 +92,9 @@ impl Outgoing {
             hyper::body::Body::size_hint(b).exact().is_none()
                 || !parts.headers.contains_key(header::CONTENT_LENGTH)
         });
-        let mut head = Vec::with_capacity(256);
-        head.extend_from_slice(parts.method.as_str().as_bytes());
-        head.push(b' ');
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        head.extend_from_slice(target.as_bytes());
-        head.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
-            if chunked && name == header::CONTENT_LENGTH {
-                continue;
-            }
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        if chunked {
-            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
         Outgoing {
+            head: Bytes::from(encode_head(&parts, chunked, forwarding)),
             method: parts.method,
-            head: Bytes::from(head),
             body,
             chunked,
             body_sent: false,
@@ -134,6 +116,92 @@ impl Outgoing {
     pub fn resendable(&self) -> bool {
         !self.body_sent
     }
+}
+
+pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(super) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the proxy adds to a request on its way to an instance. It is written as the head is
+/// encoded, never inserted into the header map (whose custom names hash byte by byte).
+#[derive(Debug)]
+pub(super) struct Forwarding<'a> {
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub client_ip: &'a HeaderValue,
+    /// The request's id, for `X-Request-Id`.
+    pub request_id: &'a HeaderValue,
+    /// The request carries that id already; else an `X-Request-Id` it has is replaced.
+    pub id_from_client: bool,
+}
+
+/// The request head as sent to the instance: the client's headers (`Content-Length` out for a
+/// chunked body), `X-Forwarded-For` with the client appended, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` unless a proxy in front set them, and the request id.
+fn encode_head(parts: &http::request::Parts, chunked: bool, forwarding: &Forwarding) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    let mut line = |name: &[u8], value: &[u8]| {
+        head.extend_from_slice(name);
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    };
+    let mut forwarded_for = None;
+    let (mut has_proto, mut has_host) = (false, false);
+    let mut host = None;
+    for (name, value) in &parts.headers {
+        if *name == X_FORWARDED_FOR {
+            forwarded_for = Some(value);
+            continue;
+        }
+        if (chunked && name == header::CONTENT_LENGTH)
+            || (*name == X_REQUEST_ID && !forwarding.id_from_client)
+        {
+            continue;
+        }
+        has_proto |= *name == X_FORWARDED_PROTO;
+        has_host |= *name == X_FORWARDED_HOST;
+        if name == header::HOST {
+            host = Some(value);
+        }
+        line(name.as_str().as_bytes(), value.as_bytes());
+    }
+    match forwarded_for {
+        Some(earlier) => {
+            let mut both = earlier.as_bytes().to_vec();
+            both.extend_from_slice(b", ");
+            both.extend_from_slice(forwarding.client_ip.as_bytes());
+            line(X_FORWARDED_FOR.as_str().as_bytes(), &both);
+        }
+        None => line(
+            X_FORWARDED_FOR.as_str().as_bytes(),
+            forwarding.client_ip.as_bytes(),
+        ),
+    }
+    if !has_proto {
+        line(X_FORWARDED_PROTO.as_str().as_bytes(), b"http");
+    }
+    if let Some(host) = host.filter(|_| !has_host) {
+        line(X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
+    }
+    if !forwarding.id_from_client {
+        line(
+            X_REQUEST_ID.as_str().as_bytes(),
+            forwarding.request_id.as_bytes(),
+        );
+    }
+    if chunked {
+        line(b"transfer-encoding", b"chunked");
+    }
+    let mut out = Vec::with_capacity(head.len() + 64);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    out.extend_from_slice(&head);
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// A response head from an instance, and how its body is framed.
@@ -367,6 +435,46 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encoded(req: http::Request<()>, id_from_client: bool) -> String {
+        let (parts, ()) = req.into_parts();
+        let forwarding = Forwarding {
+            client_ip: &HeaderValue::from_static("127.0.0.1"),
+            request_id: &HeaderValue::from_static("00ab"),
+            id_from_client,
+        };
+        String::from_utf8(encode_head(&parts, false, &forwarding)).unwrap()
+    }
+
+    #[test]
+    fn the_proxy_s_headers_are_added_once_and_the_client_appended() {
+        let req = http::Request::get("/a?b=1")
+            .header("host", "shop.example")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("x-request-id", "")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encoded(req, false),
+            "GET /a?b=1 HTTP/1.1\r\nhost: shop.example\r\n\
+             x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: shop.example\r\nx-request-id: 00ab\r\n\r\n"
+        );
+        // What a proxy in front set stays; the client's id is kept as it is.
+        let req = http::Request::get("/")
+            .header("host", "shop.example")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "www.example")
+            .header("x-request-id", "lb-1")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encoded(req, true),
+            "GET / HTTP/1.1\r\nhost: shop.example\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: www.example\r\nx-request-id: lb-1\r\n\
+             x-forwarded-for: 127.0.0.1\r\n\r\n"
+        );
+    }
 
     fn parse(text: &str, method: Method) -> (Option<Head>, usize) {
         let mut buf = BytesMut::from(text.as_bytes());

@@ -15,17 +15,13 @@ use tokio::io::AsyncWriteExt;
 
 use super::backend::{BackendState, InFlight, SendError};
 use super::body::ResponseBody;
-use super::client::{Conn, Head, Outgoing};
+use super::client::{Conn, Forwarding, Head, Outgoing, X_REQUEST_ID};
 use super::workers::{Open, OpenGuard};
 use super::{Hold, Lane, Shared, Side, Table};
 use crate::protocol::app::Balance;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A longer incoming `X-Request-Id` is replaced by a new one rather than passed on.
 const MAX_REQUEST_ID: usize = 200;
 
@@ -57,27 +53,39 @@ pub(super) struct Client {
 pub(super) async fn handle(
     shared: Arc<Shared>,
     client: Client,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let id = request_id(req.headers_mut());
-    let mut response = route(shared, client, req).await;
+    let id = request_id(req.headers());
+    let mut response = route(shared, client, req, &id).await;
     // The client sees the id the instance logged (or the proxy's own answer carries it).
-    response.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
+    response
+        .headers_mut()
+        .entry(&X_REQUEST_ID)
+        .or_insert(id.value);
     Ok(response)
 }
 
-/// The request's id: the one it came with (a load balancer in front set it), else a new one,
-/// put on the request for the instance either way.
-fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+/// The request's id: the one it came with (a load balancer in front set it), else a new one.
+fn request_id(headers: &HeaderMap) -> RequestId {
     match headers.get(&X_REQUEST_ID) {
-        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID => id.clone(),
-        _ => {
-            let id = HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
-                .expect("hex digits are a valid header value");
-            headers.insert(X_REQUEST_ID.clone(), id.clone());
-            id
-        }
+        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID => RequestId {
+            value: id.clone(),
+            from_client: true,
+        },
+        _ => RequestId {
+            value: HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
+                .expect("hex digits are a valid header value"),
+            from_client: false,
+        },
     }
+}
+
+/// The id a request goes to the instance with.
+#[derive(Debug)]
+pub(super) struct RequestId {
+    pub value: HeaderValue,
+    /// The request carries it already; else any `X-Request-Id` it has is replaced by this one.
+    pub from_client: bool,
 }
 
 /// Picks the instance and sends the request; every failure is an answer of the proxy's own.
@@ -85,6 +93,7 @@ async fn route(
     shared: Arc<Shared>,
     client: Client,
     mut req: Request<Incoming>,
+    id: &RequestId,
 ) -> Response<ResponseBody> {
     let lane = shared.lane(client.worker);
     let mut table = lane.route.load_full();
@@ -108,11 +117,18 @@ async fn route(
     };
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    prepare(&mut req, &client, upgrade);
+    prepare(&mut req, upgrade);
     // Only safe methods without a body may be sent twice (what nginx's proxy_next_upstream does
     // by default); anything else is retried only when it provably never left the proxy.
     let replayable = !upgrade && is_replayable(&req);
-    let mut req = Outgoing::new(req);
+    let mut req = Outgoing::new(
+        req,
+        &Forwarding {
+            client_ip: &client.ip,
+            request_id: &id.value,
+            id_from_client: id.from_client,
+        },
+    );
     let mut replay = if replayable { req.replay() } else { None };
     loop {
         let [first, second] = sides(&table, side);
@@ -230,7 +246,10 @@ fn is_replayable(req: &Request<Incoming>) -> bool {
 }
 
 /// Rewrites a client's request into the one the instance gets.
-fn prepare(req: &mut Request<Incoming>, client: &Client, upgrade: bool) {
+/// Makes the request one to send on: origin-form, HTTP/1.1, without the hop-by-hop headers (but
+/// those of a WebSocket handshake). The `X-Forwarded-*` and `X-Request-Id` headers are written
+/// by `Outgoing::new`.
+fn prepare(req: &mut Request<Incoming>, upgrade: bool) {
     // Origin-form on the wire to the instance, whatever form the client used.
     if req.uri().scheme().is_some() {
         if let Some(path) = req.uri().path_and_query() {
@@ -249,28 +268,6 @@ fn prepare(req: &mut Request<Incoming>, client: &Client, upgrade: bool) {
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    append_forwarded_for(headers, &client.ip);
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Some(host) = headers.get(header::HOST).cloned() {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
-        }
-    }
-}
-
-fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
-    let combined = match headers.get(&X_FORWARDED_FOR) {
-        None => ip.clone(),
-        Some(earlier) => {
-            let mut both = earlier.as_bytes().to_vec();
-            both.extend_from_slice(b", ");
-            both.extend_from_slice(ip.as_bytes());
-            HeaderValue::from_bytes(&both).unwrap_or_else(|_| ip.clone())
-        }
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), combined);
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -447,15 +444,5 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
-    }
-
-    #[test]
-    fn forwarded_for_is_appended() {
-        let mut headers = HeaderMap::new();
-        let ip = HeaderValue::from_static("127.0.0.1");
-        append_forwarded_for(&mut headers, &ip);
-        assert_eq!(headers[&X_FORWARDED_FOR], "127.0.0.1");
-        append_forwarded_for(&mut headers, &HeaderValue::from_static("10.0.0.2"));
-        assert_eq!(headers[&X_FORWARDED_FOR], "127.0.0.1, 10.0.0.2");
     }
 }

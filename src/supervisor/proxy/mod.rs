@@ -394,7 +394,7 @@ impl Proxy {
                 backend = %state.backend.id,
                 "drain deadline of {timeout:?} passed, cutting {cut} open connection(s)"
             );
-            state.cut.cancel();
+            state.cut_all();
             // Cut requests and tunnels end at their next poll; give them a moment to do so, so
             // that the instance is really free when this returns.
             let settle = tokio::time::Instant::now() + Duration::from_secs(2);
