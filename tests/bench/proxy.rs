@@ -4,7 +4,7 @@
 //! with `wrk -t2 -c50 -d10s --latency`:
 //! - `direct`: the backend itself;
 //! - `cutover`: cutover's proxy (in this process, started with `Proxy::bind` from a 2-thread
-//!   tokio runtime as the supervisor does, with the binary's allocator);
+//!   tokio runtime as the supervisor does);
 //! - `canary`: the same with a canary route active (10 % to a second backend entry on the same
 //!   process; wrk keeps no cookies, so every answer also sets the sticky cookie);
 //! - `nginx`: Debian's nginx doing the header work cutover does on every request
@@ -27,10 +27,6 @@ use std::time::{Duration, Instant};
 
 use cutover::protocol::app::Balance;
 use cutover::supervisor::proxy::{Backend, CanaryRoute, Proxy, Route};
-
-/// The allocator the `cutover` binary uses (src/main.rs), so the proxy here runs as it ships.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A child process stopped with SIGTERM (then SIGKILL) when dropped.
 struct Guard(Child);

@@ -245,10 +245,13 @@ impl Worker {
         let mut http = hyper::server::conn::http1::Builder::new();
         // No header read timeout: hyper arms one per request, which costs a timer (and often a
         // wake-up of the runtime) each time. `clients::IDLE_TIMEOUT` closes slow and idle
-        // connections instead, with one timer per connection.
+        // connections instead, with one timer per connection. No vectored writes: the head and
+        // a body chunk copied into one buffer and sent with one `write` cost less than a
+        // `writev` of the two (about 5 % more requests/s in the proxy bench).
         http.timer(TokioTimer::new())
             .keep_alive(true)
-            .header_read_timeout(None);
+            .header_read_timeout(None)
+            .writev(false);
         let http = Arc::new(http);
         loop {
             // Every worker is woken by a new connection and the first to call accept takes it: a
