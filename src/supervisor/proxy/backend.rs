@@ -247,7 +247,7 @@ fn replayable(req: &Outgoing) -> bool {
     matches!(
         req.method,
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-    ) && req.replay().is_some()
+    ) && req.bodiless()
 }
 
 /// Marks one request or tunnel as in flight on a backend (on `worker`'s count) until dropped.

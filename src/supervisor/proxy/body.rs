@@ -12,7 +12,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::backend::InFlight;
-use super::client::{Conn, Framing, READ_CHUNK};
+use super::client::{make_room, Conn, Framing};
 use super::clients::Active;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -194,7 +194,7 @@ impl Proxied {
                 }
             }
             let conn = self.conn.as_mut().expect("checked above");
-            conn.buf.reserve(READ_CHUNK);
+            make_room(&mut conn.buf);
             match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
                 Poll::Ready(Ok(0)) if self.decoder == Decoder::Close => {
                     self.decoder = Decoder::Done;

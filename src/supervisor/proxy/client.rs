@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
@@ -65,8 +65,17 @@ impl Conn {
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
-        self.buf.reserve(READ_CHUNK);
+        make_room(&mut self.buf);
         self.io.read_buf(&mut self.buf).await
+    }
+}
+
+/// Makes room in a read buffer: a new one of [`READ_CHUNK`] only once the one in use is nearly
+/// full. Responses are cut off its front and their headers share it, so a buffer is reused for
+/// many responses instead of being replaced (and shared anew) on every one.
+pub(super) fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
     }
 }
 
@@ -75,7 +84,7 @@ impl Conn {
 #[derive(Debug)]
 pub(super) struct Outgoing {
     pub method: Method,
-    pub head: Bytes,
+    pub head: Vec<u8>,
     body: Option<Incoming>,
     chunked: bool,
     body_sent: bool,
@@ -93,7 +102,7 @@ impl Outgoing {
                 || !parts.headers.contains_key(header::CONTENT_LENGTH)
         });
         Outgoing {
-            head: Bytes::from(encode_head(&parts, chunked, forwarding)),
+            head: encode_head(&parts, chunked, forwarding),
             method: parts.method,
             body,
             chunked,
@@ -101,15 +110,9 @@ impl Outgoing {
         }
     }
 
-    /// A bodiless copy, for a replay on another instance.
-    pub fn replay(&self) -> Option<Outgoing> {
-        self.body.is_none().then(|| Outgoing {
-            method: self.method.clone(),
-            head: self.head.clone(),
-            body: None,
-            chunked: false,
-            body_sent: false,
-        })
+    /// Whether it has no body: the same head can simply be sent again.
+    pub fn bodiless(&self) -> bool {
+        self.body.is_none()
     }
 
     /// Whether it can still be sent again: no body, or a body not yet started.
@@ -140,6 +143,11 @@ pub(super) struct Forwarding<'a> {
 /// `X-Forwarded-Host` unless a proxy in front set them, and the request id.
 fn encode_head(parts: &http::request::Parts, chunked: bool, forwarding: &Forwarding) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
     let mut line = |name: &[u8], value: &[u8]| {
         head.extend_from_slice(name);
         head.extend_from_slice(b": ");
@@ -193,15 +201,8 @@ fn encode_head(parts: &http::request::Parts, chunked: bool, forwarding: &Forward
     if chunked {
         line(b"transfer-encoding", b"chunked");
     }
-    let mut out = Vec::with_capacity(head.len() + 64);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    out.extend_from_slice(&head);
-    out.extend_from_slice(b"\r\n");
-    out
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 /// A response head from an instance, and how its body is framed.
@@ -360,7 +361,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
             );
         }
         let raw = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for what the proxy adds (the request id, a canary's cookie) without regrowing.
+        let mut headers = HeaderMap::with_capacity(count + 2);
         for &(name_at, name_len, value_at, value_len) in &spans[..count] {
             let (name_at, name_len) = (name_at as usize, name_len as usize);
             let (value_at, value_len) = (value_at as usize, value_len as usize);

@@ -23,7 +23,7 @@ use hyper::header::{HeaderValue, CONNECTION};
 use hyper::{Response, StatusCode};
 
 use super::body::ResponseBody;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// After the close began, a connection that sent no request for this long is closed: its client
@@ -57,8 +57,9 @@ pub(super) struct Clients {
 #[derive(Debug)]
 pub(super) struct Open {
     clients: Arc<Clients>,
-    /// Bumped by every request, so the closing connection can tell whether its client is active.
-    requests: watch::Sender<u64>,
+    /// Woken by every answer once the close began, so the closing connection can tell whether
+    /// its client is active.
+    answered: Notify,
     /// Requests begun, for the idle check.
     begun: AtomicU64,
     /// Requests begun and not yet answered to their last byte.
@@ -80,7 +81,7 @@ impl Clients {
         self.open.fetch_add(1, Ordering::SeqCst);
         Arc::new(Open {
             clients: self.clone(),
-            requests: watch::Sender::new(0),
+            answered: Notify::new(),
             begun: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             idle_timeout,
@@ -148,11 +149,10 @@ impl Open {
     ) -> Response<ResponseBody> {
         response.body_mut().hold(active);
         let closing = self.clients.closing_flag.load(Ordering::SeqCst);
-        // Only `serve` after the close began listens: before, the count goes up unannounced.
-        self.requests.send_if_modified(|n| {
-            *n += 1;
-            closing
-        });
+        // Only `serve` after the close began listens.
+        if closing {
+            self.answered.notify_waiters();
+        }
         // A 101 hands the connection to a tunnel: its own `Connection: upgrade` must stay.
         if closing && response.status() != StatusCode::SWITCHING_PROTOCOLS {
             response
@@ -192,12 +192,12 @@ impl Open {
             Ended::Idle => return None,
             Ended::Closing => {}
         }
-        let mut requests = self.requests.subscribe();
         loop {
+            // An answer missed between two turns costs nothing: each turn waits afresh.
             tokio::select! {
                 result = &mut conn => return Some(result),
                 () = self.clients.cut.cancelled() => break,
-                changed = requests.changed() => if changed.is_err() { break },
+                () = self.answered.notified() => {}
                 () = tokio::time::sleep(IDLE_GRACE) => break,
             }
         }

@@ -73,11 +73,21 @@ fn request_id(headers: &HeaderMap) -> RequestId {
             from_client: true,
         },
         _ => RequestId {
-            value: HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
-                .expect("hex digits are a valid header value"),
+            value: new_request_id(),
             from_client: false,
         },
     }
+}
+
+/// 16 random hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = rand::random::<u64>();
+    let mut digits = [0u8; 16];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[(random >> (60 - 4 * i)) as usize & 0xf];
+    }
+    HeaderValue::from_bytes(&digits).expect("hex digits are a valid header value")
 }
 
 /// The id a request goes to the instance with.
@@ -129,7 +139,8 @@ async fn route(
             id_from_client: id.from_client,
         },
     );
-    let mut replay = if replayable { req.replay() } else { None };
+    // A replayable request is sent once more on another instance if the first breaks.
+    let mut replays = u8::from(replayable);
     loop {
         let [first, second] = sides(&table, side);
         let mut tried = 0u64;
@@ -158,13 +169,13 @@ async fn route(
                 Err(SendError::Exchange(err)) => {
                     state.record_broken(client.worker);
                     tracing::debug!(backend = %state.backend.id, "exchange failed: {err}");
-                    match replay.take() {
-                        Some(replay) => req = replay,
-                        _ => return status(
+                    if replays == 0 {
+                        return status(
                             StatusCode::BAD_GATEWAY,
                             "502 bad gateway: the instance closed the connection before answering\n",
-                        ),
+                        );
                     }
+                    replays -= 1;
                 }
             }
         }
@@ -426,6 +437,14 @@ mod tests {
             HeaderValue::from_static("keep-alive, Upgrade"),
         );
         assert!(wants_upgrade(&headers));
+    }
+
+    #[test]
+    fn a_new_request_id_is_16_random_hex_digits() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_eq!(a.len(), 16);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit), "{a:?}");
+        assert_ne!(a, b);
     }
 
     #[test]
