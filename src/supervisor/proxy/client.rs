@@ -19,7 +19,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long a connect to an instance may take before it counts as failed (and is retried on
@@ -62,11 +62,6 @@ impl Conn {
                 matches!(self.io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
-    }
-
-    async fn fill(&mut self) -> io::Result<usize> {
-        make_room(&mut self.buf);
-        self.io.read_buf(&mut self.buf).await
     }
 }
 
@@ -254,18 +249,52 @@ pub(super) async fn exchange(conn: &mut Conn, req: &mut Outgoing) -> Result<Head
         .write_all(&req.head)
         .await
         .map_err(ExchangeError::Unsent)?;
-    if let Some(body) = req.body.as_mut() {
-        req.body_sent = true;
-        send_body(&mut conn.io, body, req.chunked)
-            .await
-            .map_err(ExchangeError::Failed)?;
+    let Some(body) = req.body.as_mut() else {
+        return read_head(&mut conn.io, &mut conn.buf, &req.method).await;
+    };
+    req.body_sent = true;
+    // An instance may answer before it has read the whole body (a 413, a redirect): its answer
+    // is read while the body goes out, and is passed on as soon as it is whole.
+    let (mut reader, mut writer) = conn.io.split();
+    let sending = send_body(&mut writer, body, req.chunked);
+    let reading = read_head(&mut reader, &mut conn.buf, &req.method);
+    tokio::pin!(sending, reading);
+    let early = |head: Head| Head {
+        // The connection is in the middle of a request body: it cannot carry another request.
+        keep_alive: false,
+        ..head
+    };
+    tokio::select! {
+        biased;
+        head = &mut reading => head.map(early),
+        sent = &mut sending => match sent {
+            Ok(()) => reading.await,
+            Err(BodyError::Client(err)) => Err(ExchangeError::Failed(err)),
+            // The instance stopped reading (it answered and closed, say): its answer, if any,
+            // is what the client gets.
+            Err(BodyError::Instance(err)) => match reading.await {
+                Ok(head) => Ok(early(head)),
+                Err(_) => Err(ExchangeError::Failed(err)),
+            },
+        },
     }
-    read_head(conn, &req.method).await
 }
 
-async fn send_body(io: &mut TcpStream, body: &mut Incoming, chunked: bool) -> io::Result<()> {
+/// Why a request body could not be sent whole.
+enum BodyError {
+    /// Reading it from the client failed (the client went away).
+    Client(io::Error),
+    /// Writing it to the instance failed.
+    Instance(io::Error),
+}
+
+async fn send_body<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    body: &mut Incoming,
+    chunked: bool,
+) -> Result<(), BodyError> {
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(io::Error::other)?;
+        let frame = frame.map_err(|err| BodyError::Client(io::Error::other(err)))?;
         let Ok(data) = frame.into_data() else {
             continue; // Trailers are not passed on.
         };
@@ -277,30 +306,37 @@ async fn send_body(io: &mut TcpStream, body: &mut Incoming, chunked: bool) -> io
             chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
             chunk.extend_from_slice(&data);
             chunk.extend_from_slice(b"\r\n");
-            io.write_all(&chunk).await?;
+            io.write_all(&chunk).await.map_err(BodyError::Instance)?;
         } else {
-            io.write_all(&data).await?;
+            io.write_all(&data).await.map_err(BodyError::Instance)?;
         }
     }
     if chunked {
-        io.write_all(b"0\r\n\r\n").await?;
+        io.write_all(b"0\r\n\r\n")
+            .await
+            .map_err(BodyError::Instance)?;
     }
     Ok(())
 }
 
-async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, ExchangeError> {
+async fn read_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Head, ExchangeError> {
     let mut received = false;
     loop {
-        if !conn.buf.is_empty() {
+        if !buf.is_empty() {
             received = true;
-            if let Some(head) = parse_head(&mut conn.buf, method).map_err(ExchangeError::Failed)? {
+            if let Some(head) = parse_head(buf, method).map_err(ExchangeError::Failed)? {
                 return Ok(head);
             }
-            if conn.buf.len() > MAX_HEAD {
+            if buf.len() > MAX_HEAD {
                 return Err(ExchangeError::Failed(invalid("response head too large")));
             }
         }
-        match conn.fill().await {
+        make_room(buf);
+        match io.read_buf(buf).await {
             Ok(0) if !received => return Err(ExchangeError::Closed),
             Ok(0) => {
                 return Err(ExchangeError::Failed(io::Error::new(

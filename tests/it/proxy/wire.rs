@@ -196,3 +196,60 @@ async fn every_request_carries_an_id_to_the_instance_and_back() {
     assert_eq!(id_of(&answer), "lb-42");
     assert!(answer.contains("rid=lb-42"), "{answer}");
 }
+
+/// A backend that refuses every upload as soon as it has the request head, without reading the
+/// body, and keeps the connection open.
+async fn refusing_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer =
+                    "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 10\r\n\r\ntoo large\n";
+                let _ = stream.write_all(answer.as_bytes()).await;
+                // Open, and reading nothing more, until the test ends.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_answering_before_the_body_is_whole_is_heard() {
+    let proxy = proxy_to(refusing_backend().await).await;
+    let mut stream = TcpStream::connect(proxy.local_addr).await.unwrap();
+    // 10 MB announced, 64 KiB sent: the body can never be whole.
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: shop\r\nContent-Length: 10000000\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !answer.ends_with(b"too large\n") {
+            let n = stream.read(&mut chunk).await.expect("read the answer");
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no answer within 10s: {:?}",
+            String::from_utf8_lossy(&answer)
+        )
+    });
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
