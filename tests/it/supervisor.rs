@@ -24,13 +24,7 @@ fn blue_green_under_load_loses_no_request() {
     let home = tempfile::tempdir().expect("temp dir");
     let mut app = App::new(home.path(), "shop");
     app.tweak = |spec| spec.instances = 2;
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start(home.path());
-    app.place("v1");
-    app.place("v2");
-
-    supervisor.deploy_ok(&app, "v1");
-    app.wait_serving("v1");
+    let (_reaper, supervisor) = app.serving(home.path(), &["v1", "v2"]);
     let v1_pids = supervisor.live_pids(&app);
     assert_eq!(v1_pids.len(), 2, "two v1 instances");
 

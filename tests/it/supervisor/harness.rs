@@ -367,6 +367,19 @@ impl App {
         Ok(answer)
     }
 
+    /// The usual start of a test: a supervisor in `home` (with a reaper for this app's
+    /// processes), every one of `versions` placed, and the first deployed and serving.
+    pub fn serving(&self, home: &Path, versions: &[&str]) -> (Reaper, Supervisor) {
+        let reaper = Reaper(vec![self.dest.clone()]);
+        let supervisor = Supervisor::start(home);
+        for version in versions {
+            self.place(version);
+        }
+        supervisor.deploy_ok(self, versions[0]);
+        self.wait_serving(versions[0]);
+        (reaper, supervisor)
+    }
+
     /// Waits until a GET through the proxy is answered by `version`.
     pub fn wait_serving(&self, version: &str) {
         let needle = format!("hello from {version} ");

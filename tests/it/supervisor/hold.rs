@@ -6,7 +6,7 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use super::harness::{App, Reaper, Supervisor, ROLLOUT};
+use super::harness::{App, ROLLOUT};
 use crate::support::load::Load;
 use crate::support::wait_until;
 
@@ -15,11 +15,7 @@ fn requests_wait_for_the_only_instance_to_come_back() {
     let home = tempfile::tempdir().expect("temp dir");
     let mut app = App::new(home.path(), "shop");
     app.tweak = |spec| spec.hold_requests = Duration::from_secs(30);
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start(home.path());
-    app.place("v1");
-    supervisor.deploy_ok(&app, "v1");
-    app.wait_serving("v1");
+    let (_reaper, supervisor) = app.serving(home.path(), &["v1"]);
     let pids = supervisor.live_pids(&app);
     assert_eq!(pids.len(), 1, "one instance: {pids:?}");
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cutover::protocol::Response;
 
-use super::harness::{App, Reaper, Supervisor, ROLLOUT};
+use super::harness::{App, ROLLOUT};
 
 /// The app's drain timeout: long enough to watch the socket outlive the switch, short for a test.
 const DRAIN: Duration = Duration::from_secs(4);
@@ -137,12 +137,7 @@ fn a_websocket_on_the_old_release_stays_open_until_the_drain_deadline() {
     app.tweak = |spec| spec.drain_timeout = DRAIN;
     // v2 listens only after 1.5 s: a window in which it is starting and v1 still serves.
     app.faults = vec![("v2".into(), "--boot-delay 1500".into())];
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start(home.path());
-    app.place("v1");
-    app.place("v2");
-    supervisor.deploy_ok(&app, "v1");
-    app.wait_serving("v1");
+    let (_reaper, supervisor) = app.serving(home.path(), &["v1", "v2"]);
     let mut ws = WebSocket::open(app.listen).expect("a WebSocket to v1");
     assert_eq!(ws.echo("hello v1").as_deref(), Ok("hello v1"));
 
