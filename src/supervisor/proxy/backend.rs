@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{self, Conn, ExchangeError, Head, Outgoing};
+use super::client::{self, Conn, ExchangeError, Outgoing};
+use super::head::Head;
 use super::{Backend, BackendStats, Table};
 
 /// Idle keep-alive connections kept per instance and worker; beyond that they are closed after use.

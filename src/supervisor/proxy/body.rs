@@ -12,8 +12,9 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::backend::InFlight;
-use super::client::{make_room, Conn, Framing};
+use super::client::{make_room, Conn};
 use super::clients::Active;
+use super::head::Framing;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use hyper::header::{HeaderValue, CONNECTION};
 use hyper::{Response, StatusCode};
-
-use super::body::ResponseBody;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use super::body::ResponseBody;
 
 /// After the close began, a connection that sent no request for this long is closed: its client
 /// is not one with a request about to arrive.
@@ -34,8 +34,10 @@ const IDLE_GRACE: Duration = Duration::from_secs(1);
 const SETTLE: Duration = Duration::from_secs(2);
 
 /// A connection with no request begun for this long and none in progress is closed. It is
-/// checked once per period, so such a connection is closed after one to two periods (nginx's
-/// `client_header_timeout` and `keepalive_timeout` are 60 and 75 s).
+/// checked once per period, so an idle keep-alive connection is closed after one to two periods;
+/// a client still sending its request head, or still taking the end of a response, gets one more
+/// before it is dropped (nginx's `client_header_timeout`, `keepalive_timeout` and `send_timeout`
+/// are 60, 75 and 60 s).
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every open client connection of one proxy.
@@ -164,7 +166,7 @@ impl Open {
 
     /// Drives `conn` to its end; once the close began, shuts it down (gracefully: a response in
     /// progress still goes out) when its client stays idle for [`IDLE_GRACE`] or at the deadline.
-    /// `None`: closed unused for [`IDLE_TIMEOUT`] (dropped: it had no request in progress).
+    /// `None`: dropped after it stayed unused (see [`IDLE_TIMEOUT`]).
     pub(super) async fn serve<C, T, E>(
         &self,
         conn: C,
@@ -189,7 +191,12 @@ impl Open {
         };
         match ended {
             Ended::Done(result) => return Some(result),
-            Ended::Idle => return None,
+            Ended::Idle => {
+                // Gracefully: the end of a response still being written to a slow reader goes
+                // out. A head never finished (or that end) gets one more period, then is dropped.
+                graceful_shutdown(&mut conn);
+                return tokio::time::timeout(self.idle_timeout, conn).await.ok();
+            }
             Ended::Closing => {}
         }
         loop {

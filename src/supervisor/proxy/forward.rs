@@ -15,7 +15,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::backend::{BackendState, InFlight, SendError};
 use super::body::ResponseBody;
-use super::client::{Conn, Forwarding, Head, Outgoing, X_REQUEST_ID};
+use super::client::{Conn, Outgoing};
+use super::head::{Forwarding, Head, X_REQUEST_ID};
 use super::workers::{Open, OpenGuard};
 use super::{Hold, Lane, Shared, Side, Table};
 use crate::protocol::app::Balance;

@@ -19,6 +19,7 @@ mod canary;
 mod client;
 mod clients;
 mod forward;
+mod head;
 mod proxy_protocol;
 mod tcp;
 mod workers;

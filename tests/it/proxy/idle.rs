@@ -12,8 +12,8 @@ use super::{backend, connect, get_on, proxy, route};
 use crate::support::load::DemoApp;
 
 const IDLE: Duration = Duration::from_millis(400);
-/// Room for a loaded test machine on top of the two periods a closing may take.
-const LATEST: Duration = Duration::from_millis(2 * 400 + 2000);
+/// Room for a loaded test machine on top of the three periods a closing may take.
+const LATEST: Duration = Duration::from_millis(3 * 400 + 2000);
 
 /// Reads one response with a `content-length` from a raw connection.
 async fn read_response(stream: &mut TcpStream) -> String {
