@@ -140,6 +140,8 @@ struct Verdict {
     fails: u32,
     /// When the current run of passes began: `min_healthy_time` counts from there.
     streak_since: Option<Instant>,
+    /// It has been healthy once: later failures are the running instance's own.
+    ever_healthy: bool,
 }
 
 impl Verdict {
@@ -153,6 +155,7 @@ impl Verdict {
             passes: 0,
             fails: 0,
             streak_since: None,
+            ever_healthy: false,
         }
     }
 
@@ -164,6 +167,12 @@ impl Verdict {
                 let since = *self.streak_since.get_or_insert(now);
                 let long_enough = now.duration_since(since) >= self.limits.min_healthy_time;
                 if self.passes >= self.limits.healthy && long_enough {
+                    if !self.ever_healthy {
+                        // Failures while it booted (nothing listening yet) are not the
+                        // running instance's: `status` would show them for good.
+                        self.report.last_failure = None;
+                        self.ever_healthy = true;
+                    }
                     self.report.health = Health::Healthy;
                 }
             }
@@ -291,7 +300,16 @@ mod tests {
         );
         v.record(Ok(()), t0);
         assert_eq!(v.report.health, Health::Healthy);
-        assert_eq!(v.report.last_failure.as_deref(), Some("GET /healthz → 500"));
+        assert_eq!(
+            v.report.last_failure, None,
+            "a failure while booting is forgotten once healthy"
+        );
+        // A failure of the running instance stays, even once it is healthy again.
+        v.record(Err("GET /healthz → 503".into()), t0);
+        v.record(Ok(()), t0);
+        v.record(Ok(()), t0);
+        assert_eq!(v.report.health, Health::Healthy);
+        assert_eq!(v.report.last_failure.as_deref(), Some("GET /healthz → 503"));
     }
 
     #[test]

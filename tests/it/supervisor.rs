@@ -413,3 +413,20 @@ fn harness_request(socket: &std::path::Path, request: Request) -> Option<Respons
         client.request(&request, |_| {}).await.ok()
     })
 }
+
+#[test]
+fn a_healthy_instance_shows_no_failure_from_its_boot() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut app = App::new(home.path(), "shop");
+    // Listening only after 600 ms: the first health checks are refused.
+    app.faults = vec![("v1".into(), "--boot-delay 600".into())];
+    let (_reaper, supervisor) = app.serving(home.path(), &["v1"]);
+    let status = supervisor.status(&app);
+    let instances = &status.instances;
+    assert_eq!(instances.len(), 1, "{status:?}");
+    assert_eq!(instances[0].state, "healthy", "{status:?}");
+    assert_eq!(
+        instances[0].last_failure, None,
+        "the refused checks of its boot are not the running instance's: {status:?}"
+    );
+}

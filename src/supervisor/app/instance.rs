@@ -293,9 +293,18 @@ impl InstanceTask {
     }
 
     fn on_health(&mut self, report: HealthReport) {
-        if let Some(failure) = &report.last_failure {
-            let failure = failure.clone();
-            self.update(|v| v.last_failure = Some(failure));
+        match &report.last_failure {
+            Some(failure) => {
+                let failure = failure.clone();
+                self.update(|v| v.last_failure = Some(failure));
+            }
+            // Healthy, and the checks forgot the failures of its boot: so does the view.
+            None if report.health == Health::Healthy
+                && self.view.borrow().last_failure.is_some() =>
+            {
+                self.update(|v| v.last_failure = None)
+            }
+            None => {}
         }
         if self.retiring {
             return;
