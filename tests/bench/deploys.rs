@@ -14,6 +14,8 @@
 //!
 //! Environment: `DEPLOYS` (default 50), `CANARIES` (default 50 of each), `CLIENTS` (default 4).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{env_number, free_port};
 use cutover::protocol::client::Client;
 use cutover::protocol::{AppSpec, DeployRequest, Request, Response};
 use http_body_util::{BodyExt, Empty};
@@ -162,8 +165,7 @@ impl Supervisor {
     }
 
     async fn request(&self, request: Request) -> Response {
-        let client = Client::connect(&self.socket).await.expect("connect");
-        client.request(&request, |_| {}).await.expect("request")
+        common::request(&self.socket, request).await
     }
 
     /// Places and deploys `version`; the supervisor's answer.
@@ -193,10 +195,7 @@ impl Supervisor {
     }
 
     async fn stop_app(&self, app: &BenchApp) {
-        let request = Request::Stop(cutover::protocol::StopRequest {
-            app: app.name.clone(),
-        });
-        let _ = self.request(request).await;
+        common::stop_app(&self.socket, &app.name).await;
     }
 }
 
@@ -220,10 +219,7 @@ struct BenchApp {
 
 impl BenchApp {
     fn new(home: &Path, name: &str, instances: u32, interval: &'static str) -> BenchApp {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         BenchApp {
             name: name.to_owned(),
             dest: home.join(name),
@@ -403,11 +399,4 @@ fn rss_kb(pid: u32) -> u64 {
 fn ticks_per_second() -> i64 {
     // SAFETY: sysconf only reads a system constant.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) }
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

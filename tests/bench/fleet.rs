@@ -45,13 +45,7 @@ fn main() {
     let baseline = direct[1];
 
     let (took, out) = rollout(&release(dir, "shop", "2", Behaviour::Serves), 1);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out),
-        fleet.logs()
-    );
+    fleet.assert_rolled_out(&out);
     // The rollout's own timestamped progress shows where the time per node goes.
     print!("{}", String::from_utf8_lossy(&out.stdout));
     if std::env::var_os("BENCH_LOGS").is_some() {

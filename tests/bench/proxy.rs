@@ -19,12 +19,14 @@
 //! meets the target when its requests/s are at least nginx's and its p99 at most nginx's. `BENCH_SECS` changes the duration of each run
 //! (10 s by default). Everything stays on 127.0.0.1.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{env_number, free_port, has, wait_for, Nginx};
 use cutover::protocol::app::Balance;
 use cutover::supervisor::proxy::{Backend, CanaryRoute, Proxy, Route};
 
@@ -44,24 +46,6 @@ impl Drop for Guard {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
-
-fn wait_listening(addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on {addr} within 20s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -118,44 +102,6 @@ fn to_ms(value: &str) -> f64 {
     }
 }
 
-/// nginx in `dir` as a reverse proxy for `backend`; `headers`: with the header work cutover does.
-fn start_nginx(dir: &Path, listen: SocketAddr, backend: SocketAddr, headers: bool) -> Guard {
-    std::fs::create_dir_all(dir).expect("nginx dir");
-    let prefix = dir.display();
-    let headers = if headers {
-        "proxy_set_header Host $host;\n      \
-         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      \
-         proxy_set_header X-Forwarded-Proto $scheme;\n      \
-         proxy_set_header X-Forwarded-Host $host;\n      \
-         proxy_set_header X-Request-Id $request_id;\n      \
-         add_header X-Request-Id $request_id;\n"
-    } else {
-        ""
-    };
-    let conf = format!(
-        "daemon off;\nmaster_process on;\nworker_processes 2;\npid {prefix}/nginx.pid;\n\
-         error_log {prefix}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n  \
-         proxy_temp_path {prefix}/proxy;\n  fastcgi_temp_path {prefix}/fastcgi;\n  \
-         uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n  \
-         upstream backend {{ server {backend}; keepalive 64; }}\n  \
-         server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://backend;\n      \
-         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      \
-         {headers}    }}\n  }}\n}}\n"
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).expect("write nginx.conf");
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start nginx (Debian package `nginx-light`)");
-    Guard(child)
-}
-
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
@@ -164,14 +110,6 @@ fn median(values: &mut [f64]) -> f64 {
     } else {
         values[mid]
     }
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
 }
 
 fn print_row(name: &str, f: &Figures) {
@@ -189,8 +127,8 @@ fn print_row(name: &str, f: &Figures) {
 }
 
 fn main() {
-    let secs = env_number("BENCH_SECS", 10);
-    let rounds = env_number("BENCH_ROUNDS", 3) as usize;
+    let secs: u64 = env_number("BENCH_SECS", 10).max(1);
+    let rounds: usize = env_number("BENCH_ROUNDS", 3).max(1);
     if Command::new("wrk").arg("--version").output().is_err() {
         eprintln!("proxy bench: `wrk` is not installed (apt-get install wrk); skipping");
         return;
@@ -212,7 +150,7 @@ fn main() {
             .spawn()
             .expect("start cutover demo-app"),
     );
-    wait_listening(backend_addr, "demo-app");
+    wait_for("demo-app", || TcpStream::connect(backend_addr).is_ok());
 
     // The supervisor's own runtime has one worker per core: two here.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -248,8 +186,12 @@ fn main() {
         });
         (proxy, canary)
     });
-    wait_listening(proxy.local_addr, "cutover proxy");
-    wait_listening(canary.local_addr, "cutover proxy with a canary route");
+    wait_for("cutover proxy", || {
+        TcpStream::connect(proxy.local_addr).is_ok()
+    });
+    wait_for("cutover proxy with a canary route", || {
+        TcpStream::connect(canary.local_addr).is_ok()
+    });
 
     let mut targets = vec![
         ("direct", backend_addr),
@@ -257,17 +199,11 @@ fn main() {
         ("canary", canary.local_addr),
     ];
     let mut nginxes = Vec::new();
-    if Command::new("nginx").arg("-v").output().is_ok() {
+    if has("nginx", "-v") {
         for (name, headers) in [("nginx", true), ("nginx-bare", false)] {
-            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            nginxes.push(start_nginx(
-                &dir.path().join(name),
-                addr,
-                backend_addr,
-                headers,
-            ));
-            wait_listening(addr, name);
-            targets.push((name, addr));
+            let nginx = Nginx::start(&dir.path().join(name), &[backend_addr.to_string()], headers);
+            targets.push((name, nginx.listen));
+            nginxes.push(nginx);
         }
     }
     // A short warm-up each, so connection pools and caches are filled before measuring.

@@ -14,6 +14,7 @@
 //! It prints, per way, refused connections, other socket errors and failed (non-2xx) requests.
 //! `CLIENTS` (default 8, half of them keep-alive) sets the load.
 
+mod common;
 #[path = "restart/load.rs"]
 mod load;
 
@@ -22,11 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cutover::protocol::client::Client;
+use common::{children, env_number, free_port, has, terminate, wait_for, Nginx};
 use cutover::protocol::{AppSpec, DeployRequest, Request, Response, StatusRequest};
 use load::{Figures, Load};
-
-const DEADLINE: Duration = Duration::from_secs(60);
 
 fn main() {
     let restarts: u32 = env_number("RESTARTS", 20);
@@ -66,7 +65,7 @@ fn main() {
                 let backends = supervisor.instance_addrs(&app).await;
                 if has("nginx", "-v") {
                     let dir = tempfile::tempdir().expect("temp dir");
-                    let mut nginx = Nginx::start(dir.path(), &backends);
+                    let mut nginx = Nginx::start(dir.path(), &backends, false);
                     let (figures, per_restart) =
                         measure(nginx.listen, clients, restarts, || nginx.reload()).await;
                     print_row("nginx -s reload", &figures, per_restart);
@@ -201,8 +200,7 @@ impl Supervisor {
     }
 
     async fn request(&self, request: Request) -> Response {
-        let client = Client::connect(&self.socket).await.expect("connect");
-        client.request(&request, |_| {}).await.expect("request")
+        common::request(&self.socket, request).await
     }
 
     async fn deploy(&self, app: &BenchApp) {
@@ -233,10 +231,7 @@ impl Supervisor {
     }
 
     async fn stop_app(&self, app: &BenchApp) {
-        let request = Request::Stop(cutover::protocol::StopRequest {
-            app: app.name.clone(),
-        });
-        let _ = self.request(request).await;
+        common::stop_app(&self.socket, &app.name).await;
     }
 }
 
@@ -272,37 +267,12 @@ fn spawn(home: &Path, args: &[&str]) -> Child {
         .expect("start cutover supervise")
 }
 
-fn terminate(pid: u32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-}
-
 /// The `cutover` child of `parent` (the supervisor under the stand-in service manager).
 fn cutover_child(parent: u32) -> Option<u32> {
     children(parent)
         .into_iter()
         .find(|(_, comm)| comm == "cutover")
         .map(|(pid, _)| pid)
-}
-
-/// Pid and command name of each child of `parent`, from /proc.
-fn children(parent: u32) -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(')')?;
-            let comm = head.split_once('(')?.1.to_owned();
-            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == parent).then_some((pid, comm))
-        })
-        .collect()
 }
 
 struct BenchApp {
@@ -341,116 +311,4 @@ impl BenchApp {
         }))
         .expect("a valid spec")
     }
-}
-
-/// nginx (2 workers, upstream keep-alive) in front of `backends`; stopped on drop.
-struct Nginx {
-    dir: PathBuf,
-    conf: PathBuf,
-    listen: SocketAddr,
-    child: Child,
-}
-
-impl Nginx {
-    fn start(dir: &Path, backends: &[String]) -> Nginx {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let prefix = dir.display();
-        let servers: String = backends.iter().map(|b| format!("server {b}; ")).collect();
-        let conf = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 2;\npid {prefix}/nginx.pid;\n\
-             error_log {prefix}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n  \
-             proxy_temp_path {prefix}/proxy;\n  fastcgi_temp_path {prefix}/fastcgi;\n  \
-             uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n  \
-             upstream backend {{ {servers}keepalive 64; }}\n  \
-             server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://backend;\n      \
-             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
-        );
-        let path = dir.join("nginx.conf");
-        std::fs::write(&path, conf).expect("write nginx.conf");
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let nginx = Nginx {
-            dir: dir.to_owned(),
-            conf: path,
-            listen,
-            child,
-        };
-        wait_for("nginx to listen", || {
-            std::net::TcpStream::connect(listen).is_ok() && nginx.workers().len() == 2
-        });
-        nginx
-    }
-
-    fn workers(&self) -> Vec<u32> {
-        children(self.child.id())
-            .into_iter()
-            .map(|(pid, _)| pid)
-            .collect()
-    }
-
-    /// `nginx -s reload`, complete when the old workers are gone and two new ones run.
-    fn reload(&mut self) {
-        let old = self.workers();
-        let status = Command::new("nginx")
-            .arg("-p")
-            .arg(&self.dir)
-            .arg("-c")
-            .arg(&self.conf)
-            .args(["-s", "reload"])
-            .status()
-            .expect("run nginx -s reload");
-        assert!(status.success(), "nginx -s reload failed");
-        wait_for("nginx's old workers to exit", || {
-            let now = self.workers();
-            !now.iter().any(|pid| old.contains(pid)) && now.len() == 2
-        });
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        terminate(self.child.id());
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn has(program: &str, version_flag: &str) -> bool {
-    Command::new(program)
-        .arg(version_flag)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

@@ -68,13 +68,10 @@ fn a_failing_release_is_rolled_back_while_the_old_one_keeps_serving() {
         Some("late-crash") => spec.health.min_healthy_time = Duration::from_secs(3),
         _ => {}
     };
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start(home.path());
-    for version in ["v1", "boot-crash", "never-healthy", "late-crash"] {
-        app.place(version);
-    }
-    supervisor.deploy_ok(&app, "v1");
-    app.wait_serving("v1");
+    let (_reaper, supervisor) = app.serving(
+        home.path(),
+        &["v1", "boot-crash", "never-healthy", "late-crash"],
+    );
     let v1_pids = supervisor.live_pids(&app);
 
     let load = Load::start(app.listen, 2, "/");
@@ -147,11 +144,7 @@ fn kill_9_while_idle_readopts_the_same_instances() {
     let home = tempfile::tempdir().expect("temp dir");
     let mut app = App::new(home.path(), "shop");
     app.tweak = |spec| spec.instances = 2;
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let mut supervisor = Supervisor::start(home.path());
-    app.place("v1");
-    supervisor.deploy_ok(&app, "v1");
-    app.wait_serving("v1");
+    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1"]);
     let pids = supervisor.live_pids(&app);
 
     supervisor.kill_9();
@@ -187,13 +180,7 @@ fn kill_9_mid_deploy_stops_the_candidate_and_keeps_the_stable_release() {
     // The candidate takes a minute to listen: the deploy is surely in flight when we kill.
     app.faults = vec![("v2".into(), "--boot-delay 60000".into())];
     app.tweak = |spec| spec.health.deadline = Duration::from_secs(120);
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let mut supervisor = Supervisor::start(home.path());
-    app.place("v1");
-    app.place("v2");
-    app.place("v3");
-    supervisor.deploy_ok(&app, "v1");
-    app.wait_serving("v1");
+    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1", "v2", "v3"]);
     let v1_pids = supervisor.live_pids(&app);
 
     let deploying = {
@@ -363,11 +350,7 @@ fn a_corrupt_state_file_is_set_aside_with_a_clear_message() {
 fn stop_ends_the_instances_and_forgets_the_app() {
     let home = tempfile::tempdir().expect("temp dir");
     let app = App::new(home.path(), "shop");
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start(home.path());
-    app.place("v1");
-    supervisor.deploy_ok(&app, "v1");
-    app.wait_serving("v1");
+    let (_reaper, supervisor) = app.serving(home.path(), &["v1"]);
     let pids = supervisor.live_pids(&app);
 
     let stopped = supervisor.request(Request::Stop(StopRequest {

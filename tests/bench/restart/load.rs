@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
-use super::DEADLINE;
+use super::common::DEADLINE;
 
 /// What the clients saw.
 #[derive(Debug, Default)]

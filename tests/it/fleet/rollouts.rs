@@ -16,13 +16,7 @@ fn fleet_on_v1(n: usize, env: impl Fn(usize) -> Vec<(String, String)>) -> Fleet 
     let v1 = release(fleet.root.path(), "shop", "1", Behaviour::Serves);
     let all = n.to_string();
     let out = fleet.rollout("n1", &[v1.to_str().unwrap(), "--max-parallel", &all]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out),
-        fleet.logs()
-    );
+    fleet.assert_rolled_out(&out);
     for node in &fleet.nodes {
         assert_eq!(
             node.live_version("shop").as_deref(),

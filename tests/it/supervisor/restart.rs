@@ -169,12 +169,7 @@ fn handed_over_under_load_no_connection_is_refused_and_the_instances_stay() {
     let home = tempfile::tempdir().expect("temp dir");
     let mut app = App::new(home.path(), "shop");
     app.tweak = |spec| spec.instances = 2;
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let mut supervisor = Supervisor::start(home.path());
-    app.place("v1");
-    app.place("v2");
-    supervisor.deploy_ok(&app, "v1");
-    app.wait_serving("v1");
+    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1", "v2"]);
     let pids = supervisor.live_pids(&app);
 
     let load = Load::start(app.listen, 4, "/");
@@ -212,11 +207,7 @@ fn handed_over_under_load_no_connection_is_refused_and_the_instances_stay() {
 fn a_successor_that_cannot_start_hands_everything_back_and_nothing_is_dropped() {
     let home = tempfile::tempdir().expect("temp dir");
     let app = App::new(home.path(), "shop");
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let mut supervisor = Supervisor::start(home.path());
-    app.place("v1");
-    supervisor.deploy_ok(&app, "v1");
-    app.wait_serving("v1");
+    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1"]);
     let pids = supervisor.live_pids(&app);
     let load = Load::start(app.listen, 4, "/");
     let fresh = FreshConnections::start(&app);

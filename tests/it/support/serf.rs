@@ -423,6 +423,11 @@ impl Fleet {
         self.nodes.iter_mut().find(|n| n.name == name).unwrap()
     }
 
+    /// Asserts that a rollout succeeded (exit 0), showing its output and every node's logs if not.
+    pub fn assert_rolled_out(&self, out: &Output) {
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", text(out), self.logs());
+    }
+
     /// `cutover rollout ARGS…` against node `via`'s Serf agent, with test-sized deadlines.
     pub fn rollout(&self, via: &str, args: &[&str]) -> Output {
         cutover()

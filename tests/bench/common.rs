@@ -1,0 +1,181 @@
+//! What the benchmarks share: free ports, waiting with a deadline, child processes, numbers from
+//! the environment, requests to a supervisor, and nginx as the baseline reverse proxy. Included by each bench with
+//! `mod common;`; not every bench uses every piece.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cutover::protocol::client::Client;
+use cutover::protocol::{Request, Response, StopRequest};
+
+/// The longest any wait of a benchmark may take.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// One request to the supervisor listening on `socket`; its final answer.
+pub async fn request(socket: &Path, request: Request) -> Response {
+    let client = Client::connect(socket).await.expect("connect");
+    client.request(&request, |_| {}).await.expect("request")
+}
+
+/// Stops the app `name` (a benchmark does not care for the answer).
+pub async fn stop_app(socket: &Path, name: &str) {
+    let stop = Request::Stop(StopRequest {
+        app: name.to_owned(),
+    });
+    let _ = request(socket, stop).await;
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn has(program: &str, version_flag: &str) -> bool {
+    Command::new(program)
+        .arg(version_flag)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+pub fn terminate(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+}
+
+/// Pid and command name of each child of `parent`, from /proc.
+pub fn children(parent: u32) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_owned();
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some((pid, comm))
+        })
+        .collect()
+}
+
+/// Debian's nginx as a reverse proxy (2 workers, upstream keep-alive 64, HTTP/1.1 to the
+/// backends, access log off) in front of `backends`; stopped on drop.
+pub struct Nginx {
+    dir: PathBuf,
+    conf: PathBuf,
+    pub listen: SocketAddr,
+    child: Child,
+}
+
+impl Nginx {
+    /// `headers`: with the header work cutover's proxy does on every request
+    /// (`X-Forwarded-For/-Proto/-Host`, the client's `Host`, an `X-Request-Id` both ways).
+    pub fn start(dir: &Path, backends: &[String], headers: bool) -> Nginx {
+        std::fs::create_dir_all(dir).expect("nginx dir");
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let prefix = dir.display();
+        let servers: String = backends.iter().map(|b| format!("server {b}; ")).collect();
+        let headers = if headers {
+            "proxy_set_header Host $host;\n      \
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      \
+             proxy_set_header X-Forwarded-Proto $scheme;\n      \
+             proxy_set_header X-Forwarded-Host $host;\n      \
+             proxy_set_header X-Request-Id $request_id;\n      \
+             add_header X-Request-Id $request_id;\n"
+        } else {
+            ""
+        };
+        let conf = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 2;\npid {prefix}/nginx.pid;\n\
+             error_log {prefix}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n  \
+             proxy_temp_path {prefix}/proxy;\n  fastcgi_temp_path {prefix}/fastcgi;\n  \
+             uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n  \
+             upstream backend {{ {servers}keepalive 64; }}\n  \
+             server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://backend;\n      \
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      \
+             {headers}    }}\n  }}\n}}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start nginx (Debian package `nginx-light`)");
+        let nginx = Nginx {
+            dir: dir.to_owned(),
+            conf: path,
+            listen,
+            child,
+        };
+        wait_for("nginx to listen", || {
+            std::net::TcpStream::connect(listen).is_ok() && nginx.workers().len() == 2
+        });
+        nginx
+    }
+
+    pub fn workers(&self) -> Vec<u32> {
+        children(self.child.id())
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// `nginx -s reload`, complete when the old workers are gone and two new ones run.
+    pub fn reload(&mut self) {
+        let old = self.workers();
+        let status = Command::new("nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(&self.conf)
+            .args(["-s", "reload"])
+            .status()
+            .expect("run nginx -s reload");
+        assert!(status.success(), "nginx -s reload failed");
+        wait_for("nginx's old workers to exit", || {
+            let now = self.workers();
+            !now.iter().any(|pid| old.contains(pid)) && now.len() == 2
+        });
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        terminate(self.child.id());
+        let _ = self.child.wait();
+    }
+}
