@@ -19,7 +19,8 @@ pub struct Row {
     pub phase: String,
 }
 
-/// Reads members, their tags and their answers to a status query (within `timeout`).
+/// Reads members, their tags and their answers to a status query (within `timeout`; an error
+/// only when no node answered and a query failed).
 pub async fn collect(
     serf: &Serf,
     filters: &[String],
@@ -34,9 +35,15 @@ pub async fn collect(
     let states: BTreeMap<String, NodeState> = if alive.is_empty() {
         BTreeMap::new()
     } else {
-        serf.query(wire::QUERY_STATUS, "", &alive, timeout)
-            .await?
-            .responses
+        // Resent while answers are missing, as the rollout's queries are: a lost copy of the
+        // query must not show a live node as "no answer".
+        let (answers, failure) = serf
+            .gather(wire::QUERY_STATUS, "", &alive, timeout, timeout)
+            .await;
+        if let (true, Some(err)) = (answers.is_empty(), failure) {
+            return Err(err);
+        }
+        answers
             .into_iter()
             .filter_map(|(n, text)| Some((n, serde_json::from_str(&text).ok()?)))
             .collect()
