@@ -9,7 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cutover::protocol::client::Client;
+
+#[path = "../it/support/ports.rs"]
+mod ports;
 use cutover::protocol::{Request, Response, StopRequest};
+pub use ports::free_port;
 
 /// The longest any wait of a benchmark may take.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -26,13 +30,6 @@ pub async fn stop_app(socket: &Path, name: &str) {
         app: name.to_owned(),
     });
     let _ = request(socket, stop).await;
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
 }
 
 pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {

@@ -6,11 +6,13 @@ pub mod archive;
 pub mod github;
 pub mod http;
 pub mod load;
+mod ports;
 pub mod s3;
 pub mod serf;
 pub mod supervisor;
 
-use std::net::TcpListener;
+pub use ports::free_port;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -34,15 +36,6 @@ pub fn cutover() -> Command {
         cmd.env_remove(var);
     }
     cmd
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Polls `condition` until it holds or `deadline` passes; panics naming `what` on timeout.

@@ -3,7 +3,6 @@
 //! release archives they deploy; everything started here is stopped on drop.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -166,8 +165,7 @@ impl Drop for SerfAgent {
 /// Serf binds its gossip port on TCP and UDP: pick one free on both.
 fn free_udp_tcp_port() -> u16 {
     loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-        let port = tcp.local_addr().unwrap().port();
+        let port = free_port();
         if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
