@@ -22,6 +22,7 @@ use crate::supervisor::listeners::{Inherited, Listeners};
 use crate::supervisor::proxy::Proxy;
 use crate::supervisor::recovery;
 use crate::supervisor::store::{AppRecord, Store, StoreError};
+use crate::supervisor::strays::Strays;
 
 /// Every app this supervisor runs. Cheap to share (`Arc` inside); one per supervisor.
 #[derive(Debug, Clone)]
@@ -71,12 +72,19 @@ impl Apps {
         let store = Arc::new(Store::open(state_dir)?);
         let inherited = std::sync::Mutex::new(inherited);
         let mut tasks = BTreeMap::new();
+        let mut strays = Strays::scan(state_dir);
+        let mut stops = BTreeMap::new();
         for (name, record) in store.snapshot().apps {
+            stops.insert(
+                name.clone(),
+                (record.spec.stop_signal.clone(), record.spec.stop_timeout),
+            );
             let proxy = match bind(&name, &record.spec.listen, &inherited).await {
                 Ok(proxy) => proxy,
                 Err(e) => {
                     // Its instances keep running; a later deploy or restart can take it back.
                     tracing::error!(app = %name, "cannot resume: {}", e.message);
+                    strays.keep(record.instances.iter().map(|i| i.id.as_str()));
                     continue;
                 }
             };
@@ -86,9 +94,16 @@ impl Apps {
                 proxy,
                 store: store.clone(),
             });
-            tasks.insert(name, recovery::resume(shared.clone(), record).await);
+            tasks.insert(
+                name,
+                recovery::resume(shared.clone(), record, &mut strays).await,
+            );
             // A passed socket already has clients waiting: they are let in once the route is set.
             shared.proxy.start_accepting();
+        }
+        if !strays.is_empty() {
+            // They hold nothing the apps need (each its own port): serving does not wait.
+            tokio::spawn(async move { strays.stop_all(&stops).await });
         }
         Ok(Apps {
             inner: Arc::new(Inner {

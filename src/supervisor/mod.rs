@@ -21,6 +21,7 @@ pub mod recovery;
 pub mod releases;
 pub mod rollback;
 pub mod store;
+pub mod strays;
 
 use std::future::Future;
 use std::io;

@@ -172,7 +172,7 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Running> {
         .id()
         .ok_or_else(|| std::io::Error::other("spawned process has no pid"))?;
     // The child cannot be reaped before we wait on it, so its /proc entry is there to read.
-    let (start_time, _) = stat(pid)?;
+    let start_time = stat(pid)?.start_time;
     Ok(Running {
         id: ProcessId { pid, start_time },
         watch: Watch::Child(child),
@@ -221,10 +221,20 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat), and whether it is
-/// a zombie (dead, waiting to be reaped). A child that exits at once is a zombie by the time
-/// `spawn` reads this, and still has its start time.
-fn stat(pid: u32) -> std::io::Result<(u64, bool)> {
+/// What the supervisor reads of a process in /proc/PID/stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// In clock ticks since boot (field 22).
+    pub start_time: u64,
+    /// Dead, waiting to be reaped. A child that exits at once is a zombie by the time `spawn`
+    /// reads this, and still has its start time.
+    pub zombie: bool,
+    /// Its process group (field 5): an instance leads its own.
+    pub group: u32,
+}
+
+/// Reads /proc/PID/stat.
+pub fn stat(pid: u32) -> std::io::Result<Stat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_stat(&stat).ok_or_else(|| {
         std::io::Error::new(
@@ -237,18 +247,25 @@ fn stat(pid: u32) -> std::io::Result<(u64, bool)> {
 /// The start time of a live (not zombie) process.
 fn start_time(pid: u32) -> Option<u64> {
     match stat(pid) {
-        Ok((start, false)) => Some(start),
+        Ok(stat) if !stat.zombie => Some(stat.start_time),
         _ => None,
     }
 }
 
-fn parse_stat(stat: &str) -> Option<(u64, bool)> {
+fn parse_stat(stat: &str) -> Option<Stat> {
     // The command name (field 2) is in parentheses and may hold spaces or ')': split after the
-    // last ')'. What follows starts with field 3 (state), so field 22 is the 20th there.
+    // last ')'. What follows starts with field 3 (state), so field 5 is the 3rd there and field
+    // 22 the 20th.
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     let zombie = fields.next()? == "Z";
-    Some((fields.nth(18)?.parse().ok()?, zombie))
+    let group = fields.nth(1)?.parse().ok()?;
+    let start_time = fields.nth(16)?.parse().ok()?;
+    Some(Stat {
+        start_time,
+        zombie,
+        group,
+    })
 }
 
 /// Sends `signal` to the process group, waits up to `grace`, then SIGKILLs the group.
@@ -316,17 +333,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn start_time_is_field_22_even_with_spaces_in_the_name() {
+    fn start_time_and_group_are_read_even_with_spaces_in_the_name() {
         let stat =
-            "4242 (my app) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_stat(stat), Some((987654, false)));
+            "4242 (my app) x) S 1 4243 4244 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        let parsed = parse_stat(stat).unwrap();
+        assert_eq!(
+            (parsed.start_time, parsed.zombie, parsed.group),
+            (987654, false, 4243)
+        );
     }
 
     #[test]
     fn zombies_are_told_apart() {
         let stat =
             "4242 (app) Z 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_stat(stat), Some((987654, true)));
+        assert!(parse_stat(stat).unwrap().zombie);
     }
 
     #[test]

@@ -4,19 +4,23 @@
 //! healthy instance is never restarted: that is the point of surviving a supervisor crash); gone
 //! ones are started again on a fresh port. A rollout that was in flight (a "zombie deploy") is
 //! resolved the safe way: its candidates and any half-drained old instances are stopped, and
-//! whatever the record says is live stays live.
+//! whatever the record says is live stays live. Instances the state file lost track of (started in
+//! the instant before a crash) are found by their marks ([`crate::supervisor::strays`]).
 
 use std::sync::Arc;
 
 use crate::supervisor::app::{AppHandle, AppShared, AppTask};
 use crate::supervisor::process;
 use crate::supervisor::store::{AppRecord, InstanceRecord};
+use crate::supervisor::strays::Strays;
 
 /// Builds the app task from its stored record and starts it.
-pub async fn resume(shared: Arc<AppShared>, record: AppRecord) -> AppHandle {
+/// Live instances whose recorded pid is gone are looked for among `strays` before being
+/// started again; whatever runs as a live instance is then taken out of `strays`.
+pub async fn resume(shared: Arc<AppShared>, record: AppRecord, strays: &mut Strays) -> AppHandle {
     let mut task = AppTask::new(shared, record);
     resolve_zombie_deploy(&mut task).await;
-    readopt_live(&mut task);
+    readopt_live(&mut task, strays);
     task.route_now();
     task.persist();
     task.spawn()
@@ -54,8 +58,9 @@ async fn resolve_zombie_deploy(task: &mut AppTask) {
     task.persist();
 }
 
-/// Re-adopts each live instance that still runs, and starts again those that are gone.
-fn readopt_live(task: &mut AppTask) {
+/// Re-adopts each live instance that still runs (by its recorded pid, or else by its marks),
+/// and starts again those that are gone.
+fn readopt_live(task: &mut AppTask, strays: &mut Strays) {
     let name = task.shared.name.clone();
     let host = crate::supervisor::app::loopback_for(&task.record.spec.listen);
     let mut instances = std::mem::take(&mut task.record.instances);
@@ -65,7 +70,15 @@ fn readopt_live(task: &mut AppTask) {
             .releases
             .get(&instance.version)
             .map_or_else(|| task.record.spec.clone(), |r| r.spec.clone());
-        let adopted = instance.process.and_then(process::adopt);
+        let mut adopted = instance.process.and_then(process::adopt);
+        if adopted.is_none() {
+            if let Some((running, stray)) = strays.adopt(&instance.id) {
+                tracing::info!(app = %name, "found {} running as pid {}, which the state file had not recorded", instance.id, running.id.pid);
+                instance.process = Some(running.id);
+                instance.port = stray.port.unwrap_or(instance.port);
+                adopted = Some(running);
+            }
+        }
         if adopted.is_some() {
             tracing::info!(app = %name, "re-adopted {} (pid {})", instance.id, instance.process.map_or(0, |p| p.pid));
         } else {
@@ -88,5 +101,6 @@ fn readopt_live(task: &mut AppTask) {
             }
         }
     }
+    strays.keep(instances.iter().map(|i| i.id.as_str()));
     task.record.instances = instances;
 }

@@ -31,6 +31,7 @@ use crate::supervisor::deploy::Kind;
 use crate::supervisor::process::{self, Running, SpawnSpec};
 use crate::supervisor::proxy::Proxy;
 use crate::supervisor::store::{AppRecord, InstanceRecord, Store};
+use crate::supervisor::strays;
 
 use instance::{InstanceHandle, InstancePlan};
 
@@ -259,6 +260,11 @@ impl AppTask {
         std::fs::create_dir_all(&logs)?;
         let mut env = spec.env.clone();
         env.insert("PORT".to_owned(), record.port.to_string());
+        env.extend(strays::marks(
+            &self.shared.state_dir,
+            &self.shared.name,
+            &record.id,
+        ));
         let addr = SocketAddr::new(loopback_for(&spec.listen), record.port);
         Ok(InstancePlan {
             id: record.id.clone(),
