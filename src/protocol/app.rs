@@ -54,6 +54,11 @@ pub struct AppSpec {
     /// `0s` (the default): answered 503 at once.
     #[serde(default, with = "humantime_serde")]
     pub hold_requests: Duration,
+    /// HTTP mode: a client connection with no request begun and none in progress for this long
+    /// is closed (after one to two such periods; a slow request head or a client still taking
+    /// a response gets one more).
+    #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Signal sent to stop an instance (`SIGTERM`, `SIGINT`, `SIGQUIT`, `SIGHUP`, `SIGUSR1`, `SIGUSR2`).
     #[serde(default = "defaults::stop_signal")]
     pub stop_signal: String,
@@ -150,6 +155,9 @@ mod defaults {
         1
     }
     pub fn drain_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn idle_timeout() -> Duration {
         Duration::from_secs(30)
     }
     pub fn stop_signal() -> String {

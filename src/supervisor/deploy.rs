@@ -126,6 +126,12 @@ pub fn validate(request: &DeployRequest, record: Option<&AppRecord>) -> Result<(
             spec.name
         )));
     }
+    if spec.idle_timeout.is_zero() {
+        return Err(bad(format!(
+            "idle_timeout of {} is 0s; give it a duration such as 30s",
+            spec.name
+        )));
+    }
     if spec.strategy == Strategy::Canary {
         spec.canary.check().map_err(bad)?;
     }

@@ -414,3 +414,40 @@ fn a_healthy_instance_shows_no_failure_from_its_boot() {
         "the refused checks of its boot are not the running instance's: {status:?}"
     );
 }
+
+#[test]
+fn an_apps_idle_timeout_closes_its_unused_client_connections() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut app = App::new(home.path(), "shop");
+    app.tweak = |spec| spec.idle_timeout = Duration::from_millis(300);
+    let (_reaper, supervisor) = app.serving(home.path(), &["v1"]);
+
+    use std::io::{Read, Write};
+    let mut client = std::net::TcpStream::connect(app.listen).expect("connect");
+    // Far below the 30 s default: only the app's own setting can close it in time.
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(client, "GET / HTTP/1.1\r\nHost: shop\r\n\r\n").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        match client.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("not closed within 10 s: {e}"),
+        }
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(
+        seen.contains("hello from v1"),
+        "answered before it idled: {seen}"
+    );
+
+    // A zero timeout would close every connection at once: refused, naming the key.
+    app.tweak = |spec| spec.idle_timeout = Duration::ZERO;
+    let (kind, message) = error_of(supervisor.deploy(&app, "v1"));
+    assert_eq!(kind, ErrorKind::BadRequest, "{message}");
+    assert!(message.contains("idle_timeout"), "{message}");
+}

@@ -200,6 +200,7 @@ impl AppTask {
         self.shared.proxy.set_proxy_protocol(spec.proxy_protocol);
         self.shared.proxy.set_tcp(spec.mode == Mode::Tcp);
         self.shared.proxy.set_hold(spec.hold_requests);
+        self.shared.proxy.set_idle_timeout(spec.idle_timeout);
         let canary = self.canary_route();
         let mut ids: Vec<String> = chosen.iter().map(|h| h.id.clone()).collect();
         // The canary's share and instances are part of what is routed: a change of either

@@ -38,6 +38,7 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// a client still sending its request head, or still taking the end of a response, gets one more
 /// before it is dropped (nginx's `client_header_timeout`, `keepalive_timeout` and `send_timeout`
 /// are 60, 75 and 60 s).
+/// The default of `app.idle_timeout`.
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every open client connection of one proxy.
