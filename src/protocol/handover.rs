@@ -41,6 +41,11 @@ pub enum Offer {
 pub struct SocketInfo {
     /// The app whose public socket it is; `None` for the control socket and unclaimed ones.
     pub name: Option<String>,
+    /// systemd passed it (and keeps a copy): an app stopped later gives it back to the pool
+    /// instead of closing it, since closing would not free the address. Written only when true,
+    /// so version 1 frames stay as they were; a supervisor that does not know it ignores it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub systemd: bool,
 }
 
 /// The new supervisor's last word.
@@ -65,16 +70,26 @@ mod tests {
             version: 1,
             supervisor: "cutover 0.1.0".to_owned(),
             sockets: vec![
-                SocketInfo { name: None },
+                SocketInfo {
+                    name: None,
+                    systemd: false,
+                },
                 SocketInfo {
                     name: Some("shop".to_owned()),
+                    systemd: false,
                 },
             ],
         };
-        assert_eq!(
-            serde_json::to_string(&offer).unwrap(),
-            r#"{"offer":"sockets","version":1,"supervisor":"cutover 0.1.0","sockets":[{"name":null},{"name":"shop"}]}"#
-        );
+        let json = r#"{"offer":"sockets","version":1,"supervisor":"cutover 0.1.0","sockets":[{"name":null},{"name":"shop"}]}"#;
+        assert_eq!(serde_json::to_string(&offer).unwrap(), json);
+        assert_eq!(serde_json::from_str::<Offer>(json).unwrap(), offer);
+        let passed = SocketInfo {
+            name: Some("shop".to_owned()),
+            systemd: true,
+        };
+        let json = serde_json::to_string(&passed).unwrap();
+        assert_eq!(json, r#"{"name":"shop","systemd":true}"#);
+        assert_eq!(serde_json::from_str::<SocketInfo>(&json).unwrap(), passed);
         let ask = TakeOver {
             version: 1,
             pid: 42,

@@ -79,8 +79,8 @@ impl Apps {
                 name.clone(),
                 (record.spec.stop_signal.clone(), record.spec.stop_timeout),
             );
-            let proxy = match bind(&name, &record.spec.listen, &inherited).await {
-                Ok(proxy) => proxy,
+            let (proxy, systemd_socket) = match bind(&name, &record.spec.listen, &inherited).await {
+                Ok(bound) => bound,
                 Err(e) => {
                     // Its instances keep running; a later deploy or restart can take it back.
                     tracing::error!(app = %name, "cannot resume: {}", e.message);
@@ -93,6 +93,7 @@ impl Apps {
                 state_dir: state_dir.to_owned(),
                 proxy,
                 store: store.clone(),
+                systemd_socket,
             });
             tasks.insert(
                 name,
@@ -144,7 +145,10 @@ impl Apps {
             }
             Request::Stop(r) => {
                 let response = self.ask(&r.app, |reply| Control::Stop { reply }).await;
-                self.inner.tasks.lock().await.remove(&r.app);
+                let task = self.inner.tasks.lock().await.remove(&r.app);
+                if let (Some(task), Ok(Response::Stopped(_))) = (task, &response) {
+                    self.give_back_socket(&task.shared).await;
+                }
                 response
             }
         };
@@ -181,6 +185,27 @@ impl Apps {
         Released { apps, unclaimed }
     }
 
+    /// A stopped app's socket that systemd passed goes back to the pool, for a later deploy on
+    /// its address: systemd keeps the address bound, so closing it would free nothing and leave
+    /// the next bind failing.
+    async fn give_back_socket(&self, app: &AppShared) {
+        if !app.systemd_socket {
+            return;
+        }
+        match app.proxy.listener() {
+            Ok(listener) => {
+                app.proxy.stop_accepting().await;
+                lock(&self.inner.inherited).give_back(Inherited {
+                    name: Some(app.name.clone()),
+                    addr: app.proxy.local_addr,
+                    listener,
+                    systemd: true,
+                });
+            }
+            Err(e) => tracing::error!(app = %app.name, "cannot keep its systemd socket: {e}"),
+        }
+    }
+
     async fn deploy(
         &self,
         request: DeployRequest,
@@ -210,7 +235,7 @@ impl Apps {
     /// The first deploy of an app: bind its public address, then start its task.
     async fn create(&self, request: &DeployRequest) -> Result<AppHandle, ErrorReply> {
         deploy::validate(request, None)?;
-        let proxy = bind(
+        let (proxy, systemd_socket) = bind(
             &request.app.name,
             &request.app.listen,
             &self.inner.inherited,
@@ -232,6 +257,7 @@ impl Apps {
             state_dir: self.inner.state_dir.clone(),
             proxy,
             store: self.inner.store.clone(),
+            systemd_socket,
         });
         tracing::info!(app = %request.app.name, "new app, listening on {}", request.app.listen);
         Ok(AppTask::new(shared, record).spawn())
@@ -313,25 +339,27 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The proxy for an app's public address: on the socket passed for it (accepting once
-/// `start_accepting` is called), else bound anew.
+/// `start_accepting` is called), else bound anew; and whether systemd passed that socket.
 async fn bind(
     name: &str,
     listen: &str,
     inherited: &std::sync::Mutex<Listeners>,
-) -> Result<Proxy, ErrorReply> {
+) -> Result<(Proxy, bool), ErrorReply> {
     let addr: SocketAddr = listen.parse().map_err(|_| ErrorReply {
         kind: ErrorKind::BadRequest,
         message: format!("listen {listen:?} is not an address like 0.0.0.0:8080"),
     })?;
     let passed = lock(inherited).take_app(name, addr);
-    if let Some(listener) = passed {
-        return Proxy::from_listener_held(listener).map_err(|e| ErrorReply {
+    if let Some(passed) = passed {
+        let proxy = Proxy::from_listener_held(passed.listener).map_err(|e| ErrorReply {
             kind: ErrorKind::Internal,
             message: format!("cannot serve on the socket passed for {addr}: {e}"),
-        });
+        })?;
+        return Ok((proxy, passed.systemd));
     }
-    Proxy::bind(addr).await.map_err(|e| ErrorReply {
+    let proxy = Proxy::bind(addr).await.map_err(|e| ErrorReply {
         kind: ErrorKind::BadRequest,
         message: format!("cannot listen on {addr}: {e}; free that address or pick another"),
-    })
+    })?;
+    Ok((proxy, false))
 }

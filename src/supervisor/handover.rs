@@ -170,16 +170,28 @@ impl Successor {
         control: OwnedFd,
         released: Released,
     ) -> Result<(), Box<TakeBack>> {
-        let mut fds: Vec<(Option<String>, OwnedFd)> = vec![(None, control)];
+        let control_info = SocketInfo {
+            name: None,
+            systemd: false,
+        };
+        let mut fds: Vec<(SocketInfo, OwnedFd)> = vec![(control_info, control)];
         for app in &released.apps {
+            let info = SocketInfo {
+                name: Some(app.name.clone()),
+                systemd: app.systemd_socket,
+            };
             match app.proxy.listener() {
-                Ok(listener) => fds.push((Some(app.name.clone()), listener.into())),
+                Ok(listener) => fds.push((info, listener.into())),
                 Err(e) => tracing::error!(app = %app.name, "cannot hand over its socket: {e}"),
             }
         }
         for inherited in &released.unclaimed {
+            let info = SocketInfo {
+                name: inherited.name.clone(),
+                systemd: inherited.systemd,
+            };
             match inherited.listener.try_clone() {
-                Ok(listener) => fds.push((inherited.name.clone(), listener.into())),
+                Ok(listener) => fds.push((info, listener.into())),
                 Err(e) => tracing::error!("cannot hand over {}: {e}", inherited.addr),
             }
         }
@@ -211,8 +223,8 @@ impl Successor {
                 let mut listeners = Listeners::default();
                 let mut fds = fds.into_iter();
                 let control = fds.next().map(|(_, fd)| fd.into());
-                for (name, fd) in fds {
-                    listeners.add(name, fd, "the failed hand-over");
+                for (info, fd) in fds {
+                    listeners.add(info, fd, "the failed hand-over");
                 }
                 let control = control.expect("the control socket is always the first descriptor");
                 Err(Box::new(TakeBack {
@@ -224,7 +236,7 @@ impl Successor {
         }
     }
 
-    async fn offer(&mut self, fds: &[(Option<String>, OwnedFd)]) -> io::Result<()> {
+    async fn offer(&mut self, fds: &[(SocketInfo, OwnedFd)]) -> io::Result<()> {
         if fds.len() > MAX_SOCKETS {
             return Err(io::Error::other(format!(
                 "{} sockets are more than one hand-over carries ({MAX_SOCKETS})",
@@ -234,10 +246,7 @@ impl Successor {
         let offer = Offer::Sockets {
             version: HANDOVER_VERSION,
             supervisor: SUPERVISOR.to_owned(),
-            sockets: fds
-                .iter()
-                .map(|(name, _)| SocketInfo { name: name.clone() })
-                .collect(),
+            sockets: fds.iter().map(|(info, _)| info.clone()).collect(),
         };
         let frame = codec::encode(&offer).map_err(io::Error::other)?;
         let raw: Vec<RawFd> = fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
@@ -330,9 +339,13 @@ pub async fn take_over(
     };
     tracing::info!("{supervisor} handed over {} socket(s)", fds.len());
     let mut listeners = Listeners::default();
-    let mut names = infos.into_iter().map(|i| i.name);
+    let mut infos = infos.into_iter();
     for fd in fds {
-        listeners.add(names.next().flatten(), fd, "the previous supervisor");
+        let info = infos.next().unwrap_or(SocketInfo {
+            name: None,
+            systemd: false,
+        });
+        listeners.add(info, fd, "the previous supervisor");
     }
     Ok(Some((Predecessor { stream }, listeners)))
 }

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, SockaddrLike, SockaddrStorage};
 
+use crate::protocol::handover::SocketInfo;
+
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
@@ -24,6 +26,8 @@ pub struct Inherited {
     pub name: Option<String>,
     pub addr: SocketAddr,
     pub listener: std::net::TcpListener,
+    /// systemd passed it, to this supervisor or to one before it (see [`SocketInfo::systemd`]).
+    pub systemd: bool,
 }
 
 /// The pool of inherited sockets not taken yet.
@@ -68,7 +72,14 @@ impl Listeners {
                 .filter(|n| !n.is_empty() && !n.ends_with(".socket") && **n != "unknown")
                 .map(|n| (*n).to_owned());
             match adopt_fd(fd) {
-                Ok(fd) => pool.add(name, fd, "systemd"),
+                Ok(fd) => pool.add(
+                    SocketInfo {
+                        name,
+                        systemd: true,
+                    },
+                    fd,
+                    "systemd",
+                ),
                 Err(e) => tracing::warn!("ignoring descriptor {fd} from systemd: {e}"),
             }
         }
@@ -77,7 +88,8 @@ impl Listeners {
 
     /// Adds one inherited listening socket (TCP, or Unix for the control socket); anything else
     /// is closed with a warning. `from` says where it came from, for the log.
-    pub fn add(&mut self, name: Option<String>, fd: OwnedFd, from: &str) {
+    pub fn add(&mut self, info: SocketInfo, fd: OwnedFd, from: &str) {
+        let SocketInfo { name, systemd } = info;
         match classify(&fd) {
             Ok(Kind::Tcp(addr)) => {
                 tracing::info!("listening socket {addr} from {from}{}", name_note(&name));
@@ -85,6 +97,7 @@ impl Listeners {
                     name,
                     addr,
                     listener: std::net::TcpListener::from(fd),
+                    systemd,
                 });
             }
             Ok(Kind::Unix(path)) => {
@@ -125,9 +138,15 @@ impl Listeners {
         }
     }
 
+    /// Puts back the socket of an app that stopped, for a later deploy on it.
+    pub fn give_back(&mut self, socket: Inherited) {
+        tracing::info!(app = ?socket.name, "keeping {} open for a later deploy (systemd holds it)", socket.addr);
+        self.tcp.push(socket);
+    }
+
     /// The socket for app `name` listening on `addr`: the one named after the app, else the one
     /// bound to exactly `addr`.
-    pub fn take_app(&mut self, name: &str, addr: SocketAddr) -> Option<std::net::TcpListener> {
+    pub fn take_app(&mut self, name: &str, addr: SocketAddr) -> Option<Inherited> {
         let position = self
             .tcp
             .iter()
@@ -137,7 +156,7 @@ impl Listeners {
         if taken.addr != addr {
             tracing::warn!(app = %name, "serving on {} (the socket named {name}), not on its listen {addr}", taken.addr);
         }
-        Some(taken.listener)
+        Some(taken)
     }
 
     /// The TCP sockets no app took (yet): kept for apps deployed later, and handed over.
@@ -203,6 +222,13 @@ fn classify(fd: &OwnedFd) -> Result<Kind, String> {
 mod tests {
     use super::*;
 
+    fn info(name: Option<&str>) -> SocketInfo {
+        SocketInfo {
+            name: name.map(str::to_owned),
+            systemd: false,
+        }
+    }
+
     fn tcp() -> (std::net::TcpListener, SocketAddr) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -213,12 +239,12 @@ mod tests {
     fn apps_take_their_socket_by_name_first_then_by_address() {
         let ((a, a_addr), (b, b_addr)) = (tcp(), tcp());
         let mut pool = Listeners::default();
-        pool.add(None, a.into(), "test");
-        pool.add(Some("shop".to_owned()), b.into(), "test");
+        pool.add(info(None), a.into(), "test");
+        pool.add(info(Some("shop")), b.into(), "test");
         let shop = pool.take_app("shop", a_addr).expect("named socket");
-        assert_eq!(shop.local_addr().unwrap(), b_addr, "the name wins");
+        assert_eq!(shop.listener.local_addr().unwrap(), b_addr, "the name wins");
         let other = pool.take_app("blog", a_addr).expect("by address");
-        assert_eq!(other.local_addr().unwrap(), a_addr);
+        assert_eq!(other.listener.local_addr().unwrap(), a_addr);
         assert!(pool.take_app("blog", a_addr).is_none(), "taken once");
         assert!(pool.is_empty());
     }
@@ -232,9 +258,9 @@ mod tests {
         let connected = std::net::TcpStream::connect(addr).expect("connect");
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
         let mut pool = Listeners::default();
-        pool.add(None, unix.into(), "test");
-        pool.add(None, connected.into(), "test");
-        pool.add(None, udp.into(), "test");
+        pool.add(info(None), unix.into(), "test");
+        pool.add(info(None), connected.into(), "test");
+        pool.add(info(None), udp.into(), "test");
         assert!(
             pool.take_unclaimed().is_empty(),
             "only listening stream sockets are kept"

@@ -18,9 +18,11 @@ impl AppTask {
     /// Runs the task until it is stopped or shut down.
     pub fn spawn(self) -> AppHandle {
         let (controls_tx, controls) = mpsc::channel(32);
+        let shared = self.shared.clone();
         tokio::spawn(self.run(controls));
         AppHandle {
             controls: controls_tx,
+            shared,
         }
     }
 

@@ -42,6 +42,8 @@ pub struct AppShared {
     pub state_dir: PathBuf,
     pub proxy: Proxy,
     pub store: Arc<Store>,
+    /// The proxy serves on a socket systemd passed: it is given back, not closed, on a stop.
+    pub systemd_socket: bool,
 }
 
 /// The requests an app task answers; every one carries its reply.
@@ -166,6 +168,7 @@ fn gone() -> String {
 #[derive(Debug, Clone)]
 pub struct AppHandle {
     pub controls: mpsc::Sender<Control>,
+    pub shared: Arc<AppShared>,
 }
 
 /// A rollout in flight, as the app task tracks it.

@@ -281,6 +281,13 @@ impl Proxy {
         lock(&self.listener).take();
     }
 
+    /// Stops accepting and returns once no worker accepts any more, so that another proxy can
+    /// serve a copy of the socket without this one taking its connections.
+    pub async fn stop_accepting(&self) {
+        self.shutdown();
+        self.workers.accepting_stopped().await;
+    }
+
     /// A copy of the listening socket (the same socket under a new descriptor), to hand to the
     /// next supervisor: the socket stays open, and connections wait in its backlog, as long as
     /// any copy is open. Fails after `shutdown`.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cutover::protocol::client::Client;
-use cutover::protocol::{Request, Response, StatusRequest};
+use cutover::protocol::{Request, Response, StatusRequest, StopRequest};
 
 use super::harness::{alive, spawn, App, Reaper, Supervisor, ROLLOUT};
 use crate::support::load::{Load, LoadReport};
@@ -320,5 +320,37 @@ fn the_systemd_units_pass_the_default_control_socket_and_keep_the_apps_running()
     assert!(
         !service.iter().any(|l| l.starts_with("RuntimeDirectory=")),
         "{service:?}"
+    );
+}
+
+#[test]
+fn an_app_stopped_under_socket_activation_can_be_deployed_again_on_its_socket() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let app = App::new(home.path(), "shop");
+    let _reaper = Reaper(vec![app.dest.clone()]);
+    let supervisor = Supervisor::start_activated(home.path(), app.listen);
+    app.place("v1");
+    supervisor.deploy_ok(&app, "v1");
+    app.wait_serving("v1");
+
+    let stop = Request::Stop(StopRequest {
+        app: app.name.clone(),
+    });
+    assert!(
+        matches!(supervisor.request(stop), Response::Stopped(_)),
+        "stop shop"
+    );
+    // systemd keeps the address bound: a bind of its own would fail, the passed socket serves.
+    assert!(
+        std::net::TcpListener::bind(app.listen).is_err(),
+        "systemd's copy keeps the address"
+    );
+    supervisor.deploy_ok(&app, "v1");
+    app.wait_serving("v1");
+    let log = supervisor.log();
+    assert!(!log.contains("cannot listen"), "{log}");
+    assert!(
+        log.contains("for a later deploy (systemd holds it)"),
+        "{log}"
     );
 }
