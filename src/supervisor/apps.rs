@@ -160,7 +160,7 @@ impl Apps {
     /// failing a request (see [`Proxy::close`]), within [`CLIENT_CLOSE_TIMEOUT`].
     pub async fn shutdown(self) {
         let released = self.release().await;
-        close_all(&released.apps).await;
+        close_all(&released.apps, Leave::Promptly).await;
     }
 
     /// Lets go of every app like [`Apps::shutdown`] (instances keep running, the state is
@@ -320,16 +320,41 @@ fn not_found(name: &str) -> ErrorReply {
     }
 }
 
-/// Stops every proxy accepting and lets their client connections go (concurrently, each within
-/// [`CLIENT_CLOSE_TIMEOUT`]).
-pub async fn close_all(apps: &[Arc<AppShared>]) {
-    let closing = apps.iter().map(|app| async move {
-        let cut = app.proxy.close(CLIENT_CLOSE_TIMEOUT).await;
-        if cut > 0 {
-            tracing::warn!(app = %app.name, "shut down {cut} client connection(s) still open after {CLIENT_CLOSE_TIMEOUT:?}");
+/// Stops every proxy accepting and lets their client connections go, concurrently.
+///
+/// `Leave::Drain`: another proxy serves the same sockets now (a hand-over), so a WebSocket, a
+/// TCP-mode connection or a long response on this one runs on until the app's `drain_timeout`,
+/// as across a deploy. `Leave::Promptly`: the supervisor stops, and the clients' next
+/// supervisor starts only once this one is gone, so whatever is open after
+/// [`CLIENT_CLOSE_TIMEOUT`] is shut down.
+pub async fn close_all(apps: &[Arc<AppShared>], leave: Leave) {
+    let state = apps.first().map(|app| app.store.snapshot());
+    let closing = apps.iter().map(|app| {
+        let drain_timeout = state
+            .as_ref()
+            .and_then(|s| s.apps.get(&app.name))
+            .map(|record| record.spec.drain_timeout);
+        let timeout = match (leave, drain_timeout) {
+            (Leave::Drain, Some(drain)) => drain,
+            _ => CLIENT_CLOSE_TIMEOUT,
+        };
+        async move {
+            let cut = app.proxy.close(timeout).await;
+            if cut > 0 {
+                tracing::warn!(app = %app.name, "shut down {cut} client connection(s) still open after {timeout:?}");
+            }
         }
     });
     futures_util::future::join_all(closing).await;
+}
+
+/// How long [`close_all`] lets long-lived client connections run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// Until each app's `drain_timeout`: a new supervisor already serves the sockets.
+    Drain,
+    /// Within [`CLIENT_CLOSE_TIMEOUT`]: the supervisor is stopping.
+    Promptly,
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

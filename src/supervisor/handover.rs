@@ -212,7 +212,7 @@ impl Successor {
                     self.pid,
                     fds.len()
                 );
-                apps::close_all(&released.apps).await;
+                apps::close_all(&released.apps, apps::Leave::Drain).await;
                 Ok(())
             }
             Ok(Outcome::Failed { message }) | Err(message) => {

@@ -116,7 +116,7 @@ pub async fn run_with(
         }
         if let Some(released) = left_over.take() {
             // Back after a failed hand-over: the old proxies let their clients go.
-            tokio::spawn(async move { apps::close_all(&released.apps).await });
+            tokio::spawn(async move { apps::close_all(&released.apps, apps::Leave::Drain).await });
         }
         // Our own copy: serving stops by dropping the listener, the socket must stay open.
         let control_fd = control

@@ -136,6 +136,12 @@ impl Drop for Active {
 }
 
 impl Open {
+    /// Resolves at the deadline of the proxy's close: a tunnel (which keeps its connection
+    /// counted as open) ends then.
+    pub(super) async fn cut(&self) {
+        self.clients.cut.cancelled().await;
+    }
+
     /// Notes a request as begun: the connection is not idle until the returned guard drops.
     pub(super) fn begin(self: &Arc<Self>) -> Active {
         self.begun.fetch_add(1, Ordering::Relaxed);

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use super::backend::{BackendState, InFlight, SendError};
 use super::body::ResponseBody;
 use super::client::{Conn, Outgoing};
+use super::clients;
 use super::head::{Forwarding, Head, X_REQUEST_ID};
 use super::workers::{Open, OpenGuard};
 use super::{Hold, Lane, Shared, Side, Table};
@@ -49,6 +50,9 @@ pub(super) struct Client {
     pub worker: usize,
     /// The worker's open connections, which a WebSocket tunnel joins.
     pub open: Arc<Open>,
+    /// The connection as the proxy's clients count it: a tunnel keeps it counted, so closing
+    /// the proxy waits for the tunnel until its deadline (a hand-over: the app's drain timeout).
+    pub counted: Arc<clients::Open>,
 }
 
 pub(super) async fn handle(
@@ -323,7 +327,8 @@ fn respond(
         };
         // The tunnel outlives its connection's task: it keeps the worker open by itself.
         let open = OpenGuard::new(client.open.clone());
-        tokio::spawn(tunnel(client_upgrade, conn, in_flight, open));
+        let counted = client.counted.clone();
+        tokio::spawn(tunnel(client_upgrade, conn, in_flight, open, counted));
         return response;
     }
     strip_hop_by_hop(response.headers_mut());
@@ -337,13 +342,15 @@ fn respond(
     response
 }
 
-/// Copies bytes both ways between an upgraded client and instance until either side closes or
-/// `drain` cuts the instance; the tunnel counts as in flight all along.
+/// Copies bytes both ways between an upgraded client and instance until either side closes,
+/// `drain` cuts the instance or the proxy's close cuts its clients; the tunnel counts as in
+/// flight all along.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     mut backend: Conn,
     in_flight: InFlight,
     _open: OpenGuard,
+    counted: Arc<clients::Open>,
 ) {
     let state: &BackendState = in_flight.state();
     let client = match client.await {
@@ -369,6 +376,9 @@ async fn tunnel(
         }
         _ = state.cut.cancelled() => {
             tracing::debug!(backend = %state.backend.id, "tunnel cut by drain");
+        }
+        () = counted.cut() => {
+            tracing::debug!(backend = %state.backend.id, "tunnel cut at the proxy's close deadline");
         }
     }
 }

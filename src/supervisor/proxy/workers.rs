@@ -301,6 +301,7 @@ impl Worker {
                         .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown")),
                     worker,
                     open,
+                    counted: client_open.clone(),
                 };
                 let service = {
                     let client_open = client_open.clone();

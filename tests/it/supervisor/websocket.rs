@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cutover::protocol::Response;
 
 use super::harness::{App, ROLLOUT};
+use crate::support::wait_until;
 
 /// The app's drain timeout: long enough to watch the socket outlive the switch, short for a test.
 const DRAIN: Duration = Duration::from_secs(4);
@@ -220,4 +221,57 @@ fn a_websocket_on_the_old_release_stays_open_until_the_drain_deadline() {
             .any(|l| l == "drain deadline passed: 1 request(s) or connection(s) cut"),
         "the deploy reports the cut: {lines:#?}"
     );
+}
+
+#[test]
+fn a_websocket_outlives_a_take_over_until_the_drain_deadline() {
+    // Longer than the 10 s a stopping supervisor gives its clients: only the drain timeout
+    // keeps the socket open this long.
+    const LONG_DRAIN: Duration = Duration::from_secs(12);
+    let home = tempfile::tempdir().expect("temp dir");
+    let mut app = App::new(home.path(), "chat");
+    app.tweak = |spec| spec.drain_timeout = LONG_DRAIN;
+    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1"]);
+    let mut ws = WebSocket::open(app.listen).expect("a WebSocket to v1");
+    assert_eq!(ws.echo("before").as_deref(), Ok("before"));
+    let log_path = supervisor.stderr.clone();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    std::thread::scope(|s| {
+        let taking_over = s.spawn(|| supervisor.take_over());
+        wait_until("the new supervisor to serve", ROLLOUT, || {
+            log().contains("handed-over socket(s): closing")
+        });
+        let handed = Instant::now();
+        app.wait_serving("v1");
+        let past_ten_seconds = handed + Duration::from_secs(11);
+        let mut echoes = 0;
+        while Instant::now() < past_ten_seconds {
+            let text = format!("still open {echoes}");
+            assert_eq!(
+                ws.echo(&text).as_deref(),
+                Ok(text.as_str()),
+                "{:?} after the hand-over (drain timeout {LONG_DRAIN:?})",
+                handed.elapsed()
+            );
+            echoes += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let cut = ws.wait_cut(handed + LONG_DRAIN + CUT_MARGIN);
+        assert!(
+            cut.is_ok(),
+            "not cut by the drain deadline ({:?} after the hand-over): {cut:?}",
+            handed.elapsed()
+        );
+        taking_over
+            .join()
+            .expect("the old supervisor exits once the socket is cut");
+    });
+    let log = log();
+    assert!(
+        log.contains("shut down 1 client connection(s) still open after 12s"),
+        "{log}"
+    );
+    let mut fresh = WebSocket::open(app.listen).expect("a WebSocket through the new supervisor");
+    assert_eq!(fresh.echo("after").as_deref(), Ok("after"));
 }
