@@ -164,22 +164,28 @@ impl Store {
 
     /// Replaces one app's record and writes the file.
     pub fn put(&self, name: &str, record: &AppRecord) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        state.apps.insert(name.to_owned(), record.clone());
-        write_atomically(&self.path(), &serde_json::to_vec_pretty(&*state)?)
+        blocking(|| {
+            let mut state = self.lock();
+            state.apps.insert(name.to_owned(), record.clone());
+            write_atomically(&self.path(), &serde_json::to_vec_pretty(&*state)?)
+        })
     }
 
     /// Forgets one app and writes the file.
     pub fn remove(&self, name: &str) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        state.apps.remove(name);
-        write_atomically(&self.path(), &serde_json::to_vec_pretty(&*state)?)
+        blocking(|| {
+            let mut state = self.lock();
+            state.apps.remove(name);
+            write_atomically(&self.path(), &serde_json::to_vec_pretty(&*state)?)
+        })
     }
 
     /// Writes the current state again (at shutdown, so the file is known to be complete).
     pub fn flush(&self) -> Result<(), StoreError> {
-        let state = self.lock();
-        write_atomically(&self.path(), &serde_json::to_vec_pretty(&*state)?)
+        blocking(|| {
+            let state = self.lock();
+            write_atomically(&self.path(), &serde_json::to_vec_pretty(&*state)?)
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -188,6 +194,20 @@ impl Store {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Runs a write (its fsyncs can take milliseconds on a busy disk) without stalling the tasks that
+/// share the calling worker thread: on the supervisor's multi-thread runtime they move to another
+/// thread meanwhile. Elsewhere (no runtime, or a current-thread one) it just runs. Writes keep
+/// their order either way: each holds the state's lock from change to rename.
+fn blocking<T>(write: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(write)
+        }
+        _ => write(),
     }
 }
 
@@ -263,6 +283,34 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_lets_the_other_tasks_of_its_thread_run() {
+        // One worker thread: without `block_in_place` nothing else runs while the write blocks.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel();
+        let (writing_tx, writing) = tokio::sync::oneshot::channel();
+        runtime.block_on(async {
+            let writer = tokio::spawn(async move {
+                blocking(|| {
+                    writing_tx.send(()).unwrap();
+                    ran_rx.recv_timeout(std::time::Duration::from_secs(10))
+                })
+            });
+            writing.await.unwrap();
+            // Spawned while the write blocks the only worker thread.
+            let other = tokio::spawn(async move { ran_tx.send(()).unwrap() });
+            other.await.unwrap();
+            writer
+                .await
+                .unwrap()
+                .expect("the other task ran during the write");
+        });
+        assert_eq!(blocking(|| 7), 7, "outside a runtime it just runs");
+    }
 
     fn fixture() -> Vec<u8> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/state/v1.json");
