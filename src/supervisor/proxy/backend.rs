@@ -295,14 +295,19 @@ impl Drop for InFlight {
     }
 }
 
-/// Latency histogram with two buckets per power of two of microseconds: fixed memory, lock-free
-/// recording, and quantiles within ~25 % — enough to compare a canary with the stable release.
+/// Latency histogram, log-linear: [`SUB_BUCKETS`] buckets per power of two of microseconds (exact
+/// below that many), so fixed memory, lock-free recording, and quantiles within 1/8 (12.5 %) —
+/// fine enough to hold a canary's p99 to a `max_p99_ratio` of 1.2.
 #[derive(Debug)]
 struct Histogram {
     buckets: [AtomicU64; BUCKETS],
 }
 
-const BUCKETS: usize = 64;
+/// log2 of the buckets per power of two.
+const SUB_BITS: u32 = 3;
+const SUB_BUCKETS: usize = 1 << SUB_BITS;
+/// Up to 2^40 µs (12 days): every latency a request can have.
+const BUCKETS: usize = (40 - SUB_BITS as usize + 1) * SUB_BUCKETS;
 
 impl Default for Histogram {
     fn default() -> Self {
@@ -343,28 +348,33 @@ pub fn quantile(counts: &[u64], q: f64) -> u64 {
     for (i, count) in counts.iter().enumerate() {
         seen += count;
         if seen >= rank {
-            return upper_bound(i);
+            // Never 0, which means "no request".
+            return upper_bound(i).max(1);
         }
     }
     upper_bound(BUCKETS - 1)
 }
 
 fn bucket_of(us: u64) -> usize {
-    if us < 2 {
-        return 0;
+    if us < SUB_BUCKETS as u64 {
+        return us as usize;
     }
-    let octave = 63 - us.leading_zeros() as usize;
-    let half = ((us >> (octave - 1)) & 1) as usize;
-    (octave * 2 + half).min(BUCKETS - 1)
+    // `us` is in [2^octave, 2^(octave+1)), split in SUB_BUCKETS equal steps.
+    let octave = 63 - us.leading_zeros();
+    let sub = ((us >> (octave - SUB_BITS)) as usize) & (SUB_BUCKETS - 1);
+    let group = (octave - SUB_BITS + 1) as usize;
+    (group * SUB_BUCKETS + sub).min(BUCKETS - 1)
 }
 
+/// The largest latency (in µs) that falls in `bucket`.
 fn upper_bound(bucket: usize) -> u64 {
-    if bucket < 2 {
-        return 2;
+    if bucket < SUB_BUCKETS {
+        return bucket as u64;
     }
-    let (octave, half) = (bucket / 2, bucket % 2);
-    let step = 1u64 << (octave - 1).min(62);
-    (1u64 << octave.min(62)) + step * (half as u64 + 1)
+    let (group, sub) = (bucket / SUB_BUCKETS, (bucket % SUB_BUCKETS) as u64);
+    let octave = group as u32 + SUB_BITS - 1;
+    let step = 1u64 << (octave - SUB_BITS);
+    (1u64 << octave) + step * (sub + 1) - 1
 }
 
 #[cfg(test)]
@@ -373,11 +383,47 @@ mod tests {
 
     #[test]
     fn buckets_bound_their_values() {
-        for us in [1, 2, 3, 5, 100, 150, 1000, 4097, 1_000_000] {
+        let mut previous = None;
+        for us in (0..20_000).chain([65_535, 65_536, 1_000_000, 86_400_000_000]) {
             let bucket = bucket_of(us);
-            assert!(upper_bound(bucket) >= us, "{us} above its bucket's bound");
-            assert!(upper_bound(bucket) <= us * 2, "{us}: bound too loose");
+            let bound = upper_bound(bucket);
+            assert!(bound >= us, "{us} above its bucket's bound {bound}");
+            assert!(
+                bound <= us + us / 8,
+                "{us}: bound {bound} more than 1/8 above"
+            );
+            if let Some((before, before_bucket)) = previous {
+                assert!(
+                    bucket >= before_bucket,
+                    "{us} in a lower bucket than {before}"
+                );
+                if bucket > before_bucket && before + 1 == us {
+                    assert_eq!(upper_bound(before_bucket), us - 1, "no gap below {us}");
+                }
+            }
+            previous = Some((us, bucket));
         }
+        assert_eq!(
+            bucket_of(u64::MAX),
+            BUCKETS - 1,
+            "the longest fall in the last"
+        );
+    }
+
+    #[test]
+    fn a_p99_a_fifth_slower_is_told_apart() {
+        let p99 = |ms| {
+            let h = Histogram::default();
+            for _ in 0..100 {
+                h.record(Duration::from_millis(ms));
+            }
+            quantile(&Histogram::counts(&[&h]), 0.99) as f64
+        };
+        let ratio = p99(12) / p99(10);
+        assert!(
+            (1.15..=1.25).contains(&ratio),
+            "12 ms against 10 ms: {ratio:.3}"
+        );
     }
 
     #[test]
@@ -392,8 +438,8 @@ mod tests {
         other.record(Duration::from_micros(100));
         let both = [&h, &other];
         let q = |q| quantile(&Histogram::counts(&both), q);
-        assert!((100..=128).contains(&q(0.5)), "{}", q(0.5));
-        assert!((100..=128).contains(&q(0.98)));
+        assert!((100..=112).contains(&q(0.5)), "{}", q(0.5));
+        assert!((100..=112).contains(&q(0.98)));
         assert!(q(0.99) >= 50_000);
         assert_eq!(
             quantile(&Histogram::counts(&[&Histogram::default()]), 0.99),
