@@ -48,6 +48,12 @@ pub struct DemoAppArgs {
     /// Milliseconds to wait before listening (a slow boot)
     #[arg(long, env = "DEMO_BOOT_DELAY", value_name = "MS", default_value_t = 0)]
     pub boot_delay: u64,
+    /// Milliseconds to wait before answering `GET /` (a slow release)
+    #[arg(long, env = "DEMO_DELAY", value_name = "MS", default_value_t = 0)]
+    pub delay: u64,
+    /// Share of connections asking `GET /` that are reset unanswered, from 0.0 to 1.0
+    #[arg(long, env = "DEMO_DROP_RATE", default_value_t = 0.0)]
+    pub drop_rate: f64,
 }
 
 /// Runs the tour; exit 0 only when both deploys went through and no request failed. The tour
@@ -86,6 +92,8 @@ pub fn run_app(args: DemoAppArgs) -> ExitCode {
         crash_after,
         error_rate: args.error_rate,
         boot_delay: std::time::Duration::from_millis(args.boot_delay),
+        delay: std::time::Duration::from_millis(args.delay),
+        drop_rate: args.drop_rate,
     };
     ExitCode::from(crate::demo::app::run(config))
 }

@@ -42,6 +42,11 @@ pub struct Config {
     pub error_rate: f64,
     /// Sleep this long before listening: a slow boot.
     pub boot_delay: Duration,
+    /// Wait this long before answering `GET /`: a slow release a canary should catch.
+    pub delay: Duration,
+    /// Share of the connections whose first request is `GET /` that are closed with it unread
+    /// (so the kernel resets them), unanswered: a release whose workers die mid-request.
+    pub drop_rate: f64,
 }
 
 /// Exit codes of the demo app, so tests can tell its failure modes apart.
@@ -56,6 +61,8 @@ struct App {
     /// Spreads `--error-rate` evenly instead of randomly, so a test with a rate of 0.5 sees
     /// exactly every other request fail.
     served: AtomicU64,
+    /// The same for `--drop-rate`, over the connections that ask `GET /` first.
+    asked: AtomicU64,
     /// Flips to true on SIGTERM; upgraded WebSocket connections watch it to close.
     shutdown: watch::Receiver<bool>,
 }
@@ -100,6 +107,7 @@ async fn serve(config: Config) -> u8 {
     let app = Arc::new(App {
         pid: std::process::id(),
         served: AtomicU64::new(0),
+        asked: AtomicU64::new(0),
         shutdown: stop_rx,
         config,
     });
@@ -141,6 +149,13 @@ async fn serve(config: Config) -> u8 {
 }
 
 async fn connection(app: Arc<App>, stream: tokio::net::TcpStream) {
+    if app.config.drop_rate > 0.0 && asks_for_root(&stream).await {
+        let n = app.asked.fetch_add(1, Ordering::Relaxed);
+        if due(n, app.config.drop_rate) {
+            // Closed with the request unread: the client gets a reset, not an answer.
+            return;
+        }
+    }
     let mut shutdown = app.shutdown.clone();
     let service = {
         let app = app.clone();
@@ -162,7 +177,10 @@ async fn connection(app: Arc<App>, stream: tokio::net::TcpStream) {
 async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let query = req.uri().query().unwrap_or("");
     let response = match req.uri().path() {
-        "/" => hello(&app),
+        "/" => {
+            tokio::time::sleep(app.config.delay).await;
+            hello(&app)
+        }
         "/healthz" if app.config.never_healthy => {
             text(StatusCode::INTERNAL_SERVER_ERROR, "never healthy\n")
         }
@@ -184,16 +202,38 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
 
 fn hello(app: &App) -> Response<Body> {
     let n = app.served.fetch_add(1, Ordering::Relaxed);
-    // Request n fails when the running count of failures due crosses an integer: exact shares.
-    let rate = app.config.error_rate.clamp(0.0, 1.0);
-    let fails = ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor();
-    let status = if fails {
+    let status = if due(n, app.config.error_rate) {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
         StatusCode::OK
     };
     let body = format!("hello from {} (pid {})\n", app.config.version, app.pid);
     text(status, body)
+}
+
+/// Whether event `n` (from 0) is one of a `rate` share: when the running count of those due
+/// crosses an integer, so the shares are exact rather than random.
+fn due(n: u64, rate: f64) -> bool {
+    let rate = rate.clamp(0.0, 1.0);
+    ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor()
+}
+
+/// Whether the connection's first request starts `GET / ` (looked at without reading it, within
+/// a second).
+async fn asks_for_root(stream: &tokio::net::TcpStream) -> bool {
+    const START: &[u8] = b"GET / ";
+    let mut head = [0u8; START.len()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match stream.peek(&mut head).await {
+            Ok(n) if n == head.len() => return head == START,
+            // A request head comes in one piece in practice; a partial one is waited for.
+            Ok(n) if n > 0 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            _ => return false,
+        }
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {

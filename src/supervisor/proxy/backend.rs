@@ -127,6 +127,11 @@ impl BackendState {
         shard.latency.record(latency);
     }
 
+    /// Records a connection (TCP mode) on which neither side said a word: counted, not judged.
+    pub fn record_quiet(&self, worker: usize) {
+        self.shard(worker).requests.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Records a connection to the instance that could not be made (TCP mode).
     pub fn record_failed_connect(&self, worker: usize) {
         self.shard(worker)

@@ -2,6 +2,12 @@
 //! that do not speak HTTP. The route, the canary split (by connection), the counters and
 //! draining are the HTTP proxy's: a connection counts as one request and stays in flight until
 //! it closes, so a drain waits for it up to its deadline and then cuts it.
+//!
+//! What a canary is judged on, per connection: its latency is the time to the instance's first
+//! byte (from the connect, or from the client's first byte when that came later, so a client's
+//! own pause is not counted), and it is an error when the instance closes or resets it without a
+//! byte after the client spoke — as a 5xx is in HTTP mode. A connection nobody said a word on
+//! is counted, but not judged.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,10 +15,15 @@ use std::time::Instant;
 use http::HeaderMap;
 use tokio::net::TcpStream;
 
-use super::backend::InFlight;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::backend::{BackendState, InFlight};
 use super::client::Conn;
 use super::forward::{next_backend, sides};
 use super::{Hold, Shared, Side};
+
+/// The buffers for the bytes before the instance's first answer (then `copy` takes over).
+const FIRST_READ: usize = 8 * 1024;
 
 /// Pipes `client` to an instance of the route until either side closes or a drain cuts it.
 pub(super) async fn pipe(shared: Arc<Shared>, worker: usize, mut client: TcpStream) {
@@ -52,9 +63,8 @@ pub(super) async fn pipe(shared: Arc<Shared>, worker: usize, mut client: TcpStre
             }
         };
         let _in_flight = InFlight::new(table.clone(), index, worker);
-        state.record(worker, 200, started.elapsed());
         tokio::select! {
-            result = tokio::io::copy_bidirectional(&mut client, &mut backend.io) => {
+            result = relay(&mut client, &mut backend.io, state, worker, started) => {
                 if let Err(err) = result {
                     tracing::debug!(backend = %state.backend.id, "connection ended: {err}");
                 }
@@ -65,4 +75,59 @@ pub(super) async fn pipe(shared: Arc<Shared>, worker: usize, mut client: TcpStre
         }
         return;
     }
+}
+
+/// Copies bytes both ways until either side closes, recording the connection in `state`'s
+/// counters when the instance first answers or gives up (see the module's notes).
+async fn relay(
+    client: &mut TcpStream,
+    instance: &mut TcpStream,
+    state: &BackendState,
+    worker: usize,
+    connected: Instant,
+) -> std::io::Result<()> {
+    let (mut asking, mut answer) = (vec![0u8; FIRST_READ], vec![0u8; FIRST_READ]);
+    // When the instance had something to answer: the connect, or the client's first byte.
+    let mut asked: Option<Instant> = None;
+    let mut client_done = false;
+    loop {
+        tokio::select! {
+            read = client.read(&mut asking), if !client_done => {
+                let n = read?;
+                if n == 0 {
+                    client_done = true;
+                    instance.shutdown().await?;
+                    continue;
+                }
+                asked.get_or_insert_with(Instant::now);
+                if let Err(err) = instance.write_all(&asking[..n]).await {
+                    state.record_broken(worker);
+                    return Err(err);
+                }
+            }
+            read = instance.read(&mut answer) => match read {
+                Ok(n) if n > 0 => {
+                    let since = asked.unwrap_or(connected);
+                    state.record(worker, 200, since.elapsed());
+                    client.write_all(&answer[..n]).await?;
+                    break;
+                }
+                ended => {
+                    if asked.is_some() {
+                        state.record_broken(worker);
+                    } else {
+                        state.record_quiet(worker);
+                    }
+                    return ended.map(drop);
+                }
+            },
+        }
+    }
+    drop((asking, answer));
+    if client_done {
+        tokio::io::copy(instance, client).await?;
+    } else {
+        tokio::io::copy_bidirectional(client, instance).await?;
+    }
+    Ok(())
 }

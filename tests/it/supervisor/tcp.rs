@@ -1,15 +1,16 @@
-//! TCP mode through a real supervisor: every connection is piped whole to one instance, and a
-//! blue-green switch under a stream of new connections refuses or breaks none of them.
+//! TCP mode through a real supervisor: every connection is piped whole to one instance, a
+//! blue-green switch under a stream of new connections refuses or breaks none of them, and a
+//! canary is judged on the connections the instance resets unanswered and on its time to answer.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cutover::protocol::app::Mode;
-use cutover::protocol::AppSpec;
+use cutover::protocol::app::{Mode, Strategy};
+use cutover::protocol::{AppSpec, ErrorKind, ReleaseState, Response};
 
-use super::harness::{App, Reaper, Supervisor, ROLLOUT};
+use super::harness::{error_of, state_of, App, Reaper, Supervisor, ROLLOUT};
 use crate::support::wait_until;
 
 fn tcp(spec: &mut AppSpec) {
@@ -91,4 +92,96 @@ fn a_switch_in_tcp_mode_refuses_no_connection() {
     );
     let stats = supervisor.status(&app);
     assert_eq!(stats.live_version.as_deref(), Some("v2"));
+}
+
+/// A canary in TCP mode: half the new connections at once, judged after a second on 10 of them.
+fn tcp_canary(spec: &mut AppSpec) {
+    tcp(spec);
+    spec.strategy = Strategy::Canary;
+    spec.canary.steps = vec!["50%".parse().unwrap()];
+    spec.canary.pause = Duration::from_secs(1);
+    spec.canary.min_requests = 10;
+    spec.canary.progress_deadline = Duration::from_secs(30);
+    // A debug build's p99 swings on a loaded box; the slow release below is 200 ms slow.
+    spec.canary.max_p99_ratio = 5.0;
+}
+
+/// Deploys `version` while a client opens connection after connection; the deploy's answer and
+/// what the connections got.
+fn deploy_under_connections(
+    supervisor: &Supervisor,
+    app: &App,
+    version: &str,
+) -> (Response, Vec<Result<String, String>>) {
+    let stop = AtomicBool::new(false);
+    let seen: Mutex<Vec<Result<String, String>>> = Mutex::default();
+    let response = std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let answer = exchange(app);
+                    seen.lock().unwrap().push(answer);
+                }
+            });
+        }
+        wait_until("connections flowing", ROLLOUT, || {
+            seen.lock().unwrap().len() >= 20
+        });
+        let response = supervisor.deploy(app, version);
+        stop.store(true, Ordering::Relaxed);
+        response
+    });
+    (response, seen.into_inner().unwrap())
+}
+
+fn tcp_app(home: &std::path::Path) -> (Reaper, Supervisor, App) {
+    let mut app = App::new(home, "shop");
+    app.tweak = tcp_canary;
+    app.faults = vec![
+        ("v2".into(), "--drop-rate 0.5".into()),
+        ("v3".into(), "--delay 200".into()),
+    ];
+    let (reaper, supervisor) = app.serving(home, &["v1", "v2", "v3", "v4"]);
+    (reaper, supervisor, app)
+}
+
+#[test]
+fn a_tcp_canary_whose_instance_resets_connections_is_backed_out() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let (_reaper, supervisor, app) = tcp_app(home.path());
+    let (response, seen) = deploy_under_connections(&supervisor, &app, "v2");
+    let (kind, message) = error_of(response);
+    assert_eq!(kind, ErrorKind::DeployFailed, "{message}");
+    assert!(message.contains("above max_error_rate"), "{message}");
+    assert_eq!(supervisor.status(&app).live_version.as_deref(), Some("v1"));
+    assert_eq!(
+        state_of(&supervisor.releases(&app), "v2"),
+        Some(ReleaseState::Bad)
+    );
+    // v2 resets every other connection it gets, and answers the rest: the failures are its own.
+    let failed = seen.iter().filter(|a| a.is_err()).count();
+    let v2 = seen.iter().filter(|a| a.as_deref() == Ok("v2")).count();
+    assert!(failed > 0, "the canary did take connections");
+    assert!(failed <= v2 + 1, "{failed} failed, v2 answered {v2}");
+}
+
+#[test]
+fn a_tcp_canary_slow_to_answer_is_backed_out_and_a_good_one_promoted() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let (_reaper, supervisor, app) = tcp_app(home.path());
+    let (response, _) = deploy_under_connections(&supervisor, &app, "v3");
+    let (kind, message) = error_of(response);
+    assert_eq!(kind, ErrorKind::DeployFailed, "{message}");
+    assert!(message.contains("(max_p99_ratio 5)"), "{message}");
+    assert_eq!(supervisor.status(&app).live_version.as_deref(), Some("v1"));
+
+    let (response, seen) = deploy_under_connections(&supervisor, &app, "v4");
+    assert!(matches!(response, Response::Deployed(_)), "{response:?}");
+    let failed: Vec<&String> = seen.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(
+        seen.iter().any(|a| a.as_deref() == Ok("v4")),
+        "v4 took its share"
+    );
+    assert!(supervisor.log().contains("canary step 1/1 at 50% passed"));
 }
