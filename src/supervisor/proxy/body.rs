@@ -1,13 +1,15 @@
 //! The response body streamed from an instance to the client, read from the instance's socket in
 //! the client connection's own task as hyper asks for it (by length, chunks or close). It keeps
 //! its request counted as in flight until it is fully sent, and returns the instance's connection
-//! to the pool at its end.
+//! to the pool at its end. The trailer fields of a chunked body are passed on (the client gets
+//! those its `Trailer` header names).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
@@ -18,8 +20,10 @@ use super::head::Framing;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A chunk-size line longer than this is refused.
+/// A chunk-size or trailer line longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
+/// A body with more trailer fields than this is refused.
+const MAX_TRAILERS: usize = 64;
 
 /// What is sent to the client.
 #[derive(Debug)]
@@ -67,6 +71,7 @@ impl ResponseBody {
             in_flight,
             cut: None,
             active: None,
+            trailers: None,
         })
     }
 }
@@ -97,6 +102,8 @@ enum Chunk {
 /// What the buffered bytes gave.
 enum Step {
     Data(Bytes),
+    /// One trailer field of a chunked body.
+    Trailer(HeaderName, HeaderValue),
     End,
     NeedMore,
 }
@@ -116,6 +123,9 @@ pub(crate) struct Proxied {
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// The client connection's request in progress, until this body has been sent whole.
     active: Option<Active>,
+    /// The trailer fields read so far, sent as the last frame.
+    /// Boxed: most bodies have none, and this keeps every response small.
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl Decoder {
@@ -153,6 +163,11 @@ impl Decoder {
                     };
                     let line = &buf[..eol];
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    if state == Chunk::Trailers && !line.is_empty() {
+                        let field = trailer_field(line).ok_or("invalid trailer field")?;
+                        buf.advance(eol + 1);
+                        return Ok(Step::Trailer(field.0, field.1));
+                    }
                     *self = match state {
                         Chunk::Size => {
                             let digits = line.split(|&b| b == b';').next().unwrap_or_default();
@@ -168,8 +183,7 @@ impl Decoder {
                         }
                         Chunk::DataEnd if line.is_empty() => Decoder::Chunked(Chunk::Size),
                         Chunk::DataEnd => return Err("chunk data longer than its size".into()),
-                        Chunk::Trailers if line.is_empty() => Decoder::Done,
-                        Chunk::Trailers => Decoder::Chunked(Chunk::Trailers),
+                        Chunk::Trailers => Decoder::Done,
                         Chunk::Data(_) => unreachable!("handled above"),
                     };
                     buf.advance(eol + 1);
@@ -177,6 +191,14 @@ impl Decoder {
             }
         }
     }
+}
+
+/// A trailer line as a field: `name: value`.
+fn trailer_field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+    let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
+    Some((name, value))
 }
 
 impl Proxied {
@@ -187,7 +209,18 @@ impl Proxied {
             };
             match self.decoder.step(&mut conn.buf) {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(Step::End) => return Poll::Ready(None),
+                Ok(Step::Trailer(name, value)) => {
+                    let trailers = self.trailers.get_or_insert_with(Box::default);
+                    if trailers.len() >= MAX_TRAILERS {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err("too many trailer fields".into())));
+                    }
+                    trailers.append(name, value);
+                    continue;
+                }
+                Ok(Step::End) => {
+                    return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(*t))))
+                }
                 Ok(Step::NeedMore) => {}
                 Err(err) => {
                     self.conn = None;
@@ -291,6 +324,7 @@ mod tests {
         loop {
             match decoder.step(&mut buf).unwrap() {
                 Step::Data(d) => out.extend_from_slice(&d),
+                Step::Trailer(..) => {}
                 Step::End => return (String::from_utf8(out).unwrap(), true),
                 Step::NeedMore => return (String::from_utf8(out).unwrap(), false),
             }
@@ -308,6 +342,26 @@ mod tests {
             decode(Decoder::Chunked(Chunk::Size), "5\r\nhel"),
             ("hel".into(), false)
         );
+    }
+
+    #[test]
+    fn trailer_fields_are_read_after_the_last_chunk() {
+        let mut buf = bytes::BytesMut::from(&b"0\r\nx-checksum: abc \r\ngrpc-status:0\r\n\r\n"[..]);
+        let mut decoder = Decoder::Chunked(Chunk::Size);
+        let mut fields = Vec::new();
+        loop {
+            match decoder.step(&mut buf).unwrap() {
+                Step::Trailer(name, value) => {
+                    fields.push(format!("{name}={}", value.to_str().unwrap()))
+                }
+                Step::End => break,
+                _ => panic!("only trailers in this body"),
+            }
+        }
+        assert_eq!(fields, ["x-checksum=abc", "grpc-status=0"]);
+        let mut bad = bytes::BytesMut::from(&b"0\r\nno colon\r\n\r\n"[..]);
+        let mut decoder = Decoder::Chunked(Chunk::Size);
+        assert!(decoder.step(&mut bad).is_err());
     }
 
     #[test]

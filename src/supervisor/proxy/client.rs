@@ -190,10 +190,16 @@ async fn send_body<W: AsyncWrite + Unpin>(
     body: &mut Incoming,
     chunked: bool,
 ) -> Result<(), BodyError> {
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|err| BodyError::Client(io::Error::other(err)))?;
-        let Ok(data) = frame.into_data() else {
-            continue; // Trailers are not passed on.
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // Only a chunked body has trailer fields (hyper reads them from no other).
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
         };
         if data.is_empty() {
             continue;
@@ -209,9 +215,15 @@ async fn send_body<W: AsyncWrite + Unpin>(
         }
     }
     if chunked {
-        io.write_all(b"0\r\n\r\n")
-            .await
-            .map_err(BodyError::Instance)?;
+        let mut end = b"0\r\n".to_vec();
+        for (name, value) in trailers.iter().flatten() {
+            end.extend_from_slice(name.as_str().as_bytes());
+            end.extend_from_slice(b": ");
+            end.extend_from_slice(value.as_bytes());
+            end.extend_from_slice(b"\r\n");
+        }
+        end.extend_from_slice(b"\r\n");
+        io.write_all(&end).await.map_err(BodyError::Instance)?;
     }
     Ok(())
 }

@@ -28,14 +28,15 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 const MAX_REQUEST_ID: usize = 200;
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1): never
-/// forwarded. Upgrade and Connection are put back for a WebSocket handshake.
-fn hop_by_hop() -> [&'static HeaderName; 8] {
+/// forwarded. Upgrade and Connection are put back for a WebSocket handshake, and `TE: trailers`
+/// for a client that takes trailer fields (the proxy passes them on). `Trailer` is the
+/// message's own and goes through.
+fn hop_by_hop() -> [&'static HeaderName; 7] {
     [
         &header::CONNECTION,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::TE,
-        &header::TRAILER,
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
         &header::PROXY_AUTHORIZATION,
@@ -278,8 +279,17 @@ fn prepare(req: &mut Request<Incoming>, upgrade: bool) {
     } else {
         None
     };
+    let takes_trailers = req.headers().get(header::TE).is_some_and(|te| {
+        te.to_str().is_ok_and(|te| {
+            te.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
+    if takes_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(protocol) = upgrade_to {
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

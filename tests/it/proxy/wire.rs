@@ -253,3 +253,59 @@ async fn an_instance_answering_before_the_body_is_whole_is_heard() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailer_fields_are_passed_on_both_ways() {
+    // An instance that keeps the request as it came and answers with a trailer of its own.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let instance = listener.local_addr().unwrap();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !chunked_request_complete(&request) {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the proxy closed mid-request");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let _ = got_tx.send(String::from_utf8_lossy(&request).into_owned());
+        stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: grpc-status\r\n\
+                  connection: close\r\n\r\n5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+    });
+    let proxy = proxy_to(instance).await;
+
+    let answer = raw(
+        proxy.local_addr,
+        "POST /t HTTP/1.1\r\nhost: t\r\nte: trailers\r\ntrailer: x-checksum\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+         3\r\nabc\r\n0\r\nx-checksum: 900150983cd24fb0\r\n\r\n",
+    )
+    .await;
+    let request = got_rx.await.expect("the instance got the request");
+    let lower = request.to_ascii_lowercase();
+    assert!(lower.contains("\r\nte: trailers\r\n"), "{request}");
+    assert!(lower.contains("\r\ntrailer: x-checksum\r\n"), "{request}");
+    assert!(
+        request.ends_with("3\r\nabc\r\n0\r\nx-checksum: 900150983cd24fb0\r\n\r\n"),
+        "{request}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with("5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n"),
+        "{answer}"
+    );
+}
+
+/// Whether a chunked request has come whole: its last chunk, then its trailer fields (if any)
+/// up to an empty line.
+fn chunked_request_complete(request: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(request);
+    text.find("\r\n0\r\n")
+        .is_some_and(|last| text[last + 2..].contains("\r\n\r\n"))
+}
