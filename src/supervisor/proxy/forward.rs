@@ -279,15 +279,8 @@ fn prepare(req: &mut Request<Incoming>, upgrade: bool) {
     } else {
         None
     };
-    let takes_trailers = req.headers().get(header::TE).is_some_and(|te| {
-        te.to_str().is_ok_and(|te| {
-            te.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    if takes_trailers {
+    if strip_hop_by_hop(headers) {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if let Some(protocol) = upgrade_to {
@@ -296,12 +289,19 @@ fn prepare(req: &mut Request<Incoming>, upgrade: bool) {
     }
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the hop-by-hop headers; true if a `TE` among them took trailers (`TE: trailers`).
+fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Most messages have none: one pass over the names (cheap compares) spares the lookups.
     let hop = hop_by_hop();
     if !headers.keys().any(|name| hop.contains(&name)) {
-        return;
+        return false;
     }
+    let takes_trailers = headers.get_all(header::TE).iter().any(|te| {
+        te.to_str().is_ok_and(|te| {
+            te.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     // Headers named in Connection are hop-by-hop too.
     if let Some(connection) = headers.get(header::CONNECTION).cloned() {
         if let Ok(names) = connection.to_str() {
@@ -315,6 +315,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in hop {
         headers.remove(name);
     }
+    takes_trailers
 }
 
 /// The instance's response for the client; a 101 to an upgrade becomes a tunnel.
