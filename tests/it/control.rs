@@ -98,11 +98,10 @@ fn the_socket_is_0600_in_a_0700_directory_it_creates() {
     let socket = sup.socket();
     assert_eq!(mode(&socket), 0o600, "socket mode");
     assert_eq!(mode(socket.parent().unwrap()), 0o700, "socket dir mode");
-    assert!(
-        sup.log().contains("supervisor listening on"),
-        "{}",
-        sup.log()
-    );
+    // The socket accepts (into its backlog) from `listen` on; the line comes once it serves.
+    wait_until("the supervisor to say it listens", DEADLINE, || {
+        sup.log().contains("supervisor listening on")
+    });
 }
 
 #[test]

@@ -89,8 +89,9 @@ fn a_process_marked_with_an_instance_that_is_not_live_is_stopped_at_start() {
     let mut child = start(marks(state_dir, "shop-v2-7"), false);
 
     let supervisor = Supervisor::start(home.path());
+    // Its exit is seen here first (the test is its parent); the supervisor logs once it saw it.
     wait_until("the lost candidate to be stopped", ROLLOUT, || {
-        !lost.running()
+        !lost.running() && supervisor.log().contains("not in its state file")
     });
     app.wait_serving("v1");
     assert_eq!(supervisor.live_pids(&app), vec![live_pid], "v1 re-adopted");
