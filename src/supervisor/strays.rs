@@ -6,8 +6,11 @@
 //! started with `CUTOVER_SUPERVISOR` (the state directory) and `CUTOVER_INSTANCE` (its id) in its
 //! environment, so a restarted supervisor finds such processes in /proc: one whose id is a live
 //! instance is adopted when the recorded pid is gone, any other (an interrupted rollout's
-//! candidate) is stopped. Only process-group leaders count: an instance leads its own group,
-//! and a helper it started inherits its marks but not its group.
+//! candidate) is stopped. Only process-group leaders count: an instance leads its own group, and
+//! the helpers it starts inherit its marks but stay in its group. A helper that made a group of
+//! its own carries its instance's id: that of a live instance is left alone (if the instance
+//! itself is gone, the earliest started of the processes carrying its id is taken for it, and
+//! the health checks judge it), that of a candidate is stopped with it.
 
 use std::collections::BTreeMap;
 use std::path::Path;

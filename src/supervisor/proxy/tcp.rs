@@ -13,20 +13,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::HeaderMap;
-use tokio::net::TcpStream;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::backend::{BackendState, InFlight};
 use super::client::Conn;
+use super::clients;
 use super::forward::{next_backend, sides};
 use super::{Hold, Shared, Side};
 
 /// The buffers for the bytes before the instance's first answer (then `copy` takes over).
 const FIRST_READ: usize = 8 * 1024;
 
-/// Pipes `client` to an instance of the route until either side closes or a drain cuts it.
-pub(super) async fn pipe(shared: Arc<Shared>, worker: usize, mut client: TcpStream) {
+/// Pipes `client` to an instance of the route until either side closes, a drain cuts it, or the
+/// proxy's close does at its deadline (`counted` is the connection as the proxy's clients count it).
+pub(super) async fn pipe(
+    shared: Arc<Shared>,
+    worker: usize,
+    mut client: TcpStream,
+    counted: Arc<clients::Open>,
+) {
     let lane = shared.lane(worker);
     let mut table = lane.route.load_full();
     let mut hold = Hold::default();
@@ -71,6 +77,9 @@ pub(super) async fn pipe(shared: Arc<Shared>, worker: usize, mut client: TcpStre
             }
             _ = state.cut_of(worker).cancelled() => {
                 tracing::debug!(backend = %state.backend.id, "connection cut by drain");
+            }
+            () = counted.cut() => {
+                tracing::debug!(backend = %state.backend.id, "connection cut at the proxy's close deadline");
             }
         }
         return;

@@ -292,8 +292,7 @@ impl Worker {
                     }
                 }
                 if shared.tcp.load(Ordering::Relaxed) {
-                    let _client_open = client_open;
-                    tcp::pipe(shared, worker, stream).await;
+                    tcp::pipe(shared, worker, stream, client_open).await;
                     return;
                 }
                 let client = forward::Client {
