@@ -215,6 +215,7 @@ async fn send_body<W: AsyncWrite + Unpin>(
         }
     }
     if chunked {
+        // The last chunk, then the trailer fields, then the empty line that ends the body.
         let mut end = b"0\r\n".to_vec();
         for (name, value) in trailers.iter().flatten() {
             end.extend_from_slice(name.as_str().as_bytes());
