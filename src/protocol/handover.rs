@@ -37,7 +37,7 @@ pub enum Offer {
 }
 
 /// One handed-over descriptor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SocketInfo {
     /// The app whose public socket it is; `None` for the control socket and unclaimed ones.
     pub name: Option<String>,

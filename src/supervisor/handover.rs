@@ -170,11 +170,7 @@ impl Successor {
         control: OwnedFd,
         released: Released,
     ) -> Result<(), Box<TakeBack>> {
-        let control_info = SocketInfo {
-            name: None,
-            systemd: false,
-        };
-        let mut fds: Vec<(SocketInfo, OwnedFd)> = vec![(control_info, control)];
+        let mut fds: Vec<(SocketInfo, OwnedFd)> = vec![(SocketInfo::default(), control)];
         for app in &released.apps {
             let info = SocketInfo {
                 name: Some(app.name.clone()),
@@ -341,10 +337,7 @@ pub async fn take_over(
     let mut listeners = Listeners::default();
     let mut infos = infos.into_iter();
     for fd in fds {
-        let info = infos.next().unwrap_or(SocketInfo {
-            name: None,
-            systemd: false,
-        });
+        let info = infos.next().unwrap_or_default();
         listeners.add(info, fd, "the previous supervisor");
     }
     Ok(Some((Predecessor { stream }, listeners)))

@@ -225,7 +225,7 @@ mod tests {
     fn info(name: Option<&str>) -> SocketInfo {
         SocketInfo {
             name: name.map(str::to_owned),
-            systemd: false,
+            ..SocketInfo::default()
         }
     }
 

@@ -164,26 +164,29 @@ impl Store {
 
     /// Replaces one app's record and writes the file.
     pub fn put(&self, name: &str, record: &AppRecord) -> Result<(), StoreError> {
-        blocking(|| {
-            let mut state = self.lock();
+        self.change(|state| {
             state.apps.insert(name.to_owned(), record.clone());
-            write_atomically(&self.path(), &serde_json::to_vec_pretty(&*state)?)
         })
     }
 
     /// Forgets one app and writes the file.
     pub fn remove(&self, name: &str) -> Result<(), StoreError> {
-        blocking(|| {
-            let mut state = self.lock();
+        self.change(|state| {
             state.apps.remove(name);
-            write_atomically(&self.path(), &serde_json::to_vec_pretty(&*state)?)
         })
     }
 
     /// Writes the current state again (at shutdown, so the file is known to be complete).
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.change(|_| {})
+    }
+
+    /// Applies `edit` and writes the file, holding the lock from the change to the rename so
+    /// that writes land in the order of their changes.
+    fn change(&self, edit: impl FnOnce(&mut State)) -> Result<(), StoreError> {
         blocking(|| {
-            let state = self.lock();
+            let mut state = self.lock();
+            edit(&mut state);
             write_atomically(&self.path(), &serde_json::to_vec_pretty(&*state)?)
         })
     }

@@ -9,21 +9,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::backend::InFlight;
 use super::client::{make_room, Conn};
 use super::clients::Active;
-use super::head::Framing;
+use super::head::{self, Framing};
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A chunk-size or trailer line longer than this is refused.
+/// A chunk-size line longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
-/// A body with more trailer fields than this is refused.
-const MAX_TRAILERS: usize = 64;
 
 /// What is sent to the client.
 #[derive(Debug)]
@@ -71,7 +69,6 @@ impl ResponseBody {
             in_flight,
             cut: None,
             active: None,
-            trailers: None,
         })
     }
 }
@@ -102,8 +99,8 @@ enum Chunk {
 /// What the buffered bytes gave.
 enum Step {
     Data(Bytes),
-    /// One trailer field of a chunked body.
-    Trailer(HeaderName, HeaderValue),
+    /// The trailer fields that end a chunked body (the body is done).
+    Trailers(HeaderMap),
     End,
     NeedMore,
 }
@@ -123,9 +120,6 @@ pub(crate) struct Proxied {
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// The client connection's request in progress, until this body has been sent whole.
     active: Option<Active>,
-    /// The trailer fields read so far, sent as the last frame.
-    /// Boxed: most bodies have none, and this keeps every response small.
-    trailers: Option<Box<HeaderMap>>,
 }
 
 impl Decoder {
@@ -154,6 +148,15 @@ impl Decoder {
                     }
                     return Ok(Step::Data(buf.split().freeze()));
                 }
+                Decoder::Chunked(Chunk::Trailers) => {
+                    let Some(trailers) = head::parse_trailers(buf)? else {
+                        return Ok(Step::NeedMore);
+                    };
+                    *self = Decoder::Done;
+                    if !trailers.is_empty() {
+                        return Ok(Step::Trailers(trailers));
+                    }
+                }
                 Decoder::Chunked(state) => {
                     let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
                         if buf.len() > MAX_CHUNK_LINE {
@@ -163,11 +166,6 @@ impl Decoder {
                     };
                     let line = &buf[..eol];
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    if state == Chunk::Trailers && !line.is_empty() {
-                        let field = trailer_field(line).ok_or("invalid trailer field")?;
-                        buf.advance(eol + 1);
-                        return Ok(Step::Trailer(field.0, field.1));
-                    }
                     *self = match state {
                         Chunk::Size => {
                             let digits = line.split(|&b| b == b';').next().unwrap_or_default();
@@ -183,22 +181,13 @@ impl Decoder {
                         }
                         Chunk::DataEnd if line.is_empty() => Decoder::Chunked(Chunk::Size),
                         Chunk::DataEnd => return Err("chunk data longer than its size".into()),
-                        Chunk::Trailers => Decoder::Done,
-                        Chunk::Data(_) => unreachable!("handled above"),
+                        Chunk::Data(_) | Chunk::Trailers => unreachable!("handled above"),
                     };
                     buf.advance(eol + 1);
                 }
             }
         }
     }
-}
-
-/// A trailer line as a field: `name: value`.
-fn trailer_field(line: &[u8]) -> Option<(HeaderName, HeaderValue)> {
-    let colon = line.iter().position(|&b| b == b':')?;
-    let name = HeaderName::from_bytes(&line[..colon]).ok()?;
-    let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
-    Some((name, value))
 }
 
 impl Proxied {
@@ -209,18 +198,10 @@ impl Proxied {
             };
             match self.decoder.step(&mut conn.buf) {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(Step::Trailer(name, value)) => {
-                    let trailers = self.trailers.get_or_insert_with(Box::default);
-                    if trailers.len() >= MAX_TRAILERS {
-                        self.conn = None;
-                        return Poll::Ready(Some(Err("too many trailer fields".into())));
-                    }
-                    trailers.append(name, value);
-                    continue;
+                Ok(Step::Trailers(trailers)) => {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                 }
-                Ok(Step::End) => {
-                    return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(*t))))
-                }
+                Ok(Step::End) => return Poll::Ready(None),
                 Ok(Step::NeedMore) => {}
                 Err(err) => {
                     self.conn = None;
@@ -324,7 +305,7 @@ mod tests {
         loop {
             match decoder.step(&mut buf).unwrap() {
                 Step::Data(d) => out.extend_from_slice(&d),
-                Step::Trailer(..) => {}
+                Step::Trailers(_) => {}
                 Step::End => return (String::from_utf8(out).unwrap(), true),
                 Step::NeedMore => return (String::from_utf8(out).unwrap(), false),
             }
@@ -348,17 +329,15 @@ mod tests {
     fn trailer_fields_are_read_after_the_last_chunk() {
         let mut buf = bytes::BytesMut::from(&b"0\r\nx-checksum: abc \r\ngrpc-status:0\r\n\r\n"[..]);
         let mut decoder = Decoder::Chunked(Chunk::Size);
-        let mut fields = Vec::new();
-        loop {
-            match decoder.step(&mut buf).unwrap() {
-                Step::Trailer(name, value) => {
-                    fields.push(format!("{name}={}", value.to_str().unwrap()))
-                }
-                Step::End => break,
-                _ => panic!("only trailers in this body"),
-            }
-        }
+        let Step::Trailers(trailers) = decoder.step(&mut buf).unwrap() else {
+            panic!("only trailers in this body");
+        };
+        let fields: Vec<String> = trailers
+            .iter()
+            .map(|(name, value)| format!("{name}={}", value.to_str().unwrap()))
+            .collect();
         assert_eq!(fields, ["x-checksum=abc", "grpc-status=0"]);
+        assert!(matches!(decoder.step(&mut buf).unwrap(), Step::End));
         let mut bad = bytes::BytesMut::from(&b"0\r\nno colon\r\n\r\n"[..]);
         let mut decoder = Decoder::Chunked(Chunk::Size);
         assert!(decoder.step(&mut bad).is_err());

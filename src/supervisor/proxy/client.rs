@@ -218,10 +218,7 @@ async fn send_body<W: AsyncWrite + Unpin>(
         // The last chunk, then the trailer fields, then the empty line that ends the body.
         let mut end = b"0\r\n".to_vec();
         for (name, value) in trailers.iter().flatten() {
-            end.extend_from_slice(name.as_str().as_bytes());
-            end.extend_from_slice(b": ");
-            end.extend_from_slice(value.as_bytes());
-            end.extend_from_slice(b"\r\n");
+            head::write_field(&mut end, name.as_str().as_bytes(), value.as_bytes());
         }
         end.extend_from_slice(b"\r\n");
         io.write_all(&end).await.map_err(BodyError::Instance)?;

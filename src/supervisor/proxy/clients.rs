@@ -33,12 +33,12 @@ const IDLE_GRACE: Duration = Duration::from_secs(1);
 /// After the deadline, how long graceful shutdowns get to finish their last response.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// A connection with no request begun for this long and none in progress is closed. It is
+/// The default of `app.idle_timeout`: a connection with no request begun for this long and none
+/// in progress is closed. It is
 /// checked once per period, so an idle keep-alive connection is closed after one to two periods;
 /// a client still sending its request head, or still taking the end of a response, gets one more
 /// before it is dropped (nginx's `client_header_timeout`, `keepalive_timeout` and `send_timeout`
 /// are 60, 75 and 60 s).
-/// The default of `app.idle_timeout`.
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every open client connection of one proxy.

@@ -17,7 +17,7 @@ use super::backend::{BackendState, InFlight, SendError};
 use super::body::ResponseBody;
 use super::client::{Conn, Outgoing};
 use super::clients;
-use super::head::{Forwarding, Head, X_REQUEST_ID};
+use super::head::{self, Forwarding, Head, X_REQUEST_ID};
 use super::workers::{Open, OpenGuard};
 use super::{Hold, Lane, Shared, Side, Table};
 use crate::protocol::app::Balance;
@@ -296,12 +296,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     if !headers.keys().any(|name| hop.contains(&name)) {
         return false;
     }
-    let takes_trailers = headers.get_all(header::TE).iter().any(|te| {
-        te.to_str().is_ok_and(|te| {
-            te.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
+    let takes_trailers = head::has_token(headers, &header::TE, "trailers");
     // Headers named in Connection are hop-by-hop too.
     if let Some(connection) = headers.get(header::CONNECTION).cloned() {
         if let Ok(names) = connection.to_str() {

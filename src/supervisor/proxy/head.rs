@@ -1,6 +1,6 @@
 //! HTTP/1.1 heads on the instance side: the request head the proxy sends (the client's headers
 //! with the proxy's forwarding headers written in) and the response head it reads back (with how
-//! its body is framed, RFC 9112 section 6.3).
+//! its body is framed, RFC 9112 section 6.3), and the trailer fields that may end a chunked body.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -12,6 +12,10 @@ use http::{Method, StatusCode};
 use super::client::invalid;
 
 const MAX_HEADERS: usize = 100;
+/// A chunked body with more trailer fields than this is refused.
+const MAX_TRAILERS: usize = 64;
+/// A trailer block longer than this is refused.
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -44,12 +48,7 @@ pub(super) fn encode_request(
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut line = |name: &[u8], value: &[u8]| {
-        head.extend_from_slice(name);
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value);
-        head.extend_from_slice(b"\r\n");
-    };
+    let mut line = |name: &[u8], value: &[u8]| write_field(&mut head, name, value);
     let mut forwarded_for = None;
     let (mut has_proto, mut has_host) = (false, false);
     let mut host = None;
@@ -174,9 +173,9 @@ pub(super) fn parse_response(buf: &mut BytesMut, method: &Method) -> io::Result<
         let keep_alive = framing != Framing::Close
             && status != StatusCode::SWITCHING_PROTOCOLS
             && if http11 {
-                !has_token(&headers, "close")
+                !has_token(&headers, &header::CONNECTION, "close")
             } else {
-                has_token(&headers, "keep-alive")
+                has_token(&headers, &header::CONNECTION, "keep-alive")
             };
         return Ok(Some(Head {
             status,
@@ -187,9 +186,42 @@ pub(super) fn parse_response(buf: &mut BytesMut, method: &Method) -> io::Result<
     }
 }
 
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
+/// Appends one `name: value` line to a head or a trailer block.
+pub(super) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses the trailer block after a chunked body's last chunk (fields, then an empty line) at
+/// the start of `buf` and removes it; `None` while it is incomplete.
+pub(super) fn parse_trailers(buf: &mut BytesMut) -> io::Result<Option<HeaderMap>> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+    let (len, fields) = match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(parsed)) => parsed,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILER_BYTES => {
+            return Err(invalid("trailer fields too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(err) => return Err(invalid(&format!("invalid trailer fields: {err}"))),
+    };
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| invalid("invalid trailer name"))?;
+        let value =
+            HeaderValue::from_bytes(field.value).map_err(|_| invalid("invalid trailer value"))?;
+        trailers.append(name, value);
+    }
+    let _ = buf.split_to(len);
+    Ok(Some(trailers))
+}
+
+/// Whether a `name` header lists `token` (comma-separated, any case).
+pub(super) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))

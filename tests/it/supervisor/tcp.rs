@@ -145,19 +145,30 @@ fn tcp_app(home: &std::path::Path) -> (Reaper, Supervisor, App) {
     (reaper, supervisor, app)
 }
 
+/// The canary of `version` failed its analysis for `why`: v1 still live, `version` marked bad.
+fn assert_backed_out(
+    supervisor: &Supervisor,
+    app: &App,
+    response: Response,
+    version: &str,
+    why: &str,
+) {
+    let (kind, message) = error_of(response);
+    assert_eq!(kind, ErrorKind::DeployFailed, "{message}");
+    assert!(message.contains(why), "{message}");
+    assert_eq!(supervisor.status(app).live_version.as_deref(), Some("v1"));
+    assert_eq!(
+        state_of(&supervisor.releases(app), version),
+        Some(ReleaseState::Bad)
+    );
+}
+
 #[test]
 fn a_tcp_canary_whose_instance_resets_connections_is_backed_out() {
     let home = tempfile::tempdir().expect("temp dir");
     let (_reaper, supervisor, app) = tcp_app(home.path());
     let (response, seen) = deploy_under_connections(&supervisor, &app, "v2");
-    let (kind, message) = error_of(response);
-    assert_eq!(kind, ErrorKind::DeployFailed, "{message}");
-    assert!(message.contains("above max_error_rate"), "{message}");
-    assert_eq!(supervisor.status(&app).live_version.as_deref(), Some("v1"));
-    assert_eq!(
-        state_of(&supervisor.releases(&app), "v2"),
-        Some(ReleaseState::Bad)
-    );
+    assert_backed_out(&supervisor, &app, response, "v2", "above max_error_rate");
     // v2 resets every other connection it gets, and answers the rest: the failures are its own.
     let failed = seen.iter().filter(|a| a.is_err()).count();
     let v2 = seen.iter().filter(|a| a.as_deref() == Ok("v2")).count();
@@ -170,10 +181,7 @@ fn a_tcp_canary_slow_to_answer_is_backed_out_and_a_good_one_promoted() {
     let home = tempfile::tempdir().expect("temp dir");
     let (_reaper, supervisor, app) = tcp_app(home.path());
     let (response, _) = deploy_under_connections(&supervisor, &app, "v3");
-    let (kind, message) = error_of(response);
-    assert_eq!(kind, ErrorKind::DeployFailed, "{message}");
-    assert!(message.contains("(max_p99_ratio 5)"), "{message}");
-    assert_eq!(supervisor.status(&app).live_version.as_deref(), Some("v1"));
+    assert_backed_out(&supervisor, &app, response, "v3", "(max_p99_ratio 5)");
 
     let (response, seen) = deploy_under_connections(&supervisor, &app, "v4");
     assert!(matches!(response, Response::Deployed(_)), "{response:?}");
