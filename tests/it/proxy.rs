@@ -19,6 +19,7 @@ use crate::support::load::{DemoApp, Load};
 mod hold;
 mod idle;
 mod lifecycle;
+mod misframe;
 mod proxy_protocol;
 mod wire;
 
@@ -36,6 +37,17 @@ fn route(backends: Vec<Arc<Backend>>) -> Route {
         balance: Balance::RoundRobin,
         canary: None,
     }
+}
+
+/// A proxy in front of one instance at `addr` (a backend written in the test).
+async fn proxy_to(addr: SocketAddr) -> Proxy {
+    let proxy = proxy().await;
+    proxy.set_route(route(vec![Arc::new(Backend {
+        id: "wire-0".into(),
+        version: "wire".into(),
+        addr,
+    })]));
+    proxy
 }
 
 async fn proxy() -> Proxy {
@@ -217,6 +229,7 @@ async fn streamed_responses_are_passed_on_as_they_come() {
     proxy.set_route(route(vec![backend("v1-0", &app)]));
     let mut sender = connect(proxy.local_addr).await;
     let req = http::Request::get("/stream?chunks=4&interval_ms=300")
+        .header("host", "shop.example")
         .body(Empty::new())
         .unwrap();
     let mut body = sender.send_request(req).await.unwrap().into_body();

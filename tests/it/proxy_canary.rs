@@ -115,14 +115,16 @@ async fn the_cookie_keeps_a_client_on_its_side_and_the_header_reaches_the_canary
     for _ in 0..10 {
         let (version, cookie) = get(&mut sender, &[]).await;
         let cookie = cookie.expect("a new client gets the sticky cookie");
-        let side = if cookie.starts_with("cutover_canary=canary;") {
+        let side = if cookie.starts_with("cutover_canary=canary.") {
             "v2"
         } else {
-            assert!(cookie.starts_with("cutover_canary=stable;"), "{cookie}");
+            assert!(cookie.starts_with("cutover_canary=stable."), "{cookie}");
             "v1"
         };
         assert_eq!(version, side, "{cookie}");
-        *told.entry(side).or_insert(0) += 1;
+        // What the client sends back: `name=value`, without the attributes.
+        let sent = cookie.split(';').next().unwrap().to_owned();
+        told.entry(side).or_insert(sent);
     }
     assert_eq!(
         told.len(),
@@ -130,28 +132,39 @@ async fn the_cookie_keeps_a_client_on_its_side_and_the_header_reaches_the_canary
         "a 50% split puts new clients on both sides: {told:?}"
     );
     // Clients that send their cookie back stay put, whatever the turn, and are not told again.
-    for (cookie, side) in [
-        ("cutover_canary=canary", "v2"),
-        ("a=1; cutover_canary=stable", "v1"),
-    ] {
+    for (side, cookie) in &told {
+        let cookie = format!("a=1; {cookie}");
         for _ in 0..20 {
-            let (version, set) = get(&mut sender, &[("cookie", cookie)]).await;
-            assert_eq!(version, side, "{cookie}");
+            let (version, set) = get(&mut sender, &[("cookie", &cookie)]).await;
+            assert_eq!(version, *side, "{cookie}");
             assert_eq!(set, None);
         }
     }
-    // Testers reach the canary with the header, even with a stable cookie.
+    // A cookie the proxy did not give (no MAC, or another's) is no cookie: the client gets a
+    // turn and a real cookie.
+    for forged in [
+        "cutover_canary=canary",
+        "cutover_canary=canary.0123456789abcdef01234567",
+    ] {
+        let (_, set) = get(&mut sender, &[("cookie", forged)]).await;
+        assert!(set.is_some(), "{forged} was taken as a valid cookie");
+    }
+    // Testers reach the canary with the header, even with a stable cookie; their requests are
+    // counted apart from the judged traffic.
+    let judged = |proxy: &Proxy| -> (u64, u64) {
+        let v2 = proxy.stats().into_iter().filter(|s| s.version == "v2");
+        v2.fold((0, 0), |(r, p), s| (r + s.requests, p + s.pinned_requests))
+    };
+    let before = judged(&proxy);
     for _ in 0..20 {
         let (version, _) = get(
             &mut sender,
-            &[
-                ("x-cutover-canary", "1"),
-                ("cookie", "cutover_canary=stable"),
-            ],
+            &[("x-cutover-canary", "1"), ("cookie", &told["v1"])],
         )
         .await;
         assert_eq!(version, "v2");
     }
+    assert_eq!(judged(&proxy), (before.0, before.1 + 20));
     // Without a canary the cookie is ignored: everyone is on the one release.
     proxy.set_route(Route {
         canary: None,

@@ -8,20 +8,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use http::HeaderMap;
+use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::backend::InFlight;
 use super::client::{make_room, Conn};
 use super::clients::Active;
-use super::head::{self, Framing};
+use super::framing::{Decoder, Framing, Step};
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A chunk-size line longer than this is refused.
-const MAX_CHUNK_LINE: usize = 4096;
 
 /// What is sent to the client.
 #[derive(Debug)]
@@ -55,15 +51,9 @@ impl ResponseBody {
         worker: usize,
         in_flight: InFlight,
     ) -> ResponseBody {
-        let decoder = match framing {
-            Framing::Empty | Framing::Length(0) => Decoder::Done,
-            Framing::Length(n) => Decoder::Length(n),
-            Framing::Chunked => Decoder::Chunked(Chunk::Size),
-            Framing::Close => Decoder::Close,
-        };
         ResponseBody::Proxied(Proxied {
             conn: Some(conn),
-            decoder,
+            decoder: Decoder::new(framing),
             keep_alive,
             worker,
             in_flight,
@@ -71,38 +61,6 @@ impl ResponseBody {
             active: None,
         })
     }
-}
-
-/// Where a body is in its framing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Decoder {
-    /// Bytes left.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the instance closes the connection.
-    Close,
-    Done,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Bytes left in the current chunk.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers,
-}
-
-/// What the buffered bytes gave.
-enum Step {
-    Data(Bytes),
-    /// The trailer fields that end a chunked body (the body is done).
-    Trailers(HeaderMap),
-    End,
-    NeedMore,
 }
 
 /// An instance's response body on its way to the client.
@@ -122,74 +80,6 @@ pub(crate) struct Proxied {
     active: Option<Active>,
 }
 
-impl Decoder {
-    /// Decodes what is buffered.
-    fn step(&mut self, buf: &mut bytes::BytesMut) -> Result<Step, BoxError> {
-        loop {
-            match *self {
-                Decoder::Done => return Ok(Step::End),
-                Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) => {
-                    if buf.is_empty() {
-                        return Ok(Step::NeedMore);
-                    }
-                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let rest = left - n as u64;
-                    *self = match *self {
-                        Decoder::Length(_) if rest == 0 => Decoder::Done,
-                        Decoder::Length(_) => Decoder::Length(rest),
-                        _ if rest == 0 => Decoder::Chunked(Chunk::DataEnd),
-                        _ => Decoder::Chunked(Chunk::Data(rest)),
-                    };
-                    return Ok(Step::Data(buf.split_to(n).freeze()));
-                }
-                Decoder::Close => {
-                    if buf.is_empty() {
-                        return Ok(Step::NeedMore);
-                    }
-                    return Ok(Step::Data(buf.split().freeze()));
-                }
-                Decoder::Chunked(Chunk::Trailers) => {
-                    let Some(trailers) = head::parse_trailers(buf)? else {
-                        return Ok(Step::NeedMore);
-                    };
-                    *self = Decoder::Done;
-                    if !trailers.is_empty() {
-                        return Ok(Step::Trailers(trailers));
-                    }
-                }
-                Decoder::Chunked(state) => {
-                    let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
-                        if buf.len() > MAX_CHUNK_LINE {
-                            return Err("chunk line too long".into());
-                        }
-                        return Ok(Step::NeedMore);
-                    };
-                    let line = &buf[..eol];
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    *self = match state {
-                        Chunk::Size => {
-                            let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-                            let size = std::str::from_utf8(digits)
-                                .ok()
-                                .and_then(|d| u64::from_str_radix(d.trim(), 16).ok())
-                                .ok_or("invalid chunk size")?;
-                            Decoder::Chunked(if size == 0 {
-                                Chunk::Trailers
-                            } else {
-                                Chunk::Data(size)
-                            })
-                        }
-                        Chunk::DataEnd if line.is_empty() => Decoder::Chunked(Chunk::Size),
-                        Chunk::DataEnd => return Err("chunk data longer than its size".into()),
-                        Chunk::Data(_) | Chunk::Trailers => unreachable!("handled above"),
-                    };
-                    buf.advance(eol + 1);
-                }
-            }
-        }
-    }
-}
-
 impl Proxied {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
@@ -205,7 +95,7 @@ impl Proxied {
                 Ok(Step::NeedMore) => {}
                 Err(err) => {
                     self.conn = None;
-                    return Poll::Ready(Some(Err(err)));
+                    return Poll::Ready(Some(Err(err.into())));
                 }
             }
             let conn = self.conn.as_mut().expect("checked above");
@@ -291,64 +181,5 @@ impl Drop for Proxied {
                 self.in_flight.state().give_back(self.worker, conn);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Runs the decoder over `wire` and returns the data and whether the body ended.
-    fn decode(mut decoder: Decoder, wire: &str) -> (String, bool) {
-        let mut buf = bytes::BytesMut::from(wire.as_bytes());
-        let mut out = Vec::new();
-        loop {
-            match decoder.step(&mut buf).unwrap() {
-                Step::Data(d) => out.extend_from_slice(&d),
-                Step::Trailers(_) => {}
-                Step::End => return (String::from_utf8(out).unwrap(), true),
-                Step::NeedMore => return (String::from_utf8(out).unwrap(), false),
-            }
-        }
-    }
-
-    #[test]
-    fn chunked_bodies_are_decoded_across_reads() {
-        let wire = "5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n";
-        assert_eq!(
-            decode(Decoder::Chunked(Chunk::Size), wire),
-            ("hello, world".into(), true)
-        );
-        assert_eq!(
-            decode(Decoder::Chunked(Chunk::Size), "5\r\nhel"),
-            ("hel".into(), false)
-        );
-    }
-
-    #[test]
-    fn trailer_fields_are_read_after_the_last_chunk() {
-        let mut buf = bytes::BytesMut::from(&b"0\r\nx-checksum: abc \r\ngrpc-status:0\r\n\r\n"[..]);
-        let mut decoder = Decoder::Chunked(Chunk::Size);
-        let Step::Trailers(trailers) = decoder.step(&mut buf).unwrap() else {
-            panic!("only trailers in this body");
-        };
-        let fields: Vec<String> = trailers
-            .iter()
-            .map(|(name, value)| format!("{name}={}", value.to_str().unwrap()))
-            .collect();
-        assert_eq!(fields, ["x-checksum=abc", "grpc-status=0"]);
-        assert!(matches!(decoder.step(&mut buf).unwrap(), Step::End));
-        let mut bad = bytes::BytesMut::from(&b"0\r\nno colon\r\n\r\n"[..]);
-        let mut decoder = Decoder::Chunked(Chunk::Size);
-        assert!(decoder.step(&mut bad).is_err());
-    }
-
-    #[test]
-    fn length_bodies_stop_at_their_length() {
-        let mut buf = bytes::BytesMut::from("abcdef".as_bytes());
-        let mut decoder = Decoder::Length(4);
-        assert!(matches!(decoder.step(&mut buf).unwrap(), Step::Data(d) if d == "abcd"));
-        assert_eq!(decoder, Decoder::Done);
-        assert_eq!(&buf[..], b"ef");
     }
 }

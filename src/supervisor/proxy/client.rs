@@ -5,23 +5,28 @@
 //! same task, as the client side asks for it.
 //!
 //! What it speaks: origin-form requests, bodies by `content-length` or chunked, responses framed
-//! by length, chunks or close (RFC 9112 section 6.3), 1xx responses skipped, 101 handed back with
-//! the socket for a tunnel; an answer that comes while the request body still goes out is read
-//! and passed on. The heads themselves are written and parsed in `head`.
+//! by length, chunks or close (RFC 9112 section 6.3, `framing`), 1xx responses skipped, 101
+//! handed back with the socket for a tunnel; an answer that comes while the request body still
+//! goes out is read and passed on. The heads themselves are written and parsed in `head`.
+//!
+//! A connection carries another request only when the exchange provably ended at a message
+//! boundary: never after an answer that came before the request body was sent whole, after an
+//! error answer to a request with a body (the instance may have left the body unread, to be
+//! read as the next request), or after a body on a method whose bodies apps ignore.
 
 use std::io;
 use std::net::SocketAddr;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use http::header;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
 use http::Method;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::framing::retain_allowed_trailers;
 use super::head::{self, Forwarding, Head};
 
 /// How long a connect to an instance may take before it counts as failed (and is retried on
@@ -31,12 +36,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_HEAD: usize = 64 * 1024;
 /// Room made in the read buffer before each read.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
+/// How much of a request body is kept while it goes out on a pooled connection, so that it can
+/// be sent again on a fresh one if the pooled one turns out to have been closed by the instance
+/// before the request reached it.
+const RESEND_LIMIT: usize = 64 * 1024;
 
 /// One keep-alive connection to an instance, with the bytes read past the current message.
 #[derive(Debug)]
 pub(super) struct Conn {
     pub io: TcpStream,
     pub buf: BytesMut,
+    /// How long the instance keeps the connection open when idle, as its last answer said.
+    pub idle_hint: Option<Duration>,
 }
 
 impl Conn {
@@ -48,21 +59,8 @@ impl Conn {
         Ok(Conn {
             io,
             buf: BytesMut::new(),
+            idle_hint: None,
         })
-    }
-
-    /// Whether an idle connection can take a request: the instance has neither closed it nor
-    /// sent anything unasked. No system call unless the socket has become readable.
-    pub fn is_open(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut byte = [0u8; 1];
-                matches!(self.io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
     }
 }
 
@@ -76,14 +74,22 @@ pub(super) fn make_room(buf: &mut BytesMut) {
 }
 
 /// A request on its way to an instance: its head encoded once (a retry resends the same bytes)
-/// and its body, which can be sent only once.
+/// and its body, which is read from the client once.
 #[derive(Debug)]
 pub(super) struct Outgoing {
     pub method: Method,
     pub head: Vec<u8>,
     body: Option<Incoming>,
     chunked: bool,
-    body_sent: bool,
+    /// The body's data frames sent so far, kept while a resend may need them (see
+    /// [`RESEND_LIMIT`]), and the trailer fields once read.
+    sent: Vec<Bytes>,
+    sent_len: usize,
+    trailers: Option<HeaderMap>,
+    /// Body bytes went out that were not kept: the request cannot be sent again.
+    spent: bool,
+    /// The client's body was read to its end.
+    body_read: bool,
 }
 
 impl Outgoing {
@@ -99,10 +105,14 @@ impl Outgoing {
         });
         Outgoing {
             head: head::encode_request(&parts, chunked, forwarding),
+            body_read: body.is_none(),
             method: parts.method,
             body,
             chunked,
-            body_sent: false,
+            sent: Vec::new(),
+            sent_len: 0,
+            trailers: None,
+            spent: false,
         }
     }
 
@@ -111,9 +121,19 @@ impl Outgoing {
         self.body.is_none()
     }
 
-    /// Whether it can still be sent again: no body, or a body not yet started.
+    /// Whether it can still be sent again: no body, or all of the body sent so far was kept.
     pub fn resendable(&self) -> bool {
-        !self.body_sent
+        !self.spent
+    }
+
+    /// Whether an answer after this request's body may leave the connection at a message
+    /// boundary: the body went out whole, the instance took it (not an error status), and the
+    /// method is one whose body an app reads (a GET's body is often left unread).
+    fn body_consumed(&self, status: http::StatusCode) -> bool {
+        self.body_read
+            && !status.is_client_error()
+            && !status.is_server_error()
+            && matches!(self.method, Method::POST | Method::PUT | Method::PATCH)
     }
 }
 
@@ -122,8 +142,13 @@ impl Outgoing {
 pub(super) enum ExchangeError {
     /// The request head could not be written: the connection was dead before anything was sent.
     Unsent(io::Error),
-    /// The instance closed the connection before sending a byte of response.
-    Closed,
+    /// The instance closed the connection before sending a byte of response. `refused`: it had
+    /// closed it before the request arrived (its kernel reset the bytes that came after its
+    /// close), so the instance never saw the request.
+    Closed { refused: bool },
+    /// Reading the request body from the client failed (it went away, or sent a malformed
+    /// body): the client's fault, not the instance's.
+    Client(io::Error),
     /// Anything else: the request was sent (at least in part) and no usable response came back.
     Failed(io::Error),
 }
@@ -131,8 +156,10 @@ pub(super) enum ExchangeError {
 impl ExchangeError {
     pub fn into_io(self) -> io::Error {
         match self {
-            ExchangeError::Unsent(err) | ExchangeError::Failed(err) => err,
-            ExchangeError::Closed => io::Error::new(
+            ExchangeError::Unsent(err)
+            | ExchangeError::Failed(err)
+            | ExchangeError::Client(err) => err,
+            ExchangeError::Closed { .. } => io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the instance closed the connection before answering",
             ),
@@ -140,41 +167,83 @@ impl ExchangeError {
     }
 }
 
-/// Sends `req` on `conn` and reads the response head.
-pub(super) async fn exchange(conn: &mut Conn, req: &mut Outgoing) -> Result<Head, ExchangeError> {
+/// Sends `req` on `conn` and reads the response head. `pooled`: the connection was used before,
+/// so it may turn out to have been closed by the instance, and what is sent of the body is kept
+/// for a resend on another one.
+pub(super) async fn exchange(
+    conn: &mut Conn,
+    req: &mut Outgoing,
+    pooled: bool,
+) -> Result<Head, ExchangeError> {
     conn.io
         .write_all(&req.head)
         .await
         .map_err(ExchangeError::Unsent)?;
-    let Some(body) = req.body.as_mut() else {
-        return read_head(&mut conn.io, &mut conn.buf, &req.method).await;
-    };
-    req.body_sent = true;
-    // An instance may answer before it has read the whole body (a 413, a redirect): its answer
-    // is read while the body goes out, and is passed on as soon as it is whole.
+    if req.body.is_none() {
+        let head = read_head(&mut conn.io, &mut conn.buf, &req.method).await;
+        return head.map_err(|err| closed_before(err, &conn.io, None));
+    }
+    let (head, write_err) = send_while_reading(conn, req, pooled).await?;
+    let mut head = head.map_err(|err| closed_before(err, &conn.io, write_err.as_ref()))?;
+    head.keep_alive &= req.body_consumed(head.status);
+    Ok(head)
+}
+
+/// Sends the body while reading the answer: an instance may answer before it has read the whole
+/// body (a 413, a redirect), and its answer is passed on as soon as it is whole. Returns the
+/// answer, and the error that stopped the body going out if the instance stopped reading it.
+async fn send_while_reading(
+    conn: &mut Conn,
+    req: &mut Outgoing,
+    pooled: bool,
+) -> Result<(Result<Head, ExchangeError>, Option<io::Error>), ExchangeError> {
+    let method = req.method.clone();
     let (mut reader, mut writer) = conn.io.split();
-    let sending = send_body(&mut writer, body, req.chunked);
-    let reading = read_head(&mut reader, &mut conn.buf, &req.method);
+    let sending = send_body(&mut writer, req, pooled);
+    let reading = read_head(&mut reader, &mut conn.buf, &method);
     tokio::pin!(sending, reading);
+    // An answer that came before the body was sent whole: the connection is in the middle of
+    // a request body and cannot carry another request.
     let early = |head: Head| Head {
-        // The connection is in the middle of a request body: it cannot carry another request.
         keep_alive: false,
         ..head
     };
-    tokio::select! {
+    Ok(tokio::select! {
         biased;
-        head = &mut reading => head.map(early),
+        head = &mut reading => (head.map(early), None),
         sent = &mut sending => match sent {
-            Ok(()) => reading.await,
-            Err(BodyError::Client(err)) => Err(ExchangeError::Failed(err)),
+            Ok(()) => (reading.await, None),
+            Err(BodyError::Client(err)) => return Err(ExchangeError::Client(err)),
             // The instance stopped reading (it answered and closed, say): its answer, if any,
             // is what the client gets.
             Err(BodyError::Instance(err)) => match reading.await {
-                Ok(head) => Ok(early(head)),
-                Err(_) => Err(ExchangeError::Failed(err)),
+                Ok(head) => (Ok(early(head)), None),
+                Err(ExchangeError::Closed { .. }) => {
+                    (Err(ExchangeError::Closed { refused: false }), Some(err))
+                }
+                Err(_) => return Err(ExchangeError::Failed(err)),
             },
         },
-    }
+    })
+}
+
+/// Tells a `Closed` exchange whose request the instance never saw: it had closed the connection
+/// (a FIN, read as the end) before the request's bytes reached it, and its kernel answered them
+/// with a reset, which a socket that saw the FIN reports as `EPIPE` (on the write that met it, or
+/// as the socket's pending error). An instance that read the request and then died sends no
+/// reset for it.
+fn closed_before(
+    err: ExchangeError,
+    io: &TcpStream,
+    write_err: Option<&io::Error>,
+) -> ExchangeError {
+    let ExchangeError::Closed { .. } = err else {
+        return err;
+    };
+    let epipe = |e: &io::Error| e.raw_os_error() == Some(libc::EPIPE);
+    let refused =
+        write_err.is_some_and(epipe) || matches!(io.take_error(), Ok(Some(e)) if epipe(&e));
+    ExchangeError::Closed { refused }
 }
 
 /// Why a request body could not be sent whole.
@@ -185,45 +254,73 @@ enum BodyError {
     Instance(io::Error),
 }
 
+/// Sends the request's body: first what an earlier attempt sent (kept for this), then the rest
+/// from the client, then the end of a chunked body with its trailer fields.
 async fn send_body<W: AsyncWrite + Unpin>(
     io: &mut W,
-    body: &mut Incoming,
-    chunked: bool,
+    req: &mut Outgoing,
+    keep: bool,
 ) -> Result<(), BodyError> {
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| BodyError::Client(io::Error::other(err)))?;
-        let data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                // Only a chunked body has trailer fields (hyper reads them from no other).
-                trailers = frame.into_trailers().ok();
+    for data in &req.sent {
+        write_data(io, data, req.chunked).await?;
+    }
+    if let Some(body) = req.body.as_mut().filter(|_| !req.body_read) {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| BodyError::Client(io::Error::other(err)))?;
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    // Only a chunked body has trailer fields (hyper reads them from no other).
+                    req.trailers = frame.into_trailers().ok();
+                    continue;
+                }
+            };
+            if data.is_empty() {
                 continue;
             }
-        };
-        if data.is_empty() {
-            continue;
+            if keep && !req.spent && req.sent_len + data.len() <= RESEND_LIMIT {
+                req.sent_len += data.len();
+                req.sent.push(data.clone());
+            } else {
+                // Too much to keep: from now on the request can only go out once.
+                req.spent = true;
+                req.sent = Vec::new();
+            }
+            write_data(io, &data, req.chunked).await?;
         }
-        if chunked {
-            let mut chunk = Vec::with_capacity(data.len() + 12);
-            chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            chunk.extend_from_slice(&data);
-            chunk.extend_from_slice(b"\r\n");
-            io.write_all(&chunk).await.map_err(BodyError::Instance)?;
-        } else {
-            io.write_all(&data).await.map_err(BodyError::Instance)?;
+        req.body_read = true;
+        if let Some(trailers) = req.trailers.as_mut() {
+            retain_allowed_trailers(trailers);
         }
     }
-    if chunked {
+    if req.chunked {
         // The last chunk, then the trailer fields, then the empty line that ends the body.
         let mut end = b"0\r\n".to_vec();
-        for (name, value) in trailers.iter().flatten() {
+        for (name, value) in req.trailers.iter().flatten() {
             head::write_field(&mut end, name.as_str().as_bytes(), value.as_bytes());
         }
         end.extend_from_slice(b"\r\n");
         io.write_all(&end).await.map_err(BodyError::Instance)?;
     }
     Ok(())
+}
+
+/// Writes one piece of a body, as a chunk if the body is chunked.
+async fn write_data<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    data: &Bytes,
+    chunked: bool,
+) -> Result<(), BodyError> {
+    let written = if chunked {
+        let mut chunk = Vec::with_capacity(data.len() + 12);
+        chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        chunk.extend_from_slice(data);
+        chunk.extend_from_slice(b"\r\n");
+        io.write_all(&chunk).await
+    } else {
+        io.write_all(data).await
+    };
+    written.map_err(BodyError::Instance)
 }
 
 async fn read_head<R: AsyncRead + Unpin>(
@@ -244,7 +341,7 @@ async fn read_head<R: AsyncRead + Unpin>(
         }
         make_room(buf);
         match io.read_buf(buf).await {
-            Ok(0) if !received => return Err(ExchangeError::Closed),
+            Ok(0) if !received => return Err(ExchangeError::Closed { refused: false }),
             Ok(0) => {
                 return Err(ExchangeError::Failed(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -255,7 +352,7 @@ async fn read_head<R: AsyncRead + Unpin>(
             Err(err) if !received => {
                 // A reset before any response byte is the same as a close.
                 tracing::debug!("instance connection failed before answering: {err}");
-                return Err(ExchangeError::Closed);
+                return Err(ExchangeError::Closed { refused: false });
             }
             Err(err) => return Err(ExchangeError::Failed(err)),
         }

@@ -1,47 +1,32 @@
-//! One request through the proxy: pick an instance from the route of the moment, rewrite the
-//! headers a proxy must (hop-by-hop out, X-Forwarded-* and X-Request-Id in), send it, retry on another instance
-//! when that is safe, and hand back the response or the WebSocket tunnel.
+//! One request through the proxy: pick an instance from the route of the moment, prepare the
+//! request (`request`), send it, retry on another instance when that is safe, and hand back the
+//! response or the WebSocket tunnel — never an answer that belongs to another request.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
-use super::backend::{BackendState, InFlight, SendError};
+use super::backend::{BackendState, InFlight, Routed, SendError};
 use super::body::ResponseBody;
+use super::canary::Choice;
 use super::client::{Conn, Outgoing};
 use super::clients;
-use super::head::{self, Forwarding, Head, X_REQUEST_ID};
+use super::framing::Framing;
+use super::head::{Forwarding, Head, X_REQUEST_ID};
+use super::request::{self, strip_hop_by_hop};
 use super::workers::{Open, OpenGuard};
 use super::{Hold, Lane, Shared, Side, Table};
 use crate::protocol::app::Balance;
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// A longer incoming `X-Request-Id` is replaced by a new one rather than passed on.
 const MAX_REQUEST_ID: usize = 200;
-
-/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1): never
-/// forwarded. Upgrade and Connection are put back for a WebSocket handshake, and `TE: trailers`
-/// for a client that takes trailer fields (the proxy passes them on). `Trailer` is the
-/// message's own and goes through.
-fn hop_by_hop() -> [&'static HeaderName; 7] {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-    ]
-}
 
 /// The client's side of one connection, computed once per connection rather than per request.
 #[derive(Debug, Clone)]
@@ -111,6 +96,9 @@ async fn route(
     mut req: Request<Incoming>,
     id: &RequestId,
 ) -> Response<ResponseBody> {
+    if let Some((code, why)) = request::refused(&req) {
+        return status(code, why);
+    }
     let lane = shared.lane(client.worker);
     let mut table = lane.route.load_full();
     // The request's wait for an instance, if none can take it (`hold_requests`).
@@ -127,16 +115,24 @@ async fn route(
         }
     }
     // During a canary the request's side is tried first, the other side if none of it answers.
-    let (side, cookie) = match &table.split {
+    let Choice {
+        side,
+        cookie,
+        routed,
+    } = match &table.split {
         Some(split) if table.stable < table.backends.len() => split.side(req.headers()),
-        _ => (Side::Stable, None),
+        _ => Choice {
+            side: Side::Stable,
+            cookie: None,
+            routed: Routed::ByRoute,
+        },
     };
-    let upgrade = wants_upgrade(req.headers());
+    let upgrade = request::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    prepare(&mut req, upgrade);
+    request::prepare(&mut req, upgrade);
     // Only safe methods without a body may be sent twice (what nginx's proxy_next_upstream does
     // by default); anything else is retried only when it provably never left the proxy.
-    let replayable = !upgrade && is_replayable(&req);
+    let replayable = !upgrade && request::is_replayable(&req);
     let mut req = Outgoing::new(
         req,
         &Forwarding {
@@ -145,8 +141,10 @@ async fn route(
             id_from_client: id.from_client,
         },
     );
-    // A replayable request is sent once more on another instance if the first breaks.
+    // A replayable request is sent once more if the first exchange breaks.
     let mut replays = u8::from(replayable);
+    // Only a new connection is sure to carry no bytes of an earlier exchange.
+    let mut fresh = false;
     loop {
         let [first, second] = sides(&table, side);
         let mut tried = 0u64;
@@ -154,9 +152,36 @@ async fn route(
             let state = &table.backends[index];
             let in_flight = InFlight::new(table.clone(), index, client.worker);
             let started = Instant::now();
-            match state.send(client.worker, &mut req).await {
+            match state.send(client.worker, &mut req, fresh).await {
+                Ok((head, conn)) if answers_another(state, &head, &id.value) => {
+                    // The instance wrote past the end of an earlier answer, and those bytes
+                    // came back for this request: they are nobody's, and the connection goes.
+                    drop(conn);
+                    state.record_broken(client.worker, routed);
+                    tracing::warn!(
+                        backend = %state.backend.id,
+                        "the answer to request {:?} named request {:?}: the instance wrote more than its answers; connection closed",
+                        id.value,
+                        head.request_id.as_ref().unwrap_or(&id.value)
+                    );
+                    if replays == 0 {
+                        return status(
+                            StatusCode::BAD_GATEWAY,
+                            "502 bad gateway: the instance's answer belonged to another request\n",
+                        );
+                    }
+                    replays -= 1;
+                    // The same instance may be asked again, on a new connection.
+                    tried &= !(1u64 << (index % 64));
+                    fresh = true;
+                }
                 Ok((head, conn)) => {
-                    state.record(client.worker, head.status.as_u16(), started.elapsed());
+                    state.record(
+                        client.worker,
+                        routed,
+                        head.status.as_u16(),
+                        started.elapsed(),
+                    );
                     let mut response = respond(head, conn, &client, in_flight, client_upgrade);
                     if let Some(cookie) = cookie {
                         response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -172,8 +197,16 @@ async fn route(
                         "502 bad gateway: instance drained\n",
                     );
                 }
+                Err(SendError::Client(err)) => {
+                    state.record_client_abort(client.worker);
+                    tracing::debug!(backend = %state.backend.id, "the client's request body failed: {err}");
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "400 bad request: the request body could not be read\n",
+                    );
+                }
                 Err(SendError::Exchange(err)) => {
-                    state.record_broken(client.worker);
+                    state.record_broken(client.worker, routed);
                     tracing::debug!(backend = %state.backend.id, "exchange failed: {err}");
                     if replays == 0 {
                         return status(
@@ -197,6 +230,28 @@ async fn route(
             }
         }
     }
+}
+
+/// Whether an answer names another request than the one it came for. Only instances that have
+/// echoed the proxy's `X-Request-Id` before are held to it: an app that sets ids of its own is
+/// not mistaken for one that answers the wrong request. Ids are compared as Rails and others
+/// clean them (letters, digits, `-`, `_`, `@` kept).
+fn answers_another(state: &BackendState, head: &Head, sent: &HeaderValue) -> bool {
+    let Some(answered) = &head.request_id else {
+        return false;
+    };
+    let clean = |id: &HeaderValue| {
+        id.as_bytes()
+            .iter()
+            .copied()
+            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'@'))
+            .collect::<Vec<u8>>()
+    };
+    if answered == sent || clean(answered) == clean(sent) {
+        state.saw_id_echoed();
+        return false;
+    }
+    state.echoes_ids()
 }
 
 /// The ranges of `table.backends` a request on `side` tries, in order: its own side's
@@ -243,76 +298,6 @@ pub(super) fn pick(
     }
 }
 
-fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-fn is_replayable(req: &Request<Incoming>) -> bool {
-    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-        && !req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_none_or(|len| len.as_bytes() == b"0")
-}
-
-/// Rewrites a client's request into the one the instance gets.
-/// Makes the request one to send on: origin-form, HTTP/1.1, without the hop-by-hop headers (but
-/// those of a WebSocket handshake). The `X-Forwarded-*` and `X-Request-Id` headers are written
-/// by `Outgoing::new`.
-fn prepare(req: &mut Request<Incoming>, upgrade: bool) {
-    // Origin-form on the wire to the instance, whatever form the client used.
-    if req.uri().scheme().is_some() {
-        if let Some(path) = req.uri().path_and_query() {
-            *req.uri_mut() = Uri::from(path.clone());
-        }
-    }
-    *req.version_mut() = Version::HTTP_11;
-    let upgrade_to = if upgrade {
-        req.headers().get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    let headers = req.headers_mut();
-    if strip_hop_by_hop(headers) {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if let Some(protocol) = upgrade_to {
-        headers.insert(header::UPGRADE, protocol);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-/// Removes the hop-by-hop headers; true if a `TE` among them took trailers (`TE: trailers`).
-fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    // Most messages have none: one pass over the names (cheap compares) spares the lookups.
-    let hop = hop_by_hop();
-    if !headers.keys().any(|name| hop.contains(&name)) {
-        return false;
-    }
-    let takes_trailers = head::has_token(headers, &header::TE, "trailers");
-    // Headers named in Connection are hop-by-hop too.
-    if let Some(connection) = headers.get(header::CONNECTION).cloned() {
-        if let Ok(names) = connection.to_str() {
-            for name in names.split(',') {
-                if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
-                    headers.remove(name);
-                }
-            }
-        }
-    }
-    for name in hop {
-        headers.remove(name);
-    }
-    takes_trailers
-}
-
 /// The instance's response for the client; a 101 to an upgrade becomes a tunnel.
 fn respond(
     head: Head,
@@ -338,6 +323,12 @@ fn respond(
         return response;
     }
     strip_hop_by_hop(response.headers_mut());
+    if matches!(head.framing, Framing::Chunked | Framing::Close) {
+        // A length beside a Transfer-Encoding is not the body's (RFC 9112 section 6.3).
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    let mut conn = conn;
+    conn.idle_hint = head.idle_hint;
     *response.body_mut() = ResponseBody::proxied(
         conn,
         head.framing,
@@ -445,40 +436,10 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_needs_both_headers() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(!wants_upgrade(&headers));
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
-        assert!(wants_upgrade(&headers));
-    }
-
-    #[test]
     fn a_new_request_id_is_16_random_hex_digits() {
         let (a, b) = (new_request_id(), new_request_id());
         assert_eq!(a.len(), 16);
         assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit), "{a:?}");
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_those_named_in_connection_are_stripped() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-secret"),
-        );
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        headers.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut headers);
-        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-kept"]);
     }
 }

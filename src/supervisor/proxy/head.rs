@@ -1,26 +1,26 @@
 //! HTTP/1.1 heads on the instance side: the request head the proxy sends (the client's headers
-//! with the proxy's forwarding headers written in) and the response head it reads back (with how
-//! its body is framed, RFC 9112 section 6.3), and the trailer fields that may end a chunked body.
+//! with the proxy's forwarding headers written in) and the response head it reads back, with
+//! what the proxy needs of it besides the headers: the framing (`framing`), whether the
+//! connection can be reused, how long the instance keeps it open, and the request id it echoes.
 
 use std::io;
 use std::mem::MaybeUninit;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
 use super::client::invalid;
+use super::framing::{framing, Framing};
 
 const MAX_HEADERS: usize = 100;
-/// A chunked body with more trailer fields than this is refused.
-const MAX_TRAILERS: usize = 64;
-/// A trailer block longer than this is refused.
-const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(super) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// What the proxy adds to a request on its way to an instance. It is written as the head is
 /// encoded, never inserted into the header map (whose custom names hash byte by byte).
@@ -53,6 +53,9 @@ pub(super) fn encode_request(
     let (mut has_proto, mut has_host) = (false, false);
     let mut host = None;
     for (name, value) in &parts.headers {
+        if forwarding_alias(name) {
+            continue;
+        }
         if *name == X_FORWARDED_FOR {
             forwarded_for = Some(value);
             continue;
@@ -100,6 +103,33 @@ pub(super) fn encode_request(
     head
 }
 
+/// Whether a header is an underscore spelling of one the proxy vouches for (`X_Forwarded_For`):
+/// apps that read headers through CGI-style names (`HTTP_X_FORWARDED_FOR`) cannot tell the two
+/// apart, so a client could pass off its own as the proxy's. (nginx drops every underscore name.)
+fn forwarding_alias(name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    if !name.contains(&b'_') {
+        return false;
+    }
+    [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_REQUEST_ID,
+        &X_REAL_IP,
+        &header::FORWARDED,
+    ]
+    .iter()
+    .any(|vouched| {
+        let vouched = vouched.as_str().as_bytes();
+        vouched.len() == name.len()
+            && vouched
+                .iter()
+                .zip(name)
+                .all(|(&v, &n)| v == n || (v == b'-' && n == b'_'))
+    })
+}
+
 /// A response head from an instance, and how its body is framed.
 #[derive(Debug)]
 pub(super) struct Head {
@@ -108,16 +138,11 @@ pub(super) struct Head {
     pub framing: Framing,
     /// The connection can carry another request once the body has been read to its end.
     pub keep_alive: bool,
-}
-
-/// How a response body ends (RFC 9112 section 6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    /// Until the instance closes the connection.
-    Close,
+    /// How long the instance keeps an idle connection open, if it says (`Keep-Alive: timeout=`).
+    pub idle_hint: Option<Duration>,
+    /// The `X-Request-Id` the response carries, if any: an instance that echoes the id of the
+    /// request it answers lets the proxy see an answer that belongs to another request.
+    pub request_id: Option<HeaderValue>,
 }
 
 /// Parses a complete head at the start of `buf` (skipping 1xx other than 101) and removes it;
@@ -160,17 +185,26 @@ pub(super) fn parse_response(buf: &mut BytesMut, method: &Method) -> io::Result<
         let raw = buf.split_to(len).freeze();
         // Room for what the proxy adds (the request id, a canary's cookie) without regrowing.
         let mut headers = HeaderMap::with_capacity(count + 2);
+        let (mut idle_hint, mut request_id) = (None, None);
         for &(name_at, name_len, value_at, value_len) in &spans[..count] {
             let (name_at, name_len) = (name_at as usize, name_len as usize);
             let (value_at, value_len) = (value_at as usize, value_len as usize);
-            let name = HeaderName::from_bytes(&raw[name_at..name_at + name_len])
-                .map_err(|_| invalid("invalid header name"))?;
+            let name = &raw[name_at..name_at + name_len];
             let value = HeaderValue::from_maybe_shared(raw.slice(value_at..value_at + value_len))
                 .map_err(|_| invalid("invalid header value"))?;
+            // Two custom names the proxy reads, noticed here rather than looked up in the map
+            // (whose custom names hash byte by byte).
+            if name.eq_ignore_ascii_case(b"keep-alive") {
+                idle_hint = idle_hint.or(keep_alive_timeout(&value));
+            } else if name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes()) {
+                request_id.get_or_insert_with(|| value.clone());
+            }
+            let name = HeaderName::from_bytes(name).map_err(|_| invalid("invalid header name"))?;
             headers.append(name, value);
         }
-        let framing = framing(method, status, &headers)?;
-        let keep_alive = framing != Framing::Close
+        let (framing, trusted) = framing(method, status, &headers)?;
+        let keep_alive = trusted
+            && framing != Framing::Close
             && status != StatusCode::SWITCHING_PROTOCOLS
             && if http11 {
                 !has_token(&headers, &header::CONNECTION, "close")
@@ -182,6 +216,8 @@ pub(super) fn parse_response(buf: &mut BytesMut, method: &Method) -> io::Result<
             headers,
             framing,
             keep_alive,
+            idle_hint,
+            request_id,
         }));
     }
 }
@@ -194,30 +230,6 @@ pub(super) fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Parses the trailer block after a chunked body's last chunk (fields, then an empty line) at
-/// the start of `buf` and removes it; `None` while it is incomplete.
-pub(super) fn parse_trailers(buf: &mut BytesMut) -> io::Result<Option<HeaderMap>> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_TRAILERS];
-    let (len, fields) = match httparse::parse_headers(buf, &mut slots) {
-        Ok(httparse::Status::Complete(parsed)) => parsed,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_TRAILER_BYTES => {
-            return Err(invalid("trailer fields too large"))
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(err) => return Err(invalid(&format!("invalid trailer fields: {err}"))),
-    };
-    let mut trailers = HeaderMap::with_capacity(fields.len());
-    for field in fields {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| invalid("invalid trailer name"))?;
-        let value =
-            HeaderValue::from_bytes(field.value).map_err(|_| invalid("invalid trailer value"))?;
-        trailers.append(name, value);
-    }
-    let _ = buf.split_to(len);
-    Ok(Some(trailers))
-}
-
 /// Whether a `name` header lists `token` (comma-separated, any case).
 pub(super) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
@@ -228,40 +240,16 @@ pub(super) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> io::Result<Framing> {
-    if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
-    if let Some(encodings) = headers.get(header::TRANSFER_ENCODING) {
-        let last = encodings
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(e) if e.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::Close,
-        });
-    }
-    match headers.get(header::CONTENT_LENGTH) {
-        None => Ok(Framing::Close),
-        Some(len) => {
-            let len: u64 = len
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| invalid("invalid content-length"))?;
-            Ok(if len == 0 {
-                Framing::Empty
-            } else {
-                Framing::Length(len)
-            })
-        }
-    }
+/// The `timeout=` of a `Keep-Alive` header (whole seconds, RFC 2068 section 19.7.1.1).
+fn keep_alive_timeout(value: &HeaderValue) -> Option<Duration> {
+    value
+        .to_str()
+        .ok()?
+        .split(',')
+        .filter_map(|param| param.split_once('='))
+        .find(|(key, _)| key.trim().eq_ignore_ascii_case("timeout"))
+        .and_then(|(_, secs)| secs.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 #[cfg(test)]

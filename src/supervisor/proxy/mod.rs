@@ -19,8 +19,12 @@ mod canary;
 mod client;
 mod clients;
 mod forward;
+mod framing;
 mod head;
+mod histogram;
+mod pool;
 mod proxy_protocol;
+mod request;
 mod tcp;
 mod workers;
 
@@ -34,10 +38,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::protocol::app::Balance;
-pub use backend::quantile;
 use backend::BackendState;
 pub use canary::{CanaryRoute, Side};
 use clients::Clients;
+pub use histogram::quantile;
 use workers::Workers;
 
 /// One instance as the proxy sees it. Shared between the route and its counters.
@@ -61,14 +65,26 @@ pub struct Route {
 }
 
 /// Counters of one backend, as shown by `status` and read by the canary analysis.
+///
+/// `requests`, `errors_5xx`, `failed_connects` and the latency count the traffic the route sent
+/// and are what a canary is judged on; what a client pinned to a side with the canary header and
+/// what clients broke off themselves are counted apart, shown and never judged.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BackendStats {
     pub id: String,
     pub version: String,
     pub requests: u64,
     pub errors_5xx: u64,
     pub failed_connects: u64,
+    /// Requests whose client broke them off: an upload aborted or malformed, a client too slow.
+    pub client_aborts: u64,
+    /// Requests sent here by the canary header (testers), and their 5xx and broken exchanges.
+    pub pinned_requests: u64,
+    pub pinned_errors_5xx: u64,
     pub in_flight: u64,
+    /// Keep-alive connections to the instance waiting for a request.
+    pub idle_connections: u64,
     /// p50/p99 latency over the kept window, in microseconds.
     pub p50_us: u64,
     pub p99_us: u64,
@@ -120,6 +136,8 @@ struct Shared {
     hold_ms: AtomicU64,
     /// Woken by every `set_route`, for the requests held while none is routed.
     route_changed: Notify,
+    /// The key of the canary cookie's MAC (see `canary`), random per proxy.
+    cookie_key: [u8; 32],
 }
 
 /// One worker's copy of the route and its round-robin turn, on a cache line of its own: each
@@ -265,6 +283,7 @@ impl Proxy {
             idle_timeout_ms: AtomicU64::new(clients::IDLE_TIMEOUT.as_millis() as u64),
             hold_ms: AtomicU64::new(0),
             route_changed: Notify::new(),
+            cookie_key: rand::random(),
         });
         let workers = Workers::start(listener, shared.clone(), workers, held)?;
         Ok(Proxy {
@@ -345,7 +364,10 @@ impl Proxy {
                 backends: backends.clone(),
                 stable,
                 balance: route.balance,
-                split: route.canary.as_ref().map(canary::Split::new),
+                split: route
+                    .canary
+                    .as_ref()
+                    .map(|c| canary::Split::new(c, &self.shared.cookie_key)),
             }));
         }
         self.shared.route_changed.notify_waiters();

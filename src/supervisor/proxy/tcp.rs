@@ -16,7 +16,7 @@ use http::HeaderMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::backend::{BackendState, InFlight};
+use super::backend::{BackendState, InFlight, Routed};
 use super::client::Conn;
 use super::clients;
 use super::forward::{next_backend, sides};
@@ -38,7 +38,7 @@ pub(super) async fn pipe(
     let mut hold = Hold::default();
     // Connections take turns by weight; there is no cookie or header to read at this layer.
     let side = match &table.split {
-        Some(split) if table.stable < table.backends.len() => split.side(&HeaderMap::new()).0,
+        Some(split) if table.stable < table.backends.len() => split.side(&HeaderMap::new()).side,
         _ => Side::Stable,
     };
     let mut tried = 0u64;
@@ -110,20 +110,20 @@ async fn relay(
                 }
                 asked.get_or_insert_with(Instant::now);
                 if let Err(err) = instance.write_all(&asking[..n]).await {
-                    state.record_broken(worker);
+                    state.record_broken(worker, Routed::ByRoute);
                     return Err(err);
                 }
             }
             read = instance.read(&mut answer) => match read {
                 Ok(n) if n > 0 => {
                     let since = asked.unwrap_or(connected);
-                    state.record(worker, 200, since.elapsed());
+                    state.record(worker, Routed::ByRoute, 200, since.elapsed());
                     client.write_all(&answer[..n]).await?;
                     break;
                 }
                 ended => {
                     if asked.is_some() {
-                        state.record_broken(worker);
+                        state.record_broken(worker, Routed::ByRoute);
                     } else {
                         state.record_quiet(worker);
                     }

@@ -136,6 +136,7 @@ async fn a_busy_connection_and_a_long_stream_are_not_idle() {
     }
     // A response streaming for four periods, with no other request meanwhile.
     let req = http::Request::get("/stream?chunks=8&interval_ms=200")
+        .header("host", "shop.example")
         .body(Empty::new())
         .unwrap();
     sender

@@ -2,13 +2,12 @@
 //! request ids, and keep-alive connections the instance closes, against small backends written here so that
 //! every byte is known.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cutover::protocol::app::Balance;
-use cutover::supervisor::proxy::{Backend, Proxy, Route};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -16,21 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-async fn proxy_to(addr: SocketAddr) -> Proxy {
-    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("bind proxy");
-    proxy.set_route(Route {
-        backends: vec![Arc::new(Backend {
-            id: "wire-0".into(),
-            version: "wire".into(),
-            addr,
-        })],
-        balance: Balance::RoundRobin,
-        canary: None,
-    });
-    proxy
-}
+use super::proxy_to;
 
 /// A backend that answers with what it got: method, framing headers and body.
 async fn echo_backend() -> SocketAddr {
@@ -308,4 +293,122 @@ fn chunked_request_complete(request: &[u8]) -> bool {
     let text = String::from_utf8_lossy(request);
     text.find("\r\n0\r\n")
         .is_some_and(|last| text[last + 2..].contains("\r\n\r\n"))
+}
+
+/// An instance that closes a keep-alive connection once it has been idle for `idle`, without
+/// saying so (no `Keep-Alive: timeout=`), as many app servers do; it counts each request id.
+async fn idle_closing_backend(idle: Duration) -> (SocketAddr, Arc<Mutex<HashMap<String, u32>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let counts = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let head_end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        let read = if buf.is_empty() {
+                            match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
+                                Ok(read) => read,
+                                // Idle too long: closed, with nothing said.
+                                Err(_) => return,
+                            }
+                        } else {
+                            stream.read(&mut chunk).await
+                        };
+                        match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let field = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix(name))
+                            .map(|v| v.trim().to_owned())
+                    };
+                    let length: usize = field("content-length:").map_or(0, |l| l.parse().unwrap());
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    let id = field("x-request-id:").unwrap_or_default();
+                    *seen.lock().unwrap().entry(id).or_default() += 1;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_racing_an_instance_s_idle_close_all_get_through_once() {
+    const IDLE: Duration = Duration::from_millis(100);
+    const CLIENTS: usize = 8;
+    const POSTS: usize = 80;
+    let (instance, seen) = idle_closing_backend(IDLE).await;
+    let proxy = proxy_to(instance).await;
+    let addr = proxy.local_addr;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            tokio::spawn(async move {
+                let stream = TcpStream::connect(addr).await.unwrap();
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .expect("handshake");
+                tokio::spawn(conn);
+                let mut failed = Vec::new();
+                for n in 0..POSTS {
+                    // Around the instance's idle timeout, so that pooled connections are taken
+                    // as the instance closes them.
+                    let pause = 95 + (n * 7 + c * 3) % 11;
+                    tokio::time::sleep(Duration::from_millis(pause as u64)).await;
+                    sender.ready().await.expect("client connection ready");
+                    let req = http::Request::post("/orders")
+                        .header("host", "t")
+                        .header("x-request-id", format!("c{c}-{n}"))
+                        .body(Full::new(Bytes::from_static(b"{\"qty\":1}")))
+                        .unwrap();
+                    let response = sender.send_request(req).await.expect("response");
+                    let status = response.status().as_u16();
+                    let body = response.into_body().collect().await.unwrap().to_bytes();
+                    if (status, &body[..]) != (200, &b"ok"[..]) {
+                        failed.push(format!(
+                            "c{c}-{n}: {status} {}",
+                            String::from_utf8_lossy(&body)
+                        ));
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for client in clients {
+        failed.extend(client.await.unwrap());
+    }
+    assert!(failed.is_empty(), "POSTs failed: {failed:?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.len(),
+        CLIENTS * POSTS,
+        "every POST reached the instance"
+    );
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "POSTs the instance got twice: {twice:?}");
 }
