@@ -92,6 +92,8 @@ fn render_app(app: &AppStatus) -> String {
                 i.restarts.to_string(),
                 i.requests.to_string(),
                 i.errors_5xx.to_string(),
+                i.pinned_requests.to_string(),
+                i.client_aborts.to_string(),
                 format!("{:.1}", i.p99_us as f64 / 1000.0),
                 or_dash(i.last_failure.as_ref()),
             ]
@@ -109,6 +111,8 @@ fn render_app(app: &AppStatus) -> String {
             "RESTARTS",
             "REQ",
             "5XX",
+            "PINNED",
+            "CLIENT ABORTS",
             "P99 MS",
             "LAST FAILURE",
         ],
@@ -141,6 +145,8 @@ mod tests {
                     last_failure: None,
                     requests: 120,
                     errors_5xx: 1,
+                    pinned_requests: 7,
+                    client_aborts: 3,
                     in_flight: 0,
                     p99_us: 1250,
                 }],
@@ -157,6 +163,9 @@ mod tests {
             text.contains("  shop-1    1.4.2    4242  127.0.0.1:40001  healthy  yes"),
             "{text}"
         );
-        assert!(text.contains("1.2"), "{text}");
+        assert!(
+            text.contains("  120  1    7       3              1.2"),
+            "{text}"
+        );
     }
 }

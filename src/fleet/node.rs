@@ -261,6 +261,8 @@ mod tests {
             last_failure: None,
             requests: 0,
             errors_5xx: 0,
+            pinned_requests: 0,
+            client_aborts: 0,
             in_flight: 0,
             p99_us: 0,
         }

@@ -157,8 +157,16 @@ pub struct InstanceStatus {
     pub routed: bool,
     pub restarts: u32,
     pub last_failure: Option<String>,
+    /// Requests the route sent, and their 5xx and broken exchanges: what a canary is judged on.
     pub requests: u64,
     pub errors_5xx: u64,
+    /// Requests the canary header pinned here (testers), counted apart and never judged.
+    #[serde(default)]
+    pub pinned_requests: u64,
+    /// Requests their clients broke off (an aborted or malformed upload, a client too slow):
+    /// shown, never held against the instance.
+    #[serde(default)]
+    pub client_aborts: u64,
     pub in_flight: u64,
     pub p99_us: u64,
 }

@@ -7,6 +7,7 @@ mod canary;
 mod harness;
 mod hold;
 mod restart;
+mod strangers;
 mod strays;
 mod tcp;
 mod websocket;

@@ -34,6 +34,8 @@ impl AppTask {
                     last_failure: view.crash_loop.clone().or(view.last_failure),
                     requests: counters.requests,
                     errors_5xx: counters.errors_5xx,
+                    pinned_requests: counters.pinned_requests,
+                    client_aborts: counters.client_aborts,
                     in_flight: counters.in_flight,
                     p99_us: counters.p99_us,
                 }
