@@ -10,9 +10,13 @@
 //!   500s clients saw, which can only come from the bad canary's own share, and socket errors
 //!   (target 0);
 //! - idle: the supervisor's RSS with 3 idle apps (VmRSS; target ≤ 20 MB) and the CPU ticks it
-//!   used over 10 s of idleness (utime+stime from /proc/PID/stat; target ~0: no polling loops).
+//!   used over 10 s of idleness (utime+stime from /proc/PID/stat; target ~0: no polling loops);
+//! - bursts: the supervisor's RSS before, after each of `BURSTS` bursts of `BURST` connections
+//!   that each ask one request at once, and once the burst's idle connections have expired
+//!   (target ≤ 40 MB after 8 bursts of 5,000).
 //!
-//! Environment: `DEPLOYS` (default 50), `CANARIES` (default 50 of each), `CLIENTS` (default 4).
+//! Environment: `DEPLOYS` (default 50), `CANARIES` (default 50 of each), `CLIENTS` (default 4),
+//! `BURSTS` (default 8), `BURST` (default 5000); a count of 0 skips its part.
 
 mod common;
 
@@ -34,11 +38,20 @@ fn main() {
     let deploys: u32 = env_number("DEPLOYS", 50);
     let canaries: u32 = env_number("CANARIES", 50);
     let clients: usize = env_number("CLIENTS", 4);
+    let bursts: u32 = env_number("BURSTS", 8);
+    let burst: usize = env_number("BURST", 5000);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     runtime.block_on(async {
-        deploys_under_load(deploys, clients).await;
-        canaries_under_load(canaries, clients).await;
+        if deploys > 0 {
+            deploys_under_load(deploys, clients).await;
+        }
+        if canaries > 0 {
+            canaries_under_load(canaries, clients).await;
+        }
         idle_footprint().await;
+        if bursts > 0 && burst > 0 {
+            memory_after_bursts(bursts, burst).await;
+        }
     });
 }
 
@@ -130,6 +143,68 @@ async fn idle_footprint() {
     for app in &apps {
         supervisor.stop_app(app).await;
     }
+}
+
+async fn memory_after_bursts(bursts: u32, burst: usize) {
+    let home = tempfile::tempdir().expect("temp dir");
+    let supervisor = Supervisor::start(home.path()).await;
+    let app = BenchApp::new(home.path(), "bursts", 2, "1s");
+    supervisor.deploy(&app, "v1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = supervisor.child.id();
+    let mb = |pid| rss_kb(pid) as f64 / 1024.0;
+    let mut line = format!("bursts: RSS {:.1} MB before", mb(pid));
+    for _ in 0..bursts {
+        let failed = one_burst(app.listen, burst).await;
+        line += &format!(", {:.1}", mb(pid));
+        if failed > 0 {
+            line += &format!(" ({failed} failed)");
+        }
+    }
+    // The burst's connections to the instances are closed once idle for the pool's 15 s.
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    println!(
+        "{line} MB after each of {bursts} bursts of {burst} connections; {:.1} MB once their \
+         idle instance connections expired (target <= 40 MB)",
+        mb(pid)
+    );
+    supervisor.stop_app(&app).await;
+}
+
+/// Opens `n` connections at once, each asking `GET /` and waiting for every other to be
+/// answered before closing; returns how many failed.
+async fn one_burst(addr: SocketAddr, n: usize) -> usize {
+    let answered = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let answer = match connect(addr).await {
+                    Ok(mut sender) => get(&mut sender, addr).await,
+                    Err(err) => Err(format!("connect: {err}")),
+                };
+                let ok = match answer {
+                    Ok(status) if status < 400 => true,
+                    Ok(status) => {
+                        eprintln!("burst: GET / answered {status}");
+                        false
+                    }
+                    Err(err) => {
+                        eprintln!("burst: {err}");
+                        false
+                    }
+                };
+                // Everyone holds their connection until all are answered: a real burst.
+                answered.wait().await;
+                ok
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for task in tasks {
+        failed += usize::from(!task.await.unwrap_or(false));
+    }
+    failed
 }
 
 /// `cutover supervise` in a temp dir, killed on drop.

@@ -228,8 +228,7 @@ impl Proxy {
     /// Binds `listen` and starts serving (with an empty route: requests get 503 until one is set)
     /// on one worker thread per core.
     pub async fn bind(listen: SocketAddr) -> std::io::Result<Proxy> {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
+        let listener = listen_on(listen)
             .and_then(|listener| listener.into_std())
             .map_err(|err| {
                 std::io::Error::new(
@@ -437,6 +436,23 @@ impl Proxy {
         }
         cut
     }
+}
+
+/// Connections the kernel queues for the proxy before it accepts them (Linux caps it at
+/// `net.core.somaxconn`, 4096 on current kernels). A burst of thousands of clients at once (all
+/// of them reconnecting after a network blip) overflows a short queue, and each connection that
+/// overflows waits out a retransmission of its handshake: 1 s, then 3, 7, 15 s.
+const BACKLOG: u32 = 4096;
+
+fn listen_on(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted proxy binds at once, whatever TIME_WAITs remain.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// The registry lock: a panic while holding it leaves plain data behind, still usable.
