@@ -1,14 +1,18 @@
 //! The canary's judgement: the new version's errors and p99 latency over one step, against the
-//! limits of `app.canary` and the stable version's figures over the same step.
+//! limits of `app.canary` and the stable version's figures over the same period.
 //!
 //! Pure functions of two windows of the proxy's own counters; the rollout reads the counters at
-//! the start of a step and every tick after, and hands the differences here. The rules, for
-//! errors and for latency alike:
+//! the start of a step and every tick after, and hands the differences here (latency from the
+//! canary's warm-up on: its first `min_requests` answers of the step do not count). The rules,
+//! for errors and for latency alike:
 //!
 //! - **Fail** as soon as the canary is *clearly* over a limit: it shows more errors, or more
 //!   requests slower than its latency allows, than a release exactly at the limit would show
 //!   once in [`DOUBT`] tries (a one-sided binomial test). A handful of slow requests or one 5xx
 //!   early in a step is what chance gives; four errors in the first twenty requests at 1 % is not.
+//!   Until the canary has the answers a p99 needs, "at the limit" for latency means [`TAIL`]
+//!   slow requests rather than 1 %: a p99 of 100 requests is their slowest one, and one burst of a
+//!   busy host's stalls is more than that.
 //! - **Pass** once the `pause` is over and there is evidence: `min_requests` for the error rate,
 //!   and [`P99_EVIDENCE`] answered requests on *each* side for the p99 (so that neither side's
 //!   p99 is just its slowest few requests), with both figures within their limits.
@@ -30,12 +34,15 @@ mod binomial;
 use binomial::clearly_above;
 pub use binomial::DOUBT;
 
-/// Answered requests each side needs in a step before its p99 counts: then at least ten of
-/// them lie above it, where with a hundred the p99 is the slowest one or two.
-pub const P99_EVIDENCE: u64 = 1_000;
-
 /// The quantile the latency is judged on, and the share of requests allowed above it.
 const Q: f64 = 0.99;
+
+/// Requests that must lie above a quantile for it to be more than a side's slowest few.
+const TAIL: u64 = 10;
+
+/// Answered requests each side needs in a step before its p99 counts: [`TAIL`] of them lie above
+/// it then (1 − [`Q`] being 1 %), where with a hundred the p99 is the slowest one or two.
+pub const P99_EVIDENCE: u64 = TAIL * 100;
 
 /// One side's traffic over a step.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,7 +50,8 @@ pub struct Window {
     pub requests: u64,
     /// 5xx answers, broken exchanges and failed connects.
     pub errors: u64,
-    /// The latency histogram's bucket counts over the step (as `BackendStats::latency`).
+    /// The latency histogram's bucket counts (as `BackendStats::latency`) over the step from the
+    /// canary's warm-up on (see `canary::Baseline`): empty before.
     pub latency: Vec<u64>,
 }
 
@@ -76,10 +84,13 @@ impl Window {
 
     /// The side's figures, as `status` shows them.
     pub fn figures(&self) -> String {
+        let p99 = match self.answered() {
+            0 => "no p99 yet".to_owned(),
+            _ => format!("p99 {}", millis(self.p99_us())),
+        };
         format!(
-            "{} errors, p99 {}, {} requests",
+            "{} errors, {p99}, {} requests",
             self.error_rate(),
-            millis(self.p99_us()),
             self.requests
         )
     }
@@ -247,13 +258,21 @@ fn latency(stable: &Window, canary: &Window, spec: &CanarySpec) -> Finding {
             humantime::format_duration(spec.min_p99_delta)
         )
     };
-    let slow = canary.slower_than(allowed);
-    if clearly_above(slow, canary.answered(), 1.0 - Q) {
+    // Over when clearly more than 1 % took longer; with fewer answers than a p99 needs, more
+    // than TAIL of them (10 % of 100): a burst of slow requests on a busy host is not a p99.
+    let (slow, answered) = (canary.slower_than(allowed), canary.answered());
+    let share = (1.0 - Q).max(TAIL as f64 / answered as f64);
+    if clearly_above(slow, answered, share) {
         return Finding::Over(format!(
-            "{}: {slow} of {} requests took over the {} allowed, clearly more than 1%",
+            "{}: {slow} of {answered} requests took over the {} allowed, clearly more than {} of \
+             them",
             compared(),
-            canary.answered(),
-            millis(allowed)
+            millis(allowed),
+            if share > 1.0 - Q {
+                format!("{TAIL}")
+            } else {
+                "1%".to_owned()
+            }
         ));
     }
     if !p99_evidence(stable, canary) {

@@ -71,14 +71,14 @@ pub async fn steps(rollout: &Rollout) -> Result<(), String> {
 /// Watches one step until it passes (after its pause), fails, or the operator decides.
 async fn judge_step(rollout: &Rollout, step: &str) -> Result<Option<Decision>, String> {
     let spec = &rollout.spec.canary;
-    let before = rollout.shared.proxy.stats();
+    let mut baseline = Baseline::new(rollout.shared.proxy.stats());
     let started = Instant::now();
     loop {
         if let Some(decision) = rollout.decision_within(TICK).await {
             return Ok(Some(decision));
         }
-        let after = rollout.shared.proxy.stats();
-        let (stable, canary) = windows(&before, &after, &rollout.version);
+        let now = rollout.shared.proxy.stats();
+        let (stable, canary) = baseline.windows(&now, &rollout.version, spec.min_requests);
         let stage = Stage::of(spec, started.elapsed());
         match analysis::judge(&stable, &canary, spec, stage) {
             Verdict::Fail(why) => return Err(format!("{step}: {why}")),
@@ -92,6 +92,37 @@ async fn judge_step(rollout: &Rollout, step: &str) -> Result<Option<Decision>, S
                 stable.figures()
             )),
         }
+    }
+}
+
+/// The readings a step's windows start from, the same for both sides: the step's start for
+/// requests and errors; for latency, the first reading at which the canary had answered
+/// `min_requests` in the step. A new instance's first requests are slow for reasons of their
+/// own (connections, caches, a JIT, pages of its binary read in on a busy host): they say
+/// nothing of its latency once warm, and one burst of them was enough to fail a step.
+struct Baseline {
+    start: Vec<BackendStats>,
+    warm: Option<Vec<BackendStats>>,
+}
+
+impl Baseline {
+    fn new(start: Vec<BackendStats>) -> Baseline {
+        Baseline { start, warm: None }
+    }
+
+    /// The stable and the canary side's windows up to the reading `now`.
+    fn windows(&mut self, now: &[BackendStats], canary: &str, warm_up: u64) -> (Window, Window) {
+        let (mut stable_side, mut canary_side) = windows(&self.start, now, canary);
+        if self.warm.is_none() && canary_side.answered() >= warm_up {
+            self.warm = Some(now.to_vec());
+        }
+        let (stable_latency, canary_latency) = match &self.warm {
+            Some(warm) => windows(warm, now, canary),
+            None => Default::default(),
+        };
+        stable_side.latency = stable_latency.latency;
+        canary_side.latency = canary_latency.latency;
+        (stable_side, canary_side)
     }
 }
 
@@ -187,5 +218,49 @@ mod tests {
         assert_eq!(stable.answered(), 310);
         assert_eq!((canary.requests, canary.errors), (90, 2));
         assert_eq!(canary.answered(), 90);
+    }
+
+    #[test]
+    fn latency_counts_from_the_canarys_warm_up_on_errors_from_the_start() {
+        let mut baseline = Baseline::new(vec![
+            stats("v1-0", "v1", 1000, 0, 1000),
+            stats("v2-0", "v2", 0, 0, 0),
+        ]);
+        // 60 answers: still warming up, no latency window yet.
+        let (stable, canary) = baseline.windows(
+            &[
+                stats("v1-0", "v1", 1500, 0, 1500),
+                stats("v2-0", "v2", 60, 3, 60),
+            ],
+            "v2",
+            100,
+        );
+        assert_eq!(
+            (canary.requests, canary.errors, canary.answered()),
+            (60, 3, 0)
+        );
+        assert_eq!((stable.requests, stable.answered()), (500, 0));
+        // Warm at 120: the latency windows of both sides start at this reading.
+        baseline.windows(
+            &[
+                stats("v1-0", "v1", 2000, 0, 2000),
+                stats("v2-0", "v2", 120, 3, 120),
+            ],
+            "v2",
+            100,
+        );
+        let (stable, canary) = baseline.windows(
+            &[
+                stats("v1-0", "v1", 2700, 0, 2700),
+                stats("v2-0", "v2", 200, 3, 200),
+            ],
+            "v2",
+            100,
+        );
+        assert_eq!(
+            (canary.requests, canary.errors, canary.answered()),
+            (200, 3, 80)
+        );
+        assert_eq!((stable.requests, stable.answered()), (1700, 700));
     }
 }

@@ -87,7 +87,9 @@ fn three_times_slower_by_twenty_milliseconds_fails_at_min_requests() {
         "{why}"
     );
     assert!(
-        why.contains("100 of 100 requests took over the 15.4ms allowed"),
+        why.ends_with(
+            "100 of 100 requests took over the 15.4ms allowed, clearly more than 10 of them"
+        ),
         "{why}"
     );
 }
@@ -217,5 +219,23 @@ fn too_little_traffic_waits_then_fails_at_the_deadline() {
             "no verdict within progress_deadline 10m: 40 of the 100 requests needed to judge"
                 .to_owned()
         )
+    );
+}
+
+#[test]
+fn a_burst_of_slow_requests_is_not_a_slow_p99() {
+    // 20 of 300 canary requests caught in a stall of a busy host: its p99 is the stall, but
+    // with fewer answers than a p99 needs, 10 slow ones are what is allowed, and 20 is chance.
+    let spec = CanarySpec::default();
+    let stable = steady(3_000, 2.0);
+    let canary = window(300, 0, &[(2.0, 280), (40.0, 20)]);
+    let verdict = judge(&stable, &canary, &spec, Stage::Pause);
+    assert!(matches!(verdict, Verdict::Wait(_)), "{verdict:?}");
+    // Once the canary has its 1,000 answers, 1 % is allowed, and 40 of them are clearly more.
+    let canary = window(1_000, 0, &[(2.0, 960), (40.0, 40)]);
+    let verdict = judge(&stable, &canary, &spec, Stage::Pause);
+    assert!(
+        matches!(verdict, Verdict::Fail(ref why) if why.ends_with("clearly more than 1% of them")),
+        "{verdict:?}"
     );
 }
