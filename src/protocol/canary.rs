@@ -110,9 +110,17 @@ pub struct CanarySpec {
     /// Highest ratio of the new version's p99 latency to the stable version's.
     #[serde(default = "defaults::max_p99_ratio")]
     pub max_p99_ratio: f64,
+    /// How far the new version's p99 may exceed the stable one's whatever their ratio: a
+    /// millisecond more on a 1 ms p99 is noise, not a regression.
+    #[serde(default = "defaults::min_p99_delta", with = "humantime_serde")]
+    pub min_p99_delta: Duration,
     /// Requests the new version must have answered in a step before it is judged.
     #[serde(default = "defaults::min_requests")]
     pub min_requests: u64,
+    /// Whether a step whose traffic was too light to measure a p99 by `progress_deadline`
+    /// fails (`true`) or passes on its errors alone (`false`).
+    #[serde(default)]
+    pub require_p99: bool,
     /// Promote after the last step on a good analysis; `false` waits for `cutover promote`.
     #[serde(default = "defaults::auto_promote")]
     pub auto_promote: bool,
@@ -135,7 +143,9 @@ impl Default for CanarySpec {
             pause: defaults::pause(),
             max_error_rate: defaults::max_error_rate(),
             max_p99_ratio: defaults::max_p99_ratio(),
+            min_p99_delta: defaults::min_p99_delta(),
             min_requests: defaults::min_requests(),
+            require_p99: false,
             auto_promote: defaults::auto_promote(),
             progress_deadline: defaults::progress_deadline(),
             header: defaults::header(),
@@ -208,6 +218,9 @@ mod defaults {
     pub fn max_p99_ratio() -> f64 {
         1.5
     }
+    pub fn min_p99_delta() -> Duration {
+        Duration::from_millis(5)
+    }
     pub fn min_requests() -> u64 {
         100
     }
@@ -258,6 +271,14 @@ mod tests {
         assert_eq!(spec.pause, Duration::from_secs(5));
         assert!(!spec.auto_promote);
         assert_eq!(spec.max_error_rate.to_string(), "1%");
+        assert_eq!(spec.min_p99_delta, Duration::from_millis(5));
+        assert!(!spec.require_p99);
+        let strict: CanarySpec =
+            serde_norway::from_str("min_p99_delta: 20ms\nrequire_p99: true\n").unwrap();
+        assert_eq!(strict.min_p99_delta, Duration::from_millis(20));
+        assert!(strict.require_p99);
+        let err = serde_norway::from_str::<CanarySpec>("min_p99_delta: 5\n").unwrap_err();
+        assert!(err.to_string().contains("min_p99_delta"), "{err}");
         assert!(spec.check().is_ok());
         let err = serde_norway::from_str::<CanarySpec>("stepz: [5%]\n").unwrap_err();
         assert!(err.to_string().contains("stepz"), "{err}");

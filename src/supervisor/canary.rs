@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::supervisor::analysis::{self, Verdict, Window};
+use crate::supervisor::analysis::{self, Stage, Verdict, Window};
 use crate::supervisor::deploy::Rollout;
-use crate::supervisor::proxy::{quantile, BackendStats};
+use crate::supervisor::proxy::BackendStats;
 
 /// How often a step's figures are read and judged.
 const TICK: Duration = Duration::from_millis(250);
@@ -71,48 +71,68 @@ pub async fn steps(rollout: &Rollout) -> Result<(), String> {
 /// Watches one step until it passes (after its pause), fails, or the operator decides.
 async fn judge_step(rollout: &Rollout, step: &str) -> Result<Option<Decision>, String> {
     let spec = &rollout.spec.canary;
-    let before = rollout.shared.proxy.stats();
+    let mut baseline = Baseline::new(rollout.shared.proxy.stats());
     let started = Instant::now();
     loop {
         if let Some(decision) = rollout.decision_within(TICK).await {
             return Ok(Some(decision));
         }
-        let after = rollout.shared.proxy.stats();
-        let (stable, canary) = windows(&before, &after, &rollout.version);
-        let figures = format!(
-            "canary {} errors, p99 {:.1}ms, {} requests; stable {} errors, p99 {:.1}ms, {} requests",
-            canary.error_rate(),
-            canary.p99_us as f64 / 1000.0,
-            canary.requests,
-            stable.error_rate(),
-            stable.p99_us as f64 / 1000.0,
-            stable.requests
-        );
-        rollout.show(format!("{step}: {figures}"));
-        let elapsed = started.elapsed();
-        match analysis::judge(&stable, &canary, spec) {
+        let now = rollout.shared.proxy.stats();
+        let (stable, canary) = baseline.windows(&now, &rollout.version, spec.min_requests);
+        let stage = Stage::of(spec, started.elapsed());
+        match analysis::judge(&stable, &canary, spec, stage) {
             Verdict::Fail(why) => return Err(format!("{step}: {why}")),
-            Verdict::Pass(summary) if elapsed >= spec.pause => {
+            Verdict::Pass(summary) => {
                 rollout.say(format!("{step} passed: {summary}")).await;
                 return Ok(None);
             }
-            Verdict::Wait(need) if elapsed >= spec.pause + spec.progress_deadline => {
-                return Err(format!(
-                    "{step}: no verdict within progress_deadline {} ({need})",
-                    humantime::format_duration(spec.progress_deadline)
-                ));
-            }
-            _ => {}
+            Verdict::Wait(why) => rollout.show(format!(
+                "{step}: canary {}; stable {}; waiting: {why}",
+                canary.figures(),
+                stable.figures()
+            )),
         }
     }
 }
 
-/// The stable and the canary side's traffic between two readings of the proxy's counters. An
-/// instance absent from the first reading counts from zero.
+/// The readings a step's windows start from, the same for both sides: the step's start for
+/// requests and errors; for latency, the first reading at which the canary had answered
+/// `min_requests` in the step. A new instance's first requests are slow for reasons of their
+/// own (connections, caches, a JIT, pages of its binary read in on a busy host): they say
+/// nothing of its latency once warm, and one burst of them was enough to fail a step.
+struct Baseline {
+    start: Vec<BackendStats>,
+    warm: Option<Vec<BackendStats>>,
+}
+
+impl Baseline {
+    fn new(start: Vec<BackendStats>) -> Baseline {
+        Baseline { start, warm: None }
+    }
+
+    /// The stable and the canary side's windows up to the reading `now`.
+    fn windows(&mut self, now: &[BackendStats], canary: &str, warm_up: u64) -> (Window, Window) {
+        let (mut stable_side, mut canary_side) = windows(&self.start, now, canary);
+        if self.warm.is_none() && canary_side.answered() >= warm_up {
+            self.warm = Some(now.to_vec());
+        }
+        let (stable_latency, canary_latency) = match &self.warm {
+            Some(warm) => windows(warm, now, canary),
+            None => Default::default(),
+        };
+        stable_side.latency = stable_latency.latency;
+        canary_side.latency = canary_latency.latency;
+        (stable_side, canary_side)
+    }
+}
+
+/// The stable and the canary side's traffic between two readings of the proxy's counters, so
+/// both over the same period. An instance absent from the first reading counts from zero: all
+/// its traffic came after it.
 pub fn windows(before: &[BackendStats], after: &[BackendStats], canary: &str) -> (Window, Window) {
-    let mut sides = [SideSum::default(), SideSum::default()];
+    let mut sides = [Window::default(), Window::default()];
     for now in after {
-        let then = before.iter().find(|b| b.id == now.id);
+        let then = earlier_reading(before, now);
         let side = &mut sides[usize::from(now.version == canary)];
         let (req, err, fail) =
             then.map_or((0, 0, 0), |t| (t.requests, t.errors_5xx, t.failed_connects));
@@ -127,19 +147,25 @@ pub fn windows(before: &[BackendStats], after: &[BackendStats], canary: &str) ->
             side.latency[i] += count.saturating_sub(was);
         }
     }
-    let [stable, canary] = sides.map(|s| Window {
-        requests: s.requests,
-        errors: s.errors,
-        p99_us: quantile(&s.latency, 0.99),
-    });
+    let [stable, canary] = sides;
     (stable, canary)
 }
 
-#[derive(Default)]
-struct SideSum {
-    requests: u64,
-    errors: u64,
-    latency: Vec<u64>,
+/// The first reading of the instance `now` is a later reading of. The proxy may keep two sets of
+/// counters under one id for a while (an instance routed again after a drain cut it starts
+/// afresh while the old one finishes): counters only grow, so the earlier reading is the one
+/// of that id with the most requests among those with no more than `now` has; none such, it
+/// is a new set.
+fn earlier_reading<'a>(before: &'a [BackendStats], now: &BackendStats) -> Option<&'a BackendStats> {
+    before
+        .iter()
+        .filter(|then| {
+            then.id == now.id
+                && then.requests <= now.requests
+                && then.errors_5xx <= now.errors_5xx
+                && then.failed_connects <= now.failed_connects
+        })
+        .max_by_key(|then| then.requests)
 }
 
 #[cfg(test)]
@@ -169,6 +195,72 @@ mod tests {
         let (stable, canary) = windows(&before, &after, "v2");
         assert_eq!((stable.requests, stable.errors), (900, 1));
         assert_eq!((canary.requests, canary.errors), (100, 5));
-        assert!(stable.p99_us > 0 && canary.p99_us == stable.p99_us);
+        assert_eq!((stable.answered(), canary.answered()), (900, 100));
+        assert!(stable.p99_us() > 0 && canary.p99_us() == stable.p99_us());
+    }
+
+    #[test]
+    fn an_instance_that_appears_or_starts_afresh_mid_step_counts_from_zero() {
+        let before = [
+            stats("v1-0", "v1", 1000, 5, 1000),
+            stats("v2-0", "v2", 100, 0, 100),
+        ];
+        let after = [
+            // Still finishing on its old counters, while the same id starts afresh.
+            stats("v1-0", "v1", 1010, 5, 1010),
+            stats("v1-0", "v1", 300, 1, 300),
+            stats("v2-0", "v2", 150, 0, 150),
+            // Started during the step (a replacement after a crash).
+            stats("v2-1", "v2", 40, 2, 40),
+        ];
+        let (stable, canary) = windows(&before, &after, "v2");
+        assert_eq!((stable.requests, stable.errors), (310, 1));
+        assert_eq!(stable.answered(), 310);
+        assert_eq!((canary.requests, canary.errors), (90, 2));
+        assert_eq!(canary.answered(), 90);
+    }
+
+    #[test]
+    fn latency_counts_from_the_canarys_warm_up_on_errors_from_the_start() {
+        let mut baseline = Baseline::new(vec![
+            stats("v1-0", "v1", 1000, 0, 1000),
+            stats("v2-0", "v2", 0, 0, 0),
+        ]);
+        // 60 answers: still warming up, no latency window yet.
+        let (stable, canary) = baseline.windows(
+            &[
+                stats("v1-0", "v1", 1500, 0, 1500),
+                stats("v2-0", "v2", 60, 3, 60),
+            ],
+            "v2",
+            100,
+        );
+        assert_eq!(
+            (canary.requests, canary.errors, canary.answered()),
+            (60, 3, 0)
+        );
+        assert_eq!((stable.requests, stable.answered()), (500, 0));
+        // Warm at 120: the latency windows of both sides start at this reading.
+        baseline.windows(
+            &[
+                stats("v1-0", "v1", 2000, 0, 2000),
+                stats("v2-0", "v2", 120, 3, 120),
+            ],
+            "v2",
+            100,
+        );
+        let (stable, canary) = baseline.windows(
+            &[
+                stats("v1-0", "v1", 2700, 0, 2700),
+                stats("v2-0", "v2", 200, 3, 200),
+            ],
+            "v2",
+            100,
+        );
+        assert_eq!(
+            (canary.requests, canary.errors, canary.answered()),
+            (200, 3, 80)
+        );
+        assert_eq!((stable.requests, stable.answered()), (1700, 700));
     }
 }

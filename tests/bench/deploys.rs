@@ -93,7 +93,8 @@ async fn canaries_under_load(canaries: u32, clients: usize) {
     let promoted = started.elapsed();
     let (ok, failed, socket_errors) = load.read();
     println!(
-        "canaries: {canaries} promotions (steps 10%, 50%, 200ms each) in {:.1}s under {clients} \
+        "canaries: {canaries} promotions (steps 10%, 50%, 200ms each and until each side has \
+         answered 1,000 requests) in {:.1}s under {clients} \
          keep-alive clients: {ok} requests ok, {failed} failed, {socket_errors} socket errors \
          (target 0/0)",
         promoted.as_secs_f64()

@@ -108,8 +108,8 @@ impl LoadReport {
     }
 }
 
-/// `clients` keep-alive connections sending `GET path` back to back until stopped, on a runtime
-/// of their own so that sync and async tests can both use it.
+/// `clients` keep-alive connections sending `GET path` until stopped — back to back, or
+/// [paced](Load::paced) — on a runtime of their own so that sync and async tests can both use it.
 pub struct Load {
     stop: Arc<AtomicBool>,
     report: Arc<Mutex<LoadReport>>,
@@ -118,6 +118,19 @@ pub struct Load {
 
 impl Load {
     pub fn start(addr: SocketAddr, clients: usize, path: &str) -> Load {
+        Load::run(addr, clients, path, None)
+    }
+
+    /// `per_second` requests a second in all, each client on its own clock: light, steady
+    /// traffic. Back-to-back clients all pile onto whichever instance stalls, so the side with
+    /// the smaller share shows the stalls of a loaded machine more often than the other does;
+    /// requests sent on a clock, as independent users send them, do not.
+    pub fn paced(addr: SocketAddr, clients: usize, per_second: u32, path: &str) -> Load {
+        let every = Duration::from_secs(clients as u64) / per_second.max(1);
+        Load::run(addr, clients, path, Some(every))
+    }
+
+    fn run(addr: SocketAddr, clients: usize, path: &str, every: Option<Duration>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(LoadReport::default()));
         let path = path.to_owned();
@@ -130,10 +143,13 @@ impl Load {
                     .expect("load runtime");
                 runtime.block_on(async move {
                     let mut tasks = Vec::new();
-                    for _ in 0..clients {
+                    for i in 0..clients {
+                        // Clocks spread over the period, not ticking all at once.
+                        let pace = every.map(|every| (every, every * i as u32 / clients as u32));
                         tasks.push(tokio::spawn(client(
                             addr,
                             path.clone(),
+                            pace,
                             stop.clone(),
                             report.clone(),
                         )));
@@ -183,16 +199,27 @@ impl Drop for Load {
     }
 }
 
-/// One client: a keep-alive connection, re-made after any socket error (which is counted).
+/// One client: a keep-alive connection, re-made after any socket error (which is counted); a
+/// request every `pace.0` from `pace.1` on if given (one that took longer is followed at once by
+/// the next).
 async fn client(
     addr: SocketAddr,
     path: String,
+    pace: Option<(Duration, Duration)>,
     stop: Arc<AtomicBool>,
     shared: Arc<Mutex<LoadReport>>,
 ) {
     let mut local = LoadReport::default();
     let mut sender = None;
+    let mut clock = pace.map(|(every, offset)| {
+        let mut clock = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        clock
+    });
     while !stop.load(Ordering::Relaxed) {
+        if let Some(clock) = clock.as_mut() {
+            clock.tick().await;
+        }
         if sender.is_none() {
             match connect(addr).await {
                 Ok(s) => sender = Some(s),
