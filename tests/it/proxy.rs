@@ -19,7 +19,9 @@ use crate::support::load::{DemoApp, Load};
 mod hold;
 mod idle;
 mod lifecycle;
+mod pace;
 mod proxy_protocol;
+mod room;
 mod wire;
 
 fn backend(id: &str, app: &DemoApp) -> Arc<Backend> {

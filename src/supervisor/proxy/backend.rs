@@ -29,6 +29,9 @@ pub(super) enum SendError {
     Exchange(std::io::Error),
     /// `drain` cut this backend's connections at its deadline.
     Cut,
+    /// The client's request body failed (too slow, broken): the client's fault, not the
+    /// instance's.
+    Client(std::io::Error),
 }
 
 #[derive(Debug)]
@@ -242,6 +245,7 @@ impl BackendState {
                         .fetch_add(1, Ordering::Relaxed);
                     return Err(SendError::Connect(err));
                 }
+                Err(ExchangeError::Client(err)) => return Err(SendError::Client(err)),
                 Err(err) => return Err(SendError::Exchange(err.into_io())),
             }
         }

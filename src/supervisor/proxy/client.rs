@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::head::{self, Forwarding, Head};
+use super::pace::{BodyClock, Pace};
 
 /// How long a connect to an instance may take before it counts as failed (and is retried on
 /// another one). Instances are local, so a slow connect means an overloaded or wedged one.
@@ -84,6 +85,8 @@ pub(super) struct Outgoing {
     body: Option<Incoming>,
     chunked: bool,
     body_sent: bool,
+    /// How long the client may take to send its body (`app.body_timeout`, `min_rate`).
+    body_pace: Pace,
 }
 
 impl Outgoing {
@@ -103,7 +106,13 @@ impl Outgoing {
             body,
             chunked,
             body_sent: false,
+            body_pace: super::limits::ClientLimits::default().body(),
         }
+    }
+
+    /// How long the client may take to send the body: see `pace`.
+    pub fn pace_body(&mut self, pace: Pace) {
+        self.body_pace = pace;
     }
 
     /// Whether it has no body: the same head can simply be sent again.
@@ -126,12 +135,17 @@ pub(super) enum ExchangeError {
     Closed,
     /// Anything else: the request was sent (at least in part) and no usable response came back.
     Failed(io::Error),
+    /// The client's body failed: it stopped coming (`io::ErrorKind::TimedOut`), broke or was
+    /// cut off. The client's fault, not the instance's.
+    Client(io::Error),
 }
 
 impl ExchangeError {
     pub fn into_io(self) -> io::Error {
         match self {
-            ExchangeError::Unsent(err) | ExchangeError::Failed(err) => err,
+            ExchangeError::Unsent(err)
+            | ExchangeError::Failed(err)
+            | ExchangeError::Client(err) => err,
             ExchangeError::Closed => io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the instance closed the connection before answering",
@@ -153,7 +167,7 @@ pub(super) async fn exchange(conn: &mut Conn, req: &mut Outgoing) -> Result<Head
     // An instance may answer before it has read the whole body (a 413, a redirect): its answer
     // is read while the body goes out, and is passed on as soon as it is whole.
     let (mut reader, mut writer) = conn.io.split();
-    let sending = send_body(&mut writer, body, req.chunked);
+    let sending = send_body(&mut writer, body, req.chunked, req.body_pace);
     let reading = read_head(&mut reader, &mut conn.buf, &req.method);
     tokio::pin!(sending, reading);
     let early = |head: Head| Head {
@@ -166,7 +180,7 @@ pub(super) async fn exchange(conn: &mut Conn, req: &mut Outgoing) -> Result<Head
         head = &mut reading => head.map(early),
         sent = &mut sending => match sent {
             Ok(()) => reading.await,
-            Err(BodyError::Client(err)) => Err(ExchangeError::Failed(err)),
+            Err(BodyError::Client(err)) => Err(ExchangeError::Client(err)),
             // The instance stopped reading (it answered and closed, say): its answer, if any,
             // is what the client gets.
             Err(BodyError::Instance(err)) => match reading.await {
@@ -189,10 +203,32 @@ async fn send_body<W: AsyncWrite + Unpin>(
     io: &mut W,
     body: &mut Incoming,
     chunked: bool,
+    pace: Pace,
 ) -> Result<(), BodyError> {
     let mut trailers = None;
-    while let Some(frame) = body.frame().await {
+    // Only the waits for the client count, not the writes to the instance. The timer is armed
+    // only if a frame is not there at once, and moved only when it fires.
+    let mut clock = BodyClock::start(pace);
+    let timer = tokio::time::sleep_until(clock.deadline());
+    tokio::pin!(timer);
+    loop {
+        clock.waiting();
+        let frame = loop {
+            tokio::select! {
+                biased;
+                frame = body.frame() => break frame,
+                () = &mut timer => {
+                    let deadline = clock.deadline();
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(BodyError::Client(clock.timed_out()));
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|err| BodyError::Client(io::Error::other(err)))?;
+        clock.received(frame.data_ref().map_or(0, |data| data.len()));
         let data = match frame.into_data() {
             Ok(data) => data,
             Err(frame) => {

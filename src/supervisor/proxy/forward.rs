@@ -145,6 +145,7 @@ async fn route(
             id_from_client: id.from_client,
         },
     );
+    req.pace_body(client.counted.limits.body());
     // A replayable request is sent once more on another instance if the first breaks.
     let mut replays = u8::from(replayable);
     loop {
@@ -165,6 +166,12 @@ async fn route(
                 }
                 Err(SendError::Connect(err)) => {
                     tracing::debug!(backend = %state.backend.id, "connect failed, trying another: {err}");
+                }
+                // Not recorded against the instance: a client that stalls its body, or sends a
+                // broken one, is no sign of a bad release.
+                Err(SendError::Client(err)) => {
+                    tracing::debug!(backend = %state.backend.id, "request body failed: {err}");
+                    return client_failed(&err);
                 }
                 Err(SendError::Cut) => {
                     return status(
@@ -387,6 +394,26 @@ async fn tunnel(
             tracing::debug!(backend = %state.backend.id, "tunnel cut at the proxy's close deadline");
         }
     }
+}
+
+/// The answer to a request whose body failed on the client's side; the connection ends with it
+/// (the rest of the body will not be read).
+fn client_failed(err: &std::io::Error) -> Response<ResponseBody> {
+    let mut response = if err.kind() == std::io::ErrorKind::TimedOut {
+        status(
+            StatusCode::REQUEST_TIMEOUT,
+            "408 request timeout: the request body stopped arriving\n",
+        )
+    } else {
+        status(
+            StatusCode::BAD_REQUEST,
+            "400 bad request: the request body could not be read\n",
+        )
+    };
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn status(code: StatusCode, text: &'static str) -> Response<ResponseBody> {
