@@ -14,7 +14,7 @@ use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::GlobalArgs;
-use crate::supervisor::{self, handover, listeners::Listeners, Daemon, Ending};
+use crate::supervisor::{self, fds, handover, listeners::Listeners, Daemon, Ending};
 
 #[derive(Debug, Args)]
 pub struct SuperviseArgs {
@@ -40,6 +40,8 @@ fn supervise(args: &SuperviseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let state_dir = global.state_dir();
     // Before the runtime starts any thread: it reads and clears LISTEN_* in the environment.
     let mut inherited = Listeners::from_systemd();
+    // Before any proxy: their shared connection budget is derived from the limit.
+    raise_fd_limit();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         // Signal handlers before the socket: a stop signal that arrives once clients can connect
@@ -113,6 +115,35 @@ fn supervise(args: &SuperviseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         }
         result.map(|_| ())
     })
+}
+
+/// Raises the soft limit on open files to the hard one (systemd's default soft limit of 1024
+/// lets a thousand idle connections starve the control socket and the health checks), and says
+/// what the proxies may hold.
+fn raise_fd_limit() {
+    match fds::raise_soft_limit() {
+        Ok(raised) => {
+            let budget = fds::connection_budget(raised.now);
+            let how = if raised.now > raised.before {
+                format!("raised from {} to {}", raised.before, raised.now)
+            } else {
+                format!("{} (the hard limit)", raised.now)
+            };
+            tracing::info!(
+                "open files: soft limit {how}; the proxies share {budget} client connections, the rest is kept for the control socket, health checks and instances"
+            );
+            if raised.now < 4096 {
+                tracing::warn!(
+                    "the hard limit on open files is only {}: raise it (LimitNOFILE= in the unit, `ulimit -Hn`) to serve more than {budget} client connections",
+                    raised.now
+                );
+            }
+        }
+        Err(err) => tracing::warn!(
+            "cannot raise the soft limit on open files ({err}); the proxies share {} client connections",
+            fds::connection_budget(fds::soft_limit())
+        ),
+    }
 }
 
 fn inode(meta: &std::fs::Metadata) -> (u64, u64) {

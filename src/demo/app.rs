@@ -2,7 +2,8 @@
 //! README demo and in every supervisor and proxy test.
 //!
 //! Routes: `GET /` (hello with version and pid), `/healthz`, `/slow?ms=N`,
-//! `/stream?chunks=N&interval_ms=M` and a WebSocket echo on `/ws`. Faults (fail at boot, never
+//! `/stream?chunks=N&interval_ms=M`, `/bytes?n=N` (a body of N bytes, as fast as it is taken),
+//! `/upload` (reads the whole request body, answers its length) and a WebSocket echo on `/ws`. Faults (fail at boot, never
 //! healthy, crash after a while, an error rate, a slow boot) come from flags or the environment so
 //! that a manifest's `env:` can switch them on. SIGTERM stops accepting, lets in-flight requests
 //! finish and exits 0, as a well-behaved app should.
@@ -197,6 +198,14 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             query_u64(query, "chunks").unwrap_or(5),
             Duration::from_millis(query_u64(query, "interval_ms").unwrap_or(100)),
         ),
+        "/bytes" => bytes(query_u64(query, "n").unwrap_or(0)),
+        "/upload" => match req.into_body().collect().await {
+            Ok(body) => text(
+                StatusCode::OK,
+                format!("received {} bytes\n", body.to_bytes().len()),
+            ),
+            Err(err) => text(StatusCode::BAD_REQUEST, format!("body failed: {err}\n")),
+        },
         "/ws" => websocket(app.clone(), req),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
@@ -262,6 +271,27 @@ fn stream(chunks: u64, interval: Duration) -> Response<Body> {
         Some((Ok::<_, Infallible>(Frame::data(line)), i + 1))
     });
     Response::new(StreamBody::new(body).boxed())
+}
+
+/// `n` bytes of `x` with a `content-length`, made 64 KiB at a time as the client takes them.
+fn bytes(n: u64) -> Response<Body> {
+    const CHUNK: u64 = 64 * 1024;
+    let block = Bytes::from(vec![b'x'; CHUNK as usize]);
+    let body = futures_util::stream::unfold(0u64, move |sent| {
+        let block = block.clone();
+        async move {
+            let len = (n - sent).min(CHUNK);
+            (len > 0).then(|| {
+                let frame = Frame::data(block.slice(..len as usize));
+                (Ok::<_, Infallible>(frame), sent + len)
+            })
+        }
+    });
+    let mut response = Response::new(StreamBody::new(body).boxed());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, header::HeaderValue::from(n));
+    response
 }
 
 fn query_u64(query: &str, key: &str) -> Option<u64> {

@@ -59,6 +59,23 @@ pub struct AppSpec {
     /// a response gets one more).
     #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// The most client connections open at once (both modes). Beyond it the proxy closes an
+    /// idle keep-alive connection to make room, else new connections wait in the listen backlog.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    /// HTTP mode: the longest the proxy waits for the next bytes of a request body; then the
+    /// request is answered 408 and the connection closed (nginx's `client_body_timeout`).
+    #[serde(default = "defaults::body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// HTTP mode: the longest a client may leave the response untaken (the proxy's writes
+    /// blocked); then the connection is cut (nginx's `send_timeout`).
+    #[serde(default = "defaults::send_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// HTTP mode: bytes per second a client must average, over the time the proxy waits on it
+    /// for a request body or to take a response, beyond a first `body_timeout`/`send_timeout`
+    /// of grace (Apache's `MinRate`): a trickle is cut even if no single gap is long. `0`: none.
+    #[serde(default = "defaults::min_rate")]
+    pub min_rate: u64,
     /// Signal sent to stop an instance (`SIGTERM`, `SIGINT`, `SIGQUIT`, `SIGHUP`, `SIGUSR1`, `SIGUSR2`).
     #[serde(default = "defaults::stop_signal")]
     pub stop_signal: String,
@@ -159,6 +176,18 @@ mod defaults {
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn max_connections() -> u32 {
+        4096
+    }
+    pub fn body_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn send_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn min_rate() -> u64 {
+        500
     }
     pub fn stop_signal() -> String {
         "SIGTERM".to_owned()

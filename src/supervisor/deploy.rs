@@ -126,11 +126,19 @@ pub fn validate(request: &DeployRequest, record: Option<&AppRecord>) -> Result<(
             spec.name
         )));
     }
-    if spec.idle_timeout.is_zero() {
-        return Err(bad(format!(
-            "idle_timeout of {} is 0s; give it a duration such as 30s",
-            spec.name
-        )));
+    // A zero would close every connection at once (or admit none).
+    for (key, zero, example) in [
+        ("idle_timeout", spec.idle_timeout.is_zero(), "30s"),
+        ("body_timeout", spec.body_timeout.is_zero(), "60s"),
+        ("send_timeout", spec.send_timeout.is_zero(), "60s"),
+        ("max_connections", spec.max_connections == 0, "4096"),
+    ] {
+        if zero {
+            return Err(bad(format!(
+                "{key} of {} is 0; give it a value such as {example}",
+                spec.name
+            )));
+        }
     }
     if spec.strategy == Strategy::Canary {
         spec.canary.check().map_err(bad)?;

@@ -3,6 +3,9 @@
 //!
 //! One task per instance, for the instance's whole life: the deploy waits on it to go healthy, and
 //! afterwards the supervisor watches the same reports to notice an instance that turned bad.
+//!
+//! A check the supervisor could not even try — no descriptor, memory or local port left to
+//! connect with — says nothing of the instance: it is skipped, not counted, and said once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -196,9 +199,23 @@ async fn run(probe: Probe, limits: Thresholds, tx: watch::Sender<HealthReport>) 
     let mut ticks = tokio::time::interval(limits.interval);
     // A check slower than the interval delays the next one instead of firing a burst.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut skipping = false;
     loop {
         ticks.tick().await;
-        let result = check(&probe, limits.timeout).await;
+        let result = match check(&probe, limits.timeout).await {
+            Err(Failure::Local(why)) => {
+                if !skipping {
+                    tracing::warn!(?probe, "health check skipped, not counted against the instance: {why} (said once until checks run again)");
+                    skipping = true;
+                }
+                continue;
+            }
+            Err(Failure::Instance(reason)) => Err(reason),
+            Ok(()) => Ok(()),
+        };
+        if std::mem::take(&mut skipping) {
+            tracing::info!(?probe, "health checks run again");
+        }
         let before = verdict.report.health.clone();
         verdict.record(result, Instant::now());
         if verdict.report.health != before {
@@ -221,8 +238,23 @@ async fn run(probe: Probe, limits: Thresholds, tx: watch::Sender<HealthReport>) 
     }
 }
 
-/// One check; `Err` carries the reason shown to operators ("GET /healthz → 500").
-async fn check(probe: &Probe, timeout: Duration) -> Result<(), String> {
+/// Why a check did not pass.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The instance's: the reason shown to operators ("GET /healthz → 500").
+    Instance(String),
+    /// The supervisor's own: it could not even try.
+    Local(String),
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Failure::Instance(reason)
+    }
+}
+
+/// One check.
+async fn check(probe: &Probe, timeout: Duration) -> Result<(), Failure> {
     let attempt = async {
         match probe {
             Probe::Tcp { addr } => connect(*addr).await.map(drop),
@@ -231,23 +263,43 @@ async fn check(probe: &Probe, timeout: Duration) -> Result<(), String> {
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
+        Err(_) => Err(Failure::Instance(format!(
             "timed out after {}",
             humantime::format_duration(timeout)
-        )),
+        ))),
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+async fn connect(addr: SocketAddr) -> Result<TcpStream, Failure> {
     TcpStream::connect(addr)
         .await
-        .map_err(|err| match err.kind() {
-            std::io::ErrorKind::ConnectionRefused => format!("connect to {addr} refused"),
-            _ => format!("connect to {addr} failed: {err}"),
-        })
+        .map_err(|err| connect_failure(addr, &err))
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> Result<(), String> {
+fn connect_failure(addr: SocketAddr, err: &std::io::Error) -> Failure {
+    use nix::errno::Errno;
+    let local = [
+        Errno::EMFILE,
+        Errno::ENFILE,
+        Errno::ENOBUFS,
+        Errno::ENOMEM,
+        Errno::EADDRNOTAVAIL,
+    ];
+    match err.kind() {
+        std::io::ErrorKind::ConnectionRefused => {
+            Failure::Instance(format!("connect to {addr} refused"))
+        }
+        _ if err
+            .raw_os_error()
+            .is_some_and(|code| local.contains(&Errno::from_raw(code))) =>
+        {
+            Failure::Local(format!("cannot connect to {addr}: {err}"))
+        }
+        _ => Failure::Instance(format!("connect to {addr} failed: {err}")),
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(), Failure> {
     let stream = connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -267,7 +319,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<(), String> {
     if status.is_success() || status.is_redirection() {
         Ok(())
     } else {
-        Err(format!("GET {path} → {}", status.as_u16()))
+        Err(format!("GET {path} → {}", status.as_u16()).into())
     }
 }
 
@@ -326,6 +378,33 @@ mod tests {
                 reason: "timed out after 2s".into()
             }
         );
+    }
+
+    #[test]
+    fn a_check_the_supervisor_could_not_try_is_not_the_instances_failure() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
+            let err = std::io::Error::from_raw_os_error(errno);
+            assert!(
+                matches!(connect_failure(addr, &err), Failure::Local(_)),
+                "{err}"
+            );
+        }
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(
+            connect_failure(addr, &refused),
+            Failure::Instance("connect to 127.0.0.1:8080 refused".into())
+        );
+        let unreachable = std::io::Error::from_raw_os_error(libc::EHOSTUNREACH);
+        assert!(matches!(
+            connect_failure(addr, &unreachable),
+            Failure::Instance(_)
+        ));
     }
 
     #[test]

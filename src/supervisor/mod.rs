@@ -12,6 +12,7 @@ pub mod apps;
 pub mod canary;
 pub mod control;
 pub mod deploy;
+pub mod fds;
 pub mod handover;
 pub mod health;
 pub mod listeners;

@@ -158,6 +158,11 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Running> {
         .stderr(Stdio::from(log_err))
         .process_group(0)
         .kill_on_drop(false);
+    // SAFETY: the hook only calls getrlimit and setrlimit, which are async-signal-safe, and
+    // touches no lock or allocation between fork and exec.
+    unsafe {
+        command.pre_exec(super::fds::restore_for_child);
+    }
     let child = command.spawn().map_err(|err| {
         std::io::Error::new(
             err.kind(),

@@ -20,7 +20,9 @@ mod hold;
 mod idle;
 mod lifecycle;
 mod misframe;
+mod pace;
 mod proxy_protocol;
+mod room;
 mod wire;
 
 fn backend(id: &str, app: &DemoApp) -> Arc<Backend> {

@@ -6,6 +6,7 @@
 mod canary;
 mod harness;
 mod hold;
+mod limits;
 mod restart;
 mod strangers;
 mod strays;

@@ -8,7 +8,7 @@ use crate::protocol::app::Mode;
 use crate::protocol::{AppSpec, DeployOutcome, ErrorKind, ErrorReply, Response};
 use crate::supervisor::deploy::Kind;
 use crate::supervisor::process;
-use crate::supervisor::proxy::Route;
+use crate::supervisor::proxy::{ClientLimits, Route};
 use crate::supervisor::rollback;
 use crate::supervisor::store::{DeployRecord, InstanceRecord};
 
@@ -200,7 +200,13 @@ impl AppTask {
         self.shared.proxy.set_proxy_protocol(spec.proxy_protocol);
         self.shared.proxy.set_tcp(spec.mode == Mode::Tcp);
         self.shared.proxy.set_hold(spec.hold_requests);
-        self.shared.proxy.set_idle_timeout(spec.idle_timeout);
+        self.shared.proxy.set_client_limits(ClientLimits {
+            max_connections: spec.max_connections as usize,
+            idle_timeout: spec.idle_timeout,
+            body_timeout: spec.body_timeout,
+            send_timeout: spec.send_timeout,
+            min_rate: spec.min_rate,
+        });
         let canary = self.canary_route();
         let mut ids: Vec<String> = chosen.iter().map(|h| h.id.clone()).collect();
         // The canary's share and instances are part of what is routed: a change of either

@@ -27,7 +27,8 @@ pub(super) enum SendError {
     Connect(std::io::Error),
     /// The request was sent (at least in part) and the exchange failed.
     Exchange(std::io::Error),
-    /// The client's request body could not be read: the client's fault, not the instance's.
+    /// The client's request body failed (too slow, broken, cut off): the client's fault, not
+    /// the instance's.
     Client(std::io::Error),
     /// `drain` cut this backend's connections at its deadline.
     Cut,

@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 
 use super::framing::retain_allowed_trailers;
 use super::head::{self, Forwarding, Head};
+use super::pace::{BodyClock, Pace};
 
 /// How long a connect to an instance may take before it counts as failed (and is retried on
 /// another one). Instances are local, so a slow connect means an overloaded or wedged one.
@@ -90,6 +91,8 @@ pub(super) struct Outgoing {
     spent: bool,
     /// The client's body was read to its end.
     body_read: bool,
+    /// How long the client may take to send its body (`app.body_timeout`, `min_rate`).
+    body_pace: Pace,
 }
 
 impl Outgoing {
@@ -113,7 +116,13 @@ impl Outgoing {
             sent_len: 0,
             trailers: None,
             spent: false,
+            body_pace: super::limits::ClientLimits::default().body(),
         }
+    }
+
+    /// How long the client may take to send the body: see `pace`.
+    pub fn pace_body(&mut self, pace: Pace) {
+        self.body_pace = pace;
     }
 
     /// Whether it has no body: the same head can simply be sent again.
@@ -146,8 +155,8 @@ pub(super) enum ExchangeError {
     /// closed it before the request arrived (its kernel reset the bytes that came after its
     /// close), so the instance never saw the request.
     Closed { refused: bool },
-    /// Reading the request body from the client failed (it went away, or sent a malformed
-    /// body): the client's fault, not the instance's.
+    /// The client's body failed: it stopped coming (`io::ErrorKind::TimedOut`), broke or was
+    /// cut off. The client's fault, not the instance's.
     Client(io::Error),
     /// Anything else: the request was sent (at least in part) and no usable response came back.
     Failed(io::Error),
@@ -265,8 +274,29 @@ async fn send_body<W: AsyncWrite + Unpin>(
         write_data(io, data, req.chunked).await?;
     }
     if let Some(body) = req.body.as_mut().filter(|_| !req.body_read) {
-        while let Some(frame) = body.frame().await {
+        // Only the waits for the client count, not the writes to the instance. The timer is
+        // armed only if a frame is not there at once, and moved only when it fires.
+        let mut clock = BodyClock::start(req.body_pace);
+        let timer = tokio::time::sleep_until(clock.deadline());
+        tokio::pin!(timer);
+        loop {
+            clock.waiting();
+            let frame = loop {
+                tokio::select! {
+                    biased;
+                    frame = body.frame() => break frame,
+                    () = &mut timer => {
+                        let deadline = clock.deadline();
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(BodyError::Client(clock.timed_out()));
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                }
+            };
+            let Some(frame) = frame else { break };
             let frame = frame.map_err(|err| BodyError::Client(io::Error::other(err)))?;
+            clock.received(frame.data_ref().map_or(0, |data| data.len()));
             let data = match frame.into_data() {
                 Ok(data) => data,
                 Err(frame) => {

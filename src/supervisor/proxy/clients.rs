@@ -1,5 +1,12 @@
-//! The proxy's client connections as a whole: how many are open, and how they are let go of when
-//! the proxy closes (a supervisor restart or hand-over) without failing a single request.
+//! The proxy's client connections as a whole: how many are open, against the app's
+//! `max_connections` and the process's budget (`room`); which one to close when there is no room
+//! for another; and how they are let go of when the proxy closes (a supervisor restart or
+//! hand-over) without failing a single request.
+//!
+//! No room: like nginx out of connections, the oldest idle connection (no request in progress,
+//! open for at least [`EVICT_GRACE`]) is closed to make room; with none idle, new connections
+//! wait in the listen backlog until one ends, as under HAProxy's `maxconn`. A request in progress
+//! is never cut to make room.
 //!
 //! Closing never cuts a connection between two requests of an active client, which would race
 //! with the client's next request already on the wire: from [`Clients::close`] on, every response
@@ -7,88 +14,256 @@
 //! socket, which the next supervisor serves). Only a connection idle for [`IDLE_GRACE`] after that
 //! is closed by us, and at the deadline every remaining one is shut down gracefully.
 //!
-//! It also closes the connections nobody uses: one with no request begun for [`IDLE_TIMEOUT`]
-//! and none in progress — an idle keep-alive connection, or a client too slow to finish its
-//! request head (slowloris). One timer per connection, rearmed once per period rather than per
-//! request.
+//! `connection` drives each one: it also closes the connections nobody uses (no request begun
+//! for `idle_timeout` and none in progress: an idle keep-alive connection, or a client too slow
+//! to finish its request head) and cuts those whose client stopped taking its response.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::header::{HeaderValue, CONNECTION};
 use hyper::{Response, StatusCode};
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::body::ResponseBody;
+use super::limits::ClientLimits;
+use super::pace::SendState;
+use super::room::{self, Budget};
 
 /// After the close began, a connection that sent no request for this long is closed: its client
 /// is not one with a request about to arrive.
-const IDLE_GRACE: Duration = Duration::from_secs(1);
+pub(super) const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// After the deadline, how long graceful shutdowns get to finish their last response.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// The default of `app.idle_timeout`: a connection with no request begun for this long and none
-/// in progress is closed. It is
-/// checked once per period, so an idle keep-alive connection is closed after one to two periods;
-/// a client still sending its request head, or still taking the end of a response, gets one more
-/// before it is dropped (nginx's `client_header_timeout`, `keepalive_timeout` and `send_timeout`
-/// are 60, 75 and 60 s).
-pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection younger than this is not closed to make room: its first request may be on its
+/// way (a burst of new clients then waits in the backlog rather than losing requests).
+pub(super) const EVICT_GRACE: Duration = Duration::from_secs(1);
+
+/// With no room, how often an accept loop looks again for a connection gone idle meanwhile
+/// (it is woken at once when a connection ends).
+const RECHECK: Duration = Duration::from_secs(1);
 
 /// Every open client connection of one proxy.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Clients {
     open: AtomicUsize,
     /// Woken whenever a connection ends.
     ended: Notify,
     /// Set by `close`: responses say `Connection: close` and idle connections are closed.
-    closing: CancellationToken,
+    pub(super) closing: CancellationToken,
     /// `closing` as a plain flag, read on every response and every wake of a connection (the
     /// token's own check takes a lock).
-    closing_flag: AtomicBool,
+    pub(super) closing_flag: AtomicBool,
     /// Set at the deadline of `close`: every remaining connection is shut down.
-    cut: CancellationToken,
+    pub(super) cut: CancellationToken,
+    /// Per worker, the connections its event loop serves, to find one to close for room. Each
+    /// is locked by its own worker as connections come and go, by others only when full.
+    seats: Box<[Mutex<Seats>]>,
+    /// The process's connections, all proxies together.
+    budget: &'static Budget,
+    /// An accept loop found no room: said once, until the connections fall an eighth below.
+    full: AtomicBool,
+}
+
+/// The connections of one worker, each in a slot that stays its own until it ends.
+#[derive(Debug, Default)]
+struct Seats {
+    taken: Vec<Option<Arc<Open>>>,
+    free: Vec<usize>,
+}
+
+/// A connection's place among the ones that may be closed for room, until dropped.
+pub(super) struct Seat<'a> {
+    clients: &'a Clients,
+    worker: usize,
+    index: usize,
+}
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        let mut seats = lock(&self.clients.seats[self.worker]);
+        seats.taken[self.index] = None;
+        seats.free.push(self.index);
+    }
 }
 
 /// One client connection as [`Clients`] counts it; dropping it counts the connection as ended.
 #[derive(Debug)]
 pub(super) struct Open {
-    clients: Arc<Clients>,
+    pub(super) clients: Arc<Clients>,
     /// Woken by every answer once the close began, so the closing connection can tell whether
     /// its client is active.
-    answered: Notify,
+    pub(super) answered: Notify,
     /// Requests begun, for the idle check.
-    begun: AtomicU64,
+    pub(super) begun: AtomicU64,
     /// Requests begun and not yet answered to their last byte.
-    active: AtomicUsize,
-    /// How long a connection may sit unused before it is closed: [`IDLE_TIMEOUT`].
-    idle_timeout: Duration,
+    pub(super) active: AtomicUsize,
+    /// The proxy's limits when the connection was accepted.
+    pub(super) limits: ClientLimits,
+    /// How the client takes its responses (`send_timeout`).
+    pub(super) send: SendState,
+    pub(super) born: Instant,
+    /// Set when the connection is to be closed to make room, and `evicted` woken.
+    pub(super) evict: AtomicBool,
+    pub(super) evicted: Notify,
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
         self.clients.open.fetch_sub(1, Ordering::SeqCst);
+        self.clients.budget.give_back();
         self.clients.ended.notify_waiters();
     }
 }
 
 impl Clients {
+    /// The clients of a proxy with `workers` event loops, counted against the process's budget.
+    pub(super) fn new(workers: usize) -> Clients {
+        Clients {
+            open: AtomicUsize::new(0),
+            ended: Notify::new(),
+            closing: CancellationToken::new(),
+            closing_flag: AtomicBool::new(false),
+            cut: CancellationToken::new(),
+            seats: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            budget: room::budget(),
+            full: AtomicBool::new(false),
+        }
+    }
+
     /// Counts a new connection until the returned guard drops.
-    pub(super) fn open(self: &Arc<Self>, idle_timeout: Duration) -> Arc<Open> {
+    pub(super) fn open(self: &Arc<Self>, limits: ClientLimits) -> Arc<Open> {
         self.open.fetch_add(1, Ordering::SeqCst);
+        self.budget.take();
+        let born = Instant::now();
         Arc::new(Open {
             clients: self.clone(),
             answered: Notify::new(),
             begun: AtomicU64::new(0),
             active: AtomicUsize::new(0),
-            idle_timeout,
+            limits,
+            send: SendState::new(born),
+            born,
+            evict: AtomicBool::new(false),
+            evicted: Notify::new(),
         })
+    }
+
+    /// How many connections are open.
+    pub(super) fn count(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Puts `open`, served by `worker`, among the connections that may be closed for room.
+    pub(super) fn seat(&self, worker: usize, open: &Arc<Open>) -> Seat<'_> {
+        let worker = worker % self.seats.len();
+        let mut seats = lock(&self.seats[worker]);
+        let index = match seats.free.pop() {
+            Some(index) => {
+                seats.taken[index] = Some(open.clone());
+                index
+            }
+            None => {
+                seats.taken.push(Some(open.clone()));
+                seats.taken.len() - 1
+            }
+        };
+        Seat {
+            clients: self,
+            worker,
+            index,
+        }
+    }
+
+    fn full(&self, max: usize) -> bool {
+        self.open.load(Ordering::Relaxed) >= max || self.budget.full()
+    }
+
+    /// An eighth below both limits.
+    fn relieved(&self, max: usize) -> bool {
+        self.open.load(Ordering::Relaxed) < max - max / 8 && self.budget.relieved()
+    }
+
+    /// Returns once this proxy may take one more connection: fewer than `max` open, and room in
+    /// the process's budget. Else it closes the oldest idle connection to make room, or with
+    /// none idle waits for one to end, while new connections wait in the listen backlog.
+    pub(super) async fn wait_for_room(&self, max: usize, addr: SocketAddr) {
+        if !self.full(max) && !self.full.load(Ordering::Relaxed) {
+            return;
+        }
+        loop {
+            // Made before the check: an end in between still wakes it.
+            let ended = self.ended.notified();
+            if !self.full(max) {
+                // Said once the pressure is off, not at each connection let in at the limit.
+                if self.relieved(max) && self.full.swap(false, Ordering::Relaxed) {
+                    tracing::info!("proxy on {addr}: room for new connections again");
+                }
+                return;
+            }
+            if !self.full.swap(true, Ordering::Relaxed) {
+                let open = self.count();
+                let why = if open >= max {
+                    format!("{open} client connections open, its max_connections")
+                } else {
+                    format!(
+                        "the process's {} client connections (from its limit on open files) in use",
+                        self.budget.limit()
+                    )
+                };
+                tracing::warn!(
+                    "proxy on {addr}: {why}: closing idle connections to make room, else new ones wait in the listen backlog"
+                );
+            }
+            self.make_room(ended, RECHECK).await;
+        }
+    }
+
+    /// After an accept failed for want of descriptors or memory (which the budget should have
+    /// spared): closes the oldest idle connection and waits for a connection to end, or `pause`.
+    pub(super) async fn starved(&self, pause: Duration) {
+        self.make_room(self.ended.notified(), pause).await;
+    }
+
+    /// Closes the oldest idle connection, then waits for one of this proxy to end (`ended`, made
+    /// before the caller looked), or of any proxy while the budget is full, or for `pause`.
+    async fn make_room(&self, ended: Notified<'_>, pause: Duration) {
+        self.evict_oldest_idle();
+        let budget_full = self.budget.full();
+        tokio::select! {
+            () = ended => {}
+            () = self.budget.freed(), if budget_full => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+
+    /// Asks the oldest idle connection (no request in progress, older than [`EVICT_GRACE`]) of
+    /// any worker to close, if there is one.
+    fn evict_oldest_idle(&self) {
+        let now = Instant::now();
+        let mut oldest: Option<Arc<Open>> = None;
+        for seats in self.seats.iter() {
+            let seats = lock(seats);
+            for open in seats.taken.iter().flatten() {
+                let idle = open.active.load(Ordering::Relaxed) == 0
+                    && !open.evict.load(Ordering::Relaxed)
+                    && now.duration_since(open.born) >= EVICT_GRACE;
+                if idle && oldest.as_ref().is_none_or(|o| open.born < o.born) {
+                    oldest = Some(open.clone());
+                }
+            }
+        }
+        if let Some(open) = oldest {
+            open.evict.store(true, Ordering::Relaxed);
+            open.evicted.notify_one();
+        }
     }
 
     /// Begins the close: from now on every response says `Connection: close`.
@@ -170,101 +345,11 @@ impl Open {
         }
         response
     }
-
-    /// Drives `conn` to its end; once the close began, shuts it down (gracefully: a response in
-    /// progress still goes out) when its client stays idle for [`IDLE_GRACE`] or at the deadline.
-    /// `None`: dropped after it stayed unused (see [`IDLE_TIMEOUT`]).
-    pub(super) async fn serve<C, T, E>(
-        &self,
-        conn: C,
-        graceful_shutdown: impl Fn(&mut C),
-    ) -> Option<Result<T, E>>
-    where
-        C: Future<Output = Result<T, E>> + Unpin,
-    {
-        let mut conn = conn;
-        let ended = {
-            let closing = std::pin::pin!(self.clients.closing.cancelled());
-            let idle = std::pin::pin!(tokio::time::sleep(self.idle_timeout));
-            UntilClosing {
-                conn: &mut conn,
-                open: self,
-                closing,
-                listening: false,
-                idle,
-                begun: 0,
-            }
-            .await
-        };
-        match ended {
-            Ended::Done(result) => return Some(result),
-            Ended::Idle => {
-                // Gracefully: the end of a response still being written to a slow reader goes
-                // out. A head never finished (or that end) gets one more period, then is dropped.
-                graceful_shutdown(&mut conn);
-                return tokio::time::timeout(self.idle_timeout, conn).await.ok();
-            }
-            Ended::Closing => {}
-        }
-        loop {
-            // An answer missed between two turns costs nothing: each turn waits afresh.
-            tokio::select! {
-                result = &mut conn => return Some(result),
-                () = self.clients.cut.cancelled() => break,
-                () = self.answered.notified() => {}
-                () = tokio::time::sleep(IDLE_GRACE) => break,
-            }
-        }
-        graceful_shutdown(&mut conn);
-        Some(conn.await)
-    }
 }
 
-/// How a connection's run before the close ended.
-enum Ended<R> {
-    Done(R),
-    Closing,
-    Idle,
-}
-
-/// A connection driven until it ends, the close begins, or it is found unused at the end of an
-/// [`IDLE_TIMEOUT`] period. The close signal is polled once to register the task's waker, then
-/// only after the flag says it fired: a connection is woken several times per request, and each
-/// poll of the token takes a lock.
-struct UntilClosing<'a, 'b, C> {
-    conn: &'a mut C,
-    open: &'b Open,
-    closing: Pin<&'a mut tokio_util::sync::WaitForCancellationFuture<'b>>,
-    listening: bool,
-    idle: Pin<&'a mut tokio::time::Sleep>,
-    /// `Open::begun` at the start of the current idle period.
-    begun: u64,
-}
-
-impl<C: Future + Unpin> Future for UntilClosing<'_, '_, C> {
-    type Output = Ended<C::Output>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if let Poll::Ready(result) = Pin::new(&mut *this.conn).poll(cx) {
-            return Poll::Ready(Ended::Done(result));
-        }
-        // The task's waker is the same on every poll, so the one registered first stays valid.
-        if !this.listening || this.open.clients.closing_flag.load(Ordering::SeqCst) {
-            this.listening = true;
-            if this.closing.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ended::Closing);
-            }
-        }
-        while this.idle.as_mut().poll(cx).is_ready() {
-            let begun = this.open.begun.load(Ordering::Relaxed);
-            if begun == this.begun && this.open.active.load(Ordering::Relaxed) == 0 {
-                return Poll::Ready(Ended::Idle);
-            }
-            this.begun = begun;
-            let next = tokio::time::Instant::now() + this.open.idle_timeout;
-            this.idle.as_mut().reset(next);
-        }
-        Poll::Pending
-    }
+/// The registry lock: a panic while holding it leaves plain data behind, still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -141,6 +141,7 @@ async fn route(
             id_from_client: id.from_client,
         },
     );
+    req.pace_body(client.counted.limits.body());
     // A replayable request is sent once more if the first exchange breaks.
     let mut replays = u8::from(replayable);
     // Only a new connection is sure to carry no bytes of an earlier exchange.
@@ -191,6 +192,8 @@ async fn route(
                 Err(SendError::Connect(err)) => {
                     tracing::debug!(backend = %state.backend.id, "connect failed, trying another: {err}");
                 }
+                // Not recorded against the instance: a client that stalls its body, or sends a
+                // broken one, is no sign of a bad release.
                 Err(SendError::Cut) => {
                     return status(
                         StatusCode::BAD_GATEWAY,
@@ -200,10 +203,7 @@ async fn route(
                 Err(SendError::Client(err)) => {
                     state.record_client_abort(client.worker);
                     tracing::debug!(backend = %state.backend.id, "the client's request body failed: {err}");
-                    return status(
-                        StatusCode::BAD_REQUEST,
-                        "400 bad request: the request body could not be read\n",
-                    );
+                    return client_failed(&err);
                 }
                 Err(SendError::Exchange(err)) => {
                     state.record_broken(client.worker, routed);
@@ -378,6 +378,26 @@ async fn tunnel(
             tracing::debug!(backend = %state.backend.id, "tunnel cut at the proxy's close deadline");
         }
     }
+}
+
+/// The answer to a request whose body failed on the client's side; the connection ends with it
+/// (the rest of the body will not be read).
+fn client_failed(err: &std::io::Error) -> Response<ResponseBody> {
+    let mut response = if err.kind() == std::io::ErrorKind::TimedOut {
+        status(
+            StatusCode::REQUEST_TIMEOUT,
+            "408 request timeout: the request body stopped arriving\n",
+        )
+    } else {
+        status(
+            StatusCode::BAD_REQUEST,
+            "400 bad request: the request body could not be read\n",
+        )
+    };
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn status(code: StatusCode, text: &'static str) -> Response<ResponseBody> {

@@ -18,13 +18,17 @@ mod body;
 mod canary;
 mod client;
 mod clients;
+mod connection;
 mod forward;
 mod framing;
 mod head;
 mod histogram;
+mod limits;
+mod pace;
 mod pool;
 mod proxy_protocol;
 mod request;
+mod room;
 mod tcp;
 mod workers;
 
@@ -42,6 +46,8 @@ use backend::BackendState;
 pub use canary::{CanaryRoute, Side};
 use clients::Clients;
 pub use histogram::quantile;
+pub use limits::ClientLimits;
+use limits::Limits;
 use workers::Workers;
 
 /// One instance as the proxy sees it. Shared between the route and its counters.
@@ -129,8 +135,8 @@ struct Shared {
     proxy_protocol: AtomicBool,
     /// Connections are piped whole to one instance (see `set_tcp`).
     tcp: AtomicBool,
-    /// How long an unused client connection stays open, in milliseconds (see `set_idle_timeout`).
-    idle_timeout_ms: AtomicU64,
+    /// What a client may hold and for how long (see `set_client_limits`).
+    limits: Limits,
     /// How long a request waits for an instance while none is routed, in milliseconds (see
     /// `set_hold`).
     hold_ms: AtomicU64,
@@ -154,10 +160,6 @@ struct Lane {
 impl Shared {
     fn lane(&self, worker: usize) -> &Lane {
         &self.lanes[worker % self.lanes.len()]
-    }
-
-    fn idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
     }
 
     /// Waits, within a request's hold (`set_hold`), for a route to try again: another than
@@ -276,10 +278,10 @@ impl Proxy {
                 .collect(),
             known: Mutex::new(Vec::new()),
             workers,
-            clients: Arc::default(),
+            clients: Arc::new(Clients::new(workers)),
             proxy_protocol: AtomicBool::new(false),
             tcp: AtomicBool::new(false),
-            idle_timeout_ms: AtomicU64::new(clients::IDLE_TIMEOUT.as_millis() as u64),
+            limits: Limits::new(ClientLimits::default()),
             hold_ms: AtomicU64::new(0),
             route_changed: Notify::new(),
             cookie_key: rand::random(),
@@ -392,11 +394,26 @@ impl Proxy {
         self.shared.tcp.store(on, Ordering::Relaxed);
     }
 
-    /// How long a client connection with no request begun and none in progress stays open
-    /// (30 s unless set): it is closed after one to two such periods. New connections only.
+    /// What a client may hold and for how long: the most connections open at once, and how
+    /// long an unused connection, a stalled request body or an untaken response may last (see
+    /// [`ClientLimits`]). The connection limit applies at once; the rest to new connections.
+    pub fn set_client_limits(&self, limits: ClientLimits) {
+        self.shared.limits.set(limits);
+    }
+
+    /// Sets only `idle_timeout` of the client limits (30 s unless set): a connection with no
+    /// request begun and none in progress is closed after one to two such periods.
     pub fn set_idle_timeout(&self, timeout: Duration) {
-        let ms = timeout.as_millis().clamp(1, u64::MAX as u128) as u64;
-        self.shared.idle_timeout_ms.store(ms, Ordering::Relaxed);
+        let limits = self.shared.limits.get();
+        self.set_client_limits(ClientLimits {
+            idle_timeout: timeout,
+            ..limits
+        });
+    }
+
+    /// Client connections open now.
+    pub fn client_connections(&self) -> usize {
+        self.shared.clients.count()
     }
 
     /// Counters of every backend currently routed or still draining.

@@ -6,19 +6,28 @@
 //! The workers share only what `Proxy` shares with them: the route (`ArcSwap`), the counters
 //! (atomics) and the drain signals (`Notify`, `CancellationToken`), all runtime-agnostic, so
 //! `drain` and `stats` work from the caller's runtime.
+//!
+//! An accept loop takes a connection only when there is room for it (`Clients::wait_for_room`:
+//! the app's `max_connections`, the process's budget of descriptors); otherwise the connection
+//! waits in the kernel's backlog. The client's socket is [`Watched`], so that the connection's
+//! timer can tell a client that does not take its response.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{forward, proxy_protocol, tcp, Shared};
+use super::{clients, forward, proxy_protocol, tcp, Shared};
 
 /// The worker threads of one proxy. Dropping it stops them and waits until they let go of the
 /// listening socket, so the address is free when the drop returns.
@@ -47,6 +56,10 @@ const BALANCE_SLACK: usize = 2;
 /// How long it pauses: the others, woken by the same connection, take it meanwhile; if they are
 /// all busy, the connection waits no longer than this.
 const BALANCE_PAUSE: Duration = Duration::from_millis(1);
+
+/// The first pause after an accept failed; it doubles up to the max while accepts keep failing.
+const ACCEPT_PAUSE_FIRST: Duration = Duration::from_millis(50);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// One worker per core, as nginx's `worker_processes auto`.
 pub(super) fn default_count() -> usize {
@@ -244,7 +257,7 @@ impl Worker {
     async fn accept_loop(&self, listener: TcpListener, open: &Arc<Open>) {
         let mut http = hyper::server::conn::http1::Builder::new();
         // No header read timeout: hyper arms one per request, which costs a timer (and often a
-        // wake-up of the runtime) each time. `clients::IDLE_TIMEOUT` closes slow and idle
+        // wake-up of the runtime) each time. The app's `idle_timeout` closes slow and idle
         // connections instead, with one timer per connection. No vectored writes: the head and
         // a body chunk copied into one buffer and sent with one `write` cost less than a
         // `writev` of the two (about 5 % more requests/s in the proxy bench).
@@ -253,6 +266,13 @@ impl Worker {
             .header_read_timeout(None)
             .writev(false);
         let http = Arc::new(http);
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+        let clients = &self.shared.clients;
+        // While accepts fail: the next pause, and whether it was said.
+        let mut pause = ACCEPT_PAUSE_FIRST;
+        let mut failing = false;
         loop {
             // Every worker is woken by a new connection and the first to call accept takes it: a
             // worker already holding more than its share lets the others go first for a moment,
@@ -260,19 +280,36 @@ impl Worker {
             if self.ahead_of_others(open) {
                 tokio::time::sleep(BALANCE_PAUSE).await;
             }
+            // Two loads while there is room.
+            clients
+                .wait_for_room(self.shared.limits.max_connections(), addr)
+                .await;
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
+                // The peer gave up while in the backlog: nothing to wait for.
+                Err(err) if per_connection(&err) => continue,
                 Err(err) => {
-                    // Out of file descriptors and the like: pause instead of spinning on it.
-                    tracing::warn!("proxy accept failed: {err}; retrying in 50ms");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors or memory (the budget should have spared them) and the
+                    // like: make room, and never spin on it — the connection stays in the
+                    // backlog, so the listener stays readable.
+                    if !failing {
+                        tracing::warn!("proxy on {addr}: accept failed: {err}; closing an idle connection and waiting for one to end (said once)");
+                        failing = true;
+                    }
+                    clients.starved(pause).await;
+                    pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
                     continue;
                 }
             };
+            if failing {
+                tracing::info!("proxy on {addr}: accepting again");
+                failing = false;
+                pause = ACCEPT_PAUSE_FIRST;
+            }
             let _ = stream.set_nodelay(true);
             let guard = OpenGuard::new(open.clone());
             // Counted here, not in the task: `close` must see it as soon as the loop has stopped.
-            let client_open = self.shared.clients.open(self.shared.idle_timeout());
+            let client_open = clients.open(self.shared.limits.get());
             let open = open.clone();
             let shared = self.shared.clone();
             let http = http.clone();
@@ -311,14 +348,91 @@ impl Worker {
                         async move { response.await.map(|r| client_open.answer(r, active)) }
                     })
                 };
+                let stream = Watched {
+                    io: stream,
+                    open: client_open.clone(),
+                };
                 let conn = std::pin::pin!(http
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades());
-                let served = client_open.serve(conn, |conn| conn.as_mut().graceful_shutdown());
+                let served =
+                    client_open.serve(worker, conn, |conn| conn.as_mut().graceful_shutdown());
                 if let Some(Err(err)) = served.await {
                     tracing::debug!(%peer, "client connection ended: {err}");
                 }
             });
         }
+    }
+}
+
+/// Errors of one connection that left the backlog before it was accepted, not of the listener.
+fn per_connection(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// A client's socket that notes, for `send_timeout`, when a write finds it full and when one
+/// goes out (`pace::SendState`): nothing else, so the hot path pays two relaxed atomics a write.
+struct Watched {
+    io: TcpStream,
+    open: Arc<clients::Open>,
+}
+
+impl Watched {
+    fn noted(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match &written {
+            Poll::Ready(Ok(n)) => self.open.send.wrote(*n),
+            Poll::Pending => self.open.send.full(),
+            Poll::Ready(Err(_)) => {}
+        }
+        written
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.noted(written)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.noted(written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

@@ -4,7 +4,7 @@
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use cutover::protocol::client::Client;
@@ -32,10 +32,17 @@ pub struct Supervisor {
 impl Supervisor {
     /// Starts `cutover supervise` and waits until its control socket answers.
     pub fn start(home: &Path) -> Supervisor {
+        Supervisor::start_with(home, |_| {})
+    }
+
+    /// [`Supervisor::start`], with the command set up by `setup` first (limits, environment).
+    pub fn start_with(home: &Path, setup: impl FnOnce(&mut Command)) -> Supervisor {
         let state_dir = home.join("state");
         let socket = home.join("cutover.sock");
         let stderr = home.join("supervisor.log");
-        let child = spawn(&state_dir, &socket, &stderr, &[]);
+        let mut command = command(&state_dir, &socket, &stderr, &[]);
+        setup(&mut command);
+        let child = command.spawn().expect("start cutover supervise");
         let supervisor = Supervisor {
             state_dir,
             socket,
@@ -235,12 +242,20 @@ impl Supervisor {
 
 /// `cutover supervise ARGS` on `state_dir` and `socket`, logging (appending) to `stderr`.
 pub fn spawn(state_dir: &Path, socket: &Path, stderr: &Path, args: &[&str]) -> Child {
+    command(state_dir, socket, stderr, args)
+        .spawn()
+        .expect("start cutover supervise")
+}
+
+/// The command [`spawn`] runs.
+fn command(state_dir: &Path, socket: &Path, stderr: &Path, args: &[&str]) -> Command {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(stderr)
         .expect("open the supervisor's log");
-    cutover()
+    let mut command = cutover();
+    command
         .arg("supervise")
         .arg("--state-dir")
         .arg(state_dir)
@@ -250,9 +265,8 @@ pub fn spawn(state_dir: &Path, socket: &Path, stderr: &Path, args: &[&str]) -> C
         .env("RUST_LOG", "cutover=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start cutover supervise")
+        .stderr(log);
+    command
 }
 
 impl Drop for Supervisor {

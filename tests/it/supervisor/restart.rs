@@ -310,6 +310,8 @@ fn the_systemd_units_pass_the_default_control_socket_and_keep_the_apps_running()
         "KillMode=process",
         "Requires=cutover.socket",
         "StateDirectory=cutover",
+        // The supervisor raises its soft limit to the hard one; its apps get 1024 back.
+        "LimitNOFILE=1024:524288",
     ] {
         assert!(
             service.iter().any(|l| l == line),
