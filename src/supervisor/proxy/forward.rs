@@ -3,7 +3,6 @@
 //! response or the WebSocket tunnel — never an answer that belongs to another request.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,9 +20,9 @@ use super::clients;
 use super::framing::Framing;
 use super::head::{Forwarding, Head, X_REQUEST_ID};
 use super::request::{self, strip_hop_by_hop};
+use super::route::{next_backend, sides, Hold};
 use super::workers::{Open, OpenGuard};
-use super::{Hold, Lane, Shared, Side, Table};
-use crate::protocol::app::Balance;
+use super::{Shared, Side};
 
 /// A longer incoming `X-Request-Id` is replaced by a new one rather than passed on.
 const MAX_REQUEST_ID: usize = 200;
@@ -254,50 +253,6 @@ fn answers_another(state: &BackendState, head: &Head, sent: &HeaderValue) -> boo
     state.echoes_ids()
 }
 
-/// The ranges of `table.backends` a request on `side` tries, in order: its own side's
-/// instances, then the other side's (during a canary; else the second is empty).
-pub(super) fn sides(table: &Table, side: Side) -> [std::ops::Range<usize>; 2] {
-    let (stable, canary) = (0..table.stable, table.stable..table.backends.len());
-    match side {
-        Side::Canary if !canary.is_empty() => [canary, stable],
-        _ => [stable, canary],
-    }
-}
-
-/// The next backend to try, taking the round-robin turn: from the first range (the request's
-/// side), else the second; marks it in `tried`. `None` once every one of both was tried.
-pub(super) fn next_backend(
-    table: &Table,
-    lane: &Lane,
-    sides: [&std::ops::Range<usize>; 2],
-    tried: &mut u64,
-) -> Option<usize> {
-    let turn = lane.next.fetch_add(1, Ordering::Relaxed);
-    let index = sides
-        .iter()
-        .find_map(|range| pick(table, (*range).clone(), turn, *tried))?;
-    *tried |= 1u64 << (index % 64);
-    Some(index)
-}
-
-/// The next instance of `table.backends[range]` to try, skipping those in `tried` (a bit per
-/// index of `table.backends`).
-pub(super) fn pick(
-    table: &Table,
-    range: std::ops::Range<usize>,
-    turn: usize,
-    tried: u64,
-) -> Option<usize> {
-    let n = range.len();
-    let untried = |i: &usize| tried & (1u64 << (i % 64)) == 0;
-    let mut order = (0..n).map(|k| range.start + (turn + k) % n).filter(untried);
-    match table.balance {
-        Balance::RoundRobin => order.next(),
-        // Ties go to the round-robin order, so equal instances still share the load.
-        Balance::LeastConnections => order.min_by_key(|&i| table.backends[i].in_flight()),
-    }
-}
-
 /// The instance's response for the client; a 101 to an upgrade becomes a tunnel.
 fn respond(
     head: Head,
@@ -412,48 +367,6 @@ fn status(code: StatusCode, text: &'static str) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn table(n: usize, balance: Balance) -> Table {
-        let backends = (0..n)
-            .map(|i| {
-                Arc::new(BackendState::new(
-                    Arc::new(super::super::Backend {
-                        id: format!("b{i}"),
-                        version: "v1".into(),
-                        addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
-                    }),
-                    1,
-                ))
-            })
-            .collect();
-        Table {
-            backends,
-            stable: n,
-            balance,
-            split: None,
-        }
-    }
-
-    #[test]
-    fn round_robin_takes_turns_and_skips_tried_backends() {
-        let t = table(3, Balance::RoundRobin);
-        assert_eq!(pick(&t, 0..3, 0, 0), Some(0));
-        assert_eq!(pick(&t, 0..3, 4, 0), Some(1));
-        assert_eq!(pick(&t, 0..3, 4, 0b010), Some(2));
-        assert_eq!(pick(&t, 0..3, 4, 0b111), None);
-    }
-
-    #[test]
-    fn least_connections_prefers_the_idlest_backend() {
-        let t = Arc::new(table(3, Balance::LeastConnections));
-        let _busy = [
-            InFlight::new(t.clone(), 0, 0),
-            InFlight::new(t.clone(), 1, 0),
-        ];
-        assert_eq!(pick(&t, 0..3, 0, 0), Some(2));
-        assert_eq!(pick(&t, 0..3, 0, 0b100), Some(0), "ties go in turn order");
-        assert_eq!(t.backends[0].in_flight(), 1);
-    }
 
     #[test]
     fn a_new_request_id_is_16_random_hex_digits() {

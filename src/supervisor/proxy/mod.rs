@@ -29,6 +29,7 @@ mod pool;
 mod proxy_protocol;
 mod request;
 mod room;
+mod route;
 mod tcp;
 mod workers;
 
@@ -48,6 +49,7 @@ use clients::Clients;
 pub use histogram::quantile;
 pub use limits::ClientLimits;
 use limits::Limits;
+use route::{Hold, Lane, Table};
 use workers::Workers;
 
 /// One instance as the proxy sees it. Shared between the route and its counters.
@@ -100,25 +102,6 @@ pub struct BackendStats {
     pub latency: Vec<u64>,
 }
 
-/// The route as requests read it: each backend with its live state. During a canary the
-/// canary's instances follow the stable ones in `backends` (from index `stable` on), so that an
-/// in-flight mark can name any backend by its index.
-#[derive(Debug, Default)]
-struct Table {
-    backends: Vec<Arc<BackendState>>,
-    /// How many of `backends` are the stable release's; the rest are the canary's.
-    stable: usize,
-    balance: Balance,
-    /// How requests are split while a canary runs.
-    split: Option<canary::Split>,
-}
-
-impl Table {
-    fn routes(&self, state: &Arc<BackendState>) -> bool {
-        self.backends.iter().any(|s| Arc::ptr_eq(s, state))
-    }
-}
-
 /// What every connection task shares with the `Proxy` handle.
 #[derive(Debug)]
 struct Shared {
@@ -146,73 +129,22 @@ struct Shared {
     cookie_key: [u8; 32],
 }
 
-/// One worker's copy of the route and its round-robin turn, on a cache line of its own: each
-/// worker takes (and counts references to) its own copy, so no request writes where a request on
-/// another core does.
-#[derive(Debug)]
-#[repr(align(128))]
-struct Lane {
-    route: ArcSwap<Table>,
-    /// Round-robin turn; also breaks ties for least-connections.
-    next: AtomicUsize,
-}
-
 impl Shared {
     fn lane(&self, worker: usize) -> &Lane {
         &self.lanes[worker % self.lanes.len()]
     }
 
-    /// Waits, within a request's hold (`set_hold`), for a route to try again: another than
-    /// `seen` with an instance in it, or after a pause that doubles each time (an instance
-    /// restarted on the same address changes no route), the same one. `None`: no hold, or it
-    /// ran out. Only for a request that no instance could take yet (none routed, or none
-    /// accepting connections): nothing of it has been sent, so it can go again.
+    /// Waits, within a request's hold (`set_hold`), for a route to try again (see
+    /// `route::rerouted`).
     async fn rerouted(
         &self,
         worker: usize,
         seen: &Arc<Table>,
         hold: &mut Hold,
     ) -> Option<Arc<Table>> {
-        let until = *hold.until.get_or_insert_with(|| {
-            let hold = Duration::from_millis(self.hold_ms.load(Ordering::Relaxed));
-            tokio::time::Instant::now() + hold
-        });
-        hold.pause = (hold.pause * 2).clamp(HOLD_RETRY_FIRST, HOLD_RETRY_MAX);
-        let retry_at = (tokio::time::Instant::now() + hold.pause).min(until);
-        let lane = self.lane(worker);
-        loop {
-            let changed = self.route_changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let table = lane.route.load_full();
-            let now = tokio::time::Instant::now();
-            if now >= until {
-                return None;
-            }
-            if !table.backends.is_empty() && (!Arc::ptr_eq(&table, seen) || now >= retry_at) {
-                return Some(table);
-            }
-            let wake = if table.backends.is_empty() {
-                until
-            } else {
-                retry_at
-            };
-            let _ = tokio::time::timeout_at(wake, changed).await;
-        }
+        let hold_for = Duration::from_millis(self.hold_ms.load(Ordering::Relaxed));
+        route::rerouted(self.lane(worker), &self.route_changed, hold_for, seen, hold).await
     }
-}
-
-/// The first pause before a held request tries the same route again; it doubles up to the max.
-const HOLD_RETRY_FIRST: Duration = Duration::from_millis(50);
-const HOLD_RETRY_MAX: Duration = Duration::from_millis(500);
-
-/// One request's wait for an instance (see `Shared::rerouted`).
-#[derive(Debug, Default)]
-pub(super) struct Hold {
-    /// Set by the first wait: when the request stops waiting.
-    until: Option<tokio::time::Instant>,
-    /// The last pause before trying the same route again.
-    pause: Duration,
 }
 
 /// A running proxy for one app; dropping it closes the listener and stops its worker threads

@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 use super::backend::{BackendState, InFlight, Routed};
 use super::client::Conn;
 use super::clients;
-use super::forward::{next_backend, sides};
-use super::{Hold, Shared, Side};
+use super::route::{next_backend, sides, Hold};
+use super::{Shared, Side};
 
 /// The buffers for the bytes before the instance's first answer (then `copy` takes over).
 const FIRST_READ: usize = 8 * 1024;
