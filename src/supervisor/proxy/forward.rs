@@ -96,7 +96,13 @@ async fn route(
     id: &RequestId,
 ) -> Response<ResponseBody> {
     if let Some((code, why)) = request::refused(&req) {
-        return status(code, why);
+        // What follows a refused request on its connection (a CONNECT's tunnel bytes) is no
+        // request either: the connection ends with the answer.
+        let mut response = status(code, why);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
     }
     let lane = shared.lane(client.worker);
     let mut table = lane.route.load_full();

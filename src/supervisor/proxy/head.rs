@@ -267,6 +267,26 @@ mod tests {
     }
 
     #[test]
+    fn underscore_spellings_of_the_forwarding_headers_are_left_out() {
+        let req = http::Request::get("/")
+            .header("host", "shop.example")
+            .header("x_forwarded_for", "6.6.6.6")
+            .header("X-Forwarded_Proto", "https")
+            .header("x_request_id", "forged")
+            .header("x_custom_thing", "kept")
+            .body(())
+            .unwrap();
+        let head = encoded(req, false);
+        assert!(
+            !head.contains("6.6.6.6") && !head.contains("forged"),
+            "{head}"
+        );
+        assert!(!head.contains("https"), "{head}");
+        assert!(head.contains("x_custom_thing: kept\r\n"), "{head}");
+        assert!(head.contains("x-forwarded-for: 127.0.0.1\r\n"), "{head}");
+    }
+
+    #[test]
     fn the_proxy_s_headers_are_added_once_and_the_client_appended() {
         let req = http::Request::get("/a?b=1")
             .header("host", "shop.example")

@@ -21,6 +21,8 @@ mod clients;
 mod connection;
 mod forward;
 mod framing;
+#[doc(hidden)]
+pub mod fuzz;
 mod head;
 mod histogram;
 mod limits;

@@ -412,3 +412,41 @@ async fn posts_racing_an_instance_s_idle_close_all_get_through_once() {
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "POSTs the instance got twice: {twice:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_proxy_must_not_pass_on_are_answered_by_it() {
+    let proxy = proxy_to(echo_backend().await).await;
+    let addr = proxy.local_addr;
+    let many_headers: String = (0..101).map(|i| format!("x-h{i}: 1\r\n")).collect();
+    let cases = [
+        (
+            "GET / HTTP/1.1\r\nconnection: close\r\n\r\n".to_owned(),
+            "400",
+        ),
+        (
+            "GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n".to_owned(),
+            "400",
+        ),
+        (
+            "CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\n\r\n".to_owned(),
+            "405",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nhost: t\r\n{many_headers}connection: close\r\n\r\n"),
+            "431",
+        ),
+        // HTTP/1.0 needs no Host.
+        ("GET / HTTP/1.0\r\n\r\n".to_owned(), "200"),
+    ];
+    for (request, status) in cases {
+        let answer = raw(addr, &request).await;
+        let line = answer.lines().next().unwrap_or_default().to_owned();
+        assert!(
+            line.starts_with("HTTP/1.") && line[9..].starts_with(status),
+            "{:?}: {line:?}",
+            request.lines().next()
+        );
+    }
+    // None of the refused ones reached the instance.
+    assert_eq!(proxy.stats()[0].requests, 1, "{:?}", proxy.stats());
+}
