@@ -20,6 +20,7 @@ pub mod replay;
 pub mod source;
 pub mod template;
 pub mod unpack;
+pub mod yaml_depth;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
