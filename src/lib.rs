@@ -5,6 +5,8 @@ pub mod agent;
 pub mod cli;
 pub mod demo;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod paths;
 pub mod protocol;
 pub mod supervisor;

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::checksum::{Checksum, ChecksumError};
 use super::template::{self, TemplateError};
+use super::yaml_depth;
 use crate::protocol::AppSpec;
 
 /// Mode of `dest` when the manifest names none (stretcher's default).
@@ -88,6 +89,8 @@ pub enum ManifestError {
     Empty,
     #[error("manifest is not valid YAML: {0}")]
     Yaml(String),
+    #[error("manifest nests deeper than {limit} levels at line {line}: a manifest is a few levels deep, check how it was generated")]
+    TooDeep { line: u64, limit: usize },
     #[error("manifest has a wrong value: {0}")]
     Value(String),
     #[error("manifest is not a YAML mapping (it is {0}): expected keys like src, checksum, dest")]
@@ -144,6 +147,11 @@ pub fn parse(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Manifest, ManifestError> {
     let rendered = template::render(text, lookup)?;
+    // Before serde_norway, which reads the whole document first and is slow on deep nesting.
+    yaml_depth::check(&rendered, yaml_depth::MAX_DEPTH).map_err(|line| ManifestError::TooDeep {
+        line,
+        limit: yaml_depth::MAX_DEPTH,
+    })?;
     let value: serde_norway::Value =
         serde_norway::from_str(&rendered).map_err(|e| ManifestError::Yaml(e.to_string()))?;
     let mut warnings = Vec::new();
@@ -359,6 +367,25 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_at_once() {
+        // `{a: ` 100,000 times took minutes of CPU in serde_norway (its scanner looks at every
+        // open collection for every token); 20,000 take seconds, and no time now.
+        for deep in [
+            format!("a: {}1{}\n", "{a: ".repeat(20_000), "}".repeat(20_000)),
+            format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+        ] {
+            let start = std::time::Instant::now();
+            let err = parse(&deep, &no_vars).unwrap_err();
+            let took = start.elapsed();
+            assert_eq!(
+                err.to_string(),
+                "manifest nests deeper than 64 levels at line 1: a manifest is a few levels deep, check how it was generated"
+            );
+            assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod checksum;
 pub mod hooks;
 pub mod input;
+pub mod limits;
 pub mod lock;
 pub mod log;
 pub mod manifest;
@@ -20,12 +21,14 @@ pub mod replay;
 pub mod source;
 pub mod template;
 pub mod unpack;
+pub mod yaml_depth;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use self::hooks::{HookError, Phase};
 use self::input::{Event, EventId};
+use self::limits::Limits;
 use self::lock::LockError;
 use self::log::RunLog;
 use self::manifest::{Files, Manifest, ManifestError, SyncStrategy};
@@ -38,6 +41,8 @@ use self::source::{FetchError, FetchOptions};
 pub struct Options {
     /// Retry, timeout and bandwidth for the manifest and the `src` archive.
     pub fetch: FetchOptions,
+    /// How large `src` and its unpacked tree may be, and what must stay free on `dest`'s disk.
+    pub limits: Limits,
     /// rsync's verbosity option (`-v` by default, as stretcher).
     pub rsync_verbose: Option<String>,
     /// How long to wait for another agent deploying to the same `dest`.
@@ -249,6 +254,7 @@ async fn place_files(
         &files.checksum,
         &staging_parent,
         &opts.fetch,
+        &opts.limits,
         log,
     )
     .await?;

@@ -7,6 +7,9 @@
 //! resumes at the byte it reached when the origin honours a range request; otherwise the
 //! staging directory and the hasher start over. Whatever fails, the staging directory is
 //! removed only after its unpack thread has stopped, so no stray write can recreate it.
+//!
+//! [`Limits`] bound both sides: the download stops at `max_src_size` (a `src` that never ends
+//! fails instead of running forever), the unpack at its own limits and reserves.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::checksum::{Algorithm, Checksum, Hasher};
+use super::limits::{Limits, Size};
 use super::log::RunLog;
 use super::source::throttle::Throttle;
 use super::source::{self, Attempts, FetchError, FetchOptions, Fetcher};
@@ -71,23 +75,28 @@ pub enum PipelineError {
     },
     #[error("the unpack thread for {url} stopped unexpectedly: {detail}; this is a bug in cutover, please report it")]
     Worker { url: String, detail: String },
+    #[error("{url} is larger than {limit}: if the archive is really that large, raise --max-src-size (CUTOVER_MAX_SRC_SIZE), else check the URL")]
+    SrcTooLarge { url: String, limit: Size },
 }
 
 /// Fetches `src`, verifies it against `checksum` and unpacks it into a new staging directory
-/// created inside `staging_parent` (which must be on the same filesystem as `dest`).
+/// created inside `staging_parent` (which must be on the same filesystem as `dest`), within
+/// `limits`.
 pub async fn fetch_and_unpack(
     src: &str,
     checksum: &Checksum,
     staging_parent: &Path,
     opts: &FetchOptions,
+    limits: &Limits,
     log: &RunLog,
 ) -> Result<Staged, PipelineError> {
     let mut job = Job {
         url: src,
         checksum,
         parent: staging_parent,
+        limits: *limits,
         fetcher: Fetcher::new(src, opts)?,
-        stage: Some(Stage::start(staging_parent, src)?),
+        stage: Some(Stage::start(staging_parent, src, *limits)?),
         retired: Vec::new(),
         hasher: checksum.hasher(),
         offset: 0,
@@ -107,6 +116,7 @@ struct Job<'a> {
     url: &'a str,
     checksum: &'a Checksum,
     parent: &'a Path,
+    limits: Limits,
     fetcher: Fetcher,
     /// `None` once handed over (finished) or abandoned.
     stage: Option<Stage>,
@@ -198,10 +208,17 @@ impl Job<'_> {
             }
         }
         if let Some(total) = opened.total {
+            // An origin that announces too much is refused before a byte is unpacked.
+            if total > self.limits.max_src_size {
+                return Err(self.too_large());
+            }
             self.progress.set_length(total);
         }
         while let Some(chunk) = opened.stream.next().await {
             let chunk = chunk?;
+            if self.offset + chunk.len() as u64 > self.limits.max_src_size {
+                return Err(self.too_large());
+            }
             if let Some(throttle) = &mut self.throttle {
                 throttle.take(chunk.len()).await;
             }
@@ -217,9 +234,16 @@ impl Job<'_> {
         Ok(())
     }
 
+    fn too_large(&self) -> PipelineError {
+        PipelineError::SrcTooLarge {
+            url: self.url.to_owned(),
+            limit: Size(self.limits.max_src_size),
+        }
+    }
+
     /// Starts over with a fresh staging directory and hasher; the old stage is retired.
     fn restart(&mut self) -> Result<(), PipelineError> {
-        let fresh = Stage::start(self.parent, self.url)?;
+        let fresh = Stage::start(self.parent, self.url, self.limits)?;
         if let Some(old) = self.stage.replace(fresh) {
             self.retired.push(old);
         }
@@ -260,7 +284,7 @@ struct Stage {
 }
 
 impl Stage {
-    fn start(parent: &Path, url: &str) -> Result<Stage, PipelineError> {
+    fn start(parent: &Path, url: &str, limits: Limits) -> Result<Stage, PipelineError> {
         let dir = tempfile::Builder::new()
             .prefix(STAGING_PREFIX)
             .tempdir_in(parent)
@@ -272,7 +296,7 @@ impl Stage {
         let root = dir.path().to_owned();
         let url = url.to_owned();
         let worker =
-            tokio::task::spawn_blocking(move || unpack::unpack(Feed::new(rx), &root, &url));
+            tokio::task::spawn_blocking(move || unpack::unpack(Feed::new(rx), &root, &url, limits));
         Ok(Stage { dir, tx, worker })
     }
 

@@ -11,6 +11,7 @@ use rand::Rng;
 
 use super::GlobalArgs;
 use crate::agent::input::{self, Event, Input};
+use crate::agent::limits::{self, Limits};
 use crate::agent::log::{RunLog, DEFAULT_CAP};
 use crate::agent::source::FetchOptions;
 use crate::agent::{Options, Outcome};
@@ -41,6 +42,35 @@ pub struct DeployFlags {
     /// How long to wait for another cutover deploying to the same dest
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+    /// The most src may download, in the units of --max-bandwidth (0: no limit)
+    #[arg(long, env = "CUTOVER_MAX_SRC_SIZE", value_name = "SIZE", default_value = "16GiB", value_parser = parse_size)]
+    pub max_src_size: u64,
+    /// The most the archive's files may hold once unpacked (0: no limit)
+    #[arg(long, env = "CUTOVER_MAX_UNPACKED_SIZE", value_name = "SIZE", default_value = "16GiB", value_parser = parse_size)]
+    pub max_unpacked_size: u64,
+    /// The most files, directories and links the archive may create (0: no limit)
+    #[arg(long, env = "CUTOVER_MAX_ENTRIES", value_name = "N", default_value_t = limits::DEFAULT_MAX_ENTRIES)]
+    pub max_entries: u64,
+    /// Space that must stay free on dest's filesystem while the archive unpacks
+    #[arg(long, env = "CUTOVER_MIN_FREE_SPACE", value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub min_free_space: u64,
+    /// Inodes that must stay free on dest's filesystem while the archive unpacks
+    #[arg(long, env = "CUTOVER_MIN_FREE_INODES", value_name = "N", default_value_t = limits::DEFAULT_MIN_FREE_INODES)]
+    pub min_free_inodes: u64,
+}
+
+impl DeployFlags {
+    /// The limits these flags set; a maximum of 0 is no limit.
+    pub fn limits(&self) -> Limits {
+        let max = |value: u64| if value == 0 { u64::MAX } else { value };
+        Limits {
+            max_src_size: max(self.max_src_size),
+            max_unpacked_size: max(self.max_unpacked_size),
+            max_entries: max(self.max_entries),
+            min_free_space: self.min_free_space,
+            min_free_inodes: self.min_free_inodes,
+        }
+    }
 }
 
 /// The agent's own flags: what stretcher's command line takes.
@@ -72,6 +102,11 @@ const LONG_FLAGS: &[&str] = &[
     "version",
     "http-header",
     "lock-timeout",
+    "max-src-size",
+    "max-unpacked-size",
+    "max-entries",
+    "min-free-space",
+    "min-free-inodes",
     "allow-replays",
     "no-replay-protection",
     "state-dir",
@@ -143,13 +178,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// A byte rate: `1M` = 10^6, `1MiB` = 2^20, K/G/T likewise, an optional `B`, any case.
 pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
-    let err = || format!("{text:?} is not a byte rate: use e.g. 500K, 1M, 1MiB or plain bytes");
+    parse_bytes(text).ok_or_else(|| {
+        format!("{text:?} is not a byte rate: use e.g. 500K, 1M, 1MiB or plain bytes")
+    })
+}
+
+/// A size, in the units of [`parse_bandwidth`]: `16GiB`, `500M`, `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    parse_bytes(text)
+        .ok_or_else(|| format!("{text:?} is not a size: use e.g. 500M, 16GiB or plain bytes"))
+}
+
+fn parse_bytes(text: &str) -> Option<u64> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
-    let number: f64 = number.parse().map_err(|_| err())?;
+    let number: f64 = number.parse().ok()?;
     let unit = unit.trim().to_ascii_lowercase();
     let unit = unit.strip_suffix('b').unwrap_or(&unit);
     let factor: f64 = match unit {
@@ -162,13 +208,13 @@ pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
         "mi" => 1024.0 * 1024.0,
         "gi" => 1024.0 * 1024.0 * 1024.0,
         "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(err()),
+        _ => return None,
     };
     let bytes = number * factor;
     if !bytes.is_finite() || bytes > u64::MAX as f64 {
-        return Err(err());
+        return None;
     }
-    Ok(bytes as u64)
+    Some(bytes as u64)
 }
 
 fn parse_header(text: &str) -> Result<(String, String), String> {
@@ -241,6 +287,7 @@ pub(super) fn execute(
             // The AWS default chain (environment, profile, instance metadata), as stretcher.
             s3: None,
         },
+        limits: flags.limits(),
         rsync_verbose: Some(flags.rsync_verbose.clone()).filter(|v| !v.is_empty()),
         lock_timeout: flags.lock_timeout,
         state_dir: global.state_dir(),
@@ -329,6 +376,27 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_limits_default_to_the_documented_values_and_0_lifts_a_maximum() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            deploy: DeployFlags,
+        }
+        let parse = |args: &[&str]| {
+            let argv = std::iter::once("cutover").chain(args.iter().copied());
+            Cli::try_parse_from(argv)
+                .expect("flags parse")
+                .deploy
+                .limits()
+        };
+        assert_eq!(parse(&[]), Limits::default());
+        let set = parse(&["--max-unpacked-size", "10MiB", "--max-entries", "0"]);
+        assert_eq!(set.max_unpacked_size, 10 << 20);
+        assert_eq!(set.max_entries, u64::MAX);
     }
 
     #[test]

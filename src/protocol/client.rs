@@ -68,8 +68,14 @@ pub enum ClientError {
         theirs: u32,
         supervisor: String,
     },
+    /// The supervisor answered the connection with an error in place of the handshake (its
+    /// peer-uid check does): `kind` says why, and the CLI exits with that kind's code.
     #[error("the supervisor on {} refused this connection: {message}", .socket.display())]
-    Refused { socket: PathBuf, message: String },
+    Refused {
+        socket: PathBuf,
+        kind: ErrorKind,
+        message: String,
+    },
     #[error(
         "the supervisor on {} closed the connection before answering: it may have stopped or \
          crashed, check its log and `cutover status`",
@@ -175,6 +181,7 @@ impl Client {
             (Ok(HandshakeAnswer::Refused(Response::Error(err))), _) => {
                 return Err(ClientError::Refused {
                     socket: self.socket.clone(),
+                    kind: err.kind,
                     message: err.message,
                 })
             }
@@ -218,11 +225,13 @@ impl Client {
 }
 
 impl ClientError {
-    /// The exit code of a CLI verb that ends with this error: a protocol mismatch has its own
-    /// (as when the supervisor reports one), every other connection failure is 1.
+    /// The exit code of a CLI verb that ends with this error: a protocol mismatch and a refusal
+    /// (the peer-uid check's, exit 7) have their own, as when the supervisor reports them after
+    /// the handshake; every other connection failure is 1.
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::ProtocolMismatch { .. } => ErrorKind::ProtocolMismatch.exit_code(),
+            ClientError::Refused { kind, .. } => kind.exit_code(),
             _ => 1,
         }
     }

@@ -146,6 +146,7 @@ fn child(spec: &str) {
             &checksum,
             Path::new(dest),
             &opts,
+            &cutover::agent::limits::Limits::default(),
             &log,
         ))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cutover::agent::checksum::Checksum;
+use cutover::agent::limits::Limits;
 use cutover::agent::log::RunLog;
 use cutover::agent::pipeline::{fetch_and_unpack, PipelineError, Staged};
 use cutover::agent::source::FetchOptions;
@@ -49,7 +50,7 @@ async fn run(
 ) -> (Result<Staged, PipelineError>, RunLog) {
     let log = RunLog::quiet(1 << 20);
     let checksum: Checksum = sum.parse().expect("valid checksum");
-    let result = fetch_and_unpack(url, &checksum, parent, opts, &log).await;
+    let result = fetch_and_unpack(url, &checksum, parent, opts, &Limits::default(), &log).await;
     (result, log)
 }
 

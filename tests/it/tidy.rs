@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// What the fuzz crate (`tests/fuzz/`) builds and finds: not ours to read, and ignored by git.
+const GENERATED: &[&str] = &["target", "corpus", "artifacts", "coverage"];
+
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -12,6 +15,12 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
         {
             let path = entry.unwrap().path();
             if path.is_dir() {
+                if path
+                    .file_name()
+                    .is_some_and(|name| GENERATED.iter().any(|g| name == *g))
+                {
+                    continue;
+                }
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 out.push(path);

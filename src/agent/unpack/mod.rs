@@ -7,6 +7,7 @@
 //! checksum matched ([`Msg::Verified`]): an unpack can therefore only succeed on verified bytes,
 //! and a zip (which needs the whole file) is only opened once its digest is known to be right.
 
+mod budget;
 mod entries;
 mod tar;
 mod zip;
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
+
+use super::limits::{Limits, Size};
 
 /// The formats cutover recognises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +49,7 @@ impl fmt::Display for Format {
 #[derive(Debug, Clone)]
 pub struct Unpacked {
     pub format: Format,
-    /// Entries written (files, directories, links).
+    /// Entries written (files, directories, links, and the directories their paths imply).
     pub entries: u64,
     /// Permission bits of the archive's own `./` entry, if it has one (setuid & co dropped).
     pub root_mode: Option<u32>,
@@ -72,6 +75,24 @@ pub enum UnpackError {
         url: String,
         path: PathBuf,
         source: io::Error,
+    },
+    #[error("archive {url} unpacks to more than {limit}: if the release is really that large, raise --max-unpacked-size (CUTOVER_MAX_UNPACKED_SIZE)")]
+    TooLarge { url: String, limit: Size },
+    #[error("archive {url} has more than {limit} entries (directories included): if the release really has that many files, raise --max-entries (CUTOVER_MAX_ENTRIES)")]
+    TooManyEntries { url: String, limit: u64 },
+    #[error("unpacking {url} would leave less than {reserve} free on the filesystem of {} ({free} free): free some space there, or lower --min-free-space (CUTOVER_MIN_FREE_SPACE)", dir.display())]
+    LowSpace {
+        url: String,
+        dir: PathBuf,
+        free: Size,
+        reserve: Size,
+    },
+    #[error("unpacking {url} would leave fewer than {reserve} free inodes on the filesystem of {} ({free} free): delete some files there, or lower --min-free-inodes (CUTOVER_MIN_FREE_INODES)", dir.display())]
+    LowInodes {
+        url: String,
+        dir: PathBuf,
+        free: u64,
+        reserve: u64,
     },
 }
 
@@ -125,8 +146,15 @@ impl Read for Feed {
 /// How many leading bytes format detection looks at (a tar header is 512 bytes).
 const SNIFF: u64 = 512;
 
-/// Unpacks the archive read from `input` into `root` (an existing, empty directory).
-pub fn unpack(input: impl Read, root: &Path, url: &str) -> Result<Unpacked, UnpackError> {
+/// Unpacks the archive read from `input` into `root` (an existing, empty directory), within
+/// `limits`.
+pub fn unpack(
+    input: impl Read,
+    root: &Path,
+    url: &str,
+    limits: Limits,
+) -> Result<Unpacked, UnpackError> {
+    let mut out = entries::Writer::new(root, url, budget::Budget::new(limits, root, url)?);
     let mut input = input;
     let mut head = Vec::with_capacity(SNIFF as usize);
     (&mut input)
@@ -143,7 +171,6 @@ pub fn unpack(input: impl Read, root: &Path, url: &str) -> Result<Unpacked, Unpa
         first: describe(&head),
     })?;
     let stream = Read::chain(Cursor::new(head), input);
-    let mut out = entries::Writer::new(root, url);
     match format {
         Format::Tar => tar::unpack(stream, &mut out)?,
         Format::TarGz => tar::unpack(flate2::read::MultiGzDecoder::new(stream), &mut out)?,

@@ -2,7 +2,8 @@
 //! unnamed temp file beside the staging root (same filesystem, gone when closed), then read.
 //!
 //! The spool reaches its end only once the checksum matched (see [`super::Feed`]), so the zip
-//! directory of an unverified download is never parsed.
+//! directory of an unverified download is never parsed. Its bytes take disk space, so the
+//! budget's free-space checks count them; the pipeline bounds their number (`--max-src-size`).
 
 use std::io::{self, Read, Seek};
 use std::path::Path;
@@ -15,8 +16,9 @@ const MAX_LINK: u64 = 4096;
 
 pub fn unpack(mut input: impl Read, out: &mut Writer<'_>) -> Result<(), UnpackError> {
     let spool_dir = out.spool_dir().to_owned();
+    let url = out.url().to_owned();
     let write_error = |source: io::Error| UnpackError::Write {
-        url: out.url().to_owned(),
+        url: url.clone(),
         path: spool_dir.clone(),
         source,
     };
@@ -30,7 +32,7 @@ pub fn unpack(mut input: impl Read, out: &mut Writer<'_>) -> Result<(), UnpackEr
         let rel = out.check(&name, Path::new(&name))?;
         let mtime = None; // zip's DOS timestamps have no zone; files get the unpack time
         if file.is_dir() {
-            out.dir(&rel, file.unix_mode().unwrap_or(0o755), mtime)?;
+            out.dir(&name, &rel, file.unix_mode().unwrap_or(0o755), mtime)?;
         } else if file.is_symlink() {
             let mut target = String::new();
             (&mut file)
@@ -50,7 +52,7 @@ pub fn unpack(mut input: impl Read, out: &mut Writer<'_>) -> Result<(), UnpackEr
 fn copy(
     input: &mut impl Read,
     spool: &mut std::fs::File,
-    out: &Writer<'_>,
+    out: &mut Writer<'_>,
 ) -> Result<(), UnpackError> {
     let mut buf = vec![0; 256 * 1024];
     loop {
@@ -60,6 +62,7 @@ fn copy(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(out.corrupt(&e)),
         };
+        out.budget().spooled(n as u64)?;
         io::Write::write_all(spool, &buf[..n]).map_err(|source| UnpackError::Write {
             url: out.url().to_owned(),
             path: out.spool_dir().to_owned(),

@@ -92,7 +92,7 @@ fn md5_sha1_and_sha512_checksums_are_accepted_in_any_case() {
 
 #[test]
 fn hostile_and_truncated_archives_fail_and_write_nothing_outside() {
-    let cases: [(&str, Vec<u8>); 4] = [
+    let cases: [(&str, Vec<u8>); 6] = [
         (
             "dotdot",
             super::tar_gz(None, &[Entry::Raw("../escaped.txt", b"evil")]),
@@ -108,6 +108,31 @@ fn hostile_and_truncated_archives_fail_and_write_nothing_outside() {
                 &[
                     Entry::Symlink("link", "../.."),
                     Entry::File("link/escaped.txt", b"evil"),
+                ],
+            ),
+        ),
+        // Each link stays inside on its own; followed one through the other, they climb out
+        // to dest's parent (the second one, once `a/l` is the root, reads `root/..`).
+        (
+            "a link written through an earlier link",
+            super::tar_gz(
+                None,
+                &[
+                    Entry::Symlink("a/l", ".."),
+                    Entry::Dir("a/l/b", 0o755),
+                    Entry::Symlink("a/l/b/l2", "../.."),
+                    Entry::File("a/l/b/l2/escaped.txt", b"evil"),
+                ],
+            ),
+        ),
+        (
+            "'..' after a link in a link target",
+            super::tar_gz(
+                None,
+                &[
+                    Entry::Symlink("a/l", ".."),
+                    Entry::Symlink("x", "a/l/.."),
+                    Entry::File("x/escaped.txt", b"evil"),
                 ],
             ),
         ),

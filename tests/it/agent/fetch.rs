@@ -16,6 +16,11 @@ pub enum Reply {
     Body(Vec<u8>),
     /// Send headers, then hold the connection open without a body until the client gives up.
     Stall,
+    /// Send `head`, then `body` again and again, without a length and without end.
+    Endless {
+        head: Vec<u8>,
+        body: Vec<u8>,
+    },
 }
 
 /// A tiny HTTP/1.1 origin on 127.0.0.1, one thread per connection, stopped on drop.
@@ -96,6 +101,13 @@ fn serve(mut conn: TcpStream, reply: &dyn Fn(usize, &str) -> Reply, count: &Atom
                 body.len()
             );
             let _ = conn.write_all(&body);
+        }
+        Reply::Endless { head, body } => {
+            let _ = write!(conn, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+            // Until the client hangs up: no timer involved.
+            if conn.write_all(&head).is_ok() {
+                while conn.write_all(&body).is_ok() {}
+            }
         }
         Reply::Stall => {
             let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");

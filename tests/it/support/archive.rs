@@ -204,3 +204,65 @@ pub fn sha1_hex(data: &[u8]) -> String {
 pub fn md5_hex(data: &[u8]) -> String {
     hex::encode(md5::Md5::digest(data))
 }
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A tar.gz holding one file of `size` zeros (a whole number of MiB) in about 1 KB per MiB:
+/// gzip members are concatenated, one compressed MiB repeated, so building it costs nothing.
+pub fn gzip_bomb_tar(size: u64) -> Vec<u8> {
+    assert_eq!(size % (1 << 20), 0, "a whole number of MiB");
+    let mut h = header(tar::EntryType::Regular, 0o644, size);
+    h.set_path("zeros").unwrap();
+    h.set_cksum();
+    let mut out = gzip(h.as_bytes());
+    let mib = gzip(&vec![0; 1 << 20]);
+    for _ in 0..size >> 20 {
+        out.extend_from_slice(&mib);
+    }
+    // The end of the archive: two zero blocks.
+    out.extend_from_slice(&gzip(&[0; 1024]));
+    out
+}
+
+/// A zip holding one deflated file of `size` zeros.
+pub fn zip_bomb(size: usize) -> Vec<u8> {
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    z.start_file("zeros", opts).unwrap();
+    let mib = vec![0; 1 << 20];
+    for _ in 0..size >> 20 {
+        z.write_all(&mib).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
+/// A tar.gz of `n` empty files named `{prefix}f{i}` (`prefix` may be a directory path).
+pub fn many_files_tar_gz(n: usize, prefix: &str) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for i in 0..n {
+        let mut h = header(tar::EntryType::Regular, 0o644, 0);
+        b.append_data(&mut h, format!("{prefix}f{i}"), std::io::empty())
+            .unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// The header of a tar holding one file of 1 TiB, for a body that never ends.
+pub fn endless_tar_head() -> Vec<u8> {
+    let mut h = header(tar::EntryType::Regular, 0o644, 1 << 40);
+    h.set_path("endless").unwrap();
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// A gzip member of `endless_tar_head`, and one of a MiB of zeros to repeat after it: a
+/// tar.gz that unpacks a MiB for every KB downloaded, for as long as it is sent.
+pub fn endless_gzip_bomb() -> (Vec<u8>, Vec<u8>) {
+    (gzip(&endless_tar_head()), gzip(&vec![0; 1 << 20]))
+}

@@ -10,6 +10,7 @@ mod ports;
 pub mod s3;
 pub mod serf;
 pub mod supervisor;
+pub mod tmpfs;
 
 pub use ports::free_port;
 
@@ -29,6 +30,11 @@ pub fn cutover() -> Command {
         "CONSUL_INDEX",
         "CUTOVER_STATE_DIR",
         "CUTOVER_SOCKET",
+        "CUTOVER_MAX_SRC_SIZE",
+        "CUTOVER_MAX_UNPACKED_SIZE",
+        "CUTOVER_MAX_ENTRIES",
+        "CUTOVER_MIN_FREE_SPACE",
+        "CUTOVER_MIN_FREE_INODES",
         "SERF_EVENT",
         "SERF_USER_EVENT",
         "SERF_USER_LTIME",
