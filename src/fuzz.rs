@@ -13,6 +13,17 @@ use std::path::{Component, Path, PathBuf};
 use crate::agent::limits::Limits;
 use crate::agent::{manifest, template, unpack as unpacker};
 
+/// `response_head`: an instance's answer, head and body, as the proxy reads it; the checks are
+/// the proxy's own (`supervisor::proxy::fuzz`).
+pub fn response_head(data: &[u8]) {
+    crate::supervisor::proxy::fuzz::response(data);
+}
+
+/// `chunk_decoder`: any bytes as a chunked body, as the proxy decodes it.
+pub fn chunk_decoder(data: &[u8]) {
+    crate::supervisor::proxy::fuzz::chunks(data);
+}
+
 /// The variables the manifest and template targets see: set, empty, and long.
 fn lookup(name: &str) -> Option<String> {
     match name {
