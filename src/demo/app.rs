@@ -207,7 +207,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             ),
             Err(err) => text(StatusCode::BAD_REQUEST, format!("body failed: {err}\n")),
         },
-        "/ws" => websocket(app.clone(), req),
+        "/ws" => upgrade_to_websocket(app.clone(), req),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)
@@ -309,7 +309,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// The RFC 6455 handshake: answer 101 with the accept hash, then echo frames on the raw stream.
-fn websocket(app: Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
+fn upgrade_to_websocket(app: Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     let wants_ws = req
         .headers()
         .get(header::UPGRADE)
