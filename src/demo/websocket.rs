@@ -23,8 +23,9 @@ where
     loop {
         let frame = tokio::select! {
             frame = read_frame(&mut io) => frame?,
-            // Resolves once SIGTERM has been received (or the sender is gone).
-            _ = shutdown.wait_for(|stop| *stop) => {
+            // Once SIGTERM has been received (or the sender is gone); the block drops the
+            // borrow `wait_for` returns, which must not be held across the write below.
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
                 io.write_all(&encode_frame(0x8, &[0x03, 0xe9])).await?; // 1001 going away
                 return Ok(());
             }
