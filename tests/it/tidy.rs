@@ -145,7 +145,11 @@ const LONG_FILES: &[(&str, &str)] = &[];
 fn no_file_in_src_is_longer_than_450_lines() {
     let mut long = Vec::new();
     for path in rust_files(&root().join("src")) {
-        let name = path.strip_prefix(root().join("src")).unwrap().display().to_string();
+        let name = path
+            .strip_prefix(root().join("src"))
+            .unwrap()
+            .display()
+            .to_string();
         let lines = source(&path).lines().count();
         if lines > MAX_LINES && !LONG_FILES.iter().any(|(allowed, _)| *allowed == name) {
             long.push(format!("src/{name}: {lines} lines"));
