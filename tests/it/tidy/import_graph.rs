@@ -96,7 +96,7 @@ impl Crate {
         Crate { files }
     }
 
-    /// Every path from one file to another, each file's paths in the order written.
+    /// Every path from one file to another, in order of file, then target, then path.
     pub fn edges(&self) -> BTreeSet<Edge> {
         let mut edges = BTreeSet::new();
         for (module, file) in &self.files {
