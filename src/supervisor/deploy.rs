@@ -89,59 +89,22 @@ pub struct Rollout {
     pub decisions: tokio::sync::Mutex<mpsc::Receiver<Decision>>,
 }
 
-/// Checks a deploy request against the app's record (absent for a new app). Done by the app task
-/// before the rollout starts, because "busy" and "marked bad" are questions about its record.
+/// Checks a deploy request against the app's record (absent for a new app), after what the
+/// `app:` section says on its own (`AppSpec::check`, which the agent ran before fetching too).
+/// Done by the app task before the rollout starts, because "busy" and "marked bad" are questions
+/// about its record.
 pub fn validate(request: &DeployRequest, record: Option<&AppRecord>) -> Result<(), ErrorReply> {
     let bad = |message: String| ErrorReply {
         kind: ErrorKind::BadRequest,
         message,
     };
     let spec = &request.app;
-    let name_ok = !spec.name.is_empty()
-        && spec
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if !name_ok || spec.name.starts_with('.') {
-        return Err(bad(format!(
-            "app name {:?} is not allowed; use letters, digits, '-', '_' and '.'",
-            spec.name
-        )));
-    }
+    spec.check().map_err(bad)?;
     if !layout::valid_version(&request.version) {
         return Err(bad(format!(
             "version {:?} cannot be a directory name; use letters, digits, '.', '_', '-', '+'",
             request.version
         )));
-    }
-    if spec.listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(bad(format!(
-            "listen {:?} of {} is not an address like 0.0.0.0:8080",
-            spec.listen, spec.name
-        )));
-    }
-    if spec.run.trim().is_empty() {
-        return Err(bad(format!(
-            "run of {} is empty; say how to start it",
-            spec.name
-        )));
-    }
-    // A zero would close every connection at once (or admit none).
-    for (key, zero, example) in [
-        ("idle_timeout", spec.idle_timeout.is_zero(), "30s"),
-        ("body_timeout", spec.body_timeout.is_zero(), "60s"),
-        ("send_timeout", spec.send_timeout.is_zero(), "60s"),
-        ("max_connections", spec.max_connections == 0, "4096"),
-    ] {
-        if zero {
-            return Err(bad(format!(
-                "{key} of {} is 0; give it a value such as {example}",
-                spec.name
-            )));
-        }
-    }
-    if spec.strategy == Strategy::Canary {
-        spec.canary.check().map_err(bad)?;
     }
     let dir = layout::release_dir(&request.dest, &request.version);
     if !dir.is_dir() {
