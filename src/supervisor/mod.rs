@@ -6,21 +6,18 @@
 //! [`run_with`] is the same with the sockets of systemd or of a previous supervisor
 //! (`listeners`, `handover`), and ends either on the shutdown future or by handing over.
 
-pub mod analysis;
 pub mod app;
 pub mod apps;
-pub mod canary;
 pub mod control;
-pub mod deploy;
 pub mod fds;
 pub mod handover;
 pub mod health;
+pub mod instance;
 pub mod listeners;
 pub mod process;
 pub mod proxy;
 pub mod recovery;
-pub mod releases;
-pub mod rollback;
+pub mod rollout;
 pub mod socket;
 pub mod store;
 pub mod strays;
