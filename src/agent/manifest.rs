@@ -405,7 +405,10 @@ mod tests {
             )
         };
         let m = parse_ok(&manifest("127.0.0.1:8080"));
-        assert_eq!(m.files.and_then(|f| f.app).map(|a| a.name).as_deref(), Some("shop"));
+        assert_eq!(
+            m.files.and_then(|f| f.app).map(|a| a.name).as_deref(),
+            Some("shop")
+        );
         let err = parse(&manifest("nowhere:8080"), &no_vars).unwrap_err();
         assert!(matches!(err, ManifestError::App(_)), "{err}");
         assert_eq!(

@@ -299,13 +299,25 @@ mod tests {
     #[test]
     fn each_bad_key_is_named() {
         for (extra, words) in [
-            (serde_json::json!({"name": ".hidden"}), "app name \".hidden\""),
+            (
+                serde_json::json!({"name": ".hidden"}),
+                "app name \".hidden\"",
+            ),
             (serde_json::json!({"name": "a/b"}), "is not allowed"),
-            (serde_json::json!({"listen": "nowhere:80"}), "listen \"nowhere:80\" of shop"),
+            (
+                serde_json::json!({"listen": "nowhere:80"}),
+                "listen \"nowhere:80\" of shop",
+            ),
             (serde_json::json!({"listen": "8080"}), "not an address"),
             (serde_json::json!({"run": "  "}), "run of shop is empty"),
-            (serde_json::json!({"idle_timeout": "0s"}), "idle_timeout of shop is 0"),
-            (serde_json::json!({"max_connections": 0}), "max_connections of shop is 0"),
+            (
+                serde_json::json!({"idle_timeout": "0s"}),
+                "idle_timeout of shop is 0",
+            ),
+            (
+                serde_json::json!({"max_connections": 0}),
+                "max_connections of shop is 0",
+            ),
             (
                 serde_json::json!({"strategy": "canary", "canary": {"steps": []}}),
                 "app.canary.steps is empty",

@@ -18,11 +18,7 @@ use crate::supervisor::strays::Strays;
 /// Builds the app task from its stored record and starts it.
 /// Live instances whose recorded pid is gone are looked for among `strays` before being
 /// started again; whatever runs as a live instance is then taken out of `strays`.
-pub async fn resume(
-    context: Arc<AppContext>,
-    record: AppRecord,
-    strays: &mut Strays,
-) -> AppHandle {
+pub async fn resume(context: Arc<AppContext>, record: AppRecord, strays: &mut Strays) -> AppHandle {
     let mut task = AppTask::new(context, record);
     resolve_zombie_deploy(&mut task).await;
     readopt_live(&mut task, strays);

@@ -154,7 +154,13 @@ impl AppTask {
         match rollback::choose(&self.record, version.as_deref()) {
             Ok((target, spec)) => {
                 let from = self.record.live.clone();
-                self.begin(RolloutKind::Rollback { from }, target, spec, progress, Some(reply));
+                self.begin(
+                    RolloutKind::Rollback { from },
+                    target,
+                    spec,
+                    progress,
+                    Some(reply),
+                );
             }
             Err(e) => {
                 let _ = reply.send(Response::Error(e));

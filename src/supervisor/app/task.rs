@@ -118,7 +118,11 @@ impl AppTask {
     }
 
     /// Copies a (new) pid into the record; true if it changed.
-    pub(super) fn set_recorded_process(&mut self, id: &str, process: Option<process::ProcessId>) -> bool {
+    pub(super) fn set_recorded_process(
+        &mut self,
+        id: &str,
+        process: Option<process::ProcessId>,
+    ) -> bool {
         let deploy = self
             .record
             .deploy

@@ -200,9 +200,9 @@ fn an_app_with_a_bad_listen_is_refused_before_its_archive_is_fetched() {
             origin.url("/shop.tar.gz")
         ),
     );
-    site.run(&url, &[])
-        .expect_code(1)
-        .expect_stderr(&format!("Deploy manifest failed: {url}: app: listen \"nowhere:8080\""));
+    site.run(&url, &[]).expect_code(1).expect_stderr(&format!(
+        "Deploy manifest failed: {url}: app: listen \"nowhere:8080\""
+    ));
     assert_eq!(
         origin.requests.load(Ordering::SeqCst),
         0,
