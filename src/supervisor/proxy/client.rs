@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::framing::retain_allowed_trailers;
+use super::framing::{invalid, retain_allowed_trailers};
 use super::head::{self, Forwarding, Head};
 use super::pace::{BodyClock, Pace};
 
@@ -387,8 +387,4 @@ async fn read_head<R: AsyncRead + Unpin>(
             Err(err) => return Err(ExchangeError::Failed(err)),
         }
     }
-}
-
-pub(super) fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
