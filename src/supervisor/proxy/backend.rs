@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{self, Conn, ExchangeError, Outgoing};
+use super::upstream::{self, Conn, ExchangeError, Outgoing};
 use super::head::Head;
 use super::histogram::{quantile, Histogram};
 use super::pool::{Pool, Taken};
@@ -305,7 +305,7 @@ impl BackendState {
             };
             let reused = idle_for.is_some();
             let outcome = tokio::select! {
-                outcome = client::exchange(&mut conn, req, reused) => outcome,
+                outcome = upstream::exchange(&mut conn, req, reused) => outcome,
                 _ = self.cut_of(worker).cancelled() => return Err(SendError::Cut),
             };
             match outcome {

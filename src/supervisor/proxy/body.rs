@@ -13,7 +13,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::backend::InFlight;
-use super::client::{make_room, Conn};
+use super::upstream::{make_room, Conn};
 use super::clients::Active;
 use super::framing::{Decoder, Framing, Step};
 

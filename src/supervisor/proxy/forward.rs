@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use super::backend::{BackendState, InFlight, Routed, SendError};
 use super::body::ResponseBody;
 use super::canary::Choice;
-use super::client::{Conn, Outgoing};
+use super::upstream::{Conn, Outgoing};
 use super::clients;
 use super::framing::Framing;
 use super::head::{Forwarding, Head, X_REQUEST_ID};

@@ -16,7 +16,6 @@
 mod backend;
 mod body;
 mod canary;
-mod client;
 mod clients;
 mod connection;
 mod forward;
@@ -33,6 +32,7 @@ mod request;
 mod room;
 mod route;
 mod tcp;
+mod upstream;
 mod workers;
 
 use std::net::SocketAddr;

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::backend::{BackendState, InFlight, Routed};
-use super::client::Conn;
+use super::upstream::Conn;
 use super::clients;
 use super::route::{next_backend, sides, Hold};
 use super::{Shared, Side};

@@ -1,8 +1,8 @@
-//! The proxy's HTTP/1.1 client to its instances, run inside the client connection's own task: the
-//! request head is written and the response head read on a pooled socket directly, with no
-//! connection task and no channels in between (the hand-offs that made hyper's client the larger
-//! half of the proxy's cost per request). The response body is read by `body::Proxied`, in the
-//! same task, as the client side asks for it.
+//! The proxy's upstream side: its HTTP/1.1 client to its instances, run inside the downstream
+//! (client) connection's own task. The request head is written and the response head read on a
+//! pooled socket directly, with no connection task and no channels in between (the hand-offs that
+//! made hyper's client the larger half of the proxy's cost per request). The response body is
+//! read by `body::Proxied`, in the same task, as the downstream side asks for it.
 //!
 //! What it speaks: origin-form requests, bodies by `content-length` or chunked, responses framed
 //! by length, chunks or close (RFC 9112 section 6.3, `framing`), 1xx responses skipped, 101
