@@ -14,7 +14,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::backend::InFlight;
 use super::upstream::{make_room, Conn};
-use super::clients::Active;
+use super::downstream::Active;
 use super::framing::{Decoder, Framing, Step};
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -16,7 +16,7 @@ use super::backend::{BackendState, InFlight, Routed, SendError};
 use super::body::ResponseBody;
 use super::canary::Choice;
 use super::upstream::{Conn, Outgoing};
-use super::clients;
+use super::downstream;
 use super::framing::Framing;
 use super::head::{Forwarding, Head, X_REQUEST_ID};
 use super::request::{self, strip_hop_by_hop};
@@ -37,7 +37,7 @@ pub(super) struct Client {
     pub open: Arc<Open>,
     /// The connection as the proxy's clients count it: a tunnel keeps it counted, so closing
     /// the proxy waits for the tunnel until its deadline (a hand-over: the app's drain timeout).
-    pub counted: Arc<clients::Open>,
+    pub counted: Arc<downstream::Conn>,
 }
 
 pub(super) async fn handle(
@@ -308,7 +308,7 @@ async fn tunnel(
     mut backend: Conn,
     in_flight: InFlight,
     _open: OpenGuard,
-    counted: Arc<clients::Open>,
+    counted: Arc<downstream::Conn>,
 ) {
     let state: &BackendState = in_flight.state();
     let client = match client.await {

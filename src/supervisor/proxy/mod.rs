@@ -16,8 +16,7 @@
 mod backend;
 mod body;
 mod canary;
-mod clients;
-mod connection;
+mod downstream;
 mod forward;
 mod framing;
 #[doc(hidden)]
@@ -31,6 +30,7 @@ mod proxy_protocol;
 mod request;
 mod room;
 mod route;
+mod serve;
 mod tcp;
 mod upstream;
 mod workers;
@@ -47,7 +47,7 @@ use tokio::sync::Notify;
 use crate::protocol::app::Balance;
 use backend::BackendState;
 pub use canary::{CanaryRoute, Side};
-use clients::Clients;
+use downstream::Downstream;
 pub use histogram::quantile;
 pub use limits::ClientLimits;
 use limits::Limits;
@@ -115,7 +115,7 @@ struct Shared {
     /// Worker threads: each backend keeps one pool of idle connections per worker.
     workers: usize,
     /// The open client connections, for `close`.
-    clients: Arc<Clients>,
+    downstream: Arc<Downstream>,
     /// Connections start with a PROXY protocol header (see `set_proxy_protocol`).
     proxy_protocol: AtomicBool,
     /// Connections are piped whole to one instance (see `set_tcp`).
@@ -212,7 +212,7 @@ impl Proxy {
                 .collect(),
             known: Mutex::new(Vec::new()),
             workers,
-            clients: Arc::new(Clients::new(workers)),
+            downstream: Arc::new(Downstream::new(workers)),
             proxy_protocol: AtomicBool::new(false),
             tcp: AtomicBool::new(false),
             limits: Limits::new(ClientLimits::default()),
@@ -259,11 +259,11 @@ impl Proxy {
         self.shutdown();
         // Responses already say `Connection: close` while the workers stop accepting: a request
         // answered meanwhile must not leave its client on a connection about to be let go of.
-        self.shared.clients.begin_close();
+        self.shared.downstream.begin_close();
         // A worker may be mid-accept: once every accept loop has ended, every connection they
         // accepted is counted, and none comes after.
         self.workers.accepting_stopped().await;
-        self.shared.clients.close(timeout).await
+        self.shared.downstream.close(timeout).await
     }
 
     /// Replaces the route atomically: new requests go to the new backends from now on; requests
@@ -347,7 +347,7 @@ impl Proxy {
 
     /// Client connections open now.
     pub fn client_connections(&self) -> usize {
-        self.shared.clients.count()
+        self.shared.downstream.count()
     }
 
     /// Counters of every backend currently routed or still draining.

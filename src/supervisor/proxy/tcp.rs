@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use super::backend::{BackendState, InFlight, Routed};
 use super::upstream::Conn;
-use super::clients;
+use super::downstream;
 use super::route::{next_backend, sides, Hold};
 use super::{Shared, Side};
 
@@ -31,7 +31,7 @@ pub(super) async fn pipe(
     shared: Arc<Shared>,
     worker: usize,
     mut client: TcpStream,
-    counted: Arc<clients::Open>,
+    counted: Arc<downstream::Conn>,
 ) {
     let lane = shared.lane(worker);
     let mut table = lane.route.load_full();

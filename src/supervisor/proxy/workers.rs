@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{clients, forward, proxy_protocol, tcp, Shared};
+use super::{downstream, forward, proxy_protocol, tcp, Shared};
 
 /// The worker threads of one proxy. Dropping it stops them and waits until they let go of the
 /// listening socket, so the address is free when the drop returns.
@@ -269,7 +269,7 @@ impl Worker {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-        let clients = &self.shared.clients;
+        let downstream = &self.shared.downstream;
         // While accepts fail: the next pause, and whether it was said.
         let mut pause = ACCEPT_PAUSE_FIRST;
         let mut failing = false;
@@ -281,7 +281,7 @@ impl Worker {
                 tokio::time::sleep(BALANCE_PAUSE).await;
             }
             // Two loads while there is room.
-            clients
+            downstream
                 .wait_for_room(self.shared.limits.max_connections(), addr)
                 .await;
             let (stream, peer) = match listener.accept().await {
@@ -296,7 +296,7 @@ impl Worker {
                         tracing::warn!("proxy on {addr}: accept failed: {err}; closing an idle connection and waiting for one to end (said once)");
                         failing = true;
                     }
-                    clients.starved(pause).await;
+                    downstream.starved(pause).await;
                     pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
                     continue;
                 }
@@ -309,7 +309,7 @@ impl Worker {
             let _ = stream.set_nodelay(true);
             let guard = OpenGuard::new(open.clone());
             // Counted here, not in the task: `close` must see it as soon as the loop has stopped.
-            let client_open = clients.open(self.shared.limits.get());
+            let client_open = downstream.open(self.shared.limits.get());
             let open = open.clone();
             let shared = self.shared.clone();
             let http = http.clone();
@@ -379,7 +379,7 @@ fn per_connection(err: &io::Error) -> bool {
 /// goes out (`pace::SendState`): nothing else, so the hot path pays two relaxed atomics a write.
 struct Watched {
     io: TcpStream,
-    open: Arc<clients::Open>,
+    open: Arc<downstream::Conn>,
 }
 
 impl Watched {

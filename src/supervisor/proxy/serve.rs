@@ -1,7 +1,7 @@
-//! One client connection driven to its end, with one timer for all its checks (rearmed once
+//! One downstream (client) connection served to its end, with one timer for all its checks (rearmed once
 //! per period, never per request): closed when nobody uses it (`idle_timeout`: no request begun
 //! and none in progress — an idle keep-alive connection, or a client too slow to finish its
-//! request head), closed when the proxy needs its room (`Clients::wait_for_room`), cut when its
+//! request head), closed when the proxy needs its room (`Downstream::wait_for_room`), cut when its
 //! client stopped taking a response (`send_timeout` and `min_rate`, see `pace`), and let go of
 //! when the proxy closes.
 
@@ -15,10 +15,10 @@ use tokio::sync::futures::Notified;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFuture;
 
-use super::clients::{Open, IDLE_GRACE};
+use super::downstream::{Conn, IDLE_GRACE};
 use super::pace::Pace;
 
-impl Open {
+impl Conn {
     /// Drives `conn`, served by `worker`, to its end; once the close began, shuts it down
     /// (gracefully: a response in progress still goes out) when its client stays idle for
     /// [`IDLE_GRACE`] or at the deadline. `None`: dropped, after it stayed unused, was closed
@@ -32,11 +32,11 @@ impl Open {
     where
         C: Future<Output = Result<T, E>> + Unpin,
     {
-        let _seat = self.clients.seat(worker, self);
+        let _seat = self.downstream.seat(worker, self);
         let mut conn = conn;
         let idle_timeout = self.limits.idle_timeout;
         let ended = {
-            let closing = std::pin::pin!(self.clients.closing.cancelled());
+            let closing = std::pin::pin!(self.downstream.closing.cancelled());
             let evicted = std::pin::pin!(self.evicted.notified());
             let timer = std::pin::pin!(tokio::time::sleep(idle_timeout));
             UntilClosing {
@@ -71,7 +71,7 @@ impl Open {
             // An answer missed between two turns costs nothing: each turn waits afresh.
             tokio::select! {
                 result = &mut conn => return Some(result),
-                () = self.clients.cut.cancelled() => break,
+                () = self.downstream.cut.cancelled() => break,
                 () = self.answered.notified() => {}
                 () = tokio::time::sleep(IDLE_GRACE) => break,
             }
@@ -98,7 +98,7 @@ enum Ended<R> {
 /// each poll of the token takes a lock.
 struct UntilClosing<'a, 'b, C> {
     conn: &'a mut C,
-    open: &'b Open,
+    open: &'b Conn,
     closing: Pin<&'a mut WaitForCancellationFuture<'b>>,
     evicted: Pin<&'a mut Notified<'b>>,
     listening: bool,
@@ -106,7 +106,7 @@ struct UntilClosing<'a, 'b, C> {
     timer: Pin<&'a mut Sleep>,
     /// When the current idle period ends.
     idle_at: Instant,
-    /// `Open::begun` at the start of the current idle period.
+    /// `Conn::begun` at the start of the current idle period.
     begun: u64,
     send: Pace,
 }
@@ -122,12 +122,12 @@ impl<C: Future + Unpin> Future for UntilClosing<'_, '_, C> {
         // The task's waker is the same on every poll, so the one registered first stays valid.
         if !this.listening {
             this.listening = true;
-            // Registers for `Clients::evict_oldest_idle`'s wake; its flag says it came.
+            // Registers for `Downstream::evict_oldest_idle`'s wake; its flag says it came.
             let _ = this.evicted.as_mut().poll(cx);
             if this.closing.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ended::Closing);
             }
-        } else if this.open.clients.closing_flag.load(Ordering::SeqCst)
+        } else if this.open.downstream.closing_flag.load(Ordering::SeqCst)
             && this.closing.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(Ended::Closing);
