@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::backend::{BackendState, InFlight, Routed, SendError};
 use super::body::ResponseBody;
-use super::canary::Choice;
+use super::split::Choice;
 use super::upstream::{Conn, Outgoing};
 use super::downstream;
 use super::framing::Framing;

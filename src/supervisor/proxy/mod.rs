@@ -15,7 +15,6 @@
 
 mod backend;
 mod body;
-mod canary;
 mod downstream;
 mod forward;
 mod framing;
@@ -31,6 +30,7 @@ mod request;
 mod room;
 mod route;
 mod serve;
+mod split;
 mod tcp;
 mod upstream;
 mod workers;
@@ -46,7 +46,7 @@ use tokio::sync::Notify;
 
 use crate::protocol::app::Balance;
 use backend::BackendState;
-pub use canary::{CanaryRoute, Side};
+pub use split::{CanaryRoute, Side};
 use downstream::Downstream;
 pub use histogram::quantile;
 pub use limits::ClientLimits;
@@ -127,7 +127,7 @@ struct Shared {
     hold_ms: AtomicU64,
     /// Woken by every `set_route`, for the requests held while none is routed.
     route_changed: Notify,
-    /// The key of the canary cookie's MAC (see `canary`), random per proxy.
+    /// The key of the canary cookie's MAC (see `split`), random per proxy.
     cookie_key: [u8; 32],
 }
 
@@ -302,7 +302,7 @@ impl Proxy {
                 split: route
                     .canary
                     .as_ref()
-                    .map(|c| canary::Split::new(c, &self.shared.cookie_key)),
+                    .map(|c| split::Split::new(c, &self.shared.cookie_key)),
             }));
         }
         self.shared.route_changed.notify_waiters();

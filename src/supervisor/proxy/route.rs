@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use super::backend::BackendState;
-use super::canary::{self, Side};
+use super::split::{Side, Split};
 use crate::protocol::app::Balance;
 
 /// The route as requests read it: each backend with its live state. During a canary the
@@ -24,7 +24,7 @@ pub(super) struct Table {
     pub stable: usize,
     pub balance: Balance,
     /// How requests are split while a canary runs.
-    pub split: Option<canary::Split>,
+    pub split: Option<Split>,
 }
 
 impl Table {

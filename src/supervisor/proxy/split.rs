@@ -1,4 +1,4 @@
-//! Canary routing: which side of a split route a request goes to — the tester header, the sticky
+//! A route split between the stable release and a canary: which side a request goes to — the tester header, the sticky
 //! cookie, or its turn by weight — and the cookie that keeps a new client on that side.
 //!
 //! Turns are counted, not drawn: request `n` goes to the canary when `floor((n+1)·w)` passes
