@@ -17,8 +17,7 @@ use hmac::{Hmac, Mac};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 
-use super::backend::Routed;
-use super::Backend;
+use super::backend::{Backend, Routed};
 use crate::protocol::canary::Share;
 
 /// The new version's part of a route while a canary runs.
