@@ -23,14 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::header::{HeaderValue, CONNECTION};
-use hyper::{Response, StatusCode};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::body::ResponseBody;
 use super::limits::ClientLimits;
 use super::pace::SendState;
 use super::room::{self, Budget};
@@ -324,27 +321,33 @@ impl Conn {
         self.active.fetch_add(1, Ordering::Relaxed);
         Active(self.clone())
     }
+}
 
-    /// Notes a request, and marks its response as the connection's last once the close began.
-    /// `active` goes with the response body: the request is in progress until it is sent.
-    pub(super) fn answer(
-        &self,
-        mut response: Response<ResponseBody>,
-        active: Active,
-    ) -> Response<ResponseBody> {
-        response.body_mut().hold(active);
-        let closing = self.downstream.closing_flag.load(Ordering::SeqCst);
-        // Only `serve` after the close began listens.
-        if closing {
-            self.answered.notify_waiters();
+/// Connections and tunnels open on one worker, so that after `shutdown` it ends once they have.
+/// On a cache line of its own: each worker writes its own count on every connection.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(super) struct OpenCount {
+    pub(super) count: AtomicUsize,
+    pub(super) none_left: Notify,
+}
+
+/// Counts one connection or tunnel as open until dropped.
+#[derive(Debug)]
+pub(super) struct OpenGuard(Arc<OpenCount>);
+
+impl OpenGuard {
+    pub fn new(open: Arc<OpenCount>) -> OpenGuard {
+        open.count.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
         }
-        // A 101 hands the connection to a tunnel: its own `Connection: upgrade` must stay.
-        if closing && response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
     }
 }
 

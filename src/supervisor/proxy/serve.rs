@@ -1,9 +1,9 @@
-//! One downstream (client) connection served to its end, with one timer for all its checks (rearmed once
-//! per period, never per request): closed when nobody uses it (`idle_timeout`: no request begun
-//! and none in progress — an idle keep-alive connection, or a client too slow to finish its
-//! request head), closed when the proxy needs its room (`Downstream::wait_for_room`), cut when its
-//! client stopped taking a response (`send_timeout` and `min_rate`, see `pace`), and let go of
-//! when the proxy closes.
+//! One downstream (client) connection served to its end, with one timer for all its checks
+//! (rearmed once per period, never per request): closed when nobody uses it (`idle_timeout`: no
+//! request begun and none in progress — an idle keep-alive connection, or a client too slow to
+//! finish its request head), closed when the proxy needs its room (`Downstream::wait_for_room`),
+//! cut when its client stopped taking a response (`send_timeout` and `min_rate`, see `pace`),
+//! and let go of when the proxy closes: from then on each answer says `Connection: close`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,11 +11,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use hyper::header::{HeaderValue, CONNECTION};
+use hyper::{Response, StatusCode};
 use tokio::sync::futures::Notified;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFuture;
 
-use super::downstream::{Conn, IDLE_GRACE};
+use super::body::ResponseBody;
+use super::downstream::{Active, Conn, IDLE_GRACE};
 use super::pace::Pace;
 
 impl Conn {
@@ -78,6 +81,28 @@ impl Conn {
         }
         graceful_shutdown(&mut conn);
         Some(conn.await)
+    }
+
+    /// Notes a request, and marks its response as the connection's last once the close began.
+    /// `active` goes with the response body: the request is in progress until it is sent.
+    pub(super) fn answer(
+        &self,
+        mut response: Response<ResponseBody>,
+        active: Active,
+    ) -> Response<ResponseBody> {
+        response.body_mut().hold(active);
+        let closing = self.downstream.closing_flag.load(Ordering::SeqCst);
+        // Only `serve` after the close began listens.
+        if closing {
+            self.answered.notify_waiters();
+        }
+        // A 101 hands the connection to a tunnel: its own `Connection: upgrade` must stay.
+        if closing && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
