@@ -3,14 +3,15 @@
 //! requests and the instance connections they use (from that worker's own pool) all live on one
 //! thread — no hand-off between tasks on different threads, no work stealing.
 //!
-//! The workers share only what `Proxy` shares with them: the route (`ArcSwap`), the counters
-//! (atomics) and the drain signals (`Notify`, `CancellationToken`), all runtime-agnostic, so
-//! `drain` and `stats` work from the caller's runtime.
+//! The workers share only what `Proxy` shares with them (`state::ProxyState`): the route
+//! (`ArcSwap`), the counters (atomics) and the drain signals (`Notify`, `CancellationToken`), all
+//! runtime-agnostic, so `drain` and `stats` work from the caller's runtime.
 //!
-//! An accept loop takes a connection only when there is room for it (`Clients::wait_for_room`:
-//! the app's `max_connections`, the process's budget of descriptors); otherwise the connection
-//! waits in the kernel's backlog. The client's socket is [`Watched`], so that the connection's
-//! timer can tell a client that does not take its response.
+//! An accept loop takes a connection only when there is room for it
+//! (`Downstream::wait_for_room`: the app's `max_connections`, the process's budget of
+//! descriptors); otherwise the connection waits in the kernel's backlog. The client's socket is
+//! [`Watched`], so that the connection's timer can tell a client that does not take its
+//! response.
 
 use std::io;
 use std::net::SocketAddr;
