@@ -91,8 +91,8 @@ impl Drop for Seat<'_> {
     }
 }
 
-/// One accepted (downstream) connection as [`Downstream`] keeps track of it — the socket itself is
-/// hyper's; dropping it counts the connection as ended.
+/// One accepted (downstream) connection as [`Downstream`] keeps track of it (the socket itself
+/// is hyper's); dropping it counts the connection as ended.
 #[derive(Debug)]
 pub(super) struct Conn {
     pub(super) downstream: Arc<Downstream>,
@@ -159,17 +159,17 @@ impl Downstream {
         self.open.load(Ordering::SeqCst)
     }
 
-    /// Puts `open`, served by `worker`, among the connections that may be closed for room.
-    pub(super) fn seat(&self, worker: usize, open: &Arc<Conn>) -> Seat<'_> {
+    /// Puts `conn`, served by `worker`, among the connections that may be closed for room.
+    pub(super) fn seat(&self, worker: usize, conn: &Arc<Conn>) -> Seat<'_> {
         let worker = worker % self.seats.len();
         let mut seats = lock(&self.seats[worker]);
         let index = match seats.free.pop() {
             Some(index) => {
-                seats.taken[index] = Some(open.clone());
+                seats.taken[index] = Some(conn.clone());
                 index
             }
             None => {
-                seats.taken.push(Some(open.clone()));
+                seats.taken.push(Some(conn.clone()));
                 seats.taken.len() - 1
             }
         };
@@ -249,18 +249,18 @@ impl Downstream {
         let mut oldest: Option<Arc<Conn>> = None;
         for seats in self.seats.iter() {
             let seats = lock(seats);
-            for open in seats.taken.iter().flatten() {
-                let idle = open.active.load(Ordering::Relaxed) == 0
-                    && !open.evict.load(Ordering::Relaxed)
-                    && now.duration_since(open.born) >= EVICT_GRACE;
-                if idle && oldest.as_ref().is_none_or(|o| open.born < o.born) {
-                    oldest = Some(open.clone());
+            for conn in seats.taken.iter().flatten() {
+                let idle = conn.active.load(Ordering::Relaxed) == 0
+                    && !conn.evict.load(Ordering::Relaxed)
+                    && now.duration_since(conn.born) >= EVICT_GRACE;
+                if idle && oldest.as_ref().is_none_or(|o| conn.born < o.born) {
+                    oldest = Some(conn.clone());
                 }
             }
         }
-        if let Some(open) = oldest {
-            open.evict.store(true, Ordering::Relaxed);
-            open.evicted.notify_one();
+        if let Some(conn) = oldest {
+            conn.evict.store(true, Ordering::Relaxed);
+            conn.evicted.notify_one();
         }
     }
 
@@ -323,8 +323,9 @@ impl Conn {
     }
 }
 
-/// Connections and tunnels open on one worker, so that after `shutdown` it ends once they have.
-/// On a cache line of its own: each worker writes its own count on every connection.
+/// The connections and tunnels open on one worker thread (see `workers`): the accept loops
+/// balance on it, and after `shutdown` the worker ends once none is left. On a cache line of its
+/// own: each worker writes its own count on every connection.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(super) struct OpenCount {
