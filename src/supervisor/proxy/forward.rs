@@ -282,7 +282,13 @@ fn respond(
         // The tunnel outlives its connection's task: it keeps the worker open by itself.
         let open = OpenGuard::new(accepted.open_count.clone());
         let downstream_conn = accepted.conn.clone();
-        tokio::spawn(tunnel(client_upgrade, conn, in_flight, open, downstream_conn));
+        tokio::spawn(tunnel(
+            client_upgrade,
+            conn,
+            in_flight,
+            open,
+            downstream_conn,
+        ));
         return response;
     }
     strip_hop_by_hop(response.headers_mut());

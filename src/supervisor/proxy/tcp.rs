@@ -40,7 +40,9 @@ pub(super) async fn pipe(
     let mut hold = Hold::default();
     // Connections take turns by weight; there is no cookie or header to read at this layer.
     let side = match &table.split {
-        Some(split) if table.stable_count < table.backends.len() => split.side(&HeaderMap::new()).side,
+        Some(split) if table.stable_count < table.backends.len() => {
+            split.side(&HeaderMap::new()).side
+        }
         _ => Side::Stable,
     };
     let mut tried = 0u64;
