@@ -176,8 +176,8 @@ impl BackendState {
     pub fn leave(&self, worker: usize) {
         // SeqCst: of two workers dropping their last request at once, at least one sees the
         // other's count at zero and wakes the drain.
-        if self.shard(worker).in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.in_flight() == 0
-        {
+        let was_last_here = self.shard(worker).in_flight.fetch_sub(1, Ordering::SeqCst) == 1;
+        if was_last_here && self.in_flight() == 0 {
             self.idle.notify_waiters();
         }
     }
