@@ -44,7 +44,7 @@ impl Conn {
             let timer = std::pin::pin!(tokio::time::sleep(idle_timeout));
             UntilClosing {
                 conn: &mut conn,
-                open: self,
+                tracked: self,
                 closing,
                 evicted,
                 listening: false,
@@ -122,8 +122,10 @@ enum Ended<R> {
 /// then only after a flag says they fired: a connection is woken several times per request, and
 /// each poll of the token takes a lock.
 struct UntilClosing<'a, 'b, C> {
+    /// hyper's connection, served.
     conn: &'a mut C,
-    open: &'b Conn,
+    /// The same connection as `Downstream` keeps track of it.
+    tracked: &'b Conn,
     closing: Pin<&'a mut WaitForCancellationFuture<'b>>,
     evicted: Pin<&'a mut Notified<'b>>,
     listening: bool,
@@ -152,17 +154,17 @@ impl<C: Future + Unpin> Future for UntilClosing<'_, '_, C> {
             if this.closing.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ended::Closing);
             }
-        } else if this.open.downstream.closing_flag.load(Ordering::SeqCst)
+        } else if this.tracked.downstream.closing_flag.load(Ordering::SeqCst)
             && this.closing.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(Ended::Closing);
         }
-        if this.open.evict.load(Ordering::Relaxed) {
+        if this.tracked.evict.load(Ordering::Relaxed) {
             return Poll::Ready(Ended::Evicted);
         }
         // A write found the client's socket full: its deadline may come before the next check.
         // One load while writes go out.
-        let send_deadline = this.open.send.deadline(&this.send);
+        let send_deadline = this.tracked.send.deadline(&this.send);
         if let Some(deadline) = send_deadline {
             if deadline < this.timer.deadline() {
                 this.timer.as_mut().reset(deadline);
@@ -170,17 +172,17 @@ impl<C: Future + Unpin> Future for UntilClosing<'_, '_, C> {
         }
         while this.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            let send_deadline = this.open.send.deadline(&this.send);
+            let send_deadline = this.tracked.send.deadline(&this.send);
             if send_deadline.is_some_and(|deadline| now >= deadline) {
-                return Poll::Ready(Ended::Stalled(this.open.send.why(&this.send)));
+                return Poll::Ready(Ended::Stalled(this.tracked.send.why(&this.send)));
             }
             if now >= this.idle_at {
-                let begun = this.open.begun.load(Ordering::Relaxed);
-                if begun == this.begun && this.open.active.load(Ordering::Relaxed) == 0 {
+                let begun = this.tracked.begun.load(Ordering::Relaxed);
+                if begun == this.begun && this.tracked.active.load(Ordering::Relaxed) == 0 {
                     return Poll::Ready(Ended::Idle);
                 }
                 this.begun = begun;
-                this.idle_at = now + this.open.limits.idle_timeout;
+                this.idle_at = now + this.tracked.limits.idle_timeout;
             }
             let next = send_deadline.map_or(this.idle_at, |d| d.min(this.idle_at));
             this.timer.as_mut().reset(next);

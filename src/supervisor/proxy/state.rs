@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use super::backend::{Backend, BackendState, BackendStats};
 use super::downstream::Downstream;
-use super::limits::{ClientLimits, Limits};
+use super::limits::{AtomicClientLimits, ClientLimits};
 use super::route::{self, Hold, Lane, Route, Table};
 use super::split::Split;
 
@@ -37,7 +37,7 @@ pub(super) struct ProxyState {
     /// Connections are piped whole to one instance (see `set_tcp`).
     pub(super) tcp: AtomicBool,
     /// What a client may hold and for how long (see `set_client_limits`).
-    pub(super) limits: Limits,
+    pub(super) limits: AtomicClientLimits,
     /// How long a request waits for an instance while none is routed, in milliseconds (see
     /// `set_hold`).
     pub(super) hold_ms: AtomicU64,
@@ -62,7 +62,7 @@ impl ProxyState {
             downstream: Arc::new(Downstream::new(workers)),
             proxy_protocol: AtomicBool::new(false),
             tcp: AtomicBool::new(false),
-            limits: Limits::new(ClientLimits::default()),
+            limits: AtomicClientLimits::new(ClientLimits::default()),
             hold_ms: AtomicU64::new(0),
             route_changed: Notify::new(),
             cookie_key: rand::random(),
