@@ -1,24 +1,67 @@
-//! One backend as the proxy keeps it: its counters, its in-flight tracking (what `drain` waits
-//! on), the switch that cuts its remaining connections, and its pools of keep-alive connections,
-//! one per worker thread so that a request uses a connection driven by its own event loop.
+//! One backend (an instance) as the supervisor names it to the proxy (`Backend`), as the proxy
+//! keeps it (`BackendState`: its counters, its in-flight tracking (what `drain` waits on), the
+//! switch that cuts its remaining connections, and its pools of keep-alive connections, one per
+//! worker thread so that a request uses a connection driven by its own event loop), and as its
+//! counters are read back (`BackendStats`).
 //!
 //! Everything a request touches here is an atomic or a very short critical section (a worker's
 //! pool lock is taken by that worker only, and by `drain` and the pool's sweep now and then), so
 //! requests to the same instance never wait on each other.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{self, Conn, ExchangeError, Outgoing};
 use super::head::Head;
 use super::histogram::{quantile, Histogram};
 use super::pool::{Pool, Taken};
-use super::{Backend, BackendStats, Table};
+use super::upstream::{self, Conn, ExchangeError, Outgoing};
+
+/// One instance as the proxy sees it. Shared between the route and its counters.
+#[derive(Debug)]
+pub struct Backend {
+    /// Instance id, e.g. `shop-1.4.2-0`.
+    pub id: String,
+    /// Release version the instance runs.
+    pub version: String,
+    pub addr: SocketAddr,
+}
+
+/// Counters of one backend, as shown by `status` and read by the canary analysis.
+///
+/// `requests`, `errors_5xx`, `failed_connects` and the latency count the traffic the route sent
+/// and are what a canary is judged on; what a client pinned to a side with the canary header and
+/// what clients broke off themselves are counted apart, shown and never judged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackendStats {
+    pub id: String,
+    pub version: String,
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub failed_connects: u64,
+    /// Requests whose client broke them off: an upload aborted or malformed, a client too slow.
+    pub client_aborts: u64,
+    /// Requests sent here by the canary header (testers), and their 5xx and broken exchanges.
+    pub pinned_requests: u64,
+    pub pinned_errors_5xx: u64,
+    pub in_flight: u64,
+    /// Keep-alive connections to the instance waiting for a request.
+    pub idle_connections: u64,
+    /// p50/p99 latency over the kept window, in microseconds.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// The latency histogram's bucket counts: two readings subtract into the histogram of the
+    /// time between them (see [`quantile`]). Not sent over the control socket.
+    #[serde(skip)]
+    pub latency: Vec<u64>,
+}
 
 /// Why a request could not be answered by this backend.
 #[derive(Debug)]
@@ -120,6 +163,23 @@ impl BackendState {
 
     pub fn in_flight(&self) -> u64 {
         self.sum(|s| &s.in_flight)
+    }
+
+    /// Counts one more request or tunnel in flight on `worker`'s count (see `route::InFlight`).
+    #[inline]
+    pub fn enter(&self, worker: usize) {
+        self.shard(worker).in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Counts one request or tunnel of `worker`'s as ended; wakes `wait_idle` once none is left.
+    #[inline]
+    pub fn leave(&self, worker: usize) {
+        // SeqCst: of two workers dropping their last request at once, at least one sees the
+        // other's count at zero and wakes the drain.
+        let was_last_here = self.shard(worker).in_flight.fetch_sub(1, Ordering::SeqCst) == 1;
+        if was_last_here && self.in_flight() == 0 {
+            self.idle.notify_waiters();
+        }
     }
 
     pub fn stats(&self) -> BackendStats {
@@ -305,7 +365,7 @@ impl BackendState {
             };
             let reused = idle_for.is_some();
             let outcome = tokio::select! {
-                outcome = client::exchange(&mut conn, req, reused) => outcome,
+                outcome = upstream::exchange(&mut conn, req, reused) => outcome,
                 _ = self.cut_of(worker).cancelled() => return Err(SendError::Cut),
             };
             match outcome {
@@ -348,48 +408,4 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Marks one request or tunnel as in flight on a backend (on `worker`'s count) until dropped.
-/// It holds the backend through the worker's own copy of the route (`table`), whose reference
-/// count only that worker writes.
-#[derive(Debug)]
-pub(super) struct InFlight {
-    table: Arc<Table>,
-    index: usize,
-    worker: usize,
-}
-
-impl InFlight {
-    pub fn new(table: Arc<Table>, index: usize, worker: usize) -> InFlight {
-        let in_flight = InFlight {
-            table,
-            index,
-            worker,
-        };
-        let shard = in_flight.state().shard(worker);
-        shard.in_flight.fetch_add(1, Ordering::SeqCst);
-        in_flight
-    }
-
-    pub fn state(&self) -> &Arc<BackendState> {
-        &self.table.backends[self.index]
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        // SeqCst: of two workers dropping their last request at once, at least one sees the
-        // other's count at zero and wakes the drain.
-        let state = self.state();
-        if state
-            .shard(self.worker)
-            .in_flight
-            .fetch_sub(1, Ordering::SeqCst)
-            == 1
-            && state.in_flight() == 0
-        {
-            state.idle.notify_waiters();
-        }
-    }
 }

@@ -12,10 +12,10 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::backend::InFlight;
-use super::client::{make_room, Conn};
-use super::clients::Active;
+use super::downstream::Active;
 use super::framing::{Decoder, Framing, Step};
+use super::route::InFlight;
+use super::upstream::{make_room, Conn};
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -12,41 +12,43 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
-use super::backend::{BackendState, InFlight, Routed, SendError};
+use super::backend::{BackendState, Routed, SendError};
 use super::body::ResponseBody;
-use super::canary::Choice;
-use super::client::{Conn, Outgoing};
-use super::clients;
+use super::downstream::{self, OpenCount, OpenGuard};
 use super::framing::Framing;
 use super::head::{Forwarding, Head, X_REQUEST_ID};
 use super::request::{self, strip_hop_by_hop};
-use super::route::{next_backend, sides, Hold};
-use super::workers::{Open, OpenGuard};
-use super::{Shared, Side};
+use super::route::{next_backend, sides, Hold, InFlight};
+use super::split::{Choice, Side};
+use super::state::ProxyState;
+use super::upstream::{self, Outgoing};
 
 /// A longer incoming `X-Request-Id` is replaced by a new one rather than passed on.
 const MAX_REQUEST_ID: usize = 200;
 
-/// The client's side of one connection, computed once per connection rather than per request.
+/// The accepted (downstream) connection a request came on, as each of its requests sees it:
+/// computed once per connection rather than per request.
 #[derive(Debug, Clone)]
-pub(super) struct Client {
-    pub ip: HeaderValue,
+pub(super) struct Accepted {
+    /// The client's address (or the one its PROXY protocol header gave), for `X-Forwarded-For`.
+    pub client_ip: HeaderValue,
     /// The worker thread serving the connection: its requests use that worker's pools.
     pub worker: usize,
     /// The worker's open connections, which a WebSocket tunnel joins.
-    pub open: Arc<Open>,
-    /// The connection as the proxy's clients count it: a tunnel keeps it counted, so closing
-    /// the proxy waits for the tunnel until its deadline (a hand-over: the app's drain timeout).
-    pub counted: Arc<clients::Open>,
+    pub open_count: Arc<OpenCount>,
+    /// The connection as the proxy's downstream side counts it: a tunnel keeps it counted, so
+    /// closing the proxy waits for the tunnel until its deadline (a hand-over: the app's drain
+    /// timeout).
+    pub conn: Arc<downstream::Conn>,
 }
 
 pub(super) async fn handle(
-    shared: Arc<Shared>,
-    client: Client,
+    proxy: Arc<ProxyState>,
+    accepted: Accepted,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let id = request_id(req.headers());
-    let mut response = route(shared, client, req, &id).await;
+    let mut response = pick_and_send(proxy, accepted, req, &id).await;
     // The client sees the id the instance logged (or the proxy's own answer carries it).
     response
         .headers_mut()
@@ -89,9 +91,9 @@ pub(super) struct RequestId {
 }
 
 /// Picks the instance and sends the request; every failure is an answer of the proxy's own.
-async fn route(
-    shared: Arc<Shared>,
-    client: Client,
+async fn pick_and_send(
+    proxy: Arc<ProxyState>,
+    accepted: Accepted,
     mut req: Request<Incoming>,
     id: &RequestId,
 ) -> Response<ResponseBody> {
@@ -104,12 +106,12 @@ async fn route(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    let lane = shared.lane(client.worker);
-    let mut table = lane.route.load_full();
+    let lane = proxy.lane(accepted.worker);
+    let mut table = lane.table.load_full();
     // The request's wait for an instance, if none can take it (`hold_requests`).
     let mut hold = Hold::default();
     if table.backends.is_empty() {
-        match shared.rerouted(client.worker, &table, &mut hold).await {
+        match proxy.rerouted(accepted.worker, &table, &mut hold).await {
             Some(routed) => table = routed,
             None => {
                 return status(
@@ -125,7 +127,7 @@ async fn route(
         cookie,
         routed,
     } = match &table.split {
-        Some(split) if table.stable < table.backends.len() => split.side(req.headers()),
+        Some(split) if table.stable_count < table.backends.len() => split.side(req.headers()),
         _ => Choice {
             side: Side::Stable,
             cookie: None,
@@ -141,12 +143,12 @@ async fn route(
     let mut req = Outgoing::new(
         req,
         &Forwarding {
-            client_ip: &client.ip,
+            client_ip: &accepted.client_ip,
             request_id: &id.value,
             id_from_client: id.from_client,
         },
     );
-    req.pace_body(client.counted.limits.body());
+    req.pace_body(accepted.conn.limits.body());
     // A replayable request is sent once more if the first exchange breaks.
     let mut replays = u8::from(replayable);
     // Only a new connection is sure to carry no bytes of an earlier exchange.
@@ -156,14 +158,14 @@ async fn route(
         let mut tried = 0u64;
         while let Some(index) = next_backend(&table, lane, [&first, &second], &mut tried) {
             let state = &table.backends[index];
-            let in_flight = InFlight::new(table.clone(), index, client.worker);
+            let in_flight = InFlight::new(table.clone(), index, accepted.worker);
             let started = Instant::now();
-            match state.send(client.worker, &mut req, fresh).await {
+            match state.send(accepted.worker, &mut req, fresh).await {
                 Ok((head, conn)) if answers_another(state, &head, &id.value) => {
                     // The instance wrote past the end of an earlier answer, and those bytes
                     // came back for this request: they are nobody's, and the connection goes.
                     drop(conn);
-                    state.record_broken(client.worker, routed);
+                    state.record_broken(accepted.worker, routed);
                     tracing::warn!(
                         backend = %state.backend.id,
                         "the answer to request {:?} named request {:?}: the instance wrote more than its answers; connection closed",
@@ -183,12 +185,12 @@ async fn route(
                 }
                 Ok((head, conn)) => {
                     state.record(
-                        client.worker,
+                        accepted.worker,
                         routed,
                         head.status.as_u16(),
                         started.elapsed(),
                     );
-                    let mut response = respond(head, conn, &client, in_flight, client_upgrade);
+                    let mut response = respond(head, conn, &accepted, in_flight, client_upgrade);
                     if let Some(cookie) = cookie {
                         response.headers_mut().append(header::SET_COOKIE, cookie);
                     }
@@ -206,12 +208,12 @@ async fn route(
                     );
                 }
                 Err(SendError::Client(err)) => {
-                    state.record_client_abort(client.worker);
+                    state.record_client_abort(accepted.worker);
                     tracing::debug!(backend = %state.backend.id, "the client's request body failed: {err}");
                     return client_failed(&err);
                 }
                 Err(SendError::Exchange(err)) => {
-                    state.record_broken(client.worker, routed);
+                    state.record_broken(accepted.worker, routed);
                     tracing::debug!(backend = %state.backend.id, "exchange failed: {err}");
                     if replays == 0 {
                         return status(
@@ -225,7 +227,7 @@ async fn route(
         }
         // No instance accepted the connection, so nothing of the request was sent: within its
         // hold it may wait for the next route (an instance restarted, a deploy's first healthy).
-        match shared.rerouted(client.worker, &table, &mut hold).await {
+        match proxy.rerouted(accepted.worker, &table, &mut hold).await {
             Some(routed) => table = routed,
             None => {
                 return status(
@@ -262,8 +264,8 @@ fn answers_another(state: &BackendState, head: &Head, sent: &HeaderValue) -> boo
 /// The instance's response for the client; a 101 to an upgrade becomes a tunnel.
 fn respond(
     head: Head,
-    conn: Conn,
-    client: &Client,
+    conn: upstream::Conn,
+    accepted: &Accepted,
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ResponseBody> {
@@ -278,9 +280,15 @@ fn respond(
             );
         };
         // The tunnel outlives its connection's task: it keeps the worker open by itself.
-        let open = OpenGuard::new(client.open.clone());
-        let counted = client.counted.clone();
-        tokio::spawn(tunnel(client_upgrade, conn, in_flight, open, counted));
+        let open = OpenGuard::new(accepted.open_count.clone());
+        let downstream_conn = accepted.conn.clone();
+        tokio::spawn(tunnel(
+            client_upgrade,
+            conn,
+            in_flight,
+            open,
+            downstream_conn,
+        ));
         return response;
     }
     strip_hop_by_hop(response.headers_mut());
@@ -294,7 +302,7 @@ fn respond(
         conn,
         head.framing,
         head.keep_alive,
-        client.worker,
+        accepted.worker,
         in_flight,
     );
     response
@@ -305,10 +313,10 @@ fn respond(
 /// flight all along.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    mut backend: Conn,
+    mut backend: upstream::Conn,
     in_flight: InFlight,
     _open: OpenGuard,
-    counted: Arc<clients::Open>,
+    downstream_conn: Arc<downstream::Conn>,
 ) {
     let state: &BackendState = in_flight.state();
     let client = match client.await {
@@ -335,7 +343,7 @@ async fn tunnel(
         _ = state.cut.cancelled() => {
             tracing::debug!(backend = %state.backend.id, "tunnel cut by drain");
         }
-        () = counted.cut() => {
+        () = downstream_conn.cut() => {
             tracing::debug!(backend = %state.backend.id, "tunnel cut at the proxy's close deadline");
         }
     }

@@ -15,14 +15,18 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
-use super::client::invalid;
-
 /// A chunk-size line (with its extensions) longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 /// A chunked body with more trailer fields than this is refused.
 const MAX_TRAILERS: usize = 64;
 /// A trailer block longer than this is refused.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// The error for bytes from an instance that break HTTP/1.1 (a head, a body's framing, a
+/// trailer block): the exchange fails and its connection is not reused.
+pub(super) fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
 
 /// How a response body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

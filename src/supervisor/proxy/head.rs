@@ -11,8 +11,7 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
-use super::client::invalid;
-use super::framing::{framing, Framing};
+use super::framing::{framing, invalid, Framing};
 
 const MAX_HEADERS: usize = 100;
 

@@ -55,7 +55,7 @@ impl ClientLimits {
 
 /// [`ClientLimits`] as atomics: durations in milliseconds (at least one).
 #[derive(Debug)]
-pub(super) struct Limits {
+pub(super) struct AtomicClientLimits {
     max_connections: AtomicUsize,
     idle_ms: AtomicU64,
     body_ms: AtomicU64,
@@ -67,9 +67,9 @@ fn ms(duration: Duration) -> u64 {
     duration.as_millis().clamp(1, u128::from(u64::MAX)) as u64
 }
 
-impl Limits {
-    pub fn new(limits: ClientLimits) -> Limits {
-        let new = Limits {
+impl AtomicClientLimits {
+    pub fn new(limits: ClientLimits) -> AtomicClientLimits {
+        let new = AtomicClientLimits {
             max_connections: AtomicUsize::new(0),
             idle_ms: AtomicU64::new(0),
             body_ms: AtomicU64::new(0),

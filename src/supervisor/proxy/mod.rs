@@ -10,15 +10,26 @@
 //!
 //! Built for speed the way nginx is (`workers`): one event loop per core, each accepting on the
 //! shared listening socket and keeping its own idle connections to each instance, so a request
-//! never leaves the thread that accepted its connection; the client side is hyper's server, the
-//! instance side a small HTTP/1.1 client (`client`, `body`) run inside that same task.
+//! never leaves the thread that accepted its connection. Its two sides: *downstream*, the client
+//! connections it accepts (hyper's server; `downstream` counts and closes them, `serve` drives
+//! each), and *upstream*, its connections to the instances (a small HTTP/1.1 client of its own,
+//! `upstream` and `body`, run inside the same task).
+//!
+//! The files stand in layers, from the top down: each uses only the lines below it and, on its
+//! own line, the files after it (this file only declares them, re-exports what the supervisor
+//! uses and holds the `Proxy` handle):
+//!
+//! - `workers` (threads, accept loops), `forward` (one HTTP request), `tcp` (TCP mode);
+//! - `serve` (one downstream connection), `body` (a response on its way), `state` (what the
+//!   workers share with the handle);
+//! - `route` (the route, each worker's table, the pick), `split` (a canary's share), `backend`
+//!   (one instance: counters, pools), `downstream` (the accepted connections);
+//! - `pool`, `upstream`, `request`, `head`, `framing` (HTTP/1.1 to and from instances), `limits`,
+//!   `pace`, `histogram`, `room`, `proxy_protocol`; `fuzz` (hidden) feeds `head` and `framing`.
 
 mod backend;
 mod body;
-mod canary;
-mod client;
-mod clients;
-mod connection;
+mod downstream;
 mod forward;
 mod framing;
 #[doc(hidden)]
@@ -32,129 +43,32 @@ mod proxy_protocol;
 mod request;
 mod room;
 mod route;
+mod serve;
+mod split;
+mod state;
 mod tcp;
+mod upstream;
 mod workers;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
-
-use crate::protocol::app::Balance;
-use backend::BackendState;
-pub use canary::{CanaryRoute, Side};
-use clients::Clients;
+pub use backend::{Backend, BackendStats};
 pub use histogram::quantile;
 pub use limits::ClientLimits;
-use limits::Limits;
-use route::{Hold, Lane, Table};
+pub use route::Route;
+pub use split::{CanaryRoute, Side};
+use state::{lock, ProxyState};
 use workers::Workers;
-
-/// One instance as the proxy sees it. Shared between the route and its counters.
-#[derive(Debug)]
-pub struct Backend {
-    /// Instance id, e.g. `shop-1.4.2-0`.
-    pub id: String,
-    /// Release version the instance runs.
-    pub version: String,
-    pub addr: SocketAddr,
-}
-
-/// The set of instances that take new requests. Swapped as a whole.
-#[derive(Debug, Clone, Default)]
-pub struct Route {
-    /// The live (stable) release's instances.
-    pub backends: Vec<Arc<Backend>>,
-    pub balance: Balance,
-    /// While a canary runs: the new release's instances and their share.
-    pub canary: Option<CanaryRoute>,
-}
-
-/// Counters of one backend, as shown by `status` and read by the canary analysis.
-///
-/// `requests`, `errors_5xx`, `failed_connects` and the latency count the traffic the route sent
-/// and are what a canary is judged on; what a client pinned to a side with the canary header and
-/// what clients broke off themselves are counted apart, shown and never judged.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct BackendStats {
-    pub id: String,
-    pub version: String,
-    pub requests: u64,
-    pub errors_5xx: u64,
-    pub failed_connects: u64,
-    /// Requests whose client broke them off: an upload aborted or malformed, a client too slow.
-    pub client_aborts: u64,
-    /// Requests sent here by the canary header (testers), and their 5xx and broken exchanges.
-    pub pinned_requests: u64,
-    pub pinned_errors_5xx: u64,
-    pub in_flight: u64,
-    /// Keep-alive connections to the instance waiting for a request.
-    pub idle_connections: u64,
-    /// p50/p99 latency over the kept window, in microseconds.
-    pub p50_us: u64,
-    pub p99_us: u64,
-    /// The latency histogram's bucket counts: two readings subtract into the histogram of the
-    /// time between them (see [`quantile`]). Not sent over the control socket.
-    #[serde(skip)]
-    pub latency: Vec<u64>,
-}
-
-/// What every connection task shares with the `Proxy` handle.
-#[derive(Debug)]
-struct Shared {
-    /// One per worker thread.
-    lanes: Box<[Lane]>,
-    /// Every backend routed now or still draining: the counters `stats` reports. Locked only by
-    /// `set_route`, `stats` and `drain`, never by a request.
-    known: Mutex<Vec<Arc<BackendState>>>,
-    /// Worker threads: each backend keeps one pool of idle connections per worker.
-    workers: usize,
-    /// The open client connections, for `close`.
-    clients: Arc<Clients>,
-    /// Connections start with a PROXY protocol header (see `set_proxy_protocol`).
-    proxy_protocol: AtomicBool,
-    /// Connections are piped whole to one instance (see `set_tcp`).
-    tcp: AtomicBool,
-    /// What a client may hold and for how long (see `set_client_limits`).
-    limits: Limits,
-    /// How long a request waits for an instance while none is routed, in milliseconds (see
-    /// `set_hold`).
-    hold_ms: AtomicU64,
-    /// Woken by every `set_route`, for the requests held while none is routed.
-    route_changed: Notify,
-    /// The key of the canary cookie's MAC (see `canary`), random per proxy.
-    cookie_key: [u8; 32],
-}
-
-impl Shared {
-    fn lane(&self, worker: usize) -> &Lane {
-        &self.lanes[worker % self.lanes.len()]
-    }
-
-    /// Waits, within a request's hold (`set_hold`), for a route to try again (see
-    /// `route::rerouted`).
-    async fn rerouted(
-        &self,
-        worker: usize,
-        seen: &Arc<Table>,
-        hold: &mut Hold,
-    ) -> Option<Arc<Table>> {
-        let hold_for = Duration::from_millis(self.hold_ms.load(Ordering::Relaxed));
-        route::rerouted(self.lane(worker), &self.route_changed, hold_for, seen, hold).await
-    }
-}
 
 /// A running proxy for one app; dropping it closes the listener and stops its worker threads
 /// (with the connections still open on them) before the drop returns.
 #[derive(Debug)]
 pub struct Proxy {
     pub local_addr: SocketAddr,
-    shared: Arc<Shared>,
+    state: Arc<ProxyState>,
     workers: Workers,
     /// A copy of the listening socket for `listener`; `shutdown` lets go of it.
     listener: Mutex<Option<std::net::TcpListener>>,
@@ -164,7 +78,7 @@ impl Proxy {
     /// Binds `listen` and starts serving (with an empty route: requests get 503 until one is set)
     /// on one worker thread per core.
     pub async fn bind(listen: SocketAddr) -> std::io::Result<Proxy> {
-        let listener = listen_on(listen)
+        let listener = workers::listen_on(listen)
             .and_then(|listener| listener.into_std())
             .map_err(|err| {
                 std::io::Error::new(
@@ -203,27 +117,11 @@ impl Proxy {
         let local_addr = listener.local_addr()?;
         let copy = listener.try_clone()?;
         let workers = workers.max(1);
-        let shared = Arc::new(Shared {
-            lanes: (0..workers)
-                .map(|_| Lane {
-                    route: ArcSwap::from_pointee(Table::default()),
-                    next: AtomicUsize::new(0),
-                })
-                .collect(),
-            known: Mutex::new(Vec::new()),
-            workers,
-            clients: Arc::new(Clients::new(workers)),
-            proxy_protocol: AtomicBool::new(false),
-            tcp: AtomicBool::new(false),
-            limits: Limits::new(ClientLimits::default()),
-            hold_ms: AtomicU64::new(0),
-            route_changed: Notify::new(),
-            cookie_key: rand::random(),
-        });
-        let workers = Workers::start(listener, shared.clone(), workers, held)?;
+        let state = Arc::new(ProxyState::new(workers));
+        let workers = Workers::start(listener, state.clone(), workers, held)?;
         Ok(Proxy {
             local_addr,
-            shared,
+            state,
             workers,
             listener: Mutex::new(Some(copy)),
         })
@@ -259,53 +157,17 @@ impl Proxy {
         self.shutdown();
         // Responses already say `Connection: close` while the workers stop accepting: a request
         // answered meanwhile must not leave its client on a connection about to be let go of.
-        self.shared.clients.begin_close();
+        self.state.downstream.begin_close();
         // A worker may be mid-accept: once every accept loop has ended, every connection they
         // accepted is counted, and none comes after.
         self.workers.accepting_stopped().await;
-        self.shared.clients.close(timeout).await
+        self.state.downstream.close(timeout).await
     }
 
     /// Replaces the route atomically: new requests go to the new backends from now on; requests
     /// in flight on the old ones finish there.
     pub fn set_route(&self, route: Route) {
-        let mut known = lock(&self.shared.known);
-        let mut state_of = |backend: Arc<Backend>| {
-            // Same instance (id and address) keeps its counters and its idle connections; one
-            // cut by a drain starts afresh, or its requests would be cut at once.
-            let existing = known.iter().find(|s| {
-                s.backend.id == backend.id
-                    && s.backend.addr == backend.addr
-                    && !s.cut.is_cancelled()
-            });
-            match existing {
-                Some(state) => state.clone(),
-                None => {
-                    known.retain(|s| s.backend.id != backend.id || s.in_flight() > 0);
-                    let state = Arc::new(BackendState::new(backend, self.shared.workers));
-                    known.push(state.clone());
-                    state
-                }
-            }
-        };
-        let mut backends: Vec<Arc<BackendState>> =
-            route.backends.into_iter().map(&mut state_of).collect();
-        let stable = backends.len();
-        if let Some(canary) = &route.canary {
-            backends.extend(canary.backends.iter().cloned().map(&mut state_of));
-        }
-        for lane in &self.shared.lanes {
-            lane.route.store(Arc::new(Table {
-                backends: backends.clone(),
-                stable,
-                balance: route.balance,
-                split: route
-                    .canary
-                    .as_ref()
-                    .map(|c| canary::Split::new(c, &self.shared.cookie_key)),
-            }));
-        }
-        self.shared.route_changed.notify_waiters();
+        self.state.set_route(route);
     }
 
     /// While no instance can take a new request (or TCP connection) — none is routed, or none
@@ -313,32 +175,32 @@ impl Proxy {
     /// answered 503 or 502 (closed) at once. Zero, the default: no waiting.
     pub fn set_hold(&self, hold: Duration) {
         let ms = hold.as_millis().min(u64::MAX as u128) as u64;
-        self.shared.hold_ms.store(ms, Ordering::Relaxed);
+        self.state.hold_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Whether every new connection must start with a PROXY protocol header (from a trusted load
     /// balancer in front), whose client address then stands for the connection's peer.
     pub fn set_proxy_protocol(&self, on: bool) {
-        self.shared.proxy_protocol.store(on, Ordering::Relaxed);
+        self.state.proxy_protocol.store(on, Ordering::Relaxed);
     }
 
     /// TCP mode: each new connection goes whole to one instance (counted as one request;
     /// a failed connect is tried on another instance). Connections already open keep their mode.
     pub fn set_tcp(&self, on: bool) {
-        self.shared.tcp.store(on, Ordering::Relaxed);
+        self.state.tcp.store(on, Ordering::Relaxed);
     }
 
     /// What a client may hold and for how long: the most connections open at once, and how
     /// long an unused connection, a stalled request body or an untaken response may last (see
     /// [`ClientLimits`]). The connection limit applies at once; the rest to new connections.
     pub fn set_client_limits(&self, limits: ClientLimits) {
-        self.shared.limits.set(limits);
+        self.state.limits.set(limits);
     }
 
     /// Sets only `idle_timeout` of the client limits (30 s unless set): a connection with no
     /// request begun and none in progress is closed after one to two such periods.
     pub fn set_idle_timeout(&self, timeout: Duration) {
-        let limits = self.shared.limits.get();
+        let limits = self.state.limits.get();
         self.set_client_limits(ClientLimits {
             idle_timeout: timeout,
             ..limits
@@ -347,12 +209,12 @@ impl Proxy {
 
     /// Client connections open now.
     pub fn client_connections(&self) -> usize {
-        self.shared.clients.count()
+        self.state.downstream.count()
     }
 
     /// Counters of every backend currently routed or still draining.
     pub fn stats(&self) -> Vec<BackendStats> {
-        lock(&self.shared.known).iter().map(|s| s.stats()).collect()
+        self.state.stats()
     }
 
     /// Waits until `backend_id` has no request or connection in flight, or `timeout` passes;
@@ -360,55 +222,6 @@ impl Proxy {
     ///
     /// A backend that is no longer routed is forgotten afterwards (its counters go with it).
     pub async fn drain(&self, backend_id: &str, timeout: Duration) -> u64 {
-        let state = lock(&self.shared.known)
-            .iter()
-            .rev()
-            .find(|s| s.backend.id == backend_id)
-            .cloned();
-        let Some(state) = state else { return 0 };
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut cut = 0;
-        if !state.wait_idle(deadline).await {
-            cut = state.in_flight();
-            tracing::info!(
-                backend = %state.backend.id,
-                "drain deadline of {timeout:?} passed, cutting {cut} open connection(s)"
-            );
-            state.cut_all();
-            // Cut requests and tunnels end at their next poll; give them a moment to do so, so
-            // that the instance is really free when this returns.
-            let settle = tokio::time::Instant::now() + Duration::from_secs(2);
-            state.wait_idle(settle).await;
-        }
-        state.close_idle();
-        let routed = self.shared.lane(0).route.load().routes(&state);
-        if !routed {
-            lock(&self.shared.known).retain(|s| !Arc::ptr_eq(s, &state));
-        }
-        cut
+        self.state.drain(backend_id, timeout).await
     }
-}
-
-/// Connections the kernel queues for the proxy before it accepts them (Linux caps it at
-/// `net.core.somaxconn`, 4096 on current kernels). A burst of thousands of clients at once (all
-/// of them reconnecting after a network blip) overflows a short queue, and each connection that
-/// overflows waits out a retransmission of its handshake: 1 s, then 3, 7, 15 s.
-const BACKLOG: u32 = 4096;
-
-fn listen_on(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    // As `TcpListener::bind` does: a restarted proxy binds at once, whatever TIME_WAITs remain.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
-}
-
-/// The registry lock: a panic while holding it leaves plain data behind, still usable.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -98,7 +98,7 @@ impl BodyClock {
 }
 
 /// How one client connection takes its responses: written by the connection's own task as it
-/// writes (see `workers::Watched`), read by its timer (`connection`). Writes that went out cost
+/// writes (see `workers::Watched`), read by its timer (`serve`). Writes that went out cost
 /// two relaxed atomics; the clock is read only when the client's socket is full.
 #[derive(Debug)]
 pub(super) struct SendState {

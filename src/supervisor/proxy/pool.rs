@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 use tokio::time::Instant;
 
-use super::client::Conn;
+use super::upstream::Conn;
 
 /// Idle connections kept per instance and worker; beyond that they are closed after use.
 pub(super) const MAX_IDLE: usize = 128;

@@ -3,7 +3,7 @@
 //! the apps never takes the descriptors the control socket, the health checks and the instances
 //! need. A process has one limit on open files, hence one budget for all its proxies.
 //!
-//! Each proxy also has a limit of its own (`app.max_connections`); `Clients::wait_for_room`
+//! Each proxy also has a limit of its own (`app.max_connections`); `Downstream::wait_for_room`
 //! applies both in its accept loops.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,7 @@
-//! The route as requests read it, and how a request picks from it: each worker's copy of the
-//! table of backends, the round-robin or least-connections choice over a side (stable or
-//! canary), and the wait of a held request for a route with an instance in it.
+//! The route: as the supervisor sets it (`Route`), as requests read it (each worker's copy of
+//! the table of backends), and how a request picks from it: the round-robin or
+//! least-connections choice over a side (stable or canary), the mark that keeps the pick in
+//! flight (`InFlight`), and the wait of a held request for a route with an instance in it.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,21 +11,31 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use super::backend::BackendState;
-use super::canary::{self, Side};
+use super::backend::{Backend, BackendState};
+use super::split::{CanaryRoute, Side, Split};
 use crate::protocol::app::Balance;
 
+/// The set of instances that take new requests. Swapped as a whole.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    /// The live (stable) release's instances.
+    pub backends: Vec<Arc<Backend>>,
+    pub balance: Balance,
+    /// While a canary runs: the new release's instances and their share.
+    pub canary: Option<CanaryRoute>,
+}
+
 /// The route as requests read it: each backend with its live state. During a canary the
-/// canary's instances follow the stable ones in `backends` (from index `stable` on), so that an
-/// in-flight mark can name any backend by its index.
+/// canary's instances follow the stable ones in `backends` (from index `stable_count` on), so
+/// that an in-flight mark can name any backend by its index.
 #[derive(Debug, Default)]
 pub(super) struct Table {
     pub backends: Vec<Arc<BackendState>>,
     /// How many of `backends` are the stable release's; the rest are the canary's.
-    pub stable: usize,
+    pub stable_count: usize,
     pub balance: Balance,
     /// How requests are split while a canary runs.
-    pub split: Option<canary::Split>,
+    pub split: Option<Split>,
 }
 
 impl Table {
@@ -39,15 +50,18 @@ impl Table {
 #[derive(Debug)]
 #[repr(align(128))]
 pub(super) struct Lane {
-    pub route: ArcSwap<Table>,
+    pub table: ArcSwap<Table>,
     /// Round-robin turn; also breaks ties for least-connections.
-    pub next: AtomicUsize,
+    pub turn: AtomicUsize,
 }
 
 /// The ranges of `table.backends` a request on `side` tries, in order: its own side's
 /// instances, then the other side's (during a canary; else the second is empty).
 pub(super) fn sides(table: &Table, side: Side) -> [Range<usize>; 2] {
-    let (stable, canary) = (0..table.stable, table.stable..table.backends.len());
+    let (stable, canary) = (
+        0..table.stable_count,
+        table.stable_count..table.backends.len(),
+    );
     match side {
         Side::Canary if !canary.is_empty() => [canary, stable],
         _ => [stable, canary],
@@ -62,7 +76,7 @@ pub(super) fn next_backend(
     sides: [&Range<usize>; 2],
     tried: &mut u64,
 ) -> Option<usize> {
-    let turn = lane.next.fetch_add(1, Ordering::Relaxed);
+    let turn = lane.turn.fetch_add(1, Ordering::Relaxed);
     let index = sides
         .iter()
         .find_map(|range| pick(table, (*range).clone(), turn, *tried))?;
@@ -104,7 +118,7 @@ pub(super) async fn rerouted(
         let changed = route_changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let table = lane.route.load_full();
+        let table = lane.table.load_full();
         let now = tokio::time::Instant::now();
         if now >= until {
             return None;
@@ -125,7 +139,7 @@ pub(super) async fn rerouted(
 const HOLD_RETRY_FIRST: Duration = Duration::from_millis(50);
 const HOLD_RETRY_MAX: Duration = Duration::from_millis(500);
 
-/// One request's wait for an instance (see `Shared::rerouted`).
+/// One request's wait for an instance (see `ProxyState::rerouted`).
 #[derive(Debug, Default)]
 pub(super) struct Hold {
     /// Set by the first wait: when the request stops waiting.
@@ -134,16 +148,47 @@ pub(super) struct Hold {
     pause: Duration,
 }
 
+/// Marks one request or tunnel as in flight on a backend (on `worker`'s count) until dropped.
+/// It holds the backend through the worker's own copy of the route (`table`), whose reference
+/// count only that worker writes.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    table: Arc<Table>,
+    index: usize,
+    worker: usize,
+}
+
+impl InFlight {
+    pub fn new(table: Arc<Table>, index: usize, worker: usize) -> InFlight {
+        let in_flight = InFlight {
+            table,
+            index,
+            worker,
+        };
+        in_flight.state().enter(worker);
+        in_flight
+    }
+
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.table.backends[self.index]
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state().leave(self.worker);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::proxy::backend::InFlight;
 
     fn table(n: usize, balance: Balance) -> Table {
         let backends = (0..n)
             .map(|i| {
                 Arc::new(BackendState::new(
-                    Arc::new(super::super::Backend {
+                    Arc::new(Backend {
                         id: format!("b{i}"),
                         version: "v1".into(),
                         addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
@@ -154,7 +199,7 @@ mod tests {
             .collect();
         Table {
             backends,
-            stable: n,
+            stable_count: n,
             balance,
             split: None,
         }

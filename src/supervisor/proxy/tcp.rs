@@ -16,29 +16,33 @@ use http::HeaderMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::backend::{BackendState, InFlight, Routed};
-use super::client::Conn;
-use super::clients;
-use super::route::{next_backend, sides, Hold};
-use super::{Shared, Side};
+use super::backend::{BackendState, Routed};
+use super::downstream;
+use super::route::{next_backend, sides, Hold, InFlight};
+use super::split::Side;
+use super::state::ProxyState;
+use super::upstream;
 
 /// The buffers for the bytes before the instance's first answer (then `copy` takes over).
 const FIRST_READ: usize = 8 * 1024;
 
 /// Pipes `client` to an instance of the route until either side closes, a drain cuts it, or the
-/// proxy's close does at its deadline (`counted` is the connection as the proxy's clients count it).
+/// proxy's close does at its deadline (`downstream_conn` is the connection as the proxy's
+/// downstream side counts it).
 pub(super) async fn pipe(
-    shared: Arc<Shared>,
+    proxy: Arc<ProxyState>,
     worker: usize,
     mut client: TcpStream,
-    counted: Arc<clients::Open>,
+    downstream_conn: Arc<downstream::Conn>,
 ) {
-    let lane = shared.lane(worker);
-    let mut table = lane.route.load_full();
+    let lane = proxy.lane(worker);
+    let mut table = lane.table.load_full();
     let mut hold = Hold::default();
     // Connections take turns by weight; there is no cookie or header to read at this layer.
     let side = match &table.split {
-        Some(split) if table.stable < table.backends.len() => split.side(&HeaderMap::new()).side,
+        Some(split) if table.stable_count < table.backends.len() => {
+            split.side(&HeaderMap::new()).side
+        }
         _ => Side::Stable,
     };
     let mut tried = 0u64;
@@ -46,7 +50,7 @@ pub(super) async fn pipe(
         let [first, second] = sides(&table, side);
         let Some(index) = next_backend(&table, lane, [&first, &second], &mut tried) else {
             // Within the hold, wait for a route with an instance that may take it.
-            match shared.rerouted(worker, &table, &mut hold).await {
+            match proxy.rerouted(worker, &table, &mut hold).await {
                 Some(routed) => {
                     table = routed;
                     tried = 0;
@@ -60,7 +64,7 @@ pub(super) async fn pipe(
         };
         let state = &table.backends[index];
         let started = Instant::now();
-        let mut backend = match Conn::connect(state.backend.addr).await {
+        let mut backend = match upstream::Conn::connect(state.backend.addr).await {
             Ok(conn) => conn,
             Err(err) => {
                 state.record_failed_connect(worker);
@@ -78,7 +82,7 @@ pub(super) async fn pipe(
             _ = state.cut_of(worker).cancelled() => {
                 tracing::debug!(backend = %state.backend.id, "connection cut by drain");
             }
-            () = counted.cut() => {
+            () = downstream_conn.cut() => {
                 tracing::debug!(backend = %state.backend.id, "connection cut at the proxy's close deadline");
             }
         }

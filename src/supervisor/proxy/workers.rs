@@ -3,16 +3,18 @@
 //! requests and the instance connections they use (from that worker's own pool) all live on one
 //! thread — no hand-off between tasks on different threads, no work stealing.
 //!
-//! The workers share only what `Proxy` shares with them: the route (`ArcSwap`), the counters
-//! (atomics) and the drain signals (`Notify`, `CancellationToken`), all runtime-agnostic, so
-//! `drain` and `stats` work from the caller's runtime.
+//! The workers share only what `Proxy` shares with them (`state::ProxyState`): the route
+//! (`ArcSwap`), the counters (atomics) and the drain signals (`Notify`, `CancellationToken`), all
+//! runtime-agnostic, so `drain` and `stats` work from the caller's runtime.
 //!
-//! An accept loop takes a connection only when there is room for it (`Clients::wait_for_room`:
-//! the app's `max_connections`, the process's budget of descriptors); otherwise the connection
-//! waits in the kernel's backlog. The client's socket is [`Watched`], so that the connection's
-//! timer can tell a client that does not take its response.
+//! An accept loop takes a connection only when there is room for it
+//! (`Downstream::wait_for_room`: the app's `max_connections`, the process's budget of
+//! descriptors); otherwise the connection waits in the kernel's backlog. The client's socket is
+//! [`Watched`], so that the connection's timer can tell a client that does not take its
+//! response.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,7 +29,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{clients, forward, proxy_protocol, tcp, Shared};
+use super::downstream::{self, OpenCount, OpenGuard};
+use super::state::ProxyState;
+use super::{forward, proxy_protocol, tcp};
 
 /// The worker threads of one proxy. Dropping it stops them and waits until they let go of the
 /// listening socket, so the address is free when the drop returns.
@@ -61,6 +65,24 @@ const BALANCE_PAUSE: Duration = Duration::from_millis(1);
 const ACCEPT_PAUSE_FIRST: Duration = Duration::from_millis(50);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 
+/// Connections the kernel queues for the proxy before it accepts them (Linux caps it at
+/// `net.core.somaxconn`, 4096 on current kernels). A burst of thousands of clients at once (all
+/// of them reconnecting after a network blip) overflows a short queue, and each connection that
+/// overflows waits out a retransmission of its handshake: 1 s, then 3, 7, 15 s.
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with the proxy's backlog.
+pub(super) fn listen_on(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted proxy binds at once, whatever TIME_WAITs remain.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// One worker per core, as nginx's `worker_processes auto`.
 pub(super) fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -71,7 +93,7 @@ impl Workers {
     /// `held`: the workers accept nothing before `start_accepting`.
     pub fn start(
         listener: std::net::TcpListener,
-        shared: Arc<Shared>,
+        proxy: Arc<ProxyState>,
         count: usize,
         held: bool,
     ) -> std::io::Result<Workers> {
@@ -99,15 +121,16 @@ impl Workers {
             listeners.push(listener.try_clone()?);
         }
         listeners.push(listener);
-        let opens: Arc<[Arc<Open>]> = (0..count).map(|_| Arc::new(Open::default())).collect();
+        let open_counts: Arc<[Arc<OpenCount>]> =
+            (0..count).map(|_| Arc::new(OpenCount::default())).collect();
         for (index, listener) in listeners.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let worker = Worker {
                 index,
-                opens: opens.clone(),
-                shared: shared.clone(),
+                open_counts: open_counts.clone(),
+                proxy: proxy.clone(),
                 gate: gate.clone(),
                 accepting: accepting.clone(),
                 stop: stop.clone(),
@@ -165,40 +188,12 @@ impl Drop for Workers {
 struct Worker {
     index: usize,
     /// Every worker's open connections, this one's at `index`: for balancing the accepts.
-    opens: Arc<[Arc<Open>]>,
-    shared: Arc<Shared>,
+    open_counts: Arc<[Arc<OpenCount>]>,
+    proxy: Arc<ProxyState>,
     gate: CancellationToken,
     accepting: CancellationToken,
     stop: CancellationToken,
     loops: Arc<Loops>,
-}
-
-/// Connections and tunnels open on one worker, so that after `shutdown` it ends once they have.
-/// On a cache line of its own: each worker writes its own count on every connection.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub(super) struct Open {
-    count: AtomicUsize,
-    none_left: Notify,
-}
-
-/// Counts one connection or tunnel as open until dropped.
-#[derive(Debug)]
-pub(super) struct OpenGuard(Arc<Open>);
-
-impl OpenGuard {
-    pub fn new(open: Arc<Open>) -> OpenGuard {
-        open.count.fetch_add(1, Ordering::AcqRel);
-        OpenGuard(open)
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.none_left.notify_waiters();
-        }
-    }
 }
 
 impl Worker {
@@ -210,14 +205,14 @@ impl Worker {
                 return;
             }
         };
-        let open = self.opens[self.index].clone();
+        let open_count = self.open_counts[self.index].clone();
         let accepted = async {
             tokio::select! {
                 _ = self.gate.cancelled() => {}
                 _ = self.accepting.cancelled() => return,
             }
             tokio::select! {
-                _ = self.accept_loop(listener, &open) => {}
+                _ = self.accept_loop(listener, &open_count) => {}
                 _ = self.accepting.cancelled() => {}
             }
         };
@@ -234,10 +229,10 @@ impl Worker {
         }
         // No longer accepting (the listener is closed): serve what is open, then end.
         loop {
-            let none_left = open.none_left.notified();
+            let none_left = open_count.none_left.notified();
             tokio::pin!(none_left);
             none_left.as_mut().enable();
-            if open.count.load(Ordering::Acquire) == 0 {
+            if open_count.count.load(Ordering::Acquire) == 0 {
                 return;
             }
             tokio::select! {
@@ -247,14 +242,14 @@ impl Worker {
         }
     }
 
-    fn ahead_of_others(&self, open: &Open) -> bool {
-        let mine = open.count.load(Ordering::Relaxed);
-        self.opens
+    fn ahead_of_others(&self, open_count: &OpenCount) -> bool {
+        let mine = open_count.count.load(Ordering::Relaxed);
+        self.open_counts
             .iter()
             .any(|other| other.count.load(Ordering::Relaxed) + BALANCE_SLACK < mine)
     }
 
-    async fn accept_loop(&self, listener: TcpListener, open: &Arc<Open>) {
+    async fn accept_loop(&self, listener: TcpListener, open_count: &Arc<OpenCount>) {
         let mut http = hyper::server::conn::http1::Builder::new();
         // No header read timeout: hyper arms one per request, which costs a timer (and often a
         // wake-up of the runtime) each time. The app's `idle_timeout` closes slow and idle
@@ -269,7 +264,7 @@ impl Worker {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-        let clients = &self.shared.clients;
+        let downstream = &self.proxy.downstream;
         // While accepts fail: the next pause, and whether it was said.
         let mut pause = ACCEPT_PAUSE_FIRST;
         let mut failing = false;
@@ -277,12 +272,12 @@ impl Worker {
             // Every worker is woken by a new connection and the first to call accept takes it: a
             // worker already holding more than its share lets the others go first for a moment,
             // so that a burst of connections does not all land on one thread.
-            if self.ahead_of_others(open) {
+            if self.ahead_of_others(open_count) {
                 tokio::time::sleep(BALANCE_PAUSE).await;
             }
             // Two loads while there is room.
-            clients
-                .wait_for_room(self.shared.limits.max_connections(), addr)
+            downstream
+                .wait_for_room(self.proxy.limits.max_connections(), addr)
                 .await;
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -296,7 +291,7 @@ impl Worker {
                         tracing::warn!("proxy on {addr}: accept failed: {err}; closing an idle connection and waiting for one to end (said once)");
                         failing = true;
                     }
-                    clients.starved(pause).await;
+                    downstream.starved(pause).await;
                     pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
                     continue;
                 }
@@ -307,18 +302,18 @@ impl Worker {
                 pause = ACCEPT_PAUSE_FIRST;
             }
             let _ = stream.set_nodelay(true);
-            let guard = OpenGuard::new(open.clone());
+            let guard = OpenGuard::new(open_count.clone());
             // Counted here, not in the task: `close` must see it as soon as the loop has stopped.
-            let client_open = clients.open(self.shared.limits.get());
-            let open = open.clone();
-            let shared = self.shared.clone();
+            let downstream_conn = downstream.open(self.proxy.limits.get());
+            let open_count = open_count.clone();
+            let proxy = self.proxy.clone();
             let http = http.clone();
             let worker = self.index;
             tokio::spawn(async move {
                 let _guard = guard;
                 let mut stream = stream;
                 let mut client_ip = peer.ip();
-                if shared.proxy_protocol.load(Ordering::Relaxed) {
+                if proxy.proxy_protocol.load(Ordering::Relaxed) {
                     match proxy_protocol::read_header(&mut stream).await {
                         Ok(Some(ip)) => client_ip = ip,
                         Ok(None) => {}
@@ -328,35 +323,35 @@ impl Worker {
                         }
                     }
                 }
-                if shared.tcp.load(Ordering::Relaxed) {
-                    tcp::pipe(shared, worker, stream, client_open).await;
+                if proxy.tcp.load(Ordering::Relaxed) {
+                    tcp::pipe(proxy, worker, stream, downstream_conn).await;
                     return;
                 }
-                let client = forward::Client {
-                    ip: hyper::header::HeaderValue::from_str(&client_ip.to_string())
+                let accepted = forward::Accepted {
+                    client_ip: hyper::header::HeaderValue::from_str(&client_ip.to_string())
                         .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown")),
                     worker,
-                    open,
-                    counted: client_open.clone(),
+                    open_count,
+                    conn: downstream_conn.clone(),
                 };
                 let service = {
-                    let client_open = client_open.clone();
+                    let downstream_conn = downstream_conn.clone();
                     service_fn(move |req| {
-                        let active = client_open.begin();
-                        let response = forward::handle(shared.clone(), client.clone(), req);
-                        let client_open = client_open.clone();
-                        async move { response.await.map(|r| client_open.answer(r, active)) }
+                        let active = downstream_conn.begin();
+                        let response = forward::handle(proxy.clone(), accepted.clone(), req);
+                        let downstream_conn = downstream_conn.clone();
+                        async move { response.await.map(|r| downstream_conn.answer(r, active)) }
                     })
                 };
                 let stream = Watched {
                     io: stream,
-                    open: client_open.clone(),
+                    conn: downstream_conn.clone(),
                 };
                 let conn = std::pin::pin!(http
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades());
                 let served =
-                    client_open.serve(worker, conn, |conn| conn.as_mut().graceful_shutdown());
+                    downstream_conn.serve(worker, conn, |conn| conn.as_mut().graceful_shutdown());
                 if let Some(Err(err)) = served.await {
                     tracing::debug!(%peer, "client connection ended: {err}");
                 }
@@ -379,14 +374,14 @@ fn per_connection(err: &io::Error) -> bool {
 /// goes out (`pace::SendState`): nothing else, so the hot path pays two relaxed atomics a write.
 struct Watched {
     io: TcpStream,
-    open: Arc<clients::Open>,
+    conn: Arc<downstream::Conn>,
 }
 
 impl Watched {
     fn noted(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         match &written {
-            Poll::Ready(Ok(n)) => self.open.send.wrote(*n),
-            Poll::Pending => self.open.send.full(),
+            Poll::Ready(Ok(n)) => self.conn.send.wrote(*n),
+            Poll::Pending => self.conn.send.full(),
             Poll::Ready(Err(_)) => {}
         }
         written

@@ -1,9 +1,9 @@
-//! One client connection driven to its end, with one timer for all its checks (rearmed once
-//! per period, never per request): closed when nobody uses it (`idle_timeout`: no request begun
-//! and none in progress — an idle keep-alive connection, or a client too slow to finish its
-//! request head), closed when the proxy needs its room (`Clients::wait_for_room`), cut when its
-//! client stopped taking a response (`send_timeout` and `min_rate`, see `pace`), and let go of
-//! when the proxy closes.
+//! One downstream (client) connection served to its end, with one timer for all its checks
+//! (rearmed once per period, never per request): closed when nobody uses it (`idle_timeout`: no
+//! request begun and none in progress — an idle keep-alive connection, or a client too slow to
+//! finish its request head), closed when the proxy needs its room (`Downstream::wait_for_room`),
+//! cut when its client stopped taking a response (`send_timeout` and `min_rate`, see `pace`),
+//! and let go of when the proxy closes: from then on each answer says `Connection: close`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,14 +11,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use hyper::header::{HeaderValue, CONNECTION};
+use hyper::{Response, StatusCode};
 use tokio::sync::futures::Notified;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFuture;
 
-use super::clients::{Open, IDLE_GRACE};
+use super::body::ResponseBody;
+use super::downstream::{Active, Conn, IDLE_GRACE};
 use super::pace::Pace;
 
-impl Open {
+impl Conn {
     /// Drives `conn`, served by `worker`, to its end; once the close began, shuts it down
     /// (gracefully: a response in progress still goes out) when its client stays idle for
     /// [`IDLE_GRACE`] or at the deadline. `None`: dropped, after it stayed unused, was closed
@@ -32,16 +35,16 @@ impl Open {
     where
         C: Future<Output = Result<T, E>> + Unpin,
     {
-        let _seat = self.clients.seat(worker, self);
+        let _seat = self.downstream.seat(worker, self);
         let mut conn = conn;
         let idle_timeout = self.limits.idle_timeout;
         let ended = {
-            let closing = std::pin::pin!(self.clients.closing.cancelled());
+            let closing = std::pin::pin!(self.downstream.closing.cancelled());
             let evicted = std::pin::pin!(self.evicted.notified());
             let timer = std::pin::pin!(tokio::time::sleep(idle_timeout));
             UntilClosing {
                 conn: &mut conn,
-                open: self,
+                tracked: self,
                 closing,
                 evicted,
                 listening: false,
@@ -71,13 +74,35 @@ impl Open {
             // An answer missed between two turns costs nothing: each turn waits afresh.
             tokio::select! {
                 result = &mut conn => return Some(result),
-                () = self.clients.cut.cancelled() => break,
+                () = self.downstream.cut.cancelled() => break,
                 () = self.answered.notified() => {}
                 () = tokio::time::sleep(IDLE_GRACE) => break,
             }
         }
         graceful_shutdown(&mut conn);
         Some(conn.await)
+    }
+
+    /// Notes a request, and marks its response as the connection's last once the close began.
+    /// `active` goes with the response body: the request is in progress until it is sent.
+    pub(super) fn answer(
+        &self,
+        mut response: Response<ResponseBody>,
+        active: Active,
+    ) -> Response<ResponseBody> {
+        response.body_mut().hold(active);
+        let closing = self.downstream.closing_flag.load(Ordering::SeqCst);
+        // Only `serve` after the close began listens.
+        if closing {
+            self.answered.notify_waiters();
+        }
+        // A 101 hands the connection to a tunnel: its own `Connection: upgrade` must stay.
+        if closing && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -97,8 +122,10 @@ enum Ended<R> {
 /// then only after a flag says they fired: a connection is woken several times per request, and
 /// each poll of the token takes a lock.
 struct UntilClosing<'a, 'b, C> {
+    /// hyper's connection, served.
     conn: &'a mut C,
-    open: &'b Open,
+    /// The same connection as `Downstream` keeps track of it.
+    tracked: &'b Conn,
     closing: Pin<&'a mut WaitForCancellationFuture<'b>>,
     evicted: Pin<&'a mut Notified<'b>>,
     listening: bool,
@@ -106,7 +133,7 @@ struct UntilClosing<'a, 'b, C> {
     timer: Pin<&'a mut Sleep>,
     /// When the current idle period ends.
     idle_at: Instant,
-    /// `Open::begun` at the start of the current idle period.
+    /// `Conn::begun` at the start of the current idle period.
     begun: u64,
     send: Pace,
 }
@@ -122,22 +149,22 @@ impl<C: Future + Unpin> Future for UntilClosing<'_, '_, C> {
         // The task's waker is the same on every poll, so the one registered first stays valid.
         if !this.listening {
             this.listening = true;
-            // Registers for `Clients::evict_oldest_idle`'s wake; its flag says it came.
+            // Registers for `Downstream::evict_oldest_idle`'s wake; its flag says it came.
             let _ = this.evicted.as_mut().poll(cx);
             if this.closing.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ended::Closing);
             }
-        } else if this.open.clients.closing_flag.load(Ordering::SeqCst)
+        } else if this.tracked.downstream.closing_flag.load(Ordering::SeqCst)
             && this.closing.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(Ended::Closing);
         }
-        if this.open.evict.load(Ordering::Relaxed) {
+        if this.tracked.evict.load(Ordering::Relaxed) {
             return Poll::Ready(Ended::Evicted);
         }
         // A write found the client's socket full: its deadline may come before the next check.
         // One load while writes go out.
-        let send_deadline = this.open.send.deadline(&this.send);
+        let send_deadline = this.tracked.send.deadline(&this.send);
         if let Some(deadline) = send_deadline {
             if deadline < this.timer.deadline() {
                 this.timer.as_mut().reset(deadline);
@@ -145,17 +172,17 @@ impl<C: Future + Unpin> Future for UntilClosing<'_, '_, C> {
         }
         while this.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            let send_deadline = this.open.send.deadline(&this.send);
+            let send_deadline = this.tracked.send.deadline(&this.send);
             if send_deadline.is_some_and(|deadline| now >= deadline) {
-                return Poll::Ready(Ended::Stalled(this.open.send.why(&this.send)));
+                return Poll::Ready(Ended::Stalled(this.tracked.send.why(&this.send)));
             }
             if now >= this.idle_at {
-                let begun = this.open.begun.load(Ordering::Relaxed);
-                if begun == this.begun && this.open.active.load(Ordering::Relaxed) == 0 {
+                let begun = this.tracked.begun.load(Ordering::Relaxed);
+                if begun == this.begun && this.tracked.active.load(Ordering::Relaxed) == 0 {
                     return Poll::Ready(Ended::Idle);
                 }
                 this.begun = begun;
-                this.idle_at = now + this.open.limits.idle_timeout;
+                this.idle_at = now + this.tracked.limits.idle_timeout;
             }
             let next = send_deadline.map_or(this.idle_at, |d| d.min(this.idle_at));
             this.timer.as_mut().reset(next);

@@ -1,7 +1,7 @@
-//! The proxy's client connections as a whole: how many are open, against the app's
-//! `max_connections` and the process's budget (`room`); which one to close when there is no room
-//! for another; and how they are let go of when the proxy closes (a supervisor restart or
-//! hand-over) without failing a single request.
+//! The proxy's downstream side: the client connections it accepted, as a whole. How many are
+//! open, against the app's `max_connections` and the process's budget (`room`); which one to
+//! close when there is no room for another; and how they are let go of when the proxy closes (a
+//! supervisor restart or hand-over) without failing a single request.
 //!
 //! No room: like nginx out of connections, the oldest idle connection (no request in progress,
 //! open for at least [`EVICT_GRACE`]) is closed to make room; with none idle, new connections
@@ -9,12 +9,12 @@
 //! is never cut to make room.
 //!
 //! Closing never cuts a connection between two requests of an active client, which would race
-//! with the client's next request already on the wire: from [`Clients::close`] on, every response
-//! carries `Connection: close`, so each client reconnects after its next answer (to the listening
-//! socket, which the next supervisor serves). Only a connection idle for [`IDLE_GRACE`] after that
-//! is closed by us, and at the deadline every remaining one is shut down gracefully.
+//! with the client's next request already on the wire: from [`Downstream::close`] on, every
+//! response carries `Connection: close`, so each client reconnects after its next answer (to the
+//! listening socket, which the next supervisor serves). Only a connection idle for [`IDLE_GRACE`]
+//! after that is closed by us, and at the deadline every remaining one is shut down gracefully.
 //!
-//! `connection` drives each one: it also closes the connections nobody uses (no request begun
+//! `serve` drives each one: it also closes the connections nobody uses (no request begun
 //! for `idle_timeout` and none in progress: an idle keep-alive connection, or a client too slow
 //! to finish its request head) and cuts those whose client stopped taking its response.
 
@@ -23,14 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::header::{HeaderValue, CONNECTION};
-use hyper::{Response, StatusCode};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::body::ResponseBody;
 use super::limits::ClientLimits;
 use super::pace::SendState;
 use super::room::{self, Budget};
@@ -50,9 +47,9 @@ pub(super) const EVICT_GRACE: Duration = Duration::from_secs(1);
 /// (it is woken at once when a connection ends).
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// Every open client connection of one proxy.
+/// Every open downstream (client) connection of one proxy.
 #[derive(Debug)]
-pub(super) struct Clients {
+pub(super) struct Downstream {
     open: AtomicUsize,
     /// Woken whenever a connection ends.
     ended: Notify,
@@ -75,29 +72,30 @@ pub(super) struct Clients {
 /// The connections of one worker, each in a slot that stays its own until it ends.
 #[derive(Debug, Default)]
 struct Seats {
-    taken: Vec<Option<Arc<Open>>>,
+    taken: Vec<Option<Arc<Conn>>>,
     free: Vec<usize>,
 }
 
 /// A connection's place among the ones that may be closed for room, until dropped.
 pub(super) struct Seat<'a> {
-    clients: &'a Clients,
+    downstream: &'a Downstream,
     worker: usize,
     index: usize,
 }
 
 impl Drop for Seat<'_> {
     fn drop(&mut self) {
-        let mut seats = lock(&self.clients.seats[self.worker]);
+        let mut seats = lock(&self.downstream.seats[self.worker]);
         seats.taken[self.index] = None;
         seats.free.push(self.index);
     }
 }
 
-/// One client connection as [`Clients`] counts it; dropping it counts the connection as ended.
+/// One accepted (downstream) connection as [`Downstream`] keeps track of it (the socket itself
+/// is hyper's); dropping it counts the connection as ended.
 #[derive(Debug)]
-pub(super) struct Open {
-    pub(super) clients: Arc<Clients>,
+pub(super) struct Conn {
+    pub(super) downstream: Arc<Downstream>,
     /// Woken by every answer once the close began, so the closing connection can tell whether
     /// its client is active.
     pub(super) answered: Notify,
@@ -115,18 +113,18 @@ pub(super) struct Open {
     pub(super) evicted: Notify,
 }
 
-impl Drop for Open {
+impl Drop for Conn {
     fn drop(&mut self) {
-        self.clients.open.fetch_sub(1, Ordering::SeqCst);
-        self.clients.budget.give_back();
-        self.clients.ended.notify_waiters();
+        self.downstream.open.fetch_sub(1, Ordering::SeqCst);
+        self.downstream.budget.give_back();
+        self.downstream.ended.notify_waiters();
     }
 }
 
-impl Clients {
+impl Downstream {
     /// The clients of a proxy with `workers` event loops, counted against the process's budget.
-    pub(super) fn new(workers: usize) -> Clients {
-        Clients {
+    pub(super) fn new(workers: usize) -> Downstream {
+        Downstream {
             open: AtomicUsize::new(0),
             ended: Notify::new(),
             closing: CancellationToken::new(),
@@ -139,12 +137,12 @@ impl Clients {
     }
 
     /// Counts a new connection until the returned guard drops.
-    pub(super) fn open(self: &Arc<Self>, limits: ClientLimits) -> Arc<Open> {
+    pub(super) fn open(self: &Arc<Self>, limits: ClientLimits) -> Arc<Conn> {
         self.open.fetch_add(1, Ordering::SeqCst);
         self.budget.take();
         let born = Instant::now();
-        Arc::new(Open {
-            clients: self.clone(),
+        Arc::new(Conn {
+            downstream: self.clone(),
             answered: Notify::new(),
             begun: AtomicU64::new(0),
             active: AtomicUsize::new(0),
@@ -161,22 +159,22 @@ impl Clients {
         self.open.load(Ordering::SeqCst)
     }
 
-    /// Puts `open`, served by `worker`, among the connections that may be closed for room.
-    pub(super) fn seat(&self, worker: usize, open: &Arc<Open>) -> Seat<'_> {
+    /// Puts `conn`, served by `worker`, among the connections that may be closed for room.
+    pub(super) fn seat(&self, worker: usize, conn: &Arc<Conn>) -> Seat<'_> {
         let worker = worker % self.seats.len();
         let mut seats = lock(&self.seats[worker]);
         let index = match seats.free.pop() {
             Some(index) => {
-                seats.taken[index] = Some(open.clone());
+                seats.taken[index] = Some(conn.clone());
                 index
             }
             None => {
-                seats.taken.push(Some(open.clone()));
+                seats.taken.push(Some(conn.clone()));
                 seats.taken.len() - 1
             }
         };
         Seat {
-            clients: self,
+            downstream: self,
             worker,
             index,
         }
@@ -248,21 +246,21 @@ impl Clients {
     /// any worker to close, if there is one.
     fn evict_oldest_idle(&self) {
         let now = Instant::now();
-        let mut oldest: Option<Arc<Open>> = None;
+        let mut oldest: Option<Arc<Conn>> = None;
         for seats in self.seats.iter() {
             let seats = lock(seats);
-            for open in seats.taken.iter().flatten() {
-                let idle = open.active.load(Ordering::Relaxed) == 0
-                    && !open.evict.load(Ordering::Relaxed)
-                    && now.duration_since(open.born) >= EVICT_GRACE;
-                if idle && oldest.as_ref().is_none_or(|o| open.born < o.born) {
-                    oldest = Some(open.clone());
+            for conn in seats.taken.iter().flatten() {
+                let idle = conn.active.load(Ordering::Relaxed) == 0
+                    && !conn.evict.load(Ordering::Relaxed)
+                    && now.duration_since(conn.born) >= EVICT_GRACE;
+                if idle && oldest.as_ref().is_none_or(|o| conn.born < o.born) {
+                    oldest = Some(conn.clone());
                 }
             }
         }
-        if let Some(open) = oldest {
-            open.evict.store(true, Ordering::Relaxed);
-            open.evicted.notify_one();
+        if let Some(conn) = oldest {
+            conn.evict.store(true, Ordering::Relaxed);
+            conn.evicted.notify_one();
         }
     }
 
@@ -302,7 +300,7 @@ impl Clients {
 
 /// One request of a connection in progress, until its response has gone out to the last byte.
 #[derive(Debug)]
-pub(super) struct Active(Arc<Open>);
+pub(super) struct Active(Arc<Conn>);
 
 impl Drop for Active {
     fn drop(&mut self) {
@@ -310,11 +308,11 @@ impl Drop for Active {
     }
 }
 
-impl Open {
+impl Conn {
     /// Resolves at the deadline of the proxy's close: a tunnel (which keeps its connection
     /// counted as open) ends then.
     pub(super) async fn cut(&self) {
-        self.clients.cut.cancelled().await;
+        self.downstream.cut.cancelled().await;
     }
 
     /// Notes a request as begun: the connection is not idle until the returned guard drops.
@@ -323,27 +321,34 @@ impl Open {
         self.active.fetch_add(1, Ordering::Relaxed);
         Active(self.clone())
     }
+}
 
-    /// Notes a request, and marks its response as the connection's last once the close began.
-    /// `active` goes with the response body: the request is in progress until it is sent.
-    pub(super) fn answer(
-        &self,
-        mut response: Response<ResponseBody>,
-        active: Active,
-    ) -> Response<ResponseBody> {
-        response.body_mut().hold(active);
-        let closing = self.clients.closing_flag.load(Ordering::SeqCst);
-        // Only `serve` after the close began listens.
-        if closing {
-            self.answered.notify_waiters();
+/// The connections and tunnels open on one worker thread (see `workers`): the accept loops
+/// balance on it, and after `shutdown` the worker ends once none is left. On a cache line of its
+/// own: each worker writes its own count on every connection.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(super) struct OpenCount {
+    pub(super) count: AtomicUsize,
+    pub(super) none_left: Notify,
+}
+
+/// Counts one connection or tunnel as open until dropped.
+#[derive(Debug)]
+pub(super) struct OpenGuard(Arc<OpenCount>);
+
+impl OpenGuard {
+    pub fn new(open: Arc<OpenCount>) -> OpenGuard {
+        open.count.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
         }
-        // A 101 hands the connection to a tunnel: its own `Connection: upgrade` must stay.
-        if closing && response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
     }
 }
 

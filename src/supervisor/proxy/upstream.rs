@@ -1,8 +1,8 @@
-//! The proxy's HTTP/1.1 client to its instances, run inside the client connection's own task: the
-//! request head is written and the response head read on a pooled socket directly, with no
-//! connection task and no channels in between (the hand-offs that made hyper's client the larger
-//! half of the proxy's cost per request). The response body is read by `body::Proxied`, in the
-//! same task, as the client side asks for it.
+//! The proxy's upstream side: its HTTP/1.1 client to its instances, run inside the downstream
+//! (client) connection's own task. The request head is written and the response head read on a
+//! pooled socket directly, with no connection task and no channels in between (the hand-offs that
+//! made hyper's client the larger half of the proxy's cost per request). The response body is
+//! read by `body::Proxied`, in the same task, as the downstream side asks for it.
 //!
 //! What it speaks: origin-form requests, bodies by `content-length` or chunked, responses framed
 //! by length, chunks or close (RFC 9112 section 6.3, `framing`), 1xx responses skipped, 101
@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::framing::retain_allowed_trailers;
+use super::framing::{invalid, retain_allowed_trailers};
 use super::head::{self, Forwarding, Head};
 use super::pace::{BodyClock, Pace};
 
@@ -387,8 +387,4 @@ async fn read_head<R: AsyncRead + Unpin>(
             Err(err) => return Err(ExchangeError::Failed(err)),
         }
     }
-}
-
-pub(super) fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }

@@ -1,5 +1,6 @@
-//! Canary routing: which side of a split route a request goes to — the tester header, the sticky
-//! cookie, or its turn by weight — and the cookie that keeps a new client on that side.
+//! A route split between the stable release and a canary: which side a request goes to — the
+//! tester header, the sticky cookie, or its turn by weight — and the cookie that keeps a new
+//! client on that side.
 //!
 //! Turns are counted, not drawn: request `n` goes to the canary when `floor((n+1)·w)` passes
 //! `floor(n·w)`, so any run of requests gets the share `w` to within one request, at any
@@ -16,8 +17,7 @@ use hmac::{Hmac, Mac};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 
-use super::backend::Routed;
-use super::Backend;
+use super::backend::{Backend, Routed};
 use crate::protocol::canary::Share;
 
 /// The new version's part of a route while a canary runs.

@@ -1,0 +1,171 @@
+//! What a proxy's worker threads share with its `Proxy` handle: each worker's lane of the route,
+//! every backend routed or still draining (the counters `stats` reports), the open downstream
+//! connections, and the settings each new connection or request reads (PROXY protocol, TCP
+//! mode, client limits, hold). Also how a new route becomes every worker's table, the instances
+//! that stay keeping their counters and idle connections, and how a backend is drained.
+//!
+//! A request reads its worker's lane only (`lane`, `rerouted`); the `known` lock is taken by
+//! `set_route`, `stats` and `drain`, never by a request.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+use super::backend::{Backend, BackendState, BackendStats};
+use super::downstream::Downstream;
+use super::limits::{AtomicClientLimits, ClientLimits};
+use super::route::{self, Hold, Lane, Route, Table};
+use super::split::Split;
+
+/// What every connection task shares with the `Proxy` handle.
+#[derive(Debug)]
+pub(super) struct ProxyState {
+    /// One per worker thread.
+    lanes: Box<[Lane]>,
+    /// Every backend routed now or still draining: the counters `stats` reports. Locked only by
+    /// `set_route`, `stats` and `drain`, never by a request.
+    known: Mutex<Vec<Arc<BackendState>>>,
+    /// Worker threads: each backend keeps one pool of idle connections per worker.
+    workers: usize,
+    /// The open downstream (client) connections, for `close`.
+    pub(super) downstream: Arc<Downstream>,
+    /// Connections start with a PROXY protocol header (see `set_proxy_protocol`).
+    pub(super) proxy_protocol: AtomicBool,
+    /// Connections are piped whole to one instance (see `set_tcp`).
+    pub(super) tcp: AtomicBool,
+    /// What a client may hold and for how long (see `set_client_limits`).
+    pub(super) limits: AtomicClientLimits,
+    /// How long a request waits for an instance while none is routed, in milliseconds (see
+    /// `set_hold`).
+    pub(super) hold_ms: AtomicU64,
+    /// Woken by every `set_route`, for the requests held while none is routed.
+    route_changed: Notify,
+    /// The key of the canary cookie's MAC (see `split`), random per proxy.
+    cookie_key: [u8; 32],
+}
+
+impl ProxyState {
+    /// The state of a proxy with `workers` worker threads, with an empty route.
+    pub fn new(workers: usize) -> ProxyState {
+        ProxyState {
+            lanes: (0..workers)
+                .map(|_| Lane {
+                    table: ArcSwap::from_pointee(Table::default()),
+                    turn: AtomicUsize::new(0),
+                })
+                .collect(),
+            known: Mutex::new(Vec::new()),
+            workers,
+            downstream: Arc::new(Downstream::new(workers)),
+            proxy_protocol: AtomicBool::new(false),
+            tcp: AtomicBool::new(false),
+            limits: AtomicClientLimits::new(ClientLimits::default()),
+            hold_ms: AtomicU64::new(0),
+            route_changed: Notify::new(),
+            cookie_key: rand::random(),
+        }
+    }
+
+    pub fn lane(&self, worker: usize) -> &Lane {
+        &self.lanes[worker % self.lanes.len()]
+    }
+
+    /// Waits, within a request's hold (`set_hold`), for a route to try again (see
+    /// `route::rerouted`).
+    pub async fn rerouted(
+        &self,
+        worker: usize,
+        seen: &Arc<Table>,
+        hold: &mut Hold,
+    ) -> Option<Arc<Table>> {
+        let hold_for = Duration::from_millis(self.hold_ms.load(Ordering::Relaxed));
+        route::rerouted(self.lane(worker), &self.route_changed, hold_for, seen, hold).await
+    }
+
+    /// Replaces every worker's table with `route`'s and wakes the held requests.
+    pub fn set_route(&self, route: Route) {
+        let mut known = lock(&self.known);
+        let mut state_of = |backend: Arc<Backend>| {
+            // Same instance (id and address) keeps its counters and its idle connections; one
+            // cut by a drain starts afresh, or its requests would be cut at once.
+            let existing = known.iter().find(|s| {
+                s.backend.id == backend.id
+                    && s.backend.addr == backend.addr
+                    && !s.cut.is_cancelled()
+            });
+            match existing {
+                Some(state) => state.clone(),
+                None => {
+                    known.retain(|s| s.backend.id != backend.id || s.in_flight() > 0);
+                    let state = Arc::new(BackendState::new(backend, self.workers));
+                    known.push(state.clone());
+                    state
+                }
+            }
+        };
+        let mut backends: Vec<Arc<BackendState>> =
+            route.backends.into_iter().map(&mut state_of).collect();
+        let stable_count = backends.len();
+        if let Some(canary) = &route.canary {
+            backends.extend(canary.backends.iter().cloned().map(&mut state_of));
+        }
+        for lane in &self.lanes {
+            lane.table.store(Arc::new(Table {
+                backends: backends.clone(),
+                stable_count,
+                balance: route.balance,
+                split: route
+                    .canary
+                    .as_ref()
+                    .map(|c| Split::new(c, &self.cookie_key)),
+            }));
+        }
+        self.route_changed.notify_waiters();
+    }
+
+    /// Counters of every backend currently routed or still draining.
+    pub fn stats(&self) -> Vec<BackendStats> {
+        lock(&self.known).iter().map(|s| s.stats()).collect()
+    }
+
+    /// Waits until `backend_id` has nothing in flight or `timeout` passes, then cuts what is
+    /// left; forgets the backend if it is no longer routed. Returns the number cut.
+    pub async fn drain(&self, backend_id: &str, timeout: Duration) -> u64 {
+        let state = lock(&self.known)
+            .iter()
+            .rev()
+            .find(|s| s.backend.id == backend_id)
+            .cloned();
+        let Some(state) = state else { return 0 };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut cut = 0;
+        if !state.wait_idle(deadline).await {
+            cut = state.in_flight();
+            tracing::info!(
+                backend = %state.backend.id,
+                "drain deadline of {timeout:?} passed, cutting {cut} open connection(s)"
+            );
+            state.cut_all();
+            // Cut requests and tunnels end at their next poll; give them a moment to do so, so
+            // that the instance is really free when this returns.
+            let settle = tokio::time::Instant::now() + Duration::from_secs(2);
+            state.wait_idle(settle).await;
+        }
+        state.close_idle();
+        let routed = self.lane(0).table.load().routes(&state);
+        if !routed {
+            lock(&self.known).retain(|s| !Arc::ptr_eq(s, &state));
+        }
+        cut
+    }
+}
+
+/// The registry lock: a panic while holding it leaves plain data behind, still usable.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
