@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sha2::Digest;
 
+use super::supervisor::Supervisor;
 use super::{cutover, cutover_bin, fixture, free_port, wait_until};
 
 /// Generous: gossip on a loaded 2-core box can take a few seconds to converge.
@@ -179,7 +180,7 @@ pub struct FleetNode {
     pub dir: PathBuf,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
-    pub supervisor: Option<Child>,
+    pub supervisor: Option<Supervisor>,
     pub agent: Option<SerfAgent>,
     /// Environment the node's handler (and so its agent and apps' manifests) sees.
     pub env: Vec<(String, String)>,
@@ -208,29 +209,24 @@ impl FleetNode {
         }
     }
 
+    /// Starts the node's supervisor (in its dir: `state/`, `cutover.sock`, `supervisor.log`)
+    /// with the node's environment, and the caller's `RUST_LOG`; again, after a [`kill`], on
+    /// the same state.
+    ///
+    /// [`kill`]: FleetNode::kill
     pub fn start_supervisor(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("supervisor.log"))
-            .unwrap();
-        let child = cutover()
-            .arg("supervise")
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start cutover supervise");
-        self.supervisor = Some(child);
-        let socket = self.socket.clone();
-        wait_until(&format!("{} supervisor socket", self.name), GOSSIP, || {
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        });
+        let env = self.env.clone();
+        let setup = |command: &mut Command| {
+            command.envs(env);
+            match std::env::var_os("RUST_LOG") {
+                Some(level) => command.env("RUST_LOG", level),
+                None => command.env_remove("RUST_LOG"),
+            };
+        };
+        match &mut self.supervisor {
+            Some(killed) => killed.restart_with(setup),
+            None => self.supervisor = Some(Supervisor::start_with(&self.dir, setup)),
+        }
     }
 
     pub fn start_agent(&mut self, join: Option<String>) {
@@ -250,19 +246,9 @@ impl FleetNode {
         self.agent.as_ref().expect("node's serf agent is running")
     }
 
-    /// The node's live version of `app`, from `cutover status --json`.
+    /// The node's live version of `app`, asked of its supervisor.
     pub fn live_version(&self, app: &str) -> Option<String> {
-        let out = cutover()
-            .args(["status", "--json", "--state-dir"])
-            .arg(&self.state_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output()
-            .ok()?;
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        json["apps"].as_array()?.iter().find(|a| a["name"] == app)?["live_version"]
-            .as_str()
-            .map(str::to_owned)
+        self.supervisor.as_ref()?.live_version(app)
     }
 
     /// `cutover apply MANIFEST` on this node, directly (no Serf), with the node's environment.
@@ -282,49 +268,24 @@ impl FleetNode {
 
     /// Kills the host hard: SIGKILL to its Serf agent and its supervisor. The app instances live
     /// on in their own process groups, as they would on a real host, and a restarted supervisor
-    /// adopts them again; restart a killed node before the test ends so they are stopped.
+    /// adopts them again; the node's drop stops them either way.
     pub fn kill(&mut self) {
         if let Some(agent) = &mut self.agent {
             agent.kill();
         }
         self.agent = None;
-        if let Some(mut child) = self.supervisor.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn stop_apps(&self) {
-        if self.supervisor.is_none() {
-            return;
-        }
-        let Some(out) = cutover()
-            .args(["status", "--json", "--state-dir"])
-            .arg(&self.state_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output()
-            .ok()
-        else {
-            return;
-        };
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        for app in json["apps"].as_array().into_iter().flatten() {
-            if let Some(name) = app["name"].as_str() {
-                let _ = cutover()
-                    .args(["stop", name, "--state-dir"])
-                    .arg(&self.state_dir)
-                    .arg("--socket")
-                    .arg(&self.socket)
-                    .output();
-            }
+        // Kept: dropping it would kill the instances it recorded.
+        if let Some(supervisor) = &mut self.supervisor {
+            supervisor.kill_9();
         }
     }
 }
 
 impl Drop for FleetNode {
     fn drop(&mut self) {
-        self.stop_apps();
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.stop_apps();
+        }
         self.kill();
     }
 }
