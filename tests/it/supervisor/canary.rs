@@ -153,9 +153,9 @@ fn promote_and_abort_decide_a_canary_that_waits_for_the_operator() {
     load.wait_for_more_ok(100, ROLLOUT);
     let report = load.stop();
     assert_eq!(report.failures(), 0, "{report:?}");
-    assert_eq!(supervisor.status(&app).live_version.as_deref(), Some("v3"));
+    assert_eq!(supervisor.status(app).live_version.as_deref(), Some("v3"));
     assert_eq!(
-        state_of(&supervisor.releases(&app), "v2"),
+        state_of(&supervisor.releases(app), "v2"),
         Some(ReleaseState::Bad)
     );
 }
