@@ -17,6 +17,12 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `bytes` (a command's stdout or stderr) contain `needle`.
+#[track_caller]
+fn assert_contains(bytes: &[u8], needle: &str) {
+    assert!(text(bytes).contains(needle), "{}", text(bytes));
+}
+
 fn assert_ok(what: &str, out: &Output) {
     assert!(
         out.status.success(),
@@ -54,11 +60,7 @@ fn a_manifest_with_an_app_goes_live_and_the_verbs_drive_it() {
     let v1 = app.write_manifest("v1", &["shared: [ log ]"]);
     let out = deploy_from_stdin(&sup, &v1);
     assert_ok("deploy v1", &out);
-    assert!(
-        text(&out.stderr).contains("shop v1 is live"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&out.stderr, "shop v1 is live");
     assert!(app.dest.join("releases/v1/VERSION").is_file());
     assert_eq!(
         std::fs::read_link(app.dest.join("current"))
@@ -76,11 +78,7 @@ fn a_manifest_with_an_app_goes_live_and_the_verbs_drive_it() {
     let v2 = app.write_manifest("v2", &[]);
     let out = sup.apply(&v2);
     assert_ok("deploy v2", &out);
-    assert!(
-        text(&out.stderr).contains("shop v2 is live (was v1)"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&out.stderr, "shop v2 is live (was v1)");
     assert!(app.serves("v2"));
 
     let out = sup.run(&["status", "shop", "--json"]);
@@ -110,19 +108,11 @@ fn a_manifest_with_an_app_goes_live_and_the_verbs_drive_it() {
 
     let out = sup.run(&["logs", "shop", "-n", "50"]);
     assert_ok("logs", &out);
-    assert!(
-        text(&out.stdout).contains("] demo-app: v2 listening on"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert_contains(&out.stdout, "] demo-app: v2 listening on");
 
     let out = sup.run(&["rollback", "shop"]);
     assert_ok("rollback", &out);
-    assert!(
-        text(&out.stdout).contains("shop rolled back to v1 (from v2)"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert_contains(&out.stdout, "shop rolled back to v1 (from v2)");
     assert!(app.serves("v1"));
 
     let out = sup.run(&["stop", "shop"]);
@@ -151,11 +141,7 @@ fn a_failed_rollout_fails_the_agent_and_the_old_release_keeps_serving() {
     let v2 = app.write_manifest("v2", &[]);
     let out = sup.apply(&v2);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("rollout of shop v2 failed: "),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&out.stderr, "rollout of shop v2 failed: ");
     assert!(app.serves("v1"));
     assert_eq!(sup.live_version("shop").as_deref(), Some("v1"));
 }
@@ -241,11 +227,7 @@ fn without_a_supervisor_the_agent_places_the_release_and_fails_clearly() {
         "no supervisor listening on {}: start it with `cutover supervise`",
         socket.display()
     );
-    assert!(
-        text(&out.stderr).contains(&expected),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&out.stderr, &expected);
     // The release is in place (immutable, reused by the next attempt); nothing went live.
     assert!(app.dest.join("releases/v1/VERSION").is_file());
     assert!(std::fs::symlink_metadata(app.dest.join("current")).is_err());

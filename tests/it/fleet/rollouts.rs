@@ -4,7 +4,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::serf::{release, text, Behaviour, Fleet, GOSSIP};
+use crate::support::fleet::{release, text, Behaviour, Fleet};
+use crate::support::serf::GOSSIP;
 use crate::support::{cutover, wait_until};
 
 /// A whole rollout in these tests: health gating plus generous coordination on a loaded box.

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod archive;
 pub mod control_socket;
+pub mod fleet;
 pub mod github;
 pub mod http_server;
 pub mod load;

@@ -145,15 +145,20 @@ impl Supervisor {
     /// Waits until the control socket answers a handshake; panics if the supervisor exits.
     fn wait_answering(&mut self) {
         wait_until("the control socket to answer", ROLLOUT, || {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("the supervisor exited with {status}:\n{}", self.log());
-            }
+            self.assert_running();
             block_on(Client::connect(&self.socket)).is_ok()
         });
+    }
+
+    /// Panics, with the log, if the supervisor process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            panic!("the supervisor exited with {status}:\n{}", self.log());
+        }
     }
 
     /// Pid of the running supervisor process.
@@ -208,13 +213,7 @@ impl Supervisor {
         let successor = self.spawn(&self.socket, &["--take-over"], |_| {});
         let mut old = self.child.replace(successor).expect("the supervisor runs");
         wait_until("the old supervisor to hand over and exit", ROLLOUT, || {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("the new supervisor exited with {status}:\n{}", self.log());
-            }
+            self.assert_running();
             old.try_wait().ok().flatten().is_some()
         });
         let status = old.wait().expect("reap the old supervisor");
