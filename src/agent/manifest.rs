@@ -108,6 +108,9 @@ pub enum ManifestError {
     DestMode(String),
     #[error("app: needs src, checksum and dest: the release archive is what the app runs")]
     AppWithoutSrc,
+    /// The `app:` section, refused by `AppSpec::check` (its message names the key).
+    #[error("app: {0}")]
+    App(String),
 }
 
 /// Raw shape of the YAML; `Manifest` is what it means once checked.
@@ -202,6 +205,11 @@ pub fn parse(
             })
         }
     };
+    // The supervisor checks the section again, but by then the release is fetched, unpacked and
+    // in place: a bad `listen` would leave it behind.
+    if let Some(app) = files.as_ref().and_then(|f| f.app.as_ref()) {
+        app.check().map_err(ManifestError::App)?;
+    }
     Ok(Manifest {
         files,
         commands: raw.commands,
@@ -386,6 +394,27 @@ mod tests {
             );
             assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
         }
+    }
+
+    #[test]
+    fn the_app_section_is_checked_with_the_manifest() {
+        let manifest = |listen: &str| {
+            format!(
+                "src: file:///a.tar.gz\nchecksum: {}\ndest: /srv/shop\napp:\n  name: shop\n  run: ./shop\n  listen: {listen}\n",
+                "0".repeat(64)
+            )
+        };
+        let m = parse_ok(&manifest("127.0.0.1:8080"));
+        assert_eq!(
+            m.files.and_then(|f| f.app).map(|a| a.name).as_deref(),
+            Some("shop")
+        );
+        let err = parse(&manifest("nowhere:8080"), &no_vars).unwrap_err();
+        assert!(matches!(err, ManifestError::App(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "app: listen \"nowhere:8080\" of shop is not an address like 0.0.0.0:8080"
+        );
     }
 
     #[test]

@@ -17,14 +17,20 @@ pub struct DecideArgs {
     pub app: String,
 }
 
-/// `promote: true` ends the canary with a full switch; `false` backs it out.
-pub fn run(args: DecideArgs, promote: bool, global: &GlobalArgs) -> ExitCode {
-    let request = CanaryRequest { app: args.app };
-    let (verb, request) = if promote {
-        ("promote", Request::Promote(request))
-    } else {
-        ("abort", Request::Abort(request))
-    };
+/// `cutover promote APP`: ends the canary with a full switch.
+pub fn promote(args: DecideArgs, global: &GlobalArgs) -> ExitCode {
+    let request = Request::Promote(CanaryRequest { app: args.app });
+    send("promote", request, global)
+}
+
+/// `cutover abort APP`: backs the canary out.
+pub fn abort(args: DecideArgs, global: &GlobalArgs) -> ExitCode {
+    let request = Request::Abort(CanaryRequest { app: args.app });
+    send("abort", request, global)
+}
+
+/// Hands the decision to the supervisor and prints its answer.
+fn send(verb: &str, request: Request, global: &GlobalArgs) -> ExitCode {
     match remote::call(global, request, |_| {}) {
         Ok(Response::Decided(reply)) => {
             println!("{}: {}", reply.app, reply.message);

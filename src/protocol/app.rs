@@ -3,8 +3,11 @@
 //! It is parsed by the agent from the manifest and sent as is to the supervisor in a deploy
 //! request, and the supervisor stores it with each release, so it lives in the protocol module.
 //! Unknown keys are an error (`deny_unknown_fields`): a typo must not silently do nothing.
+//! What the section says on its own is checked by [`AppSpec::check`], on both sides: by the
+//! agent before it fetches anything, by the supervisor before it deploys.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -92,6 +95,63 @@ pub struct AppSpec {
     /// balancer in front, naming the real client. Only for a port that nothing else can reach.
     #[serde(default)]
     pub proxy_protocol: bool,
+}
+
+impl AppSpec {
+    /// What is wrong with this section on its own, in one line naming the key and the fix; the
+    /// answer is the public address `listen` names, parsed here once for all.
+    ///
+    /// Checks that need more than the section (the version, the release on disk, the app's
+    /// record) are the supervisor's.
+    pub fn check(&self) -> Result<SocketAddr, String> {
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok || self.name.starts_with('.') {
+            return Err(format!(
+                "app name {:?} is not allowed; use letters, digits, '-', '_' and '.'",
+                self.name
+            ));
+        }
+        let listen = self.listen_addr()?;
+        if self.run.trim().is_empty() {
+            return Err(format!(
+                "run of {} is empty; say how to start it",
+                self.name
+            ));
+        }
+        // A zero would close every connection at once (or admit none).
+        for (key, zero, example) in [
+            ("idle_timeout", self.idle_timeout.is_zero(), "30s"),
+            ("body_timeout", self.body_timeout.is_zero(), "60s"),
+            ("send_timeout", self.send_timeout.is_zero(), "60s"),
+            ("max_connections", self.max_connections == 0, "4096"),
+        ] {
+            if zero {
+                return Err(format!(
+                    "{key} of {} is 0; give it a value such as {example}",
+                    self.name
+                ));
+            }
+        }
+        if self.strategy == Strategy::Canary {
+            self.canary.check()?;
+        }
+        Ok(listen)
+    }
+
+    /// `listen` as an address. [`AppSpec::check`] says so first; this is for a section checked
+    /// before (one the supervisor stored).
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|_| {
+            format!(
+                "listen {:?} of {} is not an address like 0.0.0.0:8080",
+                self.listen, self.name
+            )
+        })
+    }
 }
 
 /// Health checking of each instance.
@@ -212,5 +272,63 @@ mod defaults {
     }
     pub fn health_deadline() -> Duration {
         Duration::from_secs(60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: serde_json::Value) -> AppSpec {
+        let mut value = serde_json::json!({
+            "name": "shop", "run": "./shop --port {port}", "listen": "127.0.0.1:8080"
+        });
+        value
+            .as_object_mut()
+            .expect("an object")
+            .extend(extra.as_object().expect("an object").clone());
+        serde_json::from_value(value).expect("spec")
+    }
+
+    #[test]
+    fn a_good_section_passes_with_its_address_parsed() {
+        let listen = spec(serde_json::json!({})).check().expect("good");
+        assert_eq!(listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+    }
+
+    #[test]
+    fn each_bad_key_is_named() {
+        for (extra, words) in [
+            (
+                serde_json::json!({"name": ".hidden"}),
+                "app name \".hidden\"",
+            ),
+            (serde_json::json!({"name": "a/b"}), "is not allowed"),
+            (
+                serde_json::json!({"listen": "nowhere:80"}),
+                "listen \"nowhere:80\" of shop",
+            ),
+            (serde_json::json!({"listen": "8080"}), "not an address"),
+            (serde_json::json!({"run": "  "}), "run of shop is empty"),
+            (
+                serde_json::json!({"idle_timeout": "0s"}),
+                "idle_timeout of shop is 0",
+            ),
+            (
+                serde_json::json!({"max_connections": 0}),
+                "max_connections of shop is 0",
+            ),
+            (
+                serde_json::json!({"strategy": "canary", "canary": {"steps": []}}),
+                "app.canary.steps is empty",
+            ),
+        ] {
+            let why = spec(extra.clone()).check().expect_err(&extra.to_string());
+            assert!(why.contains(words), "{extra}: {why}");
+        }
+        // A blue-green release does not use its canary section: not judged.
+        assert!(spec(serde_json::json!({"canary": {"steps": []}}))
+            .check()
+            .is_ok());
     }
 }

@@ -15,23 +15,23 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use crate::protocol::{
     DeployRequest, ErrorKind, ErrorReply, Progress, Request, Response, StatusReport,
 };
-use crate::supervisor::app::{AppHandle, AppShared, AppTask, Control};
-use crate::supervisor::canary::Decision;
-use crate::supervisor::deploy;
+use crate::supervisor::app::{AppHandle, AppTask, Control};
 use crate::supervisor::listeners::{Inherited, Listeners};
 use crate::supervisor::proxy::Proxy;
 use crate::supervisor::recovery;
+use crate::supervisor::rollout::{deploy, AppContext, CanaryDecision};
 use crate::supervisor::store::{AppRecord, Store, StoreError};
 use crate::supervisor::strays::Strays;
 
 /// Every app this supervisor runs. Cheap to share (`Arc` inside); one per supervisor.
 #[derive(Debug, Clone)]
 pub struct Apps {
-    inner: Arc<Inner>,
+    registry: Arc<Registry>,
 }
 
+/// What every clone of [`Apps`] shares: the app tasks by name, and what a new one starts from.
 #[derive(Debug)]
-struct Inner {
+struct Registry {
     state_dir: PathBuf,
     store: Arc<Store>,
     tasks: Mutex<BTreeMap<String, AppHandle>>,
@@ -47,7 +47,7 @@ pub const CLIENT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// inherited sockets no app took.
 #[derive(Debug)]
 pub struct Released {
-    pub apps: Vec<Arc<AppShared>>,
+    pub apps: Vec<Arc<AppContext>>,
     pub unclaimed: Vec<Inherited>,
 }
 
@@ -79,17 +79,26 @@ impl Apps {
                 name.clone(),
                 (record.spec.stop_signal.clone(), record.spec.stop_timeout),
             );
-            let (proxy, systemd_socket) = match bind(&name, &record.spec.listen, &inherited).await {
+            // The stored `listen` passed `AppSpec::check` when it was deployed.
+            let bound = match record.spec.listen_addr() {
+                Ok(listen) => bind(&name, listen, &inherited)
+                    .await
+                    .map(|(proxy, systemd_socket)| (listen, proxy, systemd_socket))
+                    .map_err(|e| e.message),
+                Err(why) => Err(why),
+            };
+            let (listen, proxy, systemd_socket) = match bound {
                 Ok(bound) => bound,
-                Err(e) => {
+                Err(why) => {
                     // Its instances keep running; a later deploy or restart can take it back.
-                    tracing::error!(app = %name, "cannot resume: {}", e.message);
+                    tracing::error!(app = %name, "cannot resume: {why}");
                     strays.keep(record.instances.iter().map(|i| i.id.as_str()));
                     continue;
                 }
             };
-            let shared = Arc::new(AppShared {
+            let context = Arc::new(AppContext {
                 name: name.clone(),
+                listen,
                 state_dir: state_dir.to_owned(),
                 proxy,
                 store: store.clone(),
@@ -97,17 +106,17 @@ impl Apps {
             });
             tasks.insert(
                 name,
-                recovery::resume(shared.clone(), record, &mut strays).await,
+                recovery::resume(context.clone(), record, &mut strays).await,
             );
             // A passed socket already has clients waiting: they are let in once the route is set.
-            shared.proxy.start_accepting();
+            context.proxy.start_accepting();
         }
         if !strays.is_empty() {
             // They hold nothing the apps need (each its own port): serving does not wait.
             tokio::spawn(async move { strays.stop_all(&stops).await });
         }
         Ok(Apps {
-            inner: Arc::new(Inner {
+            registry: Arc::new(Registry {
                 state_dir: state_dir.to_owned(),
                 store,
                 tasks: Mutex::new(tasks),
@@ -134,20 +143,20 @@ impl Apps {
             }
             Request::Logs(r) => self.ask(&r.app, |reply| Control::Logs { reply }).await,
             Request::Promote(r) => {
-                let decision = Decision::Promote;
+                let decision = CanaryDecision::Promote;
                 self.ask(&r.app, |reply| Control::Decide { decision, reply })
                     .await
             }
             Request::Abort(r) => {
-                let decision = Decision::Abort;
+                let decision = CanaryDecision::Abort;
                 self.ask(&r.app, |reply| Control::Decide { decision, reply })
                     .await
             }
             Request::Stop(r) => {
                 let response = self.ask(&r.app, |reply| Control::Stop { reply }).await;
-                let task = self.inner.tasks.lock().await.remove(&r.app);
+                let task = self.registry.tasks.lock().await.remove(&r.app);
                 if let (Some(task), Ok(Response::Stopped(_))) = (task, &response) {
-                    self.give_back_socket(&task.shared).await;
+                    self.give_back_socket(&task.context).await;
                 }
                 response
             }
@@ -167,35 +176,35 @@ impl Apps {
     /// persisted), but returns their proxies still accepting and serving: a hand-over keeps them
     /// until the next supervisor serves.
     pub async fn release(self) -> Released {
-        let tasks = std::mem::take(&mut *self.inner.tasks.lock().await);
+        let tasks = std::mem::take(&mut *self.registry.tasks.lock().await);
         let mut apps = Vec::new();
         for (name, task) in tasks {
             let (reply, done) = oneshot::channel();
             if task.controls.send(Control::Release { reply }).await.is_ok() {
-                if let Ok(shared) = done.await {
-                    apps.push(shared);
+                if let Ok(context) = done.await {
+                    apps.push(context);
                 }
             }
             tracing::info!(app = %name, "let go of the app; its instances keep running");
         }
-        if let Err(e) = self.inner.store.flush() {
+        if let Err(e) = self.registry.store.flush() {
             tracing::error!("{e}");
         }
-        let unclaimed = lock(&self.inner.inherited).take_unclaimed();
+        let unclaimed = lock(&self.registry.inherited).take_unclaimed();
         Released { apps, unclaimed }
     }
 
     /// A stopped app's socket that systemd passed goes back to the pool, for a later deploy on
     /// its address: systemd keeps the address bound, so closing it would free nothing and leave
     /// the next bind failing.
-    async fn give_back_socket(&self, app: &AppShared) {
+    async fn give_back_socket(&self, app: &AppContext) {
         if !app.systemd_socket {
             return;
         }
         match app.proxy.listener() {
             Ok(listener) => {
                 app.proxy.stop_accepting().await;
-                lock(&self.inner.inherited).give_back(Inherited {
+                lock(&self.registry.inherited).give_back(Inherited {
                     name: Some(app.name.clone()),
                     addr: app.proxy.local_addr,
                     listener,
@@ -213,7 +222,7 @@ impl Apps {
     ) -> Result<Response, ErrorReply> {
         let name = request.app.name.clone();
         let task = {
-            let mut tasks = self.inner.tasks.lock().await;
+            let mut tasks = self.registry.tasks.lock().await;
             match tasks.get(&name) {
                 Some(task) if !task.controls.is_closed() => task.clone(),
                 _ => {
@@ -234,13 +243,9 @@ impl Apps {
 
     /// The first deploy of an app: bind its public address, then start its task.
     async fn create(&self, request: &DeployRequest) -> Result<AppHandle, ErrorReply> {
-        deploy::validate(request, None)?;
-        let (proxy, systemd_socket) = bind(
-            &request.app.name,
-            &request.app.listen,
-            &self.inner.inherited,
-        )
-        .await?;
+        let listen = deploy::validate(request, None)?;
+        let (proxy, systemd_socket) =
+            bind(&request.app.name, listen, &self.registry.inherited).await?;
         proxy.start_accepting();
         let record = AppRecord {
             spec: request.app.clone(),
@@ -252,20 +257,21 @@ impl Apps {
             deploy: None,
             next_instance: 0,
         };
-        let shared = Arc::new(AppShared {
+        let context = Arc::new(AppContext {
             name: request.app.name.clone(),
-            state_dir: self.inner.state_dir.clone(),
+            listen,
+            state_dir: self.registry.state_dir.clone(),
             proxy,
-            store: self.inner.store.clone(),
+            store: self.registry.store.clone(),
             systemd_socket,
         });
         tracing::info!(app = %request.app.name, "new app, listening on {}", request.app.listen);
-        Ok(AppTask::new(shared, record).spawn())
+        Ok(AppTask::new(context, record).spawn())
     }
 
     async fn status(&self, app: Option<String>) -> Result<Response, ErrorReply> {
         let tasks: Vec<(String, AppHandle)> = {
-            let tasks = self.inner.tasks.lock().await;
+            let tasks = self.registry.tasks.lock().await;
             match &app {
                 Some(name) => vec![(name.clone(), lookup(&tasks, name)?)],
                 None => tasks.iter().map(|(n, t)| (n.clone(), t.clone())).collect(),
@@ -290,7 +296,7 @@ impl Apps {
         name: &str,
         control: impl FnOnce(oneshot::Sender<Response>) -> Control,
     ) -> Result<Response, ErrorReply> {
-        let task = lookup(&*self.inner.tasks.lock().await, name)?;
+        let task = lookup(&*self.registry.tasks.lock().await, name)?;
         let (reply, answer) = oneshot::channel();
         send(name, &task, control(reply), answer).await
     }
@@ -327,7 +333,7 @@ fn not_found(name: &str) -> ErrorReply {
 /// as across a deploy. `Leave::Promptly`: the supervisor stops, and the clients' next
 /// supervisor starts only once this one is gone, so whatever is open after
 /// [`CLIENT_CLOSE_TIMEOUT`] is shut down.
-pub async fn close_all(apps: &[Arc<AppShared>], leave: Leave) {
+pub async fn close_all(apps: &[Arc<AppContext>], leave: Leave) {
     let state = apps.first().map(|app| app.store.snapshot());
     let closing = apps.iter().map(|app| {
         let drain_timeout = state
@@ -367,13 +373,9 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// `start_accepting` is called), else bound anew; and whether systemd passed that socket.
 async fn bind(
     name: &str,
-    listen: &str,
+    addr: SocketAddr,
     inherited: &std::sync::Mutex<Listeners>,
 ) -> Result<(Proxy, bool), ErrorReply> {
-    let addr: SocketAddr = listen.parse().map_err(|_| ErrorReply {
-        kind: ErrorKind::BadRequest,
-        message: format!("listen {listen:?} is not an address like 0.0.0.0:8080"),
-    })?;
     let passed = lock(inherited).take_app(name, addr);
     if let Some(passed) = passed {
         let proxy = Proxy::from_listener_held(passed.listener).map_err(|e| ErrorReply {

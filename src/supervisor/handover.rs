@@ -20,7 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::apps::{self, Released};
 use super::listeners::Listeners;
-use super::BindError;
+use super::socket::{bind_socket, BindError};
 use crate::protocol::codec::{self, FrameError};
 use crate::protocol::handover::{Offer, Outcome, SocketInfo, TakeOver, HANDOVER_VERSION};
 
@@ -72,7 +72,7 @@ impl Door {
     /// Binds `STATE/handover.sock`; a live one means another supervisor runs on this state.
     pub fn open(state_dir: &Path) -> Result<Door, HandoverError> {
         let path = socket_path(state_dir);
-        let listener = super::bind_socket(&path).map_err(|e| match e {
+        let listener = bind_socket(&path).map_err(|e| match e {
             BindError::AlreadyRunning(path) => HandoverError::AlreadyRunning(path),
             other => HandoverError::Bind(other),
         })?;

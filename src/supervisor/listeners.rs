@@ -91,7 +91,7 @@ impl Listeners {
     pub fn add(&mut self, info: SocketInfo, fd: OwnedFd, from: &str) {
         let SocketInfo { name, systemd } = info;
         match classify(&fd) {
-            Ok(Kind::Tcp(addr)) => {
+            Ok(SocketKind::Tcp(addr)) => {
                 tracing::info!("listening socket {addr} from {from}{}", name_note(&name));
                 self.tcp.push(Inherited {
                     name,
@@ -100,7 +100,7 @@ impl Listeners {
                     systemd,
                 });
             }
-            Ok(Kind::Unix(path)) => {
+            Ok(SocketKind::Unix(path)) => {
                 tracing::info!("control socket {} from {from}", path.display());
                 self.control.push((path, UnixListener::from(fd)));
             }
@@ -174,7 +174,9 @@ fn name_note(name: &Option<String>) -> String {
         .map_or_else(String::new, |n| format!(" (named {n})"))
 }
 
-enum Kind {
+/// What a usable inherited socket listens on: a TCP address (an app's) or a Unix path (the
+/// control socket).
+enum SocketKind {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
@@ -191,7 +193,7 @@ fn adopt_fd(fd: RawFd) -> Result<OwnedFd, String> {
 }
 
 /// What listening socket `fd` is: only listening stream sockets, TCP or Unix, are usable.
-fn classify(fd: &OwnedFd) -> Result<Kind, String> {
+fn classify(fd: &OwnedFd) -> Result<SocketKind, String> {
     let raw = fd.as_raw_fd();
     let kind = getsockopt(fd, sockopt::SockType).map_err(|e| format!("not a socket: {e}"))?;
     if kind != SockType::Stream {
@@ -204,13 +206,13 @@ fn classify(fd: &OwnedFd) -> Result<Kind, String> {
     }
     let local: SockaddrStorage = getsockname(raw).map_err(|e| format!("getsockname: {e}"))?;
     if let Some(v4) = local.as_sockaddr_in() {
-        return Ok(Kind::Tcp(SocketAddr::from((v4.ip(), v4.port()))));
+        return Ok(SocketKind::Tcp(SocketAddr::from((v4.ip(), v4.port()))));
     }
     if let Some(v6) = local.as_sockaddr_in6() {
-        return Ok(Kind::Tcp(SocketAddr::from((v6.ip(), v6.port()))));
+        return Ok(SocketKind::Tcp(SocketAddr::from((v6.ip(), v6.port()))));
     }
     if let Some(path) = local.as_unix_addr().and_then(|u| u.path()) {
-        return Ok(Kind::Unix(path.to_owned()));
+        return Ok(SocketKind::Unix(path.to_owned()));
     }
     Err(format!(
         "descriptor {raw} is a {:?} socket, neither TCP nor a Unix socket with a path",

@@ -6,29 +6,25 @@
 //! [`run_with`] is the same with the sockets of systemd or of a previous supervisor
 //! (`listeners`, `handover`), and ends either on the shutdown future or by handing over.
 
-pub mod analysis;
 pub mod app;
 pub mod apps;
-pub mod canary;
 pub mod control;
-pub mod deploy;
 pub mod fds;
 pub mod handover;
 pub mod health;
+pub mod instance;
 pub mod listeners;
 pub mod process;
 pub mod proxy;
 pub mod recovery;
-pub mod releases;
-pub mod rollback;
+pub mod rollout;
+pub mod socket;
 pub mod store;
 pub mod strays;
 
 use std::future::Future;
-use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use tokio::net::UnixListener;
@@ -36,6 +32,8 @@ use tokio::net::UnixListener;
 use apps::Apps;
 use handover::{Door, Predecessor};
 use listeners::Listeners;
+
+pub use socket::{bind_socket, BindError};
 
 /// Runs the supervisor until `shutdown` completes: starts the apps from `state_dir` (re-adopting
 /// live instances), serves the control socket, then shuts the apps down.
@@ -156,94 +154,5 @@ pub async fn run_with(
                 left_over = Some(back.released);
             }
         }
-    }
-}
-
-/// Why the control socket could not be bound.
-#[derive(Debug, thiserror::Error)]
-pub enum BindError {
-    #[error("another supervisor is already listening on {}: stop it first or use another --socket", .0.display())]
-    AlreadyRunning(PathBuf),
-    #[error("{} exists and is not a socket: remove it or use another --socket", .0.display())]
-    NotASocket(PathBuf),
-    #[error("could not {what} {}: {source}", .path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// Binds the control socket at `path`, private to this user (mode 0600).
-///
-/// The parent directory is created with mode 0700 when missing. A socket file left by a
-/// supervisor that died is detected by trying to connect (refused: nobody listens) and replaced;
-/// a live one is never stolen. Call it inside a tokio runtime, before other threads create files:
-/// it narrows the process umask around `bind` so the socket is never reachable with looser
-/// permissions, not even for an instant.
-pub fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
-    let io_err = |what, source| BindError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .map_err(|e| io_err("create the socket directory of", e))?;
-        }
-    }
-    remove_stale_socket(path)?;
-
-    let old_umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = UnixListener::bind(path);
-    nix::sys::stat::umask(old_umask);
-    let listener = bound.map_err(|e| io_err("bind the control socket", e))?;
-    // Belt and braces: the umask already made it 0600, this makes it so whatever the platform.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io_err("restrict the permissions of", e))?;
-    Ok(listener)
-}
-
-/// Removes `path` when it is a socket nobody listens on; refuses to touch a live one or a
-/// non-socket file.
-fn remove_stale_socket(path: &Path) -> Result<(), BindError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(BindError::Io {
-                what: "inspect",
-                path: path.to_path_buf(),
-                source: e,
-            })
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(BindError::NotASocket(path.to_path_buf()));
-    }
-    // A blocking connect is fine here: on a Unix socket it answers at once, listening or not.
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(BindError::AlreadyRunning(path.to_path_buf())),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            tracing::warn!(
-                "replacing the stale control socket {} (its supervisor is gone)",
-                path.display()
-            );
-            std::fs::remove_file(path).map_err(|e| BindError::Io {
-                what: "remove the stale socket",
-                path: path.to_path_buf(),
-                source: e,
-            })
-        }
-        Err(e) => Err(BindError::Io {
-            what: "probe the existing socket",
-            path: path.to_path_buf(),
-            source: e,
-        }),
     }
 }

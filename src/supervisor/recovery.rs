@@ -9,16 +9,17 @@
 
 use std::sync::Arc;
 
-use crate::supervisor::app::{AppHandle, AppShared, AppTask};
+use crate::supervisor::app::{loopback_for, AppHandle, AppTask};
 use crate::supervisor::process;
+use crate::supervisor::rollout::AppContext;
 use crate::supervisor::store::{AppRecord, InstanceRecord};
 use crate::supervisor::strays::Strays;
 
 /// Builds the app task from its stored record and starts it.
 /// Live instances whose recorded pid is gone are looked for among `strays` before being
 /// started again; whatever runs as a live instance is then taken out of `strays`.
-pub async fn resume(shared: Arc<AppShared>, record: AppRecord, strays: &mut Strays) -> AppHandle {
-    let mut task = AppTask::new(shared, record);
+pub async fn resume(context: Arc<AppContext>, record: AppRecord, strays: &mut Strays) -> AppHandle {
+    let mut task = AppTask::new(context, record);
     resolve_zombie_deploy(&mut task).await;
     readopt_live(&mut task, strays);
     task.route_now();
@@ -31,7 +32,7 @@ async fn resolve_zombie_deploy(task: &mut AppTask) {
     let Some(deploy) = task.record.deploy.take() else {
         return;
     };
-    let name = task.shared.name.clone();
+    let name = task.context.name.clone();
     let spec = task
         .record
         .releases
@@ -61,8 +62,8 @@ async fn resolve_zombie_deploy(task: &mut AppTask) {
 /// Re-adopts each live instance that still runs (by its recorded pid, or else by its marks),
 /// and starts again those that are gone.
 fn readopt_live(task: &mut AppTask, strays: &mut Strays) {
-    let name = task.shared.name.clone();
-    let host = crate::supervisor::app::loopback_for(&task.record.spec.listen);
+    let name = task.context.name.clone();
+    let host = loopback_for(task.context.listen);
     let mut instances = std::mem::take(&mut task.record.instances);
     for instance in &mut instances {
         let spec = task

@@ -11,13 +11,15 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
+use super::checksum;
 use super::config::{GithubSpec, ManifestSpec, Source, Watch};
+use super::context::Context;
 use super::deploy::{render, write_atomic, DeployJob};
 use super::github::Fetched;
 use super::manifest_poll::Polled;
-use super::select::{parse_version, select, Rules};
+use super::select::{select, Rules};
 use super::state::{now_rfc3339, DeployRecord, WatchState};
-use super::{checksum, Context};
+use super::version::parse_version;
 
 /// Runs one check of `watch`, updating `state` (the caller saves it).
 pub async fn check(ctx: &Context, watch: &Watch, state: &mut WatchState) {

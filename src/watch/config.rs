@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_norway::{Mapping, Value};
 
+use super::version::parse_version;
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -276,7 +278,7 @@ fn check_github(at: &str, g: &GithubSpec) -> Result<(), String> {
         globset::Glob::new(glob).map_err(|e| format!("{at}: asset glob {glob:?}: {e}"))?;
     }
     for v in &g.ignore {
-        if crate::watch::select::parse_version(v).is_none() {
+        if parse_version(v).is_none() {
             return Err(format!("{at}: ignore entry {v:?} is not a semver version"));
         }
     }

@@ -127,7 +127,7 @@ const SECONDARY_LIMIT_PAUSE: Duration = Duration::from_secs(60);
 
 impl GithubClient {
     pub fn new(token: Option<Token>) -> GithubClient {
-        let http = super::http_client();
+        let http = super::http_client::build();
         GithubClient { http, token }
     }
 

@@ -46,7 +46,7 @@ impl Default for ManifestPoller {
 
 impl ManifestPoller {
     pub fn new() -> ManifestPoller {
-        let http = super::http_client();
+        let http = super::http_client::build();
         ManifestPoller {
             http,
             s3: Default::default(),

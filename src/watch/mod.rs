@@ -11,52 +11,38 @@
 //! webhook (HMAC) ── wake ─────┼→ check → select ┴→ deploy::render → cutover apply → state
 //! manifest_poll (ETag/LM) ────┘
 //! ```
+//!
+//! Beside them: `config` (watch.yml), `version` (a tag as semver), `context` (what every watch
+//! task shares), `http_client` (one user agent and timeouts), `supervisor` (the bad-release
+//! list). This file is the face and the loop: `run` starts a task per watch, `run_once` checks
+//! each once.
 
 pub mod check;
 pub mod checksum;
 pub mod config;
+mod context;
 pub mod deploy;
 pub mod github;
+mod http_client;
 pub mod manifest_poll;
 pub mod select;
 pub mod state;
 pub mod status;
 pub mod supervisor;
+pub mod version;
 pub mod webhook;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Mutex, Notify};
-
-/// The HTTP client every watch polls with (GitHub API and watched manifests): one user agent,
-/// and timeouts so a stalled server cannot hold a watch forever.
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .user_agent(concat!("cutover/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap_or_default()
-}
+use tokio::sync::Notify;
 
 pub use config::{Watch, WatchConfig};
+pub use context::Context;
 pub use deploy::{ApplyCommand, DeployJob, DeployResult, Deployer};
 pub use supervisor::BadReleases;
-
-/// What every watch task shares.
-pub struct Context {
-    pub state_dir: PathBuf,
-    pub github: github::GithubClient,
-    pub manifests: manifest_poll::ManifestPoller,
-    pub deployer: Arc<dyn Deployer>,
-    pub bad: Arc<dyn BadReleases>,
-    /// Held for the length of a deploy: one rollout at a time.
-    pub deploy_turn: Mutex<()>,
-}
 
 /// Why the watcher could not start.
 #[derive(Debug, thiserror::Error)]

@@ -8,17 +8,9 @@ use std::collections::BTreeMap;
 use globset::{Glob, GlobMatcher};
 use semver::Version;
 
+use super::config::GithubSpec;
 use super::github::{Asset, Release};
-
-/// A tag as a version: `v1.4.2` and `1.4.2` are both 1.4.2; anything else is not a release we
-/// can order, so it is skipped (with that reason) rather than guessed at.
-pub fn parse_version(tag: &str) -> Option<Version> {
-    let bare = tag
-        .strip_prefix('v')
-        .or_else(|| tag.strip_prefix('V'))
-        .unwrap_or(tag);
-    Version::parse(bare).ok()
-}
+use super::version::parse_version;
 
 /// The rules of one watch.
 pub struct Rules<'a> {
@@ -34,7 +26,7 @@ pub struct Rules<'a> {
 
 impl<'a> Rules<'a> {
     pub fn new(
-        spec: &super::config::GithubSpec,
+        spec: &GithubSpec,
         never: &'a BTreeMap<String, String>,
         deployed: Option<&'a Version>,
     ) -> Rules<'a> {
@@ -174,7 +166,6 @@ fn verdict<'r>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::config::GithubSpec;
 
     fn release(tag: &str, prerelease: bool, assets: &[&str]) -> Release {
         Release {

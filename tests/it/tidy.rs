@@ -1,5 +1,10 @@
-//! Tidy checks that keep the code easy to enter: every file says what it owns, and the arrows
-//! between modules point one way (STYLE.md, src/ARCHITECTURE.md).
+//! Tidy checks that keep the code easy to enter: every file says what it owns, no file in `src/`
+//! grows past ~450 lines, the arrows between modules point one way, and no files import each
+//! other in a circle (STYLE.md, src/ARCHITECTURE.md). `import_graph` reads the imports of
+//! `src/`, with `rust_text` reading the Rust text under it.
+
+mod import_graph;
+mod rust_text;
 
 use std::path::{Path, PathBuf};
 
@@ -126,5 +131,47 @@ fn only_the_process_module_spawns_or_signals_app_processes() {
     assert!(
         wrong.is_empty(),
         "only supervisor::process may spawn or signal: {wrong:#?}"
+    );
+}
+
+/// The longest a file in `src/` may be: past it, a file mixes several concerns (STYLE.md).
+const MAX_LINES: usize = 450;
+
+/// `(file under src/, why)`: files allowed past `MAX_LINES`, each with its reason (generated
+/// code, a table of test cases). None today; keep it that way.
+const LONG_FILES: &[(&str, &str)] = &[];
+
+#[test]
+fn no_file_in_src_is_longer_than_450_lines() {
+    let mut long = Vec::new();
+    for path in rust_files(&root().join("src")) {
+        let name = path
+            .strip_prefix(root().join("src"))
+            .unwrap()
+            .display()
+            .to_string();
+        let lines = source(&path).lines().count();
+        if lines > MAX_LINES && !LONG_FILES.iter().any(|(allowed, _)| *allowed == name) {
+            long.push(format!("src/{name}: {lines} lines"));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "files past {MAX_LINES} lines; split them by what their parts own: {long:#?}"
+    );
+}
+
+#[test]
+fn no_import_circle_between_files_in_src() {
+    let circles = import_graph::Crate::read(&root().join("src")).circles();
+    let listed: Vec<String> = circles
+        .iter()
+        .map(|edges| format!("circle:\n    {}", edges.join("\n    ")))
+        .collect();
+    assert!(
+        circles.is_empty(),
+        "files in src/ import each other; move what they share down into a module of its own \
+         (a parent's mod.rs is the face, its children do not reach back up into it):\n{}",
+        listed.join("\n")
     );
 }

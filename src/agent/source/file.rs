@@ -8,7 +8,8 @@ use futures_util::StreamExt;
 use tokio::io::AsyncSeekExt;
 use tokio_util::io::ReaderStream;
 
-use super::{FetchError, Opened};
+use super::error::FetchError;
+use super::opened::Opened;
 
 /// Read size; large enough that the per-chunk overhead of the pipeline does not show.
 const CHUNK: usize = 256 * 1024;

@@ -8,7 +8,9 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 
-use super::{FetchError, FetchOptions, Opened};
+use super::error::FetchError;
+use super::opened::Opened;
+use super::options::FetchOptions;
 
 /// A connection that delivers nothing for this long is treated as broken and retried; without
 /// it a silently dead peer would hang a deploy that has no `--timeout`.

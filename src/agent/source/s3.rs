@@ -11,7 +11,8 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use futures_util::stream;
 
-use super::{FetchError, Opened};
+use super::error::FetchError;
+use super::opened::Opened;
 
 /// An explicit S3 endpoint and credentials, instead of the environment's.
 #[derive(Clone, Default)]

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::{NodeEnd, Options, Progress};
+use super::inputs::Options;
+use super::outcome::{NodeEnd, Progress};
 use crate::fleet::serf::{self, Serf};
 use crate::fleet::wire::{self, NodeState};
 

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use super::ask::{follow, gather};
-use super::{NodeEnd, Options, Plan, Progress, Report, Step, Target};
+use super::batches::{Plan, Target};
+use super::inputs::{Options, Step};
+use super::outcome::{NodeEnd, Progress, Report};
 use crate::fleet::serf::Serf;
 use crate::fleet::wire::{self, Ack, RunState};
 

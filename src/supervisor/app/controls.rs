@@ -7,22 +7,23 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::protocol::{
     AppSpec, DeployOutcome, DeployRequest, ErrorKind, ErrorReply, Progress, Response,
 };
-use crate::supervisor::deploy::{self, Kind, Rollout};
+use crate::supervisor::instance::{InstanceHandle, Lifecycle};
 use crate::supervisor::proxy::Route;
-use crate::supervisor::{releases, rollback};
+use crate::supervisor::rollout::{
+    deploy, releases, rollback, AppEvent, AppTaskLink, Rollout, RolloutKind,
+};
 
-use super::instance::{InstanceHandle, Lifecycle};
-use super::{AppHandle, AppTask, Control, Event, Link, RolloutRun};
+use super::task::{AppHandle, AppTask, Control, RolloutRun};
 
 impl AppTask {
     /// Runs the task until it is stopped or shut down.
     pub fn spawn(self) -> AppHandle {
         let (controls_tx, controls) = mpsc::channel(32);
-        let shared = self.shared.clone();
+        let context = self.context.clone();
         tokio::spawn(self.run(controls));
         AppHandle {
             controls: controls_tx,
-            shared,
+            context,
         }
     }
 
@@ -69,7 +70,7 @@ impl AppTask {
             }
             Control::Releases { reply } => {
                 let _ = reply.send(Response::Releases(crate::protocol::ReleaseList {
-                    app: self.shared.name.clone(),
+                    app: self.context.name.clone(),
                     releases: releases::list(&self.record),
                 }));
             }
@@ -91,7 +92,7 @@ impl AppTask {
             }
             Control::Release { reply } => {
                 self.shutdown().await;
-                let _ = reply.send(self.shared.clone());
+                let _ = reply.send(self.context.clone());
                 return std::ops::ControlFlow::Break(());
             }
         }
@@ -115,7 +116,7 @@ impl AppTask {
         if self.record.live.as_deref() == Some(request.version.as_str()) {
             // A replayed event or a re-run manifest: the release already serves, nothing to do.
             let _ = reply.send(Response::Deployed(DeployOutcome {
-                app: self.shared.name.clone(),
+                app: self.context.name.clone(),
                 version: request.version,
                 previous: None,
             }));
@@ -132,7 +133,7 @@ impl AppTask {
             });
         release.spec = request.app.clone();
         self.begin(
-            Kind::Deploy,
+            RolloutKind::Deploy,
             request.version,
             request.app,
             progress,
@@ -153,7 +154,13 @@ impl AppTask {
         match rollback::choose(&self.record, version.as_deref()) {
             Ok((target, spec)) => {
                 let from = self.record.live.clone();
-                self.begin(Kind::Rollback { from }, target, spec, progress, Some(reply));
+                self.begin(
+                    RolloutKind::Rollback { from },
+                    target,
+                    spec,
+                    progress,
+                    Some(reply),
+                );
             }
             Err(e) => {
                 let _ = reply.send(Response::Error(e));
@@ -166,7 +173,7 @@ impl AppTask {
             kind: ErrorKind::Busy,
             message: format!(
                 "{} is busy: {} of {} in progress; wait for it (`cutover status {}`)",
-                self.shared.name, r.kind, r.version, self.shared.name
+                self.context.name, r.kind, r.version, self.context.name
             ),
         })
     }
@@ -174,7 +181,7 @@ impl AppTask {
     /// Hands a rollout to its own task; this one stays free for controls and events.
     pub(crate) fn begin(
         &mut self,
-        kind: Kind,
+        kind: RolloutKind,
         version: String,
         spec: AppSpec,
         progress: mpsc::Sender<Progress>,
@@ -183,10 +190,8 @@ impl AppTask {
         let (phase_tx, phase) = watch::channel(format!("{}: starting", kind.doing(&version)));
         let (decisions, decided) = mpsc::channel(4);
         let rollout = Rollout {
-            shared: self.shared.clone(),
-            link: Link {
-                events: self.events_tx.clone(),
-            },
+            app: self.context.clone(),
+            link: AppTaskLink::new(self.events_tx.clone()),
             kind: kind.clone(),
             version: version.clone(),
             spec,
@@ -196,7 +201,7 @@ impl AppTask {
             phase: phase_tx,
             decisions: tokio::sync::Mutex::new(decided),
         };
-        tracing::info!(app = %self.shared.name, "{kind} of {version} begins");
+        tracing::info!(app = %self.context.name, "{kind} of {version} begins");
         self.rollout = Some(RolloutRun {
             kind,
             version,
@@ -207,22 +212,22 @@ impl AppTask {
         });
     }
 
-    fn on_event(&mut self, event: Event) {
+    fn on_event(&mut self, event: AppEvent) {
         match event {
-            Event::InstanceChanged(id) => self.on_instance_changed(&id),
-            Event::StartCandidates {
+            AppEvent::InstanceChanged(id) => self.on_instance_changed(&id),
+            AppEvent::StartCandidates {
                 version,
                 spec,
                 reply,
             } => {
                 let _ = reply.send(self.start_candidates(&version, &spec));
             }
-            Event::Canary { share, reply } => {
+            AppEvent::Canary { share, reply } => {
                 self.canary = share;
                 self.update_route();
                 let _ = reply.send(());
             }
-            Event::Switch { version, reply } => {
+            AppEvent::Switch { version, reply } => {
                 let _ = reply.send(self.switch(&version));
             }
         }
@@ -266,13 +271,13 @@ impl AppTask {
         let handles: Vec<InstanceHandle> = self.instances.values().cloned().collect();
         let stopped = handles.len() as u32;
         futures_util::future::join_all(handles.iter().map(|h| h.stop())).await;
-        self.shared.proxy.set_route(Route::default());
-        if let Err(e) = self.shared.store.remove(&self.shared.name) {
-            tracing::error!(app = %self.shared.name, "{e}");
+        self.context.proxy.set_route(Route::default());
+        if let Err(e) = self.context.store.remove(&self.context.name) {
+            tracing::error!(app = %self.context.name, "{e}");
         }
-        tracing::info!(app = %self.shared.name, "stopped {stopped} instances and forgot the app");
+        tracing::info!(app = %self.context.name, "stopped {stopped} instances and forgot the app");
         Response::Stopped(crate::protocol::StopOutcome {
-            app: self.shared.name.clone(),
+            app: self.context.name.clone(),
             stopped,
         })
     }

@@ -1,19 +1,19 @@
 //! The app task's side of a rollout and of routing: recording and starting candidates, the
 //! switch, the end of a rollout (success, or failure with the release marked bad), the automatic
-//! rollback of a live release that crash-loops, and which instances the proxy routes to.
+//! rollback of a live release that crash-loops, and which instances the proxy routes to (a
+//! canary's candidates among them while their share is above zero).
 
 use tokio::sync::mpsc;
 
 use crate::protocol::app::Mode;
 use crate::protocol::{AppSpec, DeployOutcome, ErrorKind, ErrorReply, Response};
-use crate::supervisor::deploy::Kind;
+use crate::supervisor::instance::{InstanceHandle, Lifecycle};
 use crate::supervisor::process;
-use crate::supervisor::proxy::{ClientLimits, Route};
-use crate::supervisor::rollback;
+use crate::supervisor::proxy::{Backend, CanaryRoute, ClientLimits, Route};
+use crate::supervisor::rollout::{rollback, RolloutKind, Switchover};
 use crate::supervisor::store::{DeployRecord, InstanceRecord};
 
-use super::instance::{InstanceHandle, Lifecycle};
-use super::{loopback_for, AppTask, Switched};
+use super::task::{loopback_for, AppTask};
 
 impl AppTask {
     /// A live instance crash-loops after its switch: go back to the previous good release if
@@ -28,11 +28,11 @@ impl AppTask {
         match rollback::choose(&self.record, None) {
             Ok((target, spec)) => {
                 tracing::error!(
-                    app = %self.shared.name,
+                    app = %self.context.name,
                     "{live} is crash-looping ({reason}); rolling back to {target}"
                 );
                 let (progress, _) = mpsc::channel(1);
-                let kind = Kind::AutoRollback {
+                let kind = RolloutKind::AutoRollback {
                     from: live,
                     reason: format!("crash-looping after it went live: {reason}"),
                 };
@@ -40,7 +40,7 @@ impl AppTask {
             }
             Err(e) => {
                 tracing::error!(
-                    app = %self.shared.name,
+                    app = %self.context.name,
                     "{live} is crash-looping ({reason}) and cannot be rolled back: {}",
                     e.message
                 );
@@ -55,7 +55,7 @@ impl AppTask {
         version: &str,
         spec: &AppSpec,
     ) -> Result<Vec<InstanceHandle>, String> {
-        let host = loopback_for(&spec.listen);
+        let host = loopback_for(self.context.listen);
         let mut planned = Vec::new();
         for _ in 0..spec.instances.max(1) {
             let port = process::free_port(host)
@@ -83,7 +83,7 @@ impl AppTask {
     }
 
     /// Makes the deploy's candidates the live instances and routes to them, in one step.
-    pub(super) fn switch(&mut self, version: &str) -> Switched {
+    pub(super) fn switch(&mut self, version: &str) -> Switchover {
         let candidates = self
             .record
             .deploy
@@ -115,7 +115,7 @@ impl AppTask {
         self.canary = None;
         self.persist();
         self.update_route();
-        Switched {
+        Switchover {
             retiring: retiring
                 .iter()
                 .filter_map(|r| self.instances.get(&r.id).cloned())
@@ -134,9 +134,9 @@ impl AppTask {
         let result = result.unwrap_or_else(|e| Err(format!("internal fault in the rollout: {e}")));
         let response = match result {
             Ok(outcome) => {
-                tracing::info!(app = %self.shared.name, "{} of {} done", run.kind, run.version);
+                tracing::info!(app = %self.context.name, "{} of {} done", run.kind, run.version);
                 match run.kind {
-                    Kind::Deploy => Response::Deployed(outcome),
+                    RolloutKind::Deploy => Response::Deployed(outcome),
                     _ => Response::RolledBack(outcome),
                 }
             }
@@ -147,7 +147,7 @@ impl AppTask {
                     Some(live) => format!("kept {live} serving"),
                     None => "nothing was serving before".to_owned(),
                 };
-                tracing::error!(app = %self.shared.name, "{} of {} failed: {reason}; {kept}", run.kind, run.version);
+                tracing::error!(app = %self.context.name, "{} of {} failed: {reason}; {kept}", run.kind, run.version);
                 Response::Error(ErrorReply {
                     kind: ErrorKind::DeployFailed,
                     message: format!("{} of {} failed: {reason}: {kept}", run.kind, run.version),
@@ -197,10 +197,10 @@ impl AppTask {
             healthy
         };
         let spec = &self.record.spec;
-        self.shared.proxy.set_proxy_protocol(spec.proxy_protocol);
-        self.shared.proxy.set_tcp(spec.mode == Mode::Tcp);
-        self.shared.proxy.set_hold(spec.hold_requests);
-        self.shared.proxy.set_client_limits(ClientLimits {
+        self.context.proxy.set_proxy_protocol(spec.proxy_protocol);
+        self.context.proxy.set_tcp(spec.mode == Mode::Tcp);
+        self.context.proxy.set_hold(spec.hold_requests);
+        self.context.proxy.set_client_limits(ClientLimits {
             max_connections: spec.max_connections as usize,
             idle_timeout: spec.idle_timeout,
             body_timeout: spec.body_timeout,
@@ -223,14 +223,34 @@ impl AppTask {
                 .iter()
                 .any(|h| matches!(h.view.borrow().lifecycle, Lifecycle::Healthy { .. }))
         {
-            tracing::warn!(app = %self.shared.name, "no healthy instance: routing to {ids:?} anyway");
+            tracing::warn!(app = %self.context.name, "no healthy instance: routing to {ids:?} anyway");
         }
-        tracing::info!(app = %self.shared.name, "route now {ids:?}, was {:?}", self.routed);
-        self.shared.proxy.set_route(Route {
+        tracing::info!(app = %self.context.name, "route now {ids:?}, was {:?}", self.routed);
+        self.context.proxy.set_route(Route {
             backends: chosen.iter().map(|h| h.backend.clone()).collect(),
             balance: self.record.spec.balance,
             canary,
         });
         self.routed = ids;
+    }
+
+    /// The canary part of the route: the running deploy's healthy candidates and their share.
+    fn canary_route(&self) -> Option<CanaryRoute> {
+        let share = self.canary?;
+        let deploy = self.record.deploy.as_ref()?;
+        let spec = &self.record.releases.get(&deploy.version)?.spec.canary;
+        let backends: Vec<std::sync::Arc<Backend>> = deploy
+            .candidates
+            .iter()
+            .filter_map(|r| self.instances.get(&r.id))
+            .filter(|h| matches!(h.view.borrow().lifecycle, Lifecycle::Healthy { .. }))
+            .map(|h| h.backend.clone())
+            .collect();
+        Some(CanaryRoute {
+            backends,
+            share,
+            cookie: spec.cookie.clone(),
+            header: spec.header.clone(),
+        })
     }
 }

@@ -3,15 +3,15 @@
 use std::collections::BTreeMap;
 
 use crate::protocol::{AppStatus, InstanceStatus, LogFiles};
+use crate::supervisor::instance::Lifecycle;
 
-use super::instance::Lifecycle;
-use super::AppTask;
+use super::task::AppTask;
 
 impl AppTask {
     /// The app as `cutover status` shows it, from the instances' views and the proxy's counters.
     pub(super) fn status(&self) -> AppStatus {
         let stats: BTreeMap<String, _> = self
-            .shared
+            .context
             .proxy
             .stats()
             .into_iter()
@@ -42,7 +42,7 @@ impl AppTask {
             })
             .collect();
         AppStatus {
-            name: self.shared.name.clone(),
+            name: self.context.name.clone(),
             listen: self.record.spec.listen.clone(),
             live_version: self.record.live.clone(),
             phase: self.phase(),
@@ -76,7 +76,7 @@ impl AppTask {
 
     /// The app's instance log files, oldest first (by modification time).
     pub(super) fn logs(&self) -> LogFiles {
-        let dir = self.shared.state_dir.join("logs").join(&self.shared.name);
+        let dir = self.context.state_dir.join("logs").join(&self.context.name);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .into_iter()
             .flatten()
@@ -86,7 +86,7 @@ impl AppTask {
             .collect();
         files.sort();
         LogFiles {
-            app: self.shared.name.clone(),
+            app: self.context.name.clone(),
             files: files.into_iter().map(|(_, path)| path).collect(),
         }
     }

@@ -1,7 +1,10 @@
 //! Bad input ends in one clear line, the failure hooks when the contract says so, an untouched
 //! dest and exit 1: the data-driven manifest corpus, checksum mismatches, hostile archives.
 
-use super::{read, snapshot, Entry, Site};
+use std::sync::atomic::Ordering;
+
+use super::fetch::{Origin, Reply};
+use super::{read, sha256_hex, snapshot, tar_gz, Entry, Site};
 use crate::support;
 
 /// Walks fixtures/bad-manifests/*.yml: each must fail with its `.err` substring, run no hooks
@@ -170,4 +173,40 @@ fn unknown_manifest_keys_warn_but_deploy() {
     site.run(&url, &[])
         .expect_code(0)
         .expect_stderr("warning: unknown manifest key \"owner\" is ignored");
+}
+
+/// Regression: the `app:` section was checked only by the supervisor, after the release was
+/// fetched, unpacked and put in `dest/releases/`, where a bad `listen` left it behind.
+#[test]
+fn an_app_with_a_bad_listen_is_refused_before_its_archive_is_fetched() {
+    let site = Site::new();
+    let bytes = tar_gz(None, &[Entry::File("VERSION", b"v1")]);
+    let sum = sha256_hex(&bytes);
+    let origin = Origin::start(move |_, _| Reply::Body(bytes.clone()));
+    let url = site.manifest(
+        "m.yml",
+        &format!(
+            "src: {}\nchecksum: {sum}\ndest: @DEST@\napp:\n  name: shop\n  version: v1\n  \
+             run: ./shop --port {{port}}\n  listen: nowhere:8080\ncommands:\n  failure:\n    \
+             - touch failure-ran\n",
+            origin.url("/shop.tar.gz")
+        ),
+    );
+    site.run(&url, &[]).expect_code(1).expect_stderr(&format!(
+        "Deploy manifest failed: {url}: app: listen \"nowhere:8080\""
+    ));
+    assert_eq!(
+        origin.requests.load(Ordering::SeqCst),
+        0,
+        "the archive was fetched"
+    );
+    assert!(
+        !site.dest().join("releases").exists(),
+        "a release was left in {}",
+        site.dest().display()
+    );
+    assert!(
+        !site.path("cwd/failure-ran").exists(),
+        "failure hooks ran on a manifest error"
+    );
 }

@@ -1,15 +1,16 @@
 //! Which release a rollback goes back to, and marking releases bad.
 //!
 //! The rollback itself is an ordinary health-gated blue-green rollout (`deploy::run` with a
-//! rollback `Kind`): the release it leaves is marked bad only once the target is live, so a
+//! rollback `RolloutKind`): the release it leaves is marked bad only once the target is live, so a
 //! failed rollback leaves everything as it was. Automatic rollbacks happen in two places:
 //! a new release that never gets healthy (or crashes at boot) is stopped before the switch and
 //! marked bad; a live release that crash-loops after its switch is rolled back to the previous
 //! good release still on disk (see `AppTask::on_live_crash_loop`).
 
 use crate::protocol::{layout, AppSpec, ErrorKind, ErrorReply};
-use crate::supervisor::releases;
 use crate::supervisor::store::AppRecord;
+
+use super::releases;
 
 /// The release to roll back to (`version`, or the previous good one) and its spec.
 pub fn choose(record: &AppRecord, version: Option<&str>) -> Result<(String, AppSpec), ErrorReply> {

@@ -2,8 +2,10 @@
 //! backoff, crash-loop detection), follows its health checker, and publishes what it sees.
 //!
 //! The app task never owns the process itself: it holds an [`InstanceHandle`] (commands in, a
-//! watch of the [`View`] out) and hears "something changed" through its event channel. That keeps
-//! the app task free to answer `status` while an instance is being stopped or restarted.
+//! watch of the [`View`] out) and hears "something changed" through the [`OnChange`] it gave
+//! (which puts an event on its channel). That keeps the app task free to answer `status` while an
+//! instance is being stopped or restarted, and this module free of the app task's types: the
+//! app task and its rollouts use instances, instances use neither.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -18,8 +20,6 @@ use crate::supervisor::health::{Checker, Health, HealthReport, Probe};
 use crate::supervisor::process::{self, ExitStatus, ProcessId, Running, SpawnSpec};
 use crate::supervisor::proxy::Backend;
 
-use super::Event;
-
 /// First restart delay; doubled after each exit up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -28,6 +28,9 @@ const BACKOFF_RESET: Duration = Duration::from_secs(30);
 /// This many exits within [`CRASH_WINDOW`] make an instance crash-looping.
 const CRASH_EXITS: usize = 5;
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
+
+/// Called after every change of an instance's view: tells its app task to look again.
+pub type OnChange = Box<dyn Fn() + Send + Sync>;
 
 /// Everything needed to run one instance, fixed for its whole life.
 #[derive(Debug, Clone)]
@@ -152,11 +155,7 @@ impl InstanceHandle {
 
 /// Starts the instance task: spawns the process (or takes over `adopted`, which is never
 /// restarted while it runs) and supervises it until stopped or detached.
-pub fn start(
-    plan: InstancePlan,
-    adopted: Option<Running>,
-    events: mpsc::UnboundedSender<Event>,
-) -> InstanceHandle {
+pub fn start(plan: InstancePlan, adopted: Option<Running>, on_change: OnChange) -> InstanceHandle {
     let view = View {
         lifecycle: Lifecycle::Starting {
             since: Instant::now(),
@@ -184,7 +183,7 @@ pub fn start(
     let task = InstanceTask {
         plan,
         view: view_tx,
-        events,
+        on_change,
         commands,
         exits: VecDeque::new(),
         backoff: BACKOFF_MIN,
@@ -198,7 +197,7 @@ pub fn start(
 struct InstanceTask {
     plan: InstancePlan,
     view: watch::Sender<View>,
-    events: mpsc::UnboundedSender<Event>,
+    on_change: OnChange,
     commands: mpsc::Receiver<Command>,
     /// When recent exits happened, for crash-loop detection.
     exits: VecDeque<Instant>,
@@ -427,8 +426,6 @@ impl InstanceTask {
     /// Changes the view and tells the app task (which recomputes the route and persists pids).
     fn update(&self, change: impl FnOnce(&mut View)) {
         self.view.send_modify(change);
-        let _ = self
-            .events
-            .send(Event::InstanceChanged(self.plan.id.clone()));
+        (self.on_change)();
     }
 }

@@ -10,22 +10,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::supervisor::analysis::{self, Stage, Verdict, Window};
-use crate::supervisor::deploy::Rollout;
 use crate::supervisor::proxy::BackendStats;
+
+use super::analysis::{self, Stage, Verdict, Window};
+use super::contract::{CanaryDecision, Rollout};
 
 /// How often a step's figures are read and judged.
 const TICK: Duration = Duration::from_millis(250);
 
-/// What the operator asks of a running canary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Promote,
-    Abort,
-}
-
 /// Runs the steps; `Ok` means promote, `Err` why the canary was backed out.
-pub async fn steps(rollout: &Rollout) -> Result<(), String> {
+pub async fn run(rollout: &Rollout) -> Result<(), String> {
     let spec = &rollout.spec.canary;
     let total = spec.steps.len();
     for (i, share) in spec.steps.iter().copied().enumerate() {
@@ -39,11 +33,11 @@ pub async fn steps(rollout: &Rollout) -> Result<(), String> {
             ))
             .await;
         match judge_step(rollout, &step).await? {
-            Some(Decision::Promote) => {
+            Some(CanaryDecision::Promote) => {
                 rollout.say("promoted by the operator".to_owned()).await;
                 return Ok(());
             }
-            Some(Decision::Abort) => return Err("aborted by the operator".to_owned()),
+            Some(CanaryDecision::Abort) => return Err("aborted by the operator".to_owned()),
             None => {}
         }
     }
@@ -52,13 +46,13 @@ pub async fn steps(rollout: &Rollout) -> Result<(), String> {
         rollout
             .say(format!(
                 "every step passed; waiting for `cutover promote {}` (or abort), up to {}",
-                rollout.shared.name,
+                rollout.app.name,
                 humantime::format_duration(wait)
             ))
             .await;
         return match rollout.decision_within(wait).await {
-            Some(Decision::Promote) => Ok(()),
-            Some(Decision::Abort) => Err("aborted by the operator".to_owned()),
+            Some(CanaryDecision::Promote) => Ok(()),
+            Some(CanaryDecision::Abort) => Err("aborted by the operator".to_owned()),
             None => Err(format!(
                 "no promote within progress_deadline {}",
                 humantime::format_duration(wait)
@@ -69,15 +63,15 @@ pub async fn steps(rollout: &Rollout) -> Result<(), String> {
 }
 
 /// Watches one step until it passes (after its pause), fails, or the operator decides.
-async fn judge_step(rollout: &Rollout, step: &str) -> Result<Option<Decision>, String> {
+async fn judge_step(rollout: &Rollout, step: &str) -> Result<Option<CanaryDecision>, String> {
     let spec = &rollout.spec.canary;
-    let mut baseline = Baseline::new(rollout.shared.proxy.stats());
+    let mut baseline = Baseline::new(rollout.app.proxy.stats());
     let started = Instant::now();
     loop {
         if let Some(decision) = rollout.decision_within(TICK).await {
             return Ok(Some(decision));
         }
-        let now = rollout.shared.proxy.stats();
+        let now = rollout.app.proxy.stats();
         let (stable, canary) = baseline.windows(&now, &rollout.version, spec.min_requests);
         let stage = Stage::of(spec, started.elapsed());
         match analysis::judge(&stable, &canary, spec, stage) {

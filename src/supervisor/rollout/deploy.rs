@@ -4,144 +4,43 @@
 //! the candidates and leaves the old release serving, untouched.
 //!
 //! The rollout runs as its own task. The steps that change what the app *is* (recording and
-//! starting candidates, the switch) are done by the app task on request ([`Link`]), so the app's
-//! record has a single owner; everything slow (waiting, draining, stopping) happens here.
+//! starting candidates, the switch) are done by the app task on request (through the rollout's
+//! `AppTaskLink`), so the app's record has a single owner; everything slow (waiting, draining,
+//! stopping) happens here. The contract both sides share is in `contract.rs`.
 
-use std::fmt;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::protocol::app::Strategy;
 use crate::protocol::layout;
-use crate::protocol::{AppSpec, DeployOutcome, DeployRequest, ErrorKind, ErrorReply, Progress};
-use crate::supervisor::app::instance::{InstanceHandle, Lifecycle, View};
-use crate::supervisor::app::{AppShared, Link, Switched};
-use crate::supervisor::canary::{self, Decision};
-use crate::supervisor::releases;
+use crate::protocol::{DeployOutcome, DeployRequest, ErrorKind, ErrorReply};
+use crate::supervisor::instance::{InstanceHandle, Lifecycle, View};
 use crate::supervisor::store::AppRecord;
 
-/// Why a rollout runs; it changes the words, what is marked bad on success, nothing else.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Kind {
-    Deploy,
-    /// `cutover rollback`: the release rolled away from is marked bad once the rollback is live.
-    Rollback {
-        from: Option<String>,
-    },
-    /// The live release crash-looped after its switch.
-    AutoRollback {
-        from: String,
-        reason: String,
-    },
-}
+use super::canary_steps;
+use super::contract::{Rollout, Switchover};
+use super::releases;
 
-impl Kind {
-    /// The release to mark bad, and why, once this rollout is live.
-    pub fn rolled_away_from(&self) -> Option<(String, String)> {
-        match self {
-            Kind::Deploy => None,
-            Kind::Rollback { from } => from
-                .clone()
-                .map(|f| (f, "rolled back by the operator".to_owned())),
-            Kind::AutoRollback { from, reason } => Some((from.clone(), reason.clone())),
-        }
-    }
-}
-
-impl Kind {
-    /// How `status` names the rollout in progress: "deploying 1.4.2", "rolling back to 1.4.1".
-    pub fn doing(&self, version: &str) -> String {
-        match self {
-            Kind::Deploy => format!("deploying {version}"),
-            Kind::Rollback { .. } => format!("rolling back to {version}"),
-            Kind::AutoRollback { .. } => format!("automatically rolling back to {version}"),
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::Deploy => "deploy",
-            Kind::Rollback { .. } => "rollback",
-            Kind::AutoRollback { .. } => "automatic rollback",
-        })
-    }
-}
-
-/// One rollout: what to run, and the ways to report and to reach the app task.
-pub struct Rollout {
-    pub shared: Arc<AppShared>,
-    pub link: Link,
-    pub kind: Kind,
-    pub version: String,
-    pub spec: AppSpec,
-    pub dest: PathBuf,
-    /// The live version when the rollout began.
-    pub previous: Option<String>,
-    pub progress: mpsc::Sender<Progress>,
-    /// The step in progress, as `status` shows it.
-    pub phase: watch::Sender<String>,
-    /// `cutover promote` and `cutover abort`, for a canary.
-    pub decisions: tokio::sync::Mutex<mpsc::Receiver<Decision>>,
-}
-
-/// Checks a deploy request against the app's record (absent for a new app). Done by the app task
-/// before the rollout starts, because "busy" and "marked bad" are questions about its record.
-pub fn validate(request: &DeployRequest, record: Option<&AppRecord>) -> Result<(), ErrorReply> {
+/// Checks a deploy request against the app's record (absent for a new app), after what the
+/// `app:` section says on its own (`AppSpec::check`, which the agent ran before fetching too).
+/// Done by the app task before the rollout starts, because "busy" and "marked bad" are questions
+/// about its record. The answer is the app's public address, parsed once.
+pub fn validate(
+    request: &DeployRequest,
+    record: Option<&AppRecord>,
+) -> Result<SocketAddr, ErrorReply> {
     let bad = |message: String| ErrorReply {
         kind: ErrorKind::BadRequest,
         message,
     };
     let spec = &request.app;
-    let name_ok = !spec.name.is_empty()
-        && spec
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if !name_ok || spec.name.starts_with('.') {
-        return Err(bad(format!(
-            "app name {:?} is not allowed; use letters, digits, '-', '_' and '.'",
-            spec.name
-        )));
-    }
+    let listen = spec.check().map_err(bad)?;
     if !layout::valid_version(&request.version) {
         return Err(bad(format!(
             "version {:?} cannot be a directory name; use letters, digits, '.', '_', '-', '+'",
             request.version
         )));
-    }
-    if spec.listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(bad(format!(
-            "listen {:?} of {} is not an address like 0.0.0.0:8080",
-            spec.listen, spec.name
-        )));
-    }
-    if spec.run.trim().is_empty() {
-        return Err(bad(format!(
-            "run of {} is empty; say how to start it",
-            spec.name
-        )));
-    }
-    // A zero would close every connection at once (or admit none).
-    for (key, zero, example) in [
-        ("idle_timeout", spec.idle_timeout.is_zero(), "30s"),
-        ("body_timeout", spec.body_timeout.is_zero(), "60s"),
-        ("send_timeout", spec.send_timeout.is_zero(), "60s"),
-        ("max_connections", spec.max_connections == 0, "4096"),
-    ] {
-        if zero {
-            return Err(bad(format!(
-                "{key} of {} is 0; give it a value such as {example}",
-                spec.name
-            )));
-        }
-    }
-    if spec.strategy == Strategy::Canary {
-        spec.canary.check().map_err(bad)?;
     }
     let dir = layout::release_dir(&request.dest, &request.version);
     if !dir.is_dir() {
@@ -153,7 +52,7 @@ pub fn validate(request: &DeployRequest, record: Option<&AppRecord>) -> Result<(
         )));
     }
     let Some(record) = record else {
-        return Ok(());
+        return Ok(listen);
     };
     if record.spec.listen != spec.listen {
         return Err(bad(format!(
@@ -180,7 +79,7 @@ pub fn validate(request: &DeployRequest, record: Option<&AppRecord>) -> Result<(
             request.version
         )));
     }
-    Ok(())
+    Ok(listen)
 }
 
 /// The whole rollout. The answer is the outcome, or why it failed with the old release kept.
@@ -191,7 +90,7 @@ pub async fn run(rollout: Rollout) -> Result<DeployOutcome, String> {
         return Err(why);
     }
     if rollout.is_canary() {
-        if let Err(why) = canary::steps(&rollout).await {
+        if let Err(why) = canary_steps::run(&rollout).await {
             back_out(&rollout, &candidates, &why).await;
             return Err(why);
         }
@@ -203,7 +102,7 @@ pub async fn run(rollout: Rollout) -> Result<DeployOutcome, String> {
     prune(&rollout, &switched.record).await;
     rollout.say(format!("{} is live", rollout.version)).await;
     Ok(DeployOutcome {
-        app: rollout.shared.name.clone(),
+        app: rollout.app.name.clone(),
         version: rollout.version.clone(),
         previous: rollout.previous.clone(),
     })
@@ -287,10 +186,10 @@ fn not_healthy_reason(candidates: &[InstanceHandle], deadline: Duration) -> Stri
 async fn back_out(rollout: &Rollout, candidates: &[InstanceHandle], why: &str) {
     rollout.say(format!("backing out the canary: {why}")).await;
     if let Err(e) = rollout.link.canary(None).await {
-        tracing::warn!(app = %rollout.shared.name, "{e}");
+        tracing::warn!(app = %rollout.app.name, "{e}");
     }
     let timeout = rollout.spec.drain_timeout;
-    let proxy = &rollout.shared.proxy;
+    let proxy = &rollout.app.proxy;
     let cut: u64 =
         futures_util::future::join_all(candidates.iter().map(|c| proxy.drain(&c.id, timeout)))
             .await
@@ -315,7 +214,7 @@ async fn stop_candidates(rollout: &Rollout, candidates: &[InstanceHandle]) {
 }
 
 /// The app task makes the candidates live, routes to them and persists, in one step.
-async fn swap_route(rollout: &Rollout) -> Result<Switched, String> {
+async fn swap_route(rollout: &Rollout) -> Result<Switchover, String> {
     rollout
         .say(format!("switching traffic to {}", rollout.version))
         .await;
@@ -326,7 +225,7 @@ async fn swap_route(rollout: &Rollout) -> Result<Switched, String> {
 /// proxy already serves the new release and undoing the switch would be worse.
 async fn swap_current(rollout: &Rollout) {
     if let Err(e) = releases::swap_current(&rollout.dest, &rollout.version) {
-        tracing::warn!(app = %rollout.shared.name, "{e}");
+        tracing::warn!(app = %rollout.app.name, "{e}");
         rollout.say(format!("warning: {e}")).await;
     }
 }
@@ -347,7 +246,7 @@ async fn drain_old(rollout: &Rollout, retiring: &[InstanceHandle]) {
     for old in retiring {
         old.drain(deadline).await;
     }
-    let proxy = &rollout.shared.proxy;
+    let proxy = &rollout.app.proxy;
     let cut =
         futures_util::future::join_all(retiring.iter().map(|old| proxy.drain(&old.id, timeout)))
             .await;
@@ -374,7 +273,7 @@ async fn stop_old(rollout: &Rollout, retiring: &[InstanceHandle]) {
 /// Old release directories go beyond `keep_releases`; never the live one or the rollback target.
 async fn prune(rollout: &Rollout, record: &AppRecord) {
     let record = record.clone();
-    let name = rollout.shared.name.clone();
+    let name = rollout.app.name.clone();
     let removed = tokio::task::spawn_blocking(move || {
         let target = releases::rollback_target(&record);
         let live = record.live.clone();
@@ -394,43 +293,5 @@ async fn prune(rollout: &Rollout, record: &AppRecord) {
         rollout
             .say(format!("pruned old releases: {}", removed.join(", ")))
             .await;
-    }
-}
-
-impl Rollout {
-    /// A canary runs for a deploy of a canary release over a live one; a rollback (health-gated,
-    /// fast) and a first deploy (nothing to compare with) switch at once.
-    fn is_canary(&self) -> bool {
-        self.spec.strategy == Strategy::Canary
-            && self.kind == Kind::Deploy
-            && self.previous.is_some()
-    }
-
-    /// The operator's next decision, if one comes within `wait`.
-    pub(crate) async fn decision_within(&self, wait: Duration) -> Option<Decision> {
-        let mut decisions = self.decisions.lock().await;
-        tokio::time::timeout(wait, decisions.recv())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// Updates what `status` shows of the step in progress, without a progress line.
-    pub(crate) fn show(&self, message: String) {
-        self.phase
-            .send_replace(format!("{}: {message}", self.kind.doing(&self.version)));
-    }
-
-    /// One progress line: to the client (if it still listens), the log, and `status`.
-    pub(crate) async fn say(&self, message: String) {
-        tracing::info!(app = %self.shared.name, "{}", message);
-        self.phase
-            .send_replace(format!("{}: {message}", self.kind.doing(&self.version)));
-        let progress = Progress {
-            app: self.shared.name.clone(),
-            message,
-        };
-        // A client that went away does not stop the rollout.
-        let _ = self.progress.send(progress).await;
     }
 }

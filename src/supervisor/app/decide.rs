@@ -1,23 +1,20 @@
-//! The app task's side of a canary: the operator's `promote`/`abort` handed to the running
-//! rollout, and the candidates' place in the route while their share is above zero.
+//! The operator's `cutover promote` and `cutover abort`: checked by the app task against the
+//! rollout in flight, then handed to its canary, whose deploy reports the outcome.
 
 use crate::protocol::app::Strategy;
 use crate::protocol::{CanaryReply, ErrorKind, ErrorReply, Response};
-use crate::supervisor::canary::Decision;
-use crate::supervisor::deploy::Kind;
-use crate::supervisor::proxy::{Backend, CanaryRoute};
+use crate::supervisor::rollout::{CanaryDecision, RolloutKind};
 
-use super::instance::Lifecycle;
-use super::AppTask;
+use super::task::AppTask;
 
 impl AppTask {
     /// Hands `decision` to the running canary; the deploy's own client gets the outcome.
-    pub(super) fn decide(&self, decision: Decision) -> Response {
+    pub(super) fn decide(&self, decision: CanaryDecision) -> Response {
         let verb = match decision {
-            Decision::Promote => "promote",
-            Decision::Abort => "abort",
+            CanaryDecision::Promote => "promote",
+            CanaryDecision::Abort => "abort",
         };
-        let name = &self.shared.name;
+        let name = &self.context.name;
         let refuse = |message: String| {
             Response::Error(ErrorReply {
                 kind: ErrorKind::BadRequest,
@@ -34,7 +31,7 @@ impl AppTask {
             .releases
             .get(&run.version)
             .is_some_and(|r| r.spec.strategy == Strategy::Canary);
-        if run.kind != Kind::Deploy || !canary {
+        if run.kind != RolloutKind::Deploy || !canary {
             return refuse(format!(
                 "the {} of {} to {} is not a canary: nothing to {verb}",
                 run.kind, name, run.version
@@ -53,25 +50,5 @@ impl AppTask {
                 run.version
             )),
         }
-    }
-
-    /// The canary part of the route: the running deploy's healthy candidates and their share.
-    pub(super) fn canary_route(&self) -> Option<CanaryRoute> {
-        let share = self.canary?;
-        let deploy = self.record.deploy.as_ref()?;
-        let spec = &self.record.releases.get(&deploy.version)?.spec.canary;
-        let backends: Vec<std::sync::Arc<Backend>> = deploy
-            .candidates
-            .iter()
-            .filter_map(|r| self.instances.get(&r.id))
-            .filter(|h| matches!(h.view.borrow().lifecycle, Lifecycle::Healthy { .. }))
-            .map(|h| h.backend.clone())
-            .collect();
-        Some(CanaryRoute {
-            backends,
-            share,
-            cookie: spec.cookie.clone(),
-            header: spec.header.clone(),
-        })
     }
 }

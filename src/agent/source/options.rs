@@ -1,0 +1,27 @@
+//! How to fetch (`FetchOptions`): timeout, retries, bandwidth, headers and S3 settings; the same
+//! options serve the manifest and the `src` archive.
+
+use std::time::Duration;
+
+use super::s3::S3Settings;
+
+/// How to fetch: the same options serve the manifest and the `src` archive.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// Limit for the whole fetch, retries included; `None` waits forever.
+    pub timeout: Option<Duration>,
+    /// Extra attempts after the first one fails (including a connection broken mid-stream).
+    pub retries: u32,
+    /// Pause between attempts.
+    pub retry_wait: Duration,
+    /// Bytes per second; `None` is unlimited.
+    pub max_bandwidth: Option<u64>,
+    /// Extra HTTP request headers (`--http-header K=V`), for private origins.
+    pub headers: Vec<(String, String)>,
+    /// Draw a progress bar on stderr (the agent sets this when stderr is a terminal).
+    pub progress: bool,
+    /// Explicit S3 endpoint, region and credentials; `None` uses the AWS default chain
+    /// (environment, profile, instance metadata), which is what production wants. Tests set
+    /// it because they cannot change the environment of a multi-threaded test process.
+    pub s3: Option<S3Settings>,
+}

@@ -1,0 +1,44 @@
+//! What a rollout reports: the progress lines it prints as it goes, how each node's part ended
+//! (`NodeEnd`) and how the whole rollout ended (`Report`).
+
+use std::time::Instant;
+
+/// How one app's rollout ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub updated: Vec<String>,
+    pub current: Vec<String>,
+    pub unreachable: Vec<(String, String)>,
+    pub failed: Vec<(String, String)>,
+    pub reverted: Vec<String>,
+    /// Why the rollout stopped early, if it did.
+    pub halted: Option<String>,
+}
+
+/// Prints timestamped progress lines relative to the rollout's start.
+pub struct Progress {
+    start: Instant,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Progress {
+    pub fn say(&self, line: &str) {
+        println!("[{:>6.1}s] {line}", self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// How one node's part of a batch or a revert ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum NodeEnd {
+    Serving,
+    Failed(String),
+    Unreachable(String),
+    Refused(String),
+}
