@@ -12,8 +12,11 @@ use cutover::protocol::client::Client;
 
 #[path = "../it/support/ports.rs"]
 mod ports;
+#[path = "../it/support/procs.rs"]
+mod procs;
 use cutover::protocol::{Request, Response, StopRequest};
 pub use ports::free_port;
+pub use procs::children;
 
 /// The longest any wait of a benchmark may take.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -64,24 +67,6 @@ pub fn terminate(pid: u32) {
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-}
-
-/// Pid and command name of each child of `parent`, from /proc.
-pub fn children(parent: u32) -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(')')?;
-            let comm = head.split_once('(')?.1.to_owned();
-            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == parent).then_some((pid, comm))
-        })
-        .collect()
 }
 
 /// Debian's nginx as a reverse proxy (2 workers, upstream keep-alive 64, HTTP/1.1 to the

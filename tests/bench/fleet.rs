@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::serf::{release, text, Behaviour, Fleet};
+use support::fleet::{release, text, Behaviour, Fleet};
 use support::wait_until;
 
 const NODES: usize = 5;

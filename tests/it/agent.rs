@@ -96,6 +96,25 @@ impl Site {
         self.path("dest")
     }
 
+    /// Makes `dest` hold one file, `name` with `content`, as a live deploy would; returns its
+    /// snapshot, for checking that a failed deploy left it untouched.
+    pub fn existing_dest(&self, name: &str, content: &str) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+        std::fs::create_dir_all(self.dest()).expect("dest");
+        std::fs::write(self.dest().join(name), content).expect("a file in dest");
+        snapshot(&self.dest())
+    }
+
+    /// After a failed deploy: `dest` is as it was (`before`) and the failure hooks ran (they
+    /// `touch failure-ran`); `what` names the case.
+    #[track_caller]
+    pub fn assert_failed_cleanly(&self, before: &BTreeMap<PathBuf, (u32, Vec<u8>)>, what: &str) {
+        assert_eq!(&snapshot(&self.dest()), before, "{what}: dest untouched");
+        assert!(
+            self.path("cwd/failure-ran").exists(),
+            "{what}: failure hooks run"
+        );
+    }
+
     /// Writes a tar.gz of `entries` under archives/ and returns its `file://` URL and sha256.
     /// A `root_mode` adds a `./` entry with that mode first, as `tar -C dir .` archives have.
     pub fn archive(
@@ -154,10 +173,21 @@ impl Site {
 
     /// A standard rsync deploy of `entries` with extra manifest lines; returns the manifest URL.
     pub fn deploy_manifest(&self, extra: &str, entries: &[Entry]) -> String {
-        let (src, sum) = self.archive("app.tar.gz", None, entries);
+        self.deploy_manifest_to("@DEST@", None, extra, entries)
+    }
+
+    /// [`Site::deploy_manifest`] to `dest`, the archive with a `./` entry of `root_mode` if given.
+    pub fn deploy_manifest_to(
+        &self,
+        dest: &str,
+        root_mode: Option<u32>,
+        extra: &str,
+        entries: &[Entry],
+    ) -> String {
+        let (src, sum) = self.archive("app.tar.gz", root_mode, entries);
         self.manifest(
             "manifest.yml",
-            &format!("src: {src}\nchecksum: {sum}\ndest: @DEST@\n{extra}"),
+            &format!("src: {src}\nchecksum: {sum}\ndest: {dest}\n{extra}"),
         )
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::supervisor::Supervisor;
+use crate::support::supervisor::{supervise, Supervisor};
 use crate::support::{cutover, wait_until};
 
 /// uid of `nobody`: a second user to connect as (the tests run as root).
@@ -23,6 +23,13 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The command exited with `code` and said `needle` on stderr.
+#[track_caller]
+fn assert_fails(out: &Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(out));
+    assert!(stderr(out).contains(needle), "{}", stderr(out));
 }
 
 /// Writes one frame: a u32 big-endian length and the bytes.
@@ -45,7 +52,7 @@ fn read_raw(stream: &mut UnixStream) -> Option<serde_json::Value> {
 }
 
 fn connect(sup: &Supervisor) -> UnixStream {
-    let stream = UnixStream::connect(sup.socket()).expect("connect to the supervisor");
+    let stream = UnixStream::connect(&sup.socket).expect("connect to the supervisor");
     // No test may hang on a supervisor that stays silent.
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     stream
@@ -95,7 +102,7 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn the_socket_is_0600_in_a_0700_directory_it_creates() {
     let sup = Supervisor::start_at(|dir| dir.join("run/cutover/s.sock"));
-    let socket = sup.socket();
+    let socket = sup.socket.clone();
     assert_eq!(mode(&socket), 0o600, "socket mode");
     assert_eq!(mode(socket.parent().unwrap()), 0o700, "socket dir mode");
     // The socket accepts (into its backlog) from `listen` on; the line comes once it serves.
@@ -114,23 +121,17 @@ fn another_user_is_refused_by_the_file_modes_and_by_the_peer_check() {
     };
 
     let out = output_within(as_nobody());
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("permission denied on the control socket"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, 1, "permission denied on the control socket");
 
     // Loosened by hand, the socket is still refused to anyone but its owner and root.
-    std::fs::set_permissions(sup.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(sup.socket(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&sup.home, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&sup.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = output_within(as_nobody());
     // Exit 7, as the README promises for the uid check (1 is for a socket the modes keep out).
-    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("refused this connection: uid 65534 may not use this supervisor"),
-        "{}",
-        stderr(&out)
+    assert_fails(
+        &out,
+        7,
+        "refused this connection: uid 65534 may not use this supervisor",
     );
     assert!(sup
         .log()
@@ -167,22 +168,14 @@ fn a_stale_socket_file_is_replaced() {
 fn a_live_socket_is_never_stolen() {
     let sup = Supervisor::start();
     let other_state = tempfile::tempdir().unwrap();
-    let mut second = cutover();
-    second
-        .arg("supervise")
-        .arg("--socket")
-        .arg(sup.socket())
-        .arg("--state-dir")
-        .arg(other_state.path());
-    let out = output_within(second);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!(
+    let out = output_within(supervise(other_state.path(), &sup.socket));
+    assert_fails(
+        &out,
+        1,
+        &format!(
             "another supervisor is already listening on {}",
-            sup.socket().display()
-        )),
-        "{}",
-        stderr(&out)
+            sup.socket.display()
+        ),
     );
     // The first one still answers.
     let out = sup.run(&["status"]);
@@ -217,13 +210,8 @@ fn the_cli_explains_a_protocol_mismatch() {
     cmd.arg("status").arg("--socket").arg(&socket);
     let out = output_within(cmd);
     server.join().unwrap();
-    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("protocol mismatch: this cutover speaks protocol 1")
-            && stderr(&out).contains("speaks 2: run the same cutover version for both"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, 5, "protocol mismatch: this cutover speaks protocol 1");
+    assert_fails(&out, 5, "speaks 2: run the same cutover version for both");
 }
 
 #[test]
@@ -263,12 +251,7 @@ fn a_connection_that_never_says_hello_does_not_block_others() {
 fn status_of_an_unknown_app_exits_with_not_found() {
     let sup = Supervisor::start();
     let out = sup.run(&["status", "nosuchapp"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no app named nosuchapp"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, 3, "no app named nosuchapp");
     for verb in ["releases", "stop", "logs", "rollback"] {
         let out = sup.run(&[verb, "nosuchapp"]);
         assert_eq!(out.status.code(), Some(3), "{verb}: {}", stderr(&out));
@@ -285,19 +268,18 @@ fn without_a_supervisor_the_cli_says_how_to_start_one() {
         let mut cmd = cutover();
         cmd.arg("status").arg("--socket").arg(socket);
         let out = output_within(cmd);
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         let expected = format!(
             "no supervisor listening on {}: start it with `cutover supervise`",
             socket.display()
         );
-        assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+        assert_fails(&out, 1, &expected);
     }
 }
 
 #[test]
 fn a_clean_stop_removes_the_socket_file() {
     let mut sup = Supervisor::start();
-    let socket = sup.socket();
+    let socket = sup.socket.clone();
     let pid = nix::unistd::Pid::from_raw(sup.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     wait_until("the socket file to go", DEADLINE, || !socket.exists());

@@ -1,7 +1,7 @@
 //! Fetching and unpacking: sources (file, HTTP, S3), checksums, formats and hostile archives.
 //!
 //! These call the library directly (`fetch_and_unpack`, `fetch_bytes`) against real servers:
-//! the test HTTP server in `support::http` and a real `moto_server` for S3. This file holds the
+//! the test HTTP server in `support::http_server` and a real `moto_server` for S3. This file holds the
 //! shared helpers and the archive cases (read from local files); `http` and `s3` the origins.
 
 mod http;

@@ -11,8 +11,6 @@ mod fetch;
 mod fleet;
 mod process;
 mod proxy;
-mod proxy_canary;
-mod proxy_close;
 mod supervisor;
 mod tidy;
 mod watch;

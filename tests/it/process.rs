@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cutover::supervisor::process::{self, ExitStatus, ProcessId, SpawnSpec};
 
+use crate::support::procs::alive;
 use crate::support::wait_until;
 
 mod health;
@@ -20,17 +21,11 @@ fn spec(dir: &Path, line: &str) -> SpawnSpec {
     }
 }
 
-fn alive(pid: u32) -> bool {
-    // kill(pid, 0) also succeeds for zombies; /proc's state tells them apart.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
+/// Waits until `pidfile` holds a pid, and returns it.
+fn wait_pid_file(pidfile: &Path) -> u32 {
+    let read = || std::fs::read_to_string(pidfile).ok()?.trim().parse().ok();
+    wait_until("the pid file", Duration::from_secs(10), || read().is_some());
+    read().expect("a pid")
 }
 
 fn pgid_of(pid: u32) -> i32 {
@@ -94,14 +89,7 @@ async fn stop_kills_a_group_that_ignores_the_signal_grandchildren_included() {
         pidfile.display()
     );
     let mut running = process::spawn(&spec(dir.path(), &line)).unwrap();
-    wait_until("grandchild pid file", Duration::from_secs(10), || {
-        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
-    });
-    let grandchild: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let grandchild = wait_pid_file(&pidfile);
     assert_eq!(pgid_of(grandchild), running.id.pid as i32);
 
     let started = std::time::Instant::now();
@@ -153,14 +141,7 @@ fn start_detached(dir: &Path) -> ProcessId {
         .status()
         .unwrap();
     assert!(status.success());
-    wait_until("pid file", Duration::from_secs(10), || {
-        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
-    });
-    let pid: u32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = wait_pid_file(&pidfile);
     // Wait for the exec, so the start time read is that of the process we will adopt.
     wait_until("sleep to run", Duration::from_secs(10), || {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")

@@ -4,7 +4,6 @@
 //! real HTTP through the supervisor's proxy.
 
 mod canary;
-mod harness;
 mod hold;
 mod limits;
 mod restart;
@@ -16,18 +15,21 @@ mod websocket;
 use std::fs;
 use std::time::Duration;
 
-use cutover::protocol::{ErrorKind, ReleaseState, Request, Response, StopRequest};
+use cutover::protocol::{ErrorKind, ReleaseState, Request, Response, StatusRequest, StopRequest};
 
+use crate::support::app::App;
+use crate::support::control_socket::{deploy_request, error_of, request_at, state_of};
 use crate::support::load::Load;
+use crate::support::procs::alive;
+use crate::support::request::exchange;
+use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::wait_until;
-use harness::{alive, error_of, state_of, App, Reaper, Supervisor, ROLLOUT};
 
 #[test]
 fn blue_green_under_load_loses_no_request() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = |spec| spec.instances = 2;
-    let (_reaper, supervisor) = app.serving(home.path(), &["v1", "v2"]);
+    let supervisor = app.serving(&["v1", "v2"]);
     let v1_pids = supervisor.live_pids(&app);
     assert_eq!(v1_pids.len(), 2, "two v1 instances");
 
@@ -58,8 +60,7 @@ fn blue_green_under_load_loses_no_request() {
 
 #[test]
 fn a_failing_release_is_rolled_back_while_the_old_one_keeps_serving() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.faults = vec![
         ("boot-crash".into(), "--fail-boot".into()),
         ("never-healthy".into(), "--never-healthy".into()),
@@ -71,10 +72,7 @@ fn a_failing_release_is_rolled_back_while_the_old_one_keeps_serving() {
         Some("late-crash") => spec.health.min_healthy_time = Duration::from_secs(3),
         _ => {}
     };
-    let (_reaper, supervisor) = app.serving(
-        home.path(),
-        &["v1", "boot-crash", "never-healthy", "late-crash"],
-    );
+    let supervisor = app.serving(&["v1", "boot-crash", "never-healthy", "late-crash"]);
     let v1_pids = supervisor.live_pids(&app);
 
     let load = Load::start(app.listen, 2, "/");
@@ -112,12 +110,10 @@ fn a_failing_release_is_rolled_back_while_the_old_one_keeps_serving() {
 
 #[test]
 fn a_release_that_crash_loops_after_its_switch_is_rolled_back_automatically() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     // Healthy within a few checks, so it goes live; then it dies a second after every boot.
     app.faults = vec![("v2".into(), "--crash-after 1".into())];
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start(home.path());
+    let supervisor = Supervisor::start_in(app.home());
     app.place("v1");
     app.place("v2");
     supervisor.deploy_ok(&app, "v1");
@@ -125,7 +121,7 @@ fn a_release_that_crash_loops_after_its_switch_is_rolled_back_automatically() {
 
     // Five exits within a minute (restarts back off from 0.5s) make it crash-looping.
     wait_until("the automatic rollback to v1", ROLLOUT, || {
-        supervisor.status(&app).live_version.as_deref() == Some("v1")
+        supervisor.live_version("shop").as_deref() == Some("v1")
     });
     app.wait_serving("v1");
     let releases = supervisor.releases(&app);
@@ -144,10 +140,9 @@ fn a_release_that_crash_loops_after_its_switch_is_rolled_back_automatically() {
 
 #[test]
 fn kill_9_while_idle_readopts_the_same_instances() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = |spec| spec.instances = 2;
-    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1"]);
+    let mut supervisor = app.serving(&["v1"]);
     let pids = supervisor.live_pids(&app);
 
     supervisor.kill_9();
@@ -157,7 +152,7 @@ fn kill_9_while_idle_readopts_the_same_instances() {
         "instances outlive the supervisor"
     );
 
-    let supervisor = Supervisor::start(home.path());
+    let supervisor = Supervisor::start_in(app.home());
     app.wait_serving("v1");
     let status = supervisor.status(&app);
     assert_eq!(
@@ -178,17 +173,16 @@ fn kill_9_while_idle_readopts_the_same_instances() {
 
 #[test]
 fn kill_9_mid_deploy_stops_the_candidate_and_keeps_the_stable_release() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     // The candidate takes a minute to listen: the deploy is surely in flight when we kill.
     app.faults = vec![("v2".into(), "--boot-delay 60000".into())];
     app.tweak = |spec| spec.health.deadline = Duration::from_secs(120);
-    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1", "v2", "v3"]);
+    let mut supervisor = app.serving(&["v1", "v2", "v3"]);
     let v1_pids = supervisor.live_pids(&app);
 
     let deploying = {
         let (socket, request) = (supervisor.socket.clone(), deploy_request(&app, "v2"));
-        std::thread::spawn(move || harness_request(&socket, request))
+        std::thread::spawn(move || request_at(&socket, &request))
     };
     let mut candidate = None;
     wait_until("the v2 candidate to run", ROLLOUT, || {
@@ -213,7 +207,7 @@ fn kill_9_mid_deploy_stops_the_candidate_and_keeps_the_stable_release() {
     let _ = deploying.join();
     assert!(alive(candidate), "the candidate outlived the supervisor");
 
-    let supervisor = Supervisor::start(home.path());
+    let supervisor = Supervisor::start_in(app.home());
     wait_until("the zombie candidate to be stopped", ROLLOUT, || {
         !alive(candidate)
     });
@@ -245,10 +239,8 @@ fn kill_9_mid_deploy_stops_the_candidate_and_keeps_the_stable_release() {
 
 #[test]
 fn rollback_goes_to_the_previous_or_a_named_release_and_marks_the_other_bad() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let app = App::new(home.path(), "shop");
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start(home.path());
+    let app = App::new("shop");
+    let supervisor = Supervisor::start_in(app.home());
     for version in ["v1", "v2", "v3"] {
         app.place(version);
         supervisor.deploy_ok(&app, version);
@@ -290,11 +282,9 @@ fn rollback_goes_to_the_previous_or_a_named_release_and_marks_the_other_bad() {
 
 #[test]
 fn pruning_keeps_the_live_release_and_the_rollback_target() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = |spec| spec.keep_releases = 2;
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start(home.path());
+    let supervisor = Supervisor::start_in(app.home());
     for version in ["v1", "v2", "v3", "v4"] {
         app.place(version);
         supervisor.deploy_ok(&app, version);
@@ -328,7 +318,7 @@ fn a_corrupt_state_file_is_set_aside_with_a_clear_message() {
     fs::create_dir_all(&state_dir).expect("state dir");
     fs::write(state_dir.join("state.json"), b"{ this is not json").expect("write");
 
-    let supervisor = Supervisor::start(home.path());
+    let supervisor = Supervisor::start_in(home.path());
     let aside: Vec<String> = fs::read_dir(&supervisor.state_dir)
         .expect("list state dir")
         .filter_map(Result::ok)
@@ -341,9 +331,7 @@ fn a_corrupt_state_file_is_set_aside_with_a_clear_message() {
         log.contains("is unreadable") && log.contains(&aside[0]),
         "{log}"
     );
-    match supervisor.request(Request::Status(cutover::protocol::StatusRequest {
-        app: None,
-    })) {
+    match supervisor.request(Request::Status(StatusRequest { app: None })) {
         Response::Status(report) => assert!(report.apps.is_empty()),
         other => panic!("status: {other:?}"),
     }
@@ -351,9 +339,8 @@ fn a_corrupt_state_file_is_set_aside_with_a_clear_message() {
 
 #[test]
 fn stop_ends_the_instances_and_forgets_the_app() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let app = App::new(home.path(), "shop");
-    let (_reaper, supervisor) = app.serving(home.path(), &["v1"]);
+    let app = App::new("shop");
+    let supervisor = app.serving(&["v1"]);
     let pids = supervisor.live_pids(&app);
 
     let stopped = supervisor.request(Request::Stop(StopRequest {
@@ -367,46 +354,21 @@ fn stop_ends_the_instances_and_forgets_the_app() {
     wait_until("the public address to close", ROLLOUT, || {
         app.get().is_err()
     });
-    let (kind, _) = error_of(supervisor.request(Request::Status(
-        cutover::protocol::StatusRequest {
-            app: Some(app.name.clone()),
-        },
-    )));
+    let (kind, _) = error_of(supervisor.request(Request::Status(StatusRequest {
+        app: Some(app.name.clone()),
+    })));
     assert_eq!(kind, ErrorKind::NotFound);
     // And it can come back on the same address.
     supervisor.deploy_ok(&app, "v1");
     app.wait_serving("v1");
 }
 
-fn deploy_request(app: &App, version: &str) -> Request {
-    Request::Deploy(cutover::protocol::DeployRequest {
-        app: app.spec(version),
-        version: version.to_owned(),
-        dest: app.dest.clone(),
-    })
-}
-
-/// A request from another thread (the supervisor may be killed while it waits).
-fn harness_request(socket: &std::path::Path, request: Request) -> Option<Response> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    runtime.block_on(async {
-        let client = cutover::protocol::client::Client::connect(socket)
-            .await
-            .ok()?;
-        client.request(&request, |_| {}).await.ok()
-    })
-}
-
 #[test]
 fn a_healthy_instance_shows_no_failure_from_its_boot() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     // Listening only after 600 ms: the first health checks are refused.
     app.faults = vec![("v1".into(), "--boot-delay 600".into())];
-    let (_reaper, supervisor) = app.serving(home.path(), &["v1"]);
+    let supervisor = app.serving(&["v1"]);
     let status = supervisor.status(&app);
     let instances = &status.instances;
     assert_eq!(instances.len(), 1, "{status:?}");
@@ -419,28 +381,18 @@ fn a_healthy_instance_shows_no_failure_from_its_boot() {
 
 #[test]
 fn an_apps_idle_timeout_closes_its_unused_client_connections() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = |spec| spec.idle_timeout = Duration::from_millis(300);
-    let (_reaper, supervisor) = app.serving(home.path(), &["v1"]);
+    let supervisor = app.serving(&["v1"]);
 
-    use std::io::{Read, Write};
-    let mut client = std::net::TcpStream::connect(app.listen).expect("connect");
-    // Far below the 30 s default: only the app's own setting can close it in time.
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(client, "GET / HTTP/1.1\r\nHost: shop\r\n\r\n").unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0; 4096];
-    loop {
-        match client.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("not closed within 10 s: {e}"),
-        }
-    }
-    let seen = String::from_utf8_lossy(&seen);
+    // No `Connection: close`: only the app's own setting, far below the 30 s default, can close
+    // it within the 10 s read.
+    let seen = exchange(
+        app.listen,
+        b"GET / HTTP/1.1\r\nHost: shop\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("not closed within 10 s: {e}"));
     assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
     assert!(
         seen.contains("hello from v1"),

@@ -49,9 +49,7 @@ fn every_bad_manifest_fails_with_its_expected_message() {
 #[test]
 fn a_checksum_mismatch_runs_failure_without_pre_and_leaves_dest_alone() {
     let site = Site::new();
-    std::fs::create_dir(site.dest()).expect("dest");
-    std::fs::write(site.dest().join("index.html"), "v1").expect("v1");
-    let before = snapshot(&site.dest());
+    let before = site.existing_dest("index.html", "v1");
     let (src, _) = site.archive("a.tar.gz", None, &[Entry::File("index.html", b"v2")]);
     let wrong = "0".repeat(64);
     let url = site.manifest(
@@ -146,9 +144,7 @@ fn hostile_and_truncated_archives_fail_and_write_nothing_outside() {
     ];
     for (name, bytes) in cases {
         let site = Site::new();
-        std::fs::create_dir(site.dest()).expect("dest");
-        std::fs::write(site.dest().join("keep"), "v1").expect("keep");
-        let before = snapshot(&site.dest());
+        let before = site.existing_dest("keep", "v1");
         let path = site.path("archives/x.tar.gz");
         std::fs::write(&path, &bytes).expect("archive");
         let url = site.manifest(
@@ -161,11 +157,7 @@ fn hostile_and_truncated_archives_fail_and_write_nothing_outside() {
         );
         let run = site.run(&url, &[]);
         run.expect_code(1).expect_stderr("Deploy manifest failed");
-        assert_eq!(snapshot(&site.dest()), before, "{name}: dest untouched");
-        assert!(
-            site.path("cwd/failure-ran").exists(),
-            "{name}: failure hooks run"
-        );
+        site.assert_failed_cleanly(&before, name);
         assert!(
             !site.path("escaped.txt").exists(),
             "{name}: nothing written outside"

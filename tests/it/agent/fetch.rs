@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{sha256_hex, snapshot, tar_gz, Entry, Site};
+use super::{sha256_hex, tar_gz, Entry, Site};
 
 /// What the origin answers to the n-th request (0-based) for a path.
 pub enum Reply {
@@ -152,9 +152,7 @@ fn retry_recovers_from_server_errors() {
 fn without_retry_a_server_error_fails_and_dest_is_untouched() {
     for code in [404, 500] {
         let site = Site::new();
-        std::fs::create_dir(site.dest()).expect("dest");
-        std::fs::write(site.dest().join("keep"), "v1").expect("keep");
-        let before = snapshot(&site.dest());
+        let before = site.existing_dest("keep", "v1");
         let origin = Origin::start(move |_, _| Reply::Status(code));
         let (_, sum) = archive();
         let url = manifest(&site, &origin.url("/app.tar.gz"), &sum);
@@ -162,11 +160,7 @@ fn without_retry_a_server_error_fails_and_dest_is_untouched() {
             .expect_code(1)
             .expect_stderr(&code.to_string())
             .expect_stderr("Deploy manifest failed");
-        assert_eq!(snapshot(&site.dest()), before, "HTTP {code}");
-        assert!(
-            site.path("cwd/failure-ran").exists(),
-            "failure hooks run on HTTP {code}"
-        );
+        site.assert_failed_cleanly(&before, &format!("HTTP {code}"));
         assert!(
             !site.path("cwd/pre-ran").exists(),
             "pre does not run on HTTP {code}"

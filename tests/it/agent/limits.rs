@@ -57,19 +57,25 @@ fn archive(site: &Site, name: &str, bytes: &[u8]) -> String {
     format!("file://{}", path.display())
 }
 
-#[test]
-fn a_gzip_bomb_stops_at_max_unpacked_size() {
+/// [`expect_refused`] for `bytes` as archive `name` of a new site, deployed to its dest.
+#[track_caller]
+fn expect_archive_refused(name: &str, bytes: &[u8], args: &[&str], expected: &str) {
     let site = Site::new();
-    // 64 MiB of zeros in about 70 KB.
-    let bytes = gzip_bomb_tar(64 << 20);
-    let src = archive(&site, "bomb.tar.gz", &bytes);
+    let src = archive(&site, name, bytes);
     expect_refused(
         &site,
         &site.dest(),
-        (&src, &sha256_hex(&bytes)),
-        &["--max-unpacked-size", "2MiB"],
-        "unpacks to more than 2 MiB: if the release is really that large, raise --max-unpacked-size",
+        (&src, &sha256_hex(bytes)),
+        args,
+        expected,
     );
+}
+
+#[test]
+fn a_gzip_bomb_stops_at_max_unpacked_size() {
+    // 64 MiB of zeros in about 70 KB.
+    let bytes = gzip_bomb_tar(64 << 20);
+    expect_archive_refused("bomb.tar.gz", &bytes, &["--max-unpacked-size", "2MiB"], "unpacks to more than 2 MiB: if the release is really that large, raise --max-unpacked-size");
 }
 
 #[test]
@@ -104,13 +110,10 @@ fn a_bomb_still_downloading_stops_at_the_limit_before_its_checksum_is_known() {
 
 #[test]
 fn a_zip_bomb_stops_at_max_unpacked_size() {
-    let site = Site::new();
     let bytes = zip_bomb(16 << 20);
-    let src = archive(&site, "bomb.zip", &bytes);
-    expect_refused(
-        &site,
-        &site.dest(),
-        (&src, &sha256_hex(&bytes)),
+    expect_archive_refused(
+        "bomb.zip",
+        &bytes,
         &["--max-unpacked-size=2MiB"],
         "unpacks to more than 2 MiB",
     );
@@ -118,29 +121,18 @@ fn a_zip_bomb_stops_at_max_unpacked_size() {
 
 #[test]
 fn too_many_files_stop_at_max_entries() {
-    let site = Site::new();
     let bytes = many_files_tar_gz(3000, "");
-    let src = archive(&site, "many.tar.gz", &bytes);
-    expect_refused(
-        &site,
-        &site.dest(),
-        (&src, &sha256_hex(&bytes)),
-        &["--max-entries", "1000"],
-        "has more than 1000 entries (directories included): if the release really has that many files, raise --max-entries",
-    );
+    expect_archive_refused("many.tar.gz", &bytes, &["--max-entries", "1000"], "has more than 1000 entries (directories included): if the release really has that many files, raise --max-entries");
 }
 
 #[test]
 fn the_directories_a_deep_path_implies_count_as_entries() {
-    let site = Site::new();
     // One file 1200 directories deep: 1201 inodes from a single tar entry.
     let deep = "d/".repeat(1200);
     let bytes = many_files_tar_gz(1, &deep);
-    let src = archive(&site, "deep.tar.gz", &bytes);
-    expect_refused(
-        &site,
-        &site.dest(),
-        (&src, &sha256_hex(&bytes)),
+    expect_archive_refused(
+        "deep.tar.gz",
+        &bytes,
         &["--max-entries", "1000"],
         "has more than 1000 entries",
     );

@@ -37,6 +37,18 @@ impl Running {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Waits until the agent says it waits for the lock another one holds.
+    fn wait_for_lock(&self) {
+        wait_until(
+            "the second agent to wait for the lock",
+            Duration::from_secs(60),
+            || {
+                self.stderr()
+                    .contains("waiting for another cutover deploying to")
+            },
+        );
+    }
+
     fn wait(mut self) -> Option<i32> {
         self.child.wait().expect("wait").code()
     }
@@ -47,6 +59,13 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until the pre hooks have written `order` (`start\n` once the first is in its hook).
+fn wait_order(site: &Site, what: &str, order: &str) {
+    wait_until(what, Duration::from_secs(60), || {
+        std::fs::read_to_string(site.path("cwd/order")).is_ok_and(|s| s == order)
+    });
 }
 
 /// Lets one blocked `read line < gate` hook through; waits (bounded) for a reader to be there.
@@ -81,21 +100,9 @@ fn two_agents_on_one_dest_take_turns() {
     let (site, url) = gated_site();
     let order = site.path("cwd/order");
     let first = Running::start(&site, &url, "first", &[]);
-    wait_until(
-        "the first agent's pre hook",
-        Duration::from_secs(60),
-        || std::fs::read_to_string(&order).is_ok_and(|s| s == "start\n"),
-    );
+    wait_order(&site, "the first agent's pre hook", "start\n");
     let second = Running::start(&site, &url, "second", &[]);
-    wait_until(
-        "the second agent to wait for the lock",
-        Duration::from_secs(60),
-        || {
-            second
-                .stderr()
-                .contains("waiting for another cutover deploying to")
-        },
-    );
+    second.wait_for_lock();
     assert!(
         second
             .stderr()
@@ -106,11 +113,7 @@ fn two_agents_on_one_dest_take_turns() {
     open_gate(&site.path("gate"));
     // One reader at a time: a second "go" written while the first reader still holds the fifo
     // would be lost with it.
-    wait_until(
-        "the second agent's pre hook",
-        Duration::from_secs(60),
-        || std::fs::read_to_string(&order).is_ok_and(|s| s == "start\nend\nstart\n"),
-    );
+    wait_order(&site, "the second agent's pre hook", "start\nend\nstart\n");
     open_gate(&site.path("gate"));
     assert_eq!(first.wait(), Some(0));
     assert_eq!(second.wait(), Some(0));
@@ -124,13 +127,8 @@ fn two_agents_on_one_dest_take_turns() {
 #[test]
 fn the_lock_timeout_fails_the_waiting_agent_with_its_failure_hooks() {
     let (site, url) = gated_site();
-    let order = site.path("cwd/order");
     let first = Running::start(&site, &url, "first", &[]);
-    wait_until(
-        "the first agent's pre hook",
-        Duration::from_secs(60),
-        || std::fs::read_to_string(&order).is_ok_and(|s| s == "start\n"),
-    );
+    wait_order(&site, "the first agent's pre hook", "start\n");
     let second = Running::start(&site, &url, "second", &["--lock-timeout=0.5s"]);
     let stderr = second.stderr.clone();
     assert_eq!(second.wait(), Some(1));
@@ -147,21 +145,9 @@ fn the_same_event_delivered_twice_at_once_deploys_once() {
     let events = super::input::consul_events(&url);
     let order = site.path("cwd/order");
     let first = Running::start(&site, &events, "first", &[]);
-    wait_until(
-        "the first agent's pre hook",
-        Duration::from_secs(60),
-        || std::fs::read_to_string(&order).is_ok_and(|s| s == "start\n"),
-    );
+    wait_order(&site, "the first agent's pre hook", "start\n");
     let second = Running::start(&site, &events, "second", &[]);
-    wait_until(
-        "the second agent to wait for the lock",
-        Duration::from_secs(60),
-        || {
-            second
-                .stderr()
-                .contains("waiting for another cutover deploying to")
-        },
-    );
+    second.wait_for_lock();
     open_gate(&site.path("gate"));
     assert_eq!(first.wait(), Some(0));
     let stderr = second.stderr.clone();

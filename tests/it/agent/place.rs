@@ -72,9 +72,7 @@ fn excluded_paths_in_dest_survive_delete() {
 #[test]
 fn a_missing_exclude_from_file_fails_before_touching_dest() {
     let site = Site::new();
-    std::fs::create_dir_all(site.dest()).expect("dest");
-    std::fs::write(site.dest().join("keep"), "x").expect("keep");
-    let before = snapshot(&site.dest());
+    let before = site.existing_dest("keep", "x");
     let url = site.deploy_manifest("exclude_from: nope.txt\n", APP);
     site.run(&url, &[])
         .expect_code(1)
@@ -110,9 +108,7 @@ fn mv_replaces_an_empty_dest() {
 #[test]
 fn mv_refuses_a_non_empty_dest_and_leaves_it_untouched() {
     let site = Site::new();
-    std::fs::create_dir(site.dest()).expect("dest");
-    std::fs::write(site.dest().join("index.html"), "v1\n").expect("v1");
-    let before = snapshot(&site.dest());
+    let before = site.existing_dest("index.html", "v1\n");
     let url = mv_manifest(&site);
     site.run(&url, &[])
         .expect_code(1)
@@ -144,11 +140,7 @@ fn dest_mode_wins_over_the_archives_root_entry() {
 fn dest_mode_defaults_to_0755_with_and_without_a_root_entry() {
     for root in [Some(0o700), None] {
         let site = Site::new();
-        let (src, sum) = site.archive("a.tar.gz", root, APP);
-        let url = site.manifest(
-            "m.yml",
-            &format!("src: {src}\nchecksum: {sum}\ndest: @DEST@\n"),
-        );
+        let url = site.deploy_manifest_to("@DEST@", root, "", APP);
         site.run(&url, &[]).expect_code(0);
         assert_eq!(mode_of(&site.dest()), 0o755, "root entry {root:?}");
     }
@@ -165,11 +157,7 @@ fn dest_mode_applies_with_mv_too() {
 #[test]
 fn a_missing_dest_parent_is_a_clear_error() {
     let site = Site::new();
-    let (src, sum) = site.archive("a.tar.gz", None, APP);
-    let url = site.manifest(
-        "m.yml",
-        &format!("src: {src}\nchecksum: {sum}\ndest: @SITE@/no/such/dest\n"),
-    );
+    let url = site.deploy_manifest_to("@SITE@/no/such/dest", None, "", APP);
     site.run(&url, &[])
         .expect_code(1)
         .expect_stderr("no/such: create it first");
@@ -178,11 +166,7 @@ fn a_missing_dest_parent_is_a_clear_error() {
 #[test]
 fn a_relative_dest_is_relative_to_the_start_directory() {
     let site = Site::new();
-    let (src, sum) = site.archive("a.tar.gz", None, APP);
-    let url = site.manifest(
-        "m.yml",
-        &format!("src: {src}\nchecksum: {sum}\ndest: out\n"),
-    );
+    let url = site.deploy_manifest_to("out", None, "", APP);
     site.run(&url, &[]).expect_code(0);
     assert_eq!(read(&site.path("cwd/out/index.html")), "v2\n");
 }
@@ -194,9 +178,7 @@ fn a_missing_rsync_says_how_to_install_it() {
     let bin = site.path("bin");
     std::fs::create_dir(&bin).expect("bin");
     std::os::unix::fs::symlink("/bin/sh", bin.join("sh")).expect("sh link");
-    std::fs::create_dir(site.dest()).expect("dest");
-    std::fs::write(site.dest().join("keep"), "v1").expect("keep");
-    let before = snapshot(&site.dest());
+    let before = site.existing_dest("keep", "v1");
     let url = site.deploy_manifest("", APP);
     let mut cmd = site.agent();
     cmd.env("PATH", &bin);

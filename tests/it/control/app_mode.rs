@@ -6,14 +6,21 @@ use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-use crate::support::supervisor::{http_get, DemoRelease, Supervisor};
-use crate::support::{free_port, wait_until};
+use crate::support::app::App;
+use crate::support::supervisor::Supervisor;
+use crate::support::wait_until;
 
 /// Generous: a deploy starts processes and waits for health on a loaded 2-core box.
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `bytes` (a command's stdout or stderr) contain `needle`.
+#[track_caller]
+fn assert_contains(bytes: &[u8], needle: &str) {
+    assert!(text(bytes).contains(needle), "{}", text(bytes));
 }
 
 fn assert_ok(what: &str, out: &Output) {
@@ -45,58 +52,44 @@ fn deploy_from_stdin(sup: &Supervisor, manifest: &Path) -> Output {
     agent.wait_with_output().expect("agent output")
 }
 
-fn serves(port: u16, version: &str) -> bool {
-    http_get(port, "/").is_some_and(|body| body.starts_with(&format!("hello from {version} ")))
-}
-
 #[test]
 fn a_manifest_with_an_app_goes_live_and_the_verbs_drive_it() {
+    let app = App::new("shop");
     let sup = Supervisor::start();
-    let work = tempfile::tempdir().unwrap();
-    let dest = work.path().join("shop");
-    let port = free_port();
 
-    let v1 = DemoRelease::new("shop", "v1", port)
-        .app_line("shared: [ log ]")
-        .write_manifest(work.path(), &dest);
+    let v1 = app.write_manifest("v1", &["shared: [ log ]"]);
     let out = deploy_from_stdin(&sup, &v1);
     assert_ok("deploy v1", &out);
-    assert!(
-        text(&out.stderr).contains("shop v1 is live"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(dest.join("releases/v1/VERSION").is_file());
+    assert_contains(&out.stderr, "shop v1 is live");
+    assert!(app.dest.join("releases/v1/VERSION").is_file());
     assert_eq!(
-        std::fs::read_link(dest.join("current"))
+        std::fs::read_link(app.dest.join("current"))
             .unwrap()
             .file_name(),
         Some("v1".as_ref()),
         "current points at the live release"
     );
-    assert!(std::fs::symlink_metadata(dest.join("releases/v1/log"))
+    assert!(std::fs::symlink_metadata(app.dest.join("releases/v1/log"))
         .unwrap()
         .file_type()
         .is_symlink());
-    assert!(serves(port, "v1"), "{:?}", http_get(port, "/"));
+    assert!(app.serves("v1"), "{:?}", app.get());
 
-    let v2 = DemoRelease::new("shop", "v2", port).write_manifest(work.path(), &dest);
+    let v2 = app.write_manifest("v2", &[]);
     let out = sup.apply(&v2);
     assert_ok("deploy v2", &out);
-    assert!(
-        text(&out.stderr).contains("shop v2 is live (was v1)"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(serves(port, "v2"));
+    assert_contains(&out.stderr, "shop v2 is live (was v1)");
+    assert!(app.serves("v2"));
 
-    let status = sup.status_json("shop");
+    let out = sup.run(&["status", "shop", "--json"]);
+    assert_ok("status --json", &out);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(status["apps"][0]["live_version"], "v2", "{status}");
     let out = sup.run(&["status", "shop"]);
     assert_ok("status", &out);
     let table = text(&out.stdout);
     assert!(table.starts_with("APP   LISTEN"), "{table}");
-    assert!(table.contains(&format!("127.0.0.1:{port}")), "{table}");
+    assert!(table.contains(&app.listen.to_string()), "{table}");
     assert!(table.contains("INSTANCE"), "{table}");
 
     let out = sup.run(&["releases", "shop"]);
@@ -115,20 +108,12 @@ fn a_manifest_with_an_app_goes_live_and_the_verbs_drive_it() {
 
     let out = sup.run(&["logs", "shop", "-n", "50"]);
     assert_ok("logs", &out);
-    assert!(
-        text(&out.stdout).contains("] demo-app: v2 listening on"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert_contains(&out.stdout, "] demo-app: v2 listening on");
 
     let out = sup.run(&["rollback", "shop"]);
     assert_ok("rollback", &out);
-    assert!(
-        text(&out.stdout).contains("shop rolled back to v1 (from v2)"),
-        "{}",
-        text(&out.stdout)
-    );
-    assert!(serves(port, "v1"));
+    assert_contains(&out.stdout, "shop rolled back to v1 (from v2)");
+    assert!(app.serves("v1"));
 
     let out = sup.run(&["stop", "shop"]);
     assert_ok("stop", &out);
@@ -137,9 +122,7 @@ fn a_manifest_with_an_app_goes_live_and_the_verbs_drive_it() {
         "{}",
         text(&out.stdout)
     );
-    wait_until("the listen port to close", DEADLINE, || {
-        http_get(port, "/").is_none()
-    });
+    wait_until("the listen port to close", DEADLINE, || app.get().is_err());
     let out = sup.run(&["status", "shop"]);
     assert_eq!(
         out.status.code(),
@@ -151,29 +134,49 @@ fn a_manifest_with_an_app_goes_live_and_the_verbs_drive_it() {
 
 #[test]
 fn a_failed_rollout_fails_the_agent_and_the_old_release_keeps_serving() {
-    let sup = Supervisor::start();
-    let work = tempfile::tempdir().unwrap();
-    let dest = work.path().join("shop");
-    let port = free_port();
-    let v1 = DemoRelease::new("shop", "v1", port).write_manifest(work.path(), &dest);
-    assert_ok("deploy v1", &sup.apply(&v1));
+    let mut app = App::new("shop");
+    app.faults = vec![("v2".into(), "--fail-boot".into())];
+    let sup = with_v1_live(&app);
 
-    let v2 = DemoRelease::new("shop", "v2", port)
-        .flag("--fail-boot")
-        .write_manifest(work.path(), &dest);
+    let v2 = app.write_manifest("v2", &[]);
     let out = sup.apply(&v2);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("rollout of shop v2 failed: "),
-        "{}",
-        text(&out.stderr)
-    );
-    assert!(serves(port, "v1"));
-    assert_eq!(sup.status_json("shop")["apps"][0]["live_version"], "v1");
+    assert_contains(&out.stderr, "rollout of shop v2 failed: ");
+    assert!(app.serves("v1"));
+    assert_eq!(sup.live_version("shop").as_deref(), Some("v1"));
+}
+
+/// A supervisor of its own running v1 of `app`, deployed through the agent.
+fn with_v1_live(app: &App) -> Supervisor {
+    let sup = Supervisor::start();
+    assert_ok("deploy v1", &sup.apply(&app.write_manifest("v1", &[])));
+    sup
+}
+
+/// Whether a rollout of `version` of the app runs (the supervisor's phase names it).
+fn rolling_out(sup: &Supervisor, version: &str) -> bool {
+    sup.try_status("shop")
+        .is_ok_and(|status| status.phase.contains(version))
 }
 
 /// Kills the child on drop, so a failing test leaves no agent behind.
 struct Agent(Child);
+
+impl Agent {
+    /// `cutover apply MANIFEST` against `sup`, left running; its output piped or dropped.
+    fn apply(sup: &Supervisor, manifest: &Path, piped: bool) -> Agent {
+        let output = || if piped { Stdio::piped() } else { Stdio::null() };
+        let child = sup
+            .cli()
+            .arg("apply")
+            .arg(manifest)
+            .stdout(output())
+            .stderr(output())
+            .spawn()
+            .expect("spawn the agent");
+        Agent(child)
+    }
+}
 
 impl Drop for Agent {
     fn drop(&mut self) {
@@ -184,56 +187,39 @@ impl Drop for Agent {
 
 #[test]
 fn a_client_that_leaves_mid_deploy_does_not_abort_it_nor_block_the_socket() {
-    let sup = Supervisor::start();
-    let work = tempfile::tempdir().unwrap();
-    let dest = work.path().join("shop");
-    let port = free_port();
-    let v1 = DemoRelease::new("shop", "v1", port).write_manifest(work.path(), &dest);
-    assert_ok("deploy v1", &sup.apply(&v1));
+    let mut app = App::new("shop");
+    app.faults = vec![("v2".into(), "--boot-delay 3000".into())];
+    let sup = with_v1_live(&app);
 
     // v2 takes a few seconds to boot: long enough to walk away from its rollout.
-    let v2 = DemoRelease::new("shop", "v2", port)
-        .flag("--boot-delay 3000")
-        .write_manifest(work.path(), &dest);
-    let mut agent = Agent(
-        sup.cli()
-            .arg("apply")
-            .arg(&v2)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let v2 = app.write_manifest("v2", &[]);
+    let mut agent = Agent::apply(&sup, &v2, false);
     wait_until("the v2 rollout to start", DEADLINE, || {
-        let status = sup.status_json("shop");
-        status["apps"][0]["phase"]
-            .as_str()
-            .is_some_and(|phase| phase.contains("v2"))
+        rolling_out(&sup, "v2")
     });
     // The socket still answers other requests while the rollout runs.
-    assert!(serves(port, "v1"));
+    assert!(app.serves("v1"));
     agent.0.kill().unwrap();
     agent.0.wait().unwrap();
 
     wait_until("v2 to go live without its client", DEADLINE, || {
-        serves(port, "v2")
+        app.serves("v2")
     });
-    assert_eq!(sup.status_json("shop")["apps"][0]["live_version"], "v2");
+    assert_eq!(sup.live_version("shop").as_deref(), Some("v2"));
 }
 
 #[test]
 fn without_a_supervisor_the_agent_places_the_release_and_fails_clearly() {
-    let work = tempfile::tempdir().unwrap();
-    let dest = work.path().join("shop");
-    let socket = work.path().join("none.sock");
-    let manifest = DemoRelease::new("shop", "v1", free_port()).write_manifest(work.path(), &dest);
+    let app = App::new("shop");
+    let socket = app.home().join("none.sock");
+    let manifest = app.write_manifest("v1", &[]);
     let out = crate::support::cutover()
         .arg("apply")
         .arg(&manifest)
         .arg("--socket")
         .arg(&socket)
         .arg("--state-dir")
-        .arg(work.path().join("state"))
+        .arg(app.home().join("state"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
@@ -241,45 +227,26 @@ fn without_a_supervisor_the_agent_places_the_release_and_fails_clearly() {
         "no supervisor listening on {}: start it with `cutover supervise`",
         socket.display()
     );
-    assert!(
-        text(&out.stderr).contains(&expected),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_contains(&out.stderr, &expected);
     // The release is in place (immutable, reused by the next attempt); nothing went live.
-    assert!(dest.join("releases/v1/VERSION").is_file());
-    assert!(std::fs::symlink_metadata(dest.join("current")).is_err());
+    assert!(app.dest.join("releases/v1/VERSION").is_file());
+    assert!(std::fs::symlink_metadata(app.dest.join("current")).is_err());
 }
 
 #[test]
 fn a_supervisor_killed_mid_deploy_ends_the_agent_with_a_clear_error() {
-    let mut sup = Supervisor::start();
-    let work = tempfile::tempdir().unwrap();
-    let dest = work.path().join("shop");
-    // The v2 candidate may be started just before the kill, before its pid is on record.
-    let _reaper = crate::support::Reaper(vec![dest.clone()]);
-    let port = free_port();
-    let v1 = DemoRelease::new("shop", "v1", port).write_manifest(work.path(), &dest);
-    assert_ok("deploy v1", &sup.apply(&v1));
+    // The v2 candidate may be started just before the kill, before its pid is on record: the
+    // app kills what runs in its home on drop.
+    let mut app = App::new("shop");
+    app.faults = vec![("v2".into(), "--boot-delay 5000".into())];
+    let mut sup = with_v1_live(&app);
 
-    let v2 = DemoRelease::new("shop", "v2", port)
-        .flag("--boot-delay 5000")
-        .write_manifest(work.path(), &dest);
-    let agent = Agent(
-        sup.cli()
-            .arg("apply")
-            .arg(&v2)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let v2 = app.write_manifest("v2", &[]);
+    let agent = Agent::apply(&sup, &v2, true);
     wait_until("the v2 rollout to start", DEADLINE, || {
-        sup.status_json("shop")["apps"][0]["phase"]
-            .as_str()
-            .is_some_and(|phase| phase.contains("v2"))
+        rolling_out(&sup, "v2")
     });
-    sup.kill9();
+    sup.kill_9();
 
     let mut agent = agent;
     wait_until("the agent to give up", DEADLINE, || {
@@ -295,18 +262,14 @@ fn a_supervisor_killed_mid_deploy_ends_the_agent_with_a_clear_error() {
     // The apps outlive their supervisor: v1 still answers on its own.
     sup.restart();
     wait_until("v1 to serve after the restart", DEADLINE, || {
-        serves(port, "v1")
+        app.serves("v1")
     });
 }
 
 #[test]
 fn logs_follow_picks_up_the_instances_of_a_new_release() {
-    let sup = Supervisor::start();
-    let work = tempfile::tempdir().unwrap();
-    let dest = work.path().join("shop");
-    let port = free_port();
-    let v1 = DemoRelease::new("shop", "v1", port).write_manifest(work.path(), &dest);
-    assert_ok("deploy v1", &sup.apply(&v1));
+    let app = App::new("shop");
+    let sup = with_v1_live(&app);
 
     let mut follower = Agent(
         sup.cli()
@@ -336,7 +299,7 @@ fn logs_follow_picks_up_the_instances_of_a_new_release() {
         has("demo-app: v1 listening on")
     });
 
-    let v2 = DemoRelease::new("shop", "v2", port).write_manifest(work.path(), &dest);
+    let v2 = app.write_manifest("v2", &[]);
     assert_ok("deploy v2", &sup.apply(&v2));
     wait_until("v2's start line in the followed output", DEADLINE, || {
         has("demo-app: v2 listening on")

@@ -4,12 +4,13 @@
 use std::time::{Duration, Instant};
 
 use cutover::agent::log::RunLog;
+use cutover::agent::pipeline::Staged;
 use cutover::agent::source::{fetch_bytes, FetchOptions};
 
 use super::{assert_sample_tree, expect_err, file_url, leftovers, opts, parent, run};
 use crate::support::archive::{self, Compression};
 use crate::support::free_port;
-use crate::support::http::{HttpServer, Mode};
+use crate::support::http_server::{HttpServer, Mode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_fetch_follows_redirects_and_sends_headers() {
@@ -89,20 +90,34 @@ async fn an_unreachable_host_fails_with_a_connect_error() {
     assert!(leftovers(parent.path()).is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cut_download_resumes_with_a_range_request() {
+/// A server whose first download of a 300 KB tar.gz (`/r.tar.gz`) is cut after 100 KB, with
+/// Range support on or off; the server and the archive.
+fn cut_once(ranges: bool) -> (HttpServer, Vec<u8>) {
     let server = HttpServer::start();
     let bytes = archive::compress(&archive::sample_tar(300_000), Compression::Gzip);
-    server.serve_with("/r.tar.gz", bytes.clone(), Mode::CutOnce(100_000), true);
+    server.serve_with("/r.tar.gz", bytes.clone(), Mode::CutOnce(100_000), ranges);
+    (server, bytes)
+}
+
+/// The download of [`cut_once`], allowed one retry, which must succeed with the whole sample
+/// tree: what was staged, the run's log and the staging parent.
+async fn fetch_cut_once(server: &HttpServer, bytes: &[u8]) -> (Staged, RunLog, tempfile::TempDir) {
     let parent = parent();
     let opts = FetchOptions {
         retries: 1,
         ..opts()
     };
     let url = server.url("/r.tar.gz");
-    let (result, log) = run(&url, &archive::sha256_hex(&bytes), parent.path(), &opts).await;
+    let (result, log) = run(&url, &archive::sha256_hex(bytes), parent.path(), &opts).await;
     let staged = result.unwrap_or_else(|e| panic!("{e}\n{}", log.contents()));
     assert_sample_tree(staged.path());
+    (staged, log, parent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_download_resumes_with_a_range_request() {
+    let (server, bytes) = cut_once(true);
+    let (staged, log, parent) = fetch_cut_once(&server, &bytes).await;
     let heads = server.request_heads();
     assert_eq!(heads.len(), 2, "{heads:?}");
     assert!(
@@ -115,18 +130,8 @@ async fn a_cut_download_resumes_with_a_range_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_download_starts_over_when_ranges_are_not_supported() {
-    let server = HttpServer::start();
-    let bytes = archive::compress(&archive::sample_tar(300_000), Compression::Gzip);
-    server.serve_with("/r.tar.gz", bytes.clone(), Mode::CutOnce(100_000), false);
-    let parent = parent();
-    let opts = FetchOptions {
-        retries: 1,
-        ..opts()
-    };
-    let url = server.url("/r.tar.gz");
-    let (result, log) = run(&url, &archive::sha256_hex(&bytes), parent.path(), &opts).await;
-    let staged = result.unwrap_or_else(|e| panic!("{e}\n{}", log.contents()));
-    assert_sample_tree(staged.path());
+    let (server, bytes) = cut_once(false);
+    let (staged, log, parent) = fetch_cut_once(&server, &bytes).await;
     assert_eq!(staged.bytes, bytes.len() as u64);
     assert!(
         log.contents().contains("starting over"),
@@ -139,9 +144,7 @@ async fn a_cut_download_starts_over_when_ranges_are_not_supported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_download_without_retries_fails_cleanly() {
-    let server = HttpServer::start();
-    let bytes = archive::compress(&archive::sample_tar(300_000), Compression::Gzip);
-    server.serve_with("/r.tar.gz", bytes.clone(), Mode::CutOnce(100_000), true);
+    let (server, bytes) = cut_once(true);
     let parent = parent();
     let url = server.url("/r.tar.gz");
     let (result, _) = run(&url, &archive::sha256_hex(&bytes), parent.path(), &opts()).await;

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::serf::{release, text, AgentConfig, Behaviour, Fleet, SerfAgent, GOSSIP};
+use crate::support::fleet::{release, text, Behaviour, Fleet};
+use crate::support::serf::{AgentConfig, SerfAgent, GOSSIP};
 use crate::support::{cutover, fixture, wait_until};
 
 #[test]

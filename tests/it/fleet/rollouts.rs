@@ -4,7 +4,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::serf::{release, text, Behaviour, Fleet, GOSSIP};
+use crate::support::fleet::{release, text, Behaviour, Fleet};
+use crate::support::serf::GOSSIP;
 use crate::support::{cutover, wait_until};
 
 /// A whole rollout in these tests: health gating plus generous coordination on a loaded box.
@@ -17,15 +18,20 @@ fn fleet_on_v1(n: usize, env: impl Fn(usize) -> Vec<(String, String)>) -> Fleet 
     let all = n.to_string();
     let out = fleet.rollout("n1", &[v1.to_str().unwrap(), "--max-parallel", &all]);
     fleet.assert_rolled_out(&out);
+    assert_all_live(&fleet, "1");
+    fleet
+}
+
+/// Every node of `fleet` runs `version` of shop.
+fn assert_all_live(fleet: &Fleet, version: &str) {
     for node in &fleet.nodes {
         assert_eq!(
             node.live_version("shop").as_deref(),
-            Some("1"),
+            Some(version),
             "{}",
             node.name
         );
     }
-    fleet
 }
 
 /// Index of the first stdout line containing `needle`.
@@ -51,13 +57,8 @@ fn three_nodes_go_one_at_a_time_and_publish_their_new_version() {
         assert!(previous <= batch && batch < done, "{stdout}");
         previous = done;
     }
+    assert_all_live(&fleet, "2");
     for node in &fleet.nodes {
-        assert_eq!(
-            node.live_version("shop").as_deref(),
-            Some("2"),
-            "{}",
-            node.name
-        );
         wait_until(&format!("{}'s tag says shop 2", node.name), GOSSIP, || {
             node.agent().tags_seen_by(fleet.nodes[0].agent())["cutover.shop"] == "2"
         });
@@ -94,14 +95,7 @@ fn a_release_failing_health_on_the_second_node_halts_and_reverts_the_first() {
     assert!(report.contains("n2: FAILED"), "{report}");
     assert!(report.contains("reverted: n1"), "{report}");
     assert!(report.contains("halted"), "{report}");
-    for node in &fleet.nodes {
-        assert_eq!(
-            node.live_version("shop").as_deref(),
-            Some("1"),
-            "{}",
-            node.name
-        );
-    }
+    assert_all_live(&fleet, "1");
     // The halt came before n3: it never heard of release 2.
     assert!(
         !fleet.node("n3").fleet_log().contains("shop 2"),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cutover::supervisor::proxy::Backend;
 
-use super::{backend, get, proxy, route};
+use super::setup::{backend, get, proxy, route};
 use crate::support::free_port;
 use crate::support::load::DemoApp;
 

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{backend, connect, get_on, proxy, route};
+use super::setup::{connect, get_on, proxy_for};
 use crate::support::load::DemoApp;
 
 const IDLE: Duration = Duration::from_millis(400);
@@ -59,9 +59,8 @@ async fn closed_after(stream: &mut TcpStream, since: Instant) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
     let app = DemoApp::start("v1", &[]);
-    let proxy = proxy().await;
+    let proxy = proxy_for(&app).await;
     proxy.set_idle_timeout(IDLE);
-    proxy.set_route(route(vec![backend("v1-0", &app)]));
     let mut stream = TcpStream::connect(proxy.local_addr).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n")
@@ -80,9 +79,8 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_too_slow_to_send_its_request_head_is_cut() {
     let app = DemoApp::start("v1", &[]);
-    let proxy = proxy().await;
+    let proxy = proxy_for(&app).await;
     proxy.set_idle_timeout(IDLE);
-    proxy.set_route(route(vec![backend("v1-0", &app)]));
     let mut stream = TcpStream::connect(proxy.local_addr).await.unwrap();
     let started = Instant::now();
     stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
@@ -124,9 +122,8 @@ async fn a_client_too_slow_to_send_its_request_head_is_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_connection_and_a_long_stream_are_not_idle() {
     let app = DemoApp::start("v1", &[]);
-    let proxy = proxy().await;
+    let proxy = proxy_for(&app).await;
     proxy.set_idle_timeout(IDLE);
-    proxy.set_route(route(vec![backend("v1-0", &app)]));
     let mut sender = connect(proxy.local_addr).await;
     // Requests every half period for five periods, all on the one connection.
     let until = Instant::now() + IDLE * 5;
@@ -137,7 +134,7 @@ async fn a_busy_connection_and_a_long_stream_are_not_idle() {
     // A response streaming for four periods, with no other request meanwhile.
     let req = http::Request::get("/stream?chunks=8&interval_ms=200")
         .header("host", "shop.example")
-        .body(Empty::new())
+        .body(Default::default())
         .unwrap();
     sender
         .ready()

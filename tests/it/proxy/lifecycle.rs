@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use cutover::supervisor::proxy::Proxy;
 
-use super::{backend, connect, get_on, route};
+use super::setup::{connect, get_on, proxy_for, route_to};
 use crate::support::load::DemoApp;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_accepting_and_open_connections_go_on() {
     let app = DemoApp::start("v1", &[]);
-    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    proxy.set_route(route(vec![backend("v1-0", &app)]));
+    let proxy = proxy_for(&app).await;
     let addr = proxy.local_addr;
     let mut open = connect(addr).await;
     assert_eq!(get_on(&mut open, "/").await.0, 200);
@@ -40,7 +39,7 @@ fn drop_frees_the_address_at_once() {
     let (proxy, mut open) = runtime.block_on(async {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let proxy = Proxy::with_workers(listener, 3, false).unwrap();
-        proxy.set_route(route(vec![backend("v1-0", &app)]));
+        proxy.set_route(route_to(&app));
         let mut open = connect(proxy.local_addr).await;
         assert_eq!(get_on(&mut open, "/").await.0, 200);
         (proxy, open)
@@ -60,7 +59,7 @@ fn drop_frees_the_address_at_once() {
             open.send_request(
                 http::Request::get("/")
                     .header("host", "t")
-                    .body(http_body_util::Empty::new())
+                    .body(Default::default())
                     .unwrap(),
             )
             .await

@@ -8,14 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use super::proxy_to;
+use super::setup::{connect as client, instance, proxy_to, Request, Sender as Client};
 
 /// How long after its answer the instance writes what it should not have.
 const LATE: Duration = Duration::from_millis(5);
@@ -77,14 +74,7 @@ async fn skip_body(stream: &mut TcpStream, buf: &mut BytesMut, length: usize) ->
 
 /// An instance that answers `/ok` properly, echoing the request id, and misframes on demand.
 async fn misframing_instance() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(stream));
-        }
-    });
-    addr
+    instance(serve).await
 }
 
 async fn serve(mut stream: TcpStream) -> Option<()> {
@@ -159,17 +149,6 @@ const MISFRAMED: [(&str, &str, &str, bool); 5] = [
     ("POST", "/expect", "expect", true),
 ];
 
-type Client = SendRequest<Full<Bytes>>;
-
-async fn client(addr: SocketAddr) -> Client {
-    let stream = TcpStream::connect(addr).await.expect("connect to proxy");
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
-    sender
-}
-
 /// Sends one request; the status and body of its answer (`None`: the connection failed).
 async fn ask(
     client: &mut Client,
@@ -179,20 +158,14 @@ async fn ask(
     extra: &[(&str, &str)],
     body: &str,
 ) -> Option<(u16, String)> {
-    client.ready().await.ok()?;
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "shop.example")
-        .header("x-request-id", id);
-    for (name, value) in extra {
-        req = req.header(*name, *value);
-    }
-    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
-    let response = client.send_request(req).await.ok()?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.ok()?.to_bytes();
-    Some((status, String::from_utf8_lossy(&body).into_owned()))
+    let answer = Request::new(method, path)
+        .header("x-request-id", id)
+        .headers(extra)
+        .body(body)
+        .try_send_on(client)
+        .await
+        .ok()?;
+    Some((answer.status, answer.body))
 }
 
 /// What the clients saw.

@@ -9,7 +9,7 @@ use cutover::supervisor::proxy::{ClientLimits, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{backend, connect, get_on, proxy, route};
+use super::setup::{connect, get_on, proxy_for};
 use crate::support::load::DemoApp;
 use crate::support::wait_until;
 
@@ -19,13 +19,12 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const LATEST: Duration = Duration::from_secs(2 + 4);
 
 async fn paced_proxy(app: &DemoApp) -> Proxy {
-    let proxy = proxy().await;
+    let proxy = proxy_for(app).await;
     proxy.set_client_limits(ClientLimits {
         body_timeout: TIMEOUT,
         send_timeout: TIMEOUT,
         ..ClientLimits::default()
     });
-    proxy.set_route(route(vec![backend("v1-0", app)]));
     proxy
 }
 

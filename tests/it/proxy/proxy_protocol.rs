@@ -2,77 +2,39 @@
 //! sees in `X-Forwarded-For`; a connection without one is closed unanswered.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use cutover::protocol::app::Balance;
-use cutover::supervisor::proxy::{Backend, Proxy, Route};
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+use super::setup::{http_instance, proxy_to, raw};
 
 /// A backend that answers with the `X-Forwarded-For` it got.
 async fn forwarded_for_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = service_fn(|req: http::Request<Incoming>| async move {
-                let xff = req
-                    .headers()
-                    .get("x-forwarded-for")
-                    .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
-                Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(format!(
-                    "xff={xff}"
-                )))))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    addr
-}
-
-/// Sends `bytes` on a new connection and reads until the proxy closes it.
-async fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to proxy");
-    stream.write_all(bytes).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .expect("the proxy ended the exchange within 10s")
-        .expect("read the answer");
-    String::from_utf8_lossy(&answer).into_owned()
+    http_instance(|req: http::Request<Incoming>| async move {
+        let xff = req
+            .headers()
+            .get("x-forwarded-for")
+            .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
+        Ok(format!("xff={xff}"))
+    })
+    .await
 }
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_balancer_s_header_names_the_client_and_a_bare_connection_is_closed() {
-    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    proxy.set_route(Route {
-        backends: vec![Arc::new(Backend {
-            id: "pp-0".into(),
-            version: "pp".into(),
-            addr: forwarded_for_backend().await,
-        })],
-        balance: Balance::RoundRobin,
-        canary: None,
-    });
+    let proxy = proxy_to(forwarded_for_backend().await).await;
     // Off: the peer is the client.
-    let answer = exchange(proxy.local_addr, GET).await;
+    let answer = raw(proxy.local_addr, GET).await;
     assert!(answer.ends_with("xff=127.0.0.1"), "{answer}");
 
     proxy.set_proxy_protocol(true);
     let mut v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n".to_vec();
     v1.extend_from_slice(GET);
-    let answer = exchange(proxy.local_addr, &v1).await;
+    let answer = raw(proxy.local_addr, &v1).await;
     assert!(answer.ends_with("xff=203.0.113.7"), "{answer}");
 
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
@@ -80,13 +42,13 @@ async fn the_balancer_s_header_names_the_client_and_a_bare_connection_is_closed(
         0x21, 0x11, 0, 12, 198, 51, 100, 9, 127, 0, 0, 1, 0x15, 0xb3, 0, 80,
     ]);
     v2.extend_from_slice(GET);
-    let answer = exchange(proxy.local_addr, &v2).await;
+    let answer = raw(proxy.local_addr, &v2).await;
     assert!(answer.ends_with("xff=198.51.100.9"), "{answer}");
 
     // A balancer's own health check (UNKNOWN) is served with the peer's address.
     let mut unknown = b"PROXY UNKNOWN\r\n".to_vec();
     unknown.extend_from_slice(GET);
-    let answer = exchange(proxy.local_addr, &unknown).await;
+    let answer = raw(proxy.local_addr, &unknown).await;
     assert!(answer.ends_with("xff=127.0.0.1"), "{answer}");
 
     // Without a header, nothing is answered: the connection is closed (reset, as the request

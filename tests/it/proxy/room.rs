@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cutover::supervisor::proxy::{ClientLimits, Proxy};
 use tokio::net::TcpStream;
 
-use super::{backend, get, route};
+use super::setup::{get, route_to};
 use crate::support::load::DemoApp;
 use crate::support::wait_until;
 
@@ -22,7 +22,7 @@ fn proxy_of(app: &DemoApp, max_connections: usize) -> Arc<Proxy> {
         max_connections,
         ..ClientLimits::default()
     });
-    proxy.set_route(route(vec![backend("v1-0", app)]));
+    proxy.set_route(route_to(app));
     Arc::new(proxy)
 }
 

@@ -7,59 +7,32 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::proxy_to;
+use super::setup::{connect, http_instance, instance, proxy_to, raw, Request};
 
-/// A backend that answers with what it got: method, framing headers and body.
+/// A backend that answers with what it got: request id, method, framing headers and body.
 async fn echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = service_fn(|req: http::Request<Incoming>| async move {
-                let header = |name: &str| {
-                    req.headers()
-                        .get(name)
-                        .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
-                };
-                let seen = format!(
-                    "rid={} {} te={} cl={}",
-                    header("x-request-id"),
-                    req.method(),
-                    header("transfer-encoding"),
-                    header("content-length")
-                );
-                let body = req.into_body().collect().await?.to_bytes();
-                let text = format!("{seen} body={}", String::from_utf8_lossy(&body));
-                Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(text))))
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    addr
-}
-
-/// Sends `request` as is on a new connection and reads the whole answer (the request asks the
-/// proxy to close).
-async fn raw(addr: SocketAddr, request: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to proxy");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .expect("the proxy answered within 10s")
-        .expect("read the answer");
-    String::from_utf8_lossy(&answer).into_owned()
+    http_instance(|req: http::Request<Incoming>| async move {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
+        };
+        let seen = format!(
+            "rid={} {} te={} cl={}",
+            header("x-request-id"),
+            req.method(),
+            header("transfer-encoding"),
+            header("content-length")
+        );
+        let body = req.into_body().collect().await?.to_bytes();
+        Ok(format!("{seen} body={}", String::from_utf8_lossy(&body)))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,48 +78,34 @@ async fn request_bodies_reach_the_instance_whole() {
 /// A backend that answers every request with a keep-alive response and then closes the
 /// connection, as an instance whose idle timeout strikes right after answering.
 async fn closing_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-            });
+    instance(|mut stream: TcpStream| async move {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
         }
-    });
-    addr
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_the_instance_closed_fails_no_request() {
     let proxy = proxy_to(closing_backend().await).await;
-    let stream = TcpStream::connect(proxy.local_addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = connect(proxy.local_addr).await;
     for i in 0..50 {
-        sender.ready().await.expect("connection ready");
-        let req = http::Request::get("/")
+        let answer = Request::get("/")
             .header("host", "t")
-            .body(http_body_util::Empty::<Bytes>::new())
-            .unwrap();
-        let response = sender.send_request(req).await.expect("response");
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
+            .send_on(&mut sender)
+            .await;
         assert_eq!(
-            (status.as_u16(), &body[..]),
-            (200, &b"ok"[..]),
+            (answer.status, answer.body.as_str()),
+            (200, "ok"),
             "request {i}"
         );
     }
@@ -185,28 +144,21 @@ async fn every_request_carries_an_id_to_the_instance_and_back() {
 /// A backend that refuses every upload as soon as it has the request head, without reading the
 /// body, and keeps the connection open.
 async fn refusing_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let answer =
-                    "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 10\r\n\r\ntoo large\n";
-                let _ = stream.write_all(answer.as_bytes()).await;
-                // Open, and reading nothing more, until the test ends.
-                tokio::time::sleep(Duration::from_secs(60)).await;
-            });
+    instance(|mut stream: TcpStream| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
         }
-    });
-    addr
+        let answer = "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 10\r\n\r\ntoo large\n";
+        let _ = stream.write_all(answer.as_bytes()).await;
+        // Open, and reading nothing more, until the test ends.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,60 +250,57 @@ fn chunked_request_complete(request: &[u8]) -> bool {
 /// An instance that closes a keep-alive connection once it has been idle for `idle`, without
 /// saying so (no `Keep-Alive: timeout=`), as many app servers do; it counts each request id.
 async fn idle_closing_backend(idle: Duration) -> (SocketAddr, Arc<Mutex<HashMap<String, u32>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let counts = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let head_end = loop {
-                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break end + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        let read = if buf.is_empty() {
-                            match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
-                                Ok(read) => read,
-                                // Idle too long: closed, with nothing said.
-                                Err(_) => return,
-                            }
-                        } else {
-                            stream.read(&mut chunk).await
-                        };
-                        match read {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-                    let field = |name: &str| {
-                        head.lines()
-                            .find_map(|l| l.strip_prefix(name))
-                            .map(|v| v.trim().to_owned())
-                    };
-                    let length: usize = field("content-length:").map_or(0, |l| l.parse().unwrap());
-                    while buf.len() < head_end + length {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+    let addr = instance(move |mut stream: TcpStream| {
+        let seen = seen.clone();
+        async move {
+            let mut buf = Vec::new();
+            loop {
+                let head_end = loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end + 4;
                     }
-                    buf.drain(..head_end + length);
-                    let id = field("x-request-id:").unwrap_or_default();
-                    *seen.lock().unwrap().entry(id).or_default() += 1;
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if stream.write_all(answer).await.is_err() {
-                        return;
+                    let mut chunk = [0u8; 4096];
+                    let read = if buf.is_empty() {
+                        match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
+                            Ok(read) => read,
+                            // Idle too long: closed, with nothing said.
+                            Err(_) => return,
+                        }
+                    } else {
+                        stream.read(&mut chunk).await
+                    };
+                    match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                let field = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().to_owned())
+                };
+                let length: usize = field("content-length:").map_or(0, |l| l.parse().unwrap());
+                while buf.len() < head_end + length {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     }
                 }
-            });
+                buf.drain(..head_end + length);
+                let id = field("x-request-id:").unwrap_or_default();
+                *seen.lock().unwrap().entry(id).or_default() += 1;
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
         }
-    });
+    })
+    .await;
     (addr, counts)
 }
 
@@ -366,32 +315,21 @@ async fn posts_racing_an_instance_s_idle_close_all_get_through_once() {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             tokio::spawn(async move {
-                let stream = TcpStream::connect(addr).await.unwrap();
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                        .await
-                        .expect("handshake");
-                tokio::spawn(conn);
+                let mut sender = connect(addr).await;
                 let mut failed = Vec::new();
                 for n in 0..POSTS {
                     // Around the instance's idle timeout, so that pooled connections are taken
                     // as the instance closes them.
                     let pause = 95 + (n * 7 + c * 3) % 11;
                     tokio::time::sleep(Duration::from_millis(pause as u64)).await;
-                    sender.ready().await.expect("client connection ready");
-                    let req = http::Request::post("/orders")
+                    let answer = Request::new("POST", "/orders")
                         .header("host", "t")
-                        .header("x-request-id", format!("c{c}-{n}"))
-                        .body(Full::new(Bytes::from_static(b"{\"qty\":1}")))
-                        .unwrap();
-                    let response = sender.send_request(req).await.expect("response");
-                    let status = response.status().as_u16();
-                    let body = response.into_body().collect().await.unwrap().to_bytes();
-                    if (status, &body[..]) != (200, &b"ok"[..]) {
-                        failed.push(format!(
-                            "c{c}-{n}: {status} {}",
-                            String::from_utf8_lossy(&body)
-                        ));
+                        .header("x-request-id", &format!("c{c}-{n}"))
+                        .body(&b"{\"qty\":1}"[..])
+                        .send_on(&mut sender)
+                        .await;
+                    if (answer.status, answer.body.as_str()) != (200, "ok") {
+                        failed.push(format!("c{c}-{n}: {} {}", answer.status, answer.body));
                     }
                 }
                 failed

@@ -9,17 +9,15 @@ use std::time::Duration;
 use cutover::protocol::app::Strategy;
 use cutover::protocol::{AppSpec, CanaryRequest, ErrorKind, ReleaseState, Request, Response};
 
-use super::harness::{error_of, state_of, App, Reaper, Supervisor, ROLLOUT};
+use crate::support::app::{self, App};
+use crate::support::control_socket::{error_of, state_of};
 use crate::support::load::Load;
+use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::wait_until;
 
 /// Two steps, short pauses, a small minimum: a whole canary takes a few seconds.
 fn canary(spec: &mut AppSpec) {
-    spec.strategy = Strategy::Canary;
-    spec.canary.steps = vec!["10%".parse().unwrap(), "50%".parse().unwrap()];
-    spec.canary.pause = Duration::from_secs(1);
-    spec.canary.min_requests = 50;
-    spec.canary.progress_deadline = Duration::from_secs(30);
+    app::canary(spec, &["10%", "50%"], Duration::from_secs(1), 50);
     // A p99 over one second of a debug build on a loaded 2-core box swings by 2x and more; the
     // latency judgement has unit tests, these tests are about errors and decisions.
     spec.canary.max_p99_ratio = 10.0;
@@ -30,14 +28,9 @@ fn manual(spec: &mut AppSpec) {
     spec.canary.auto_promote = false;
 }
 
-/// A supervisor with v1 live under 4 keep-alive clients.
-fn under_load(app: &App, home: &std::path::Path) -> (Supervisor, Load) {
-    let supervisor = Supervisor::start(home);
-    for v in ["v1", "v2", "v3"] {
-        app.place(v);
-    }
-    supervisor.deploy_ok(app, "v1");
-    app.wait_serving("v1");
+/// A supervisor with v1 live (v2 and v3 placed) under 4 keep-alive clients.
+fn under_load(app: &App) -> (Supervisor, Load) {
+    let supervisor = app.serving(&["v1", "v2", "v3"]);
     let load = Load::start(app.listen, 4, "/");
     load.wait_for_more_ok(200, ROLLOUT);
     (supervisor, load)
@@ -45,12 +38,10 @@ fn under_load(app: &App, home: &std::path::Path) -> (Supervisor, Load) {
 
 #[test]
 fn a_canary_with_five_percent_errors_is_backed_out_at_its_first_step() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = canary;
     app.faults = vec![("v2".to_owned(), "--error-rate 0.05".to_owned())];
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let (supervisor, load) = under_load(&app, home.path());
+    let (supervisor, load) = under_load(&app);
     let before = load.snapshot();
 
     let (kind, message) = error_of(supervisor.deploy(&app, "v2"));
@@ -89,11 +80,9 @@ fn a_canary_with_five_percent_errors_is_backed_out_at_its_first_step() {
 
 #[test]
 fn a_good_canary_is_promoted_step_by_step_without_a_failed_request() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = canary;
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let (supervisor, load) = under_load(&app, home.path());
+    let (supervisor, load) = under_load(&app);
 
     supervisor.deploy_ok(&app, "v2");
     load.wait_for_more_ok(200, ROLLOUT);
@@ -115,11 +104,9 @@ fn a_good_canary_is_promoted_step_by_step_without_a_failed_request() {
 
 #[test]
 fn promote_and_abort_decide_a_canary_that_waits_for_the_operator() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = manual;
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let (supervisor, load) = under_load(&app, home.path());
+    let (supervisor, load) = under_load(&app);
     let decide = |promote: bool| {
         let request = CanaryRequest {
             app: app.name.clone(),
@@ -134,37 +121,41 @@ fn promote_and_abort_decide_a_canary_that_waits_for_the_operator() {
     let (kind, message) = error_of(decide(true));
     assert_eq!(kind, ErrorKind::BadRequest, "{message}");
 
+    let (supervisor, app) = (&supervisor, &app);
     std::thread::scope(|s| {
+        // Deploys `version` on a thread of its own until it waits for the operator.
+        let waiting = |version: &'static str| {
+            let deploy = s.spawn(move || supervisor.deploy(app, version));
+            wait_until(
+                &format!("{version} to wait for the operator"),
+                ROLLOUT,
+                || {
+                    supervisor
+                        .status(app)
+                        .phase
+                        .contains("waiting for `cutover promote shop`")
+                },
+            );
+            deploy
+        };
         // v2 passes its steps, then waits; `abort` backs it out and marks it bad.
-        let deploy = s.spawn(|| supervisor.deploy(&app, "v2"));
-        wait_until("v2 to wait for the operator", ROLLOUT, || {
-            supervisor
-                .status(&app)
-                .phase
-                .contains("waiting for `cutover promote shop`")
-        });
+        let deploy = waiting("v2");
         assert!(matches!(decide(false), Response::Decided(_)));
         let (kind, message) = error_of(deploy.join().unwrap());
         assert_eq!(kind, ErrorKind::DeployFailed, "{message}");
         assert!(message.contains("aborted by the operator"), "{message}");
 
         // v3 waits the same way; `promote` switches all traffic to it.
-        let deploy = s.spawn(|| supervisor.deploy(&app, "v3"));
-        wait_until("v3 to wait for the operator", ROLLOUT, || {
-            supervisor
-                .status(&app)
-                .phase
-                .contains("waiting for `cutover promote shop`")
-        });
+        let deploy = waiting("v3");
         assert!(matches!(decide(true), Response::Decided(_)));
         assert!(matches!(deploy.join().unwrap(), Response::Deployed(_)));
     });
     load.wait_for_more_ok(100, ROLLOUT);
     let report = load.stop();
     assert_eq!(report.failures(), 0, "{report:?}");
-    assert_eq!(supervisor.status(&app).live_version.as_deref(), Some("v3"));
+    assert_eq!(supervisor.status(app).live_version.as_deref(), Some("v3"));
     assert_eq!(
-        state_of(&supervisor.releases(&app), "v2"),
+        state_of(&supervisor.releases(app), "v2"),
         Some(ReleaseState::Bad)
     );
 }
@@ -181,12 +172,11 @@ fn one_step(spec: &mut AppSpec) {
 /// slow requests ("p99 2.8ms is 2.00x the stable 1.4ms"), 5 of these 20 before the fix.
 #[test]
 fn twenty_canaries_of_the_same_code_under_light_load_are_all_promoted() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = one_step;
     let versions: Vec<String> = (0..=20).map(|n| format!("v{n}")).collect();
     let names: Vec<&str> = versions.iter().map(String::as_str).collect();
-    let (_reaper, supervisor) = app.serving(home.path(), &names[..1]);
+    let supervisor = app.serving(&names[..1]);
     let load = Load::paced(app.listen, 8, 400, "/");
     load.wait_for_more_ok(200, ROLLOUT);
 
@@ -214,14 +204,13 @@ fn twenty_canaries_of_the_same_code_under_light_load_are_all_promoted() {
 
 #[test]
 fn a_canary_three_times_slower_by_twenty_milliseconds_is_backed_out_on_its_p99() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = one_step;
     app.faults = vec![
         ("v1".to_owned(), "--delay 10".to_owned()),
         ("v2".to_owned(), "--delay 30".to_owned()),
     ];
-    let (_reaper, supervisor) = app.serving(home.path(), &["v1", "v2"]);
+    let supervisor = app.serving(&["v1", "v2"]);
     let load = Load::paced(app.listen, 8, 400, "/");
     load.wait_for_more_ok(200, ROLLOUT);
 

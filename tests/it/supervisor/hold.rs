@@ -6,16 +6,16 @@ use std::time::Duration;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use super::harness::{App, ROLLOUT};
+use crate::support::app::App;
 use crate::support::load::Load;
+use crate::support::supervisor::ROLLOUT;
 use crate::support::wait_until;
 
 #[test]
 fn requests_wait_for_the_only_instance_to_come_back() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = |spec| spec.hold_requests = Duration::from_secs(30);
-    let (_reaper, supervisor) = app.serving(home.path(), &["v1"]);
+    let supervisor = app.serving(&["v1"]);
     let pids = supervisor.live_pids(&app);
     assert_eq!(pids.len(), 1, "one instance: {pids:?}");
 

@@ -4,8 +4,7 @@
 //! to the hard one at start); and an app's `body_timeout`, `send_timeout` and `max_connections`
 //! reach its proxy, a zero refused.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
@@ -13,8 +12,14 @@ use nix::sys::resource::{setrlimit, Resource};
 
 use cutover::protocol::ErrorKind;
 
-use super::harness::{error_of, App, Reaper, Supervisor, ROLLOUT};
-use crate::support::{cutover, wait_until};
+use crate::support::app::App;
+use crate::support::control_socket::error_of;
+use crate::support::request::Request;
+use crate::support::supervisor::{Supervisor, ROLLOUT};
+use crate::support::wait_until;
+
+/// Longer than any request here takes on a loaded box, far below the proxy's 60 s defaults.
+const READ: Duration = Duration::from_secs(30);
 
 const SOFT: u64 = 128;
 /// Small enough for a test, and the flood below is larger: the supervisor's budget of client
@@ -22,32 +27,10 @@ const SOFT: u64 = 128;
 const HARD: u64 = 256;
 const FLOOD: usize = 300;
 
-/// Sends `request` on a connection of its own; what comes back until the proxy closes it.
-fn exchange(addr: SocketAddr, request: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer
-}
-
-/// `GET path`; the status line and body.
-fn get(addr: SocketAddr, path: &str) -> String {
-    exchange(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n"),
-    )
-}
-
 #[test]
 fn a_flood_of_idle_connections_starves_neither_the_control_socket_nor_the_health_checks() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let app = App::new(home.path(), "shop");
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start_with(home.path(), |command| {
+    let app = App::new("shop");
+    let supervisor = Supervisor::start_with(app.home(), |command| {
         // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
         unsafe {
             command.pre_exec(|| Ok(setrlimit(Resource::RLIMIT_NOFILE, SOFT, HARD)?));
@@ -59,7 +42,8 @@ fn a_flood_of_idle_connections_starves_neither_the_control_socket_nor_the_health
     app.wait_serving("v1");
 
     let listen = app.listen;
-    let in_progress = std::thread::spawn(move || get(listen, "/slow?ms=3000"));
+    let in_progress =
+        std::thread::spawn(move || Request::get("/slow?ms=3000").timeout(READ).send(listen));
     wait_until("the slow request in flight", ROLLOUT, || {
         supervisor.status(&app).instances[0].in_flight == 1
     });
@@ -73,27 +57,25 @@ fn a_flood_of_idle_connections_starves_neither_the_control_socket_nor_the_health
         open_fds(supervisor.pid()) >= before + 60
     });
 
-    let status = cutover()
-        .env("CUTOVER_SOCKET", &supervisor.socket)
-        .args(["status", "shop"])
-        .output()
-        .expect("run cutover status");
+    let status = supervisor.run(&["status", "shop"]);
     assert!(
         status.status.success(),
         "cutover status failed: {}\n{}",
         String::from_utf8_lossy(&status.stderr),
         supervisor.log()
     );
-    let answer = get(app.listen, "/");
+    let answer = Request::get("/").timeout(READ).send(app.listen);
     assert!(
-        answer.starts_with("HTTP/1.1 200") && answer.contains("hello from v1 "),
+        answer
+            .as_ref()
+            .is_ok_and(|a| a.status == 200 && a.version() == Some("v1")),
         "a new client: {answer:?}"
     );
     supervisor.deploy_ok(&app, "v2");
     app.wait_serving("v2");
     let answer = in_progress.join().unwrap();
     assert!(
-        answer.ends_with("slow done\n"),
+        answer.as_ref().is_ok_and(|a| a.body == "slow done\n"),
         "the request in progress: {answer:?}"
     );
     let status = supervisor.status(&app);
@@ -138,18 +120,18 @@ fn open_files(pid: u32) -> (u64, u64) {
 
 #[test]
 fn an_apps_body_timeout_cuts_a_stalled_body_and_zero_limits_are_refused() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = |spec| spec.body_timeout = Duration::from_millis(500);
-    let (_reaper, supervisor) = app.serving(home.path(), &["v1"]);
+    let supervisor = app.serving(&["v1"]);
 
     // Far below the 60 s default (and the 30 s read timeout): only the app's own setting cuts it
     // in time.
-    let answer = exchange(
-        app.listen,
-        "POST /upload HTTP/1.1\r\nHost: shop\r\nContent-Length: 100\r\n\r\nsome",
-    );
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let answer = Request::new("POST", "/upload")
+        .header("Content-Length", "100")
+        .body("some")
+        .timeout(READ)
+        .send(app.listen);
+    assert!(answer.as_ref().is_ok_and(|a| a.status == 408), "{answer:?}");
     let status = supervisor.status(&app);
     assert_eq!(status.instances[0].errors_5xx, 0, "{status:?}");
 

@@ -5,11 +5,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cutover::protocol::client::Client;
 use cutover::protocol::{Request, Response, StatusRequest, StopRequest};
 
-use super::harness::{alive, spawn, App, Reaper, Supervisor, ROLLOUT};
+use crate::support::app::App;
+use crate::support::control_socket::request_at;
 use crate::support::load::{Load, LoadReport};
+use crate::support::procs::alive;
+use crate::support::request;
+use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::wait_until;
 
 /// A client that opens a fresh connection for every request, so that every connect during a
@@ -28,18 +31,12 @@ impl FreshConnections {
         let ok: Arc<Mutex<u64>> = Arc::default();
         let thread = {
             let (stop, failures, ok) = (stop.clone(), failures.clone(), ok.clone());
-            let app = App {
-                name: app.name.clone(),
-                dest: app.dest.clone(),
-                listen: app.listen,
-                faults: Vec::new(),
-                tweak: |_| {},
-            };
+            let listen = app.listen;
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    match app.get() {
-                        Ok(_) => *ok.lock().unwrap() += 1,
-                        Err(e) => failures.lock().unwrap().push(e),
+                    match request::get(listen, "/") {
+                        Ok(answer) if answer.status == 200 => *ok.lock().unwrap() += 1,
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
                     }
                 }
             })
@@ -77,24 +74,12 @@ impl StatusAsker {
         let thread = {
             let (stop, socket) = (stop.clone(), socket.to_owned());
             std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime");
                 let (mut ok, mut failures) = (0, Vec::new());
+                let request = Request::Status(StatusRequest { app: None });
                 while !stop.load(Ordering::Relaxed) {
-                    let asked = runtime.block_on(async {
-                        let client = Client::connect(&socket).await.map_err(|e| e.to_string())?;
-                        let request = Request::Status(StatusRequest { app: None });
-                        client
-                            .request(&request, |_| {})
-                            .await
-                            .map_err(|e| e.to_string())
-                    });
-                    match asked {
+                    match request_at(&socket, &request) {
                         Ok(Response::Status(_)) => ok += 1,
-                        Ok(other) => failures.push(format!("{other:?}")),
-                        Err(e) => failures.push(e),
+                        other => failures.push(format!("{other:?}")),
                     }
                 }
                 (ok, failures)
@@ -166,10 +151,9 @@ fn nothing_dropped(
 
 #[test]
 fn handed_over_under_load_no_connection_is_refused_and_the_instances_stay() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = |spec| spec.instances = 2;
-    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1", "v2"]);
+    let mut supervisor = app.serving(&["v1", "v2"]);
     let pids = supervisor.live_pids(&app);
 
     let load = Load::start(app.listen, 4, "/");
@@ -205,23 +189,17 @@ fn handed_over_under_load_no_connection_is_refused_and_the_instances_stay() {
 
 #[test]
 fn a_successor_that_cannot_start_hands_everything_back_and_nothing_is_dropped() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let app = App::new(home.path(), "shop");
-    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1"]);
+    let app = App::new("shop");
+    let mut supervisor = app.serving(&["v1"]);
     let pids = supervisor.live_pids(&app);
     let load = Load::start(app.listen, 4, "/");
     let fresh = FreshConnections::start(&app);
     wait_flowing(&load, &fresh);
 
     // It receives the sockets, then cannot bind its own --socket (the parent is a file): it exits.
-    let blocker = home.path().join("a-file");
+    let blocker = app.home().join("a-file");
     std::fs::write(&blocker, "").expect("write a file");
-    let mut successor = spawn(
-        &supervisor.state_dir,
-        &blocker.join("cutover.sock"),
-        &supervisor.stderr,
-        &["--take-over"],
-    );
+    let mut successor = supervisor.spawn_successor(&blocker.join("cutover.sock"));
     let mut status = None;
     wait_until("the successor to give up", ROLLOUT, || {
         status = successor.try_wait().expect("wait on the successor");
@@ -243,11 +221,9 @@ fn a_successor_that_cannot_start_hands_everything_back_and_nothing_is_dropped() 
 
 #[test]
 fn restarted_with_systemd_socket_activation_under_load_no_connection_is_refused() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = |spec| spec.instances = 2;
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start_activated(home.path(), app.listen);
+    let supervisor = Supervisor::start_activated(app.home(), app.listen);
     app.place("v1");
     supervisor.deploy_ok(&app, "v1");
     app.wait_serving("v1");
@@ -327,10 +303,8 @@ fn the_systemd_units_pass_the_default_control_socket_and_keep_the_apps_running()
 
 #[test]
 fn an_app_stopped_under_socket_activation_can_be_deployed_again_on_its_socket() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let app = App::new(home.path(), "shop");
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start_activated(home.path(), app.listen);
+    let app = App::new("shop");
+    let supervisor = Supervisor::start_activated(app.home(), app.listen);
     app.place("v1");
     supervisor.deploy_ok(&app, "v1");
     app.wait_serving("v1");

@@ -9,20 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover::protocol::app::Strategy;
 use cutover::protocol::{AppSpec, Response};
 
-use super::harness::{App, ROLLOUT};
+use crate::support::app::{self, App};
 use crate::support::load::Load;
+use crate::support::supervisor::ROLLOUT;
 use crate::support::wait_until;
 
 /// One step at 50 % for 3 s: long enough for the stranger's requests to land in it.
 fn canary(spec: &mut AppSpec) {
-    spec.strategy = Strategy::Canary;
-    spec.canary.steps = vec!["50%".parse().unwrap()];
-    spec.canary.pause = Duration::from_secs(3);
-    spec.canary.min_requests = 50;
-    spec.canary.progress_deadline = Duration::from_secs(30);
+    app::canary(spec, &["50%"], Duration::from_secs(3), 50);
     // The latency judgement has tests of its own; this one is about errors.
     spec.canary.max_p99_ratio = 10.0;
 }
@@ -66,10 +62,9 @@ fn malformed_chunks(addr: SocketAddr, pinned: bool) {
 
 #[test]
 fn a_stranger_s_broken_uploads_and_the_canary_header_cannot_end_a_good_canary() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = canary;
-    let (_reaper, supervisor) = app.serving(home.path(), &["v1", "v2"]);
+    let supervisor = app.serving(&["v1", "v2"]);
     let load = Load::start(app.listen, 4, "/");
     load.wait_for_more_ok(200, ROLLOUT);
 

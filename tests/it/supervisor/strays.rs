@@ -6,7 +6,9 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use super::harness::{alive, App, Supervisor, ROLLOUT};
+use crate::support::app::App;
+use crate::support::procs::alive;
+use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::wait_until;
 
 /// A stand-in process, killed and reaped on drop.
@@ -50,9 +52,8 @@ fn environ(pid: u32) -> Vec<String> {
 
 #[test]
 fn a_process_marked_with_an_instance_that_is_not_live_is_stopped_at_start() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let app = App::new(home.path(), "shop");
-    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1"]);
+    let app = App::new("shop");
+    let mut supervisor = app.serving(&["v1"]);
     let status = supervisor.status(&app);
     let live = &status.instances[0];
     let live_pid = live.pid.expect("a live pid");
@@ -77,7 +78,7 @@ fn a_process_marked_with_an_instance_that_is_not_live_is_stopped_at_start() {
     };
     let start = |marks: [(&str, String); 3], own_group: bool| {
         let marks: Vec<(&str, &str)> = marks.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        Stand::start(home.path(), &marks, own_group)
+        Stand::start(app.home(), &marks, own_group)
     };
     // A candidate whose pid never reached the state file.
     let mut lost = start(marks(state_dir, "shop-v2-7"), true);
@@ -88,7 +89,7 @@ fn a_process_marked_with_an_instance_that_is_not_live_is_stopped_at_start() {
     // Not a group leader: a child of something else, not an instance.
     let mut child = start(marks(state_dir, "shop-v2-7"), false);
 
-    let supervisor = Supervisor::start(home.path());
+    let supervisor = Supervisor::start_in(app.home());
     // Its exit is seen here first (the test is its parent); the supervisor logs once it saw it.
     wait_until("the lost candidate to be stopped", ROLLOUT, || {
         !lost.running() && supervisor.log().contains("not in its state file")
@@ -107,9 +108,8 @@ fn a_process_marked_with_an_instance_that_is_not_live_is_stopped_at_start() {
 
 #[test]
 fn a_live_instance_whose_pid_was_not_recorded_is_adopted_by_its_marks() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let app = App::new(home.path(), "shop");
-    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1"]);
+    let app = App::new("shop");
+    let mut supervisor = app.serving(&["v1"]);
     let live_pid = supervisor.live_pids(&app)[0];
     supervisor.kill_9();
     assert!(alive(live_pid), "the instance outlives the supervisor");
@@ -123,7 +123,7 @@ fn a_live_instance_whose_pid_was_not_recorded_is_adopted_by_its_marks() {
     *recorded = serde_json::Value::Null;
     std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
 
-    let supervisor = Supervisor::start(home.path());
+    let supervisor = Supervisor::start_in(app.home());
     app.wait_serving("v1");
     let status = supervisor.status(&app);
     assert_eq!(supervisor.live_pids(&app), vec![live_pid], "{status:?}");

@@ -2,15 +2,17 @@
 //! blue-green switch under a stream of new connections refuses or breaks none of them, and a
 //! canary is judged on the connections the instance resets unanswered and on its time to answer.
 
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cutover::protocol::app::{Mode, Strategy};
+use cutover::protocol::app::Mode;
 use cutover::protocol::{AppSpec, ErrorKind, ReleaseState, Response};
 
-use super::harness::{error_of, state_of, App, Reaper, Supervisor, ROLLOUT};
+use crate::support::app::{self, App};
+use crate::support::control_socket::{error_of, state_of};
+use crate::support::request;
+use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::wait_until;
 
 fn tcp(spec: &mut AppSpec) {
@@ -21,39 +23,22 @@ fn tcp(spec: &mut AppSpec) {
 
 /// One exchange on a new connection: the version that answered, or what went wrong.
 fn exchange(app: &App) -> Result<String, String> {
-    let mut stream =
-        std::net::TcpStream::connect(app.listen).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .map_err(|e| format!("read: {e}"))?;
+    let answer = request::get(app.listen, "/")?;
     // Piped bytes, not proxied HTTP: nothing of the HTTP proxy's own (its request id) is added.
-    if answer.to_ascii_lowercase().contains("x-request-id") {
+    if answer.header("x-request-id").is_some() {
         return Err(format!("answered through the HTTP proxy: {answer:?}"));
     }
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
-    body.strip_prefix("hello from ")
-        .and_then(|rest| rest.split_whitespace().next())
+    answer
+        .version()
         .map(str::to_owned)
         .ok_or_else(|| format!("not a demo app answer: {answer:?}"))
 }
 
 #[test]
 fn a_switch_in_tcp_mode_refuses_no_connection() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "shop");
+    let mut app = App::new("shop");
     app.tweak = tcp;
-    let _reaper = Reaper(vec![app.dest.clone()]);
-    let supervisor = Supervisor::start(home.path());
-    app.place("v1");
-    app.place("v2");
-    supervisor.deploy_ok(&app, "v1");
+    let supervisor = app.serving(&["v1", "v2"]);
     wait_until("v1 to answer through the TCP proxy", ROLLOUT, || {
         exchange(&app).as_deref() == Ok("v1")
     });
@@ -97,11 +82,7 @@ fn a_switch_in_tcp_mode_refuses_no_connection() {
 /// A canary in TCP mode: half the new connections at once, judged after a second on 10 of them.
 fn tcp_canary(spec: &mut AppSpec) {
     tcp(spec);
-    spec.strategy = Strategy::Canary;
-    spec.canary.steps = vec!["50%".parse().unwrap()];
-    spec.canary.pause = Duration::from_secs(1);
-    spec.canary.min_requests = 10;
-    spec.canary.progress_deadline = Duration::from_secs(30);
+    app::canary(spec, &["50%"], Duration::from_secs(1), 10);
     // A debug build's p99 swings on a loaded box; the slow release below is 200 ms slow.
     spec.canary.max_p99_ratio = 5.0;
 }
@@ -134,15 +115,15 @@ fn deploy_under_connections(
     (response, seen.into_inner().unwrap())
 }
 
-fn tcp_app(home: &std::path::Path) -> (Reaper, Supervisor, App) {
-    let mut app = App::new(home, "shop");
+/// The TCP canary app: v2 resets every other connection, v3 answers 200 ms late, v4 is good.
+fn tcp_app() -> App {
+    let mut app = App::new("shop");
     app.tweak = tcp_canary;
     app.faults = vec![
         ("v2".into(), "--drop-rate 0.5".into()),
         ("v3".into(), "--delay 200".into()),
     ];
-    let (reaper, supervisor) = app.serving(home, &["v1", "v2", "v3", "v4"]);
-    (reaper, supervisor, app)
+    app
 }
 
 /// The canary of `version` failed its analysis for `why`: v1 still live, `version` marked bad.
@@ -165,8 +146,8 @@ fn assert_backed_out(
 
 #[test]
 fn a_tcp_canary_whose_instance_resets_connections_is_backed_out() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let (_reaper, supervisor, app) = tcp_app(home.path());
+    let app = tcp_app();
+    let supervisor = app.serving(&["v1", "v2", "v3", "v4"]);
     let (response, seen) = deploy_under_connections(&supervisor, &app, "v2");
     assert_backed_out(&supervisor, &app, response, "v2", "above max_error_rate");
     // v2 resets every other connection it gets, and answers the rest: the failures are its own.
@@ -178,8 +159,8 @@ fn a_tcp_canary_whose_instance_resets_connections_is_backed_out() {
 
 #[test]
 fn a_tcp_canary_slow_to_answer_is_backed_out_and_a_good_one_promoted() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let (_reaper, supervisor, app) = tcp_app(home.path());
+    let app = tcp_app();
+    let supervisor = app.serving(&["v1", "v2", "v3", "v4"]);
     let (response, _) = deploy_under_connections(&supervisor, &app, "v3");
     assert_backed_out(&supervisor, &app, response, "v3", "(max_p99_ratio 5)");
 

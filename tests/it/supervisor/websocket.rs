@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use cutover::protocol::Response;
 
-use super::harness::{App, ROLLOUT};
+use crate::support::app::App;
+use crate::support::supervisor::ROLLOUT;
 use crate::support::wait_until;
 
 /// The app's drain timeout: long enough to watch the socket outlive the switch, short for a test.
@@ -79,6 +80,30 @@ impl WebSocket {
         String::from_utf8(payload).map_err(|e| e.to_string())
     }
 
+    /// Echoes `still open N` every `every` until `until`, each answered in full: the socket
+    /// stays open `since` an event (named in the failure) with a drain timeout of `drain`.
+    fn keep_echoing(
+        &mut self,
+        until: Instant,
+        every: Duration,
+        since: (Instant, &str),
+        drain: Duration,
+    ) {
+        let mut echoes = 0;
+        while Instant::now() < until {
+            let text = format!("still open {echoes}");
+            assert_eq!(
+                self.echo(&text).as_deref(),
+                Ok(text.as_str()),
+                "{:?} after {} (drain timeout {drain:?})",
+                since.0.elapsed(),
+                since.1
+            );
+            echoes += 1;
+            std::thread::sleep(every);
+        }
+    }
+
     /// Waits until `deadline` for the connection to be cut (EOF or a reset) and says how it ended;
     /// an error if it is still open, or if a frame came instead (0x88: the app's own close frame,
     /// which the demo app sends when it is stopped, not a cut by the proxy).
@@ -133,12 +158,11 @@ impl Lines {
 
 #[test]
 fn a_websocket_on_the_old_release_stays_open_until_the_drain_deadline() {
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "chat");
+    let mut app = App::new("chat");
     app.tweak = |spec| spec.drain_timeout = DRAIN;
     // v2 listens only after 1.5 s: a window in which it is starting and v1 still serves.
     app.faults = vec![("v2".into(), "--boot-delay 1500".into())];
-    let (_reaper, supervisor) = app.serving(home.path(), &["v1", "v2"]);
+    let supervisor = app.serving(&["v1", "v2"]);
     let mut ws = WebSocket::open(app.listen).expect("a WebSocket to v1");
     assert_eq!(ws.echo("hello v1").as_deref(), Ok("hello v1"));
 
@@ -157,8 +181,8 @@ fn a_websocket_on_the_old_release_stays_open_until_the_drain_deadline() {
 
         lines.wait_for("starting 1 instance(s) of v2");
         assert_eq!(ws.echo("while v2 starts").as_deref(), Ok("while v2 starts"));
-        let body = app.get().expect("a GET while v2 starts");
-        assert!(body.contains("hello from v1 "), "{body}");
+        let answer = app.get().expect("a GET while v2 starts");
+        assert_eq!(answer.version(), Some("v1"), "{answer:?}");
 
         let switch = lines.wait_for("switching traffic to v2");
         app.wait_serving("v2");
@@ -182,19 +206,12 @@ fn a_websocket_on_the_old_release_stays_open_until_the_drain_deadline() {
             "the switch took {:?} to show, too long to look before the drain deadline",
             switch.elapsed()
         );
-        let mut echoes = 0;
-        while Instant::now() < half_way {
-            let text = format!("still open {echoes}");
-            let echoed = ws.echo(&text);
-            assert_eq!(
-                echoed.as_deref(),
-                Ok(text.as_str()),
-                "{:?} after the switch (drain timeout {DRAIN:?})",
-                switch.elapsed()
-            );
-            echoes += 1;
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        ws.keep_echoing(
+            half_way,
+            Duration::from_millis(100),
+            (switch, "the switch"),
+            DRAIN,
+        );
         // ...then cut by the proxy at the deadline: soon after it, and not before it (less a
         // second for how late the test may have read the switch line).
         let cut = ws.wait_cut(draining + DRAIN + CUT_MARGIN);
@@ -228,13 +245,12 @@ fn a_websocket_outlives_a_take_over_until_the_drain_deadline() {
     // Longer than the 10 s a stopping supervisor gives its clients: only the drain timeout
     // keeps the socket open this long.
     const LONG_DRAIN: Duration = Duration::from_secs(12);
-    let home = tempfile::tempdir().expect("temp dir");
-    let mut app = App::new(home.path(), "chat");
+    let mut app = App::new("chat");
     app.tweak = |spec| spec.drain_timeout = LONG_DRAIN;
-    let (_reaper, mut supervisor) = app.serving(home.path(), &["v1"]);
+    let mut supervisor = app.serving(&["v1"]);
     let mut ws = WebSocket::open(app.listen).expect("a WebSocket to v1");
     assert_eq!(ws.echo("before").as_deref(), Ok("before"));
-    let log_path = supervisor.stderr.clone();
+    let log_path = supervisor.log_path.clone();
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     std::thread::scope(|s| {
@@ -245,18 +261,12 @@ fn a_websocket_outlives_a_take_over_until_the_drain_deadline() {
         let handed = Instant::now();
         app.wait_serving("v1");
         let past_ten_seconds = handed + Duration::from_millis(10_500);
-        let mut echoes = 0;
-        while Instant::now() < past_ten_seconds {
-            let text = format!("still open {echoes}");
-            assert_eq!(
-                ws.echo(&text).as_deref(),
-                Ok(text.as_str()),
-                "{:?} after the hand-over (drain timeout {LONG_DRAIN:?})",
-                handed.elapsed()
-            );
-            echoes += 1;
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        ws.keep_echoing(
+            past_ten_seconds,
+            Duration::from_millis(200),
+            (handed, "the hand-over"),
+            LONG_DRAIN,
+        );
         let cut = ws.wait_cut(handed + LONG_DRAIN + CUT_MARGIN);
         assert!(
             cut.is_ok(),

@@ -8,10 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-
+use super::request::{try_connect, Request, Sender};
 use super::{cutover, free_port, wait_until};
 
 /// A running `cutover demo-app` on a free port of 127.0.0.1; killed on drop.
@@ -221,10 +218,10 @@ async fn client(
             clock.tick().await;
         }
         if sender.is_none() {
-            match connect(addr).await {
+            match try_connect(addr).await {
                 Ok(s) => sender = Some(s),
                 Err(err) => {
-                    note_error(&mut local, format!("connect: {err}"));
+                    note_error(&mut local, err);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -269,44 +266,17 @@ fn note_error(report: &mut LoadReport, message: String) {
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> Result<Sender, String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
 async fn one_request(
     sender: &mut Sender,
     addr: SocketAddr,
     path: &str,
 ) -> Result<(u16, String, bool), String> {
-    sender.ready().await.map_err(|e| format!("ready: {e}"))?;
-    let request = http::Request::get(path)
-        .header(http::header::HOST, addr.to_string())
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
+    let request = Request::get(path).header("host", &addr.to_string());
+    let answer = tokio::time::timeout(Duration::from_secs(30), request.try_send_on(sender))
         .await
-        .map_err(|_| "no response within 30s".to_owned())?
-        .map_err(|e| format!("request: {e}"))?;
-    let status = response.status().as_u16();
-    let close = response
-        .headers()
-        .get(http::header::CONNECTION)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned(), close))
+        .map_err(|_| "no response within 30s".to_owned())??;
+    let close = answer
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    Ok((answer.status, answer.body, close))
 }

@@ -1,12 +1,20 @@
 //! The test harness: the real `cutover` binary, temp dirs, free ports and deadline-bound waits.
+//! Its children hold a real supervisor (`supervisor`, asked through `control_socket`) and the
+//! apps it runs (`app`), the one way to send an HTTP request (`request`), processes seen through
+//! /proc (`procs`), and the servers and tools tests stand up.
 
 #![allow(dead_code)]
 
+pub mod app;
 pub mod archive;
+pub mod control_socket;
+pub mod fleet;
 pub mod github;
-pub mod http;
+pub mod http_server;
 pub mod load;
 mod ports;
+pub mod procs;
+pub mod request;
 pub mod s3;
 pub mod serf;
 pub mod supervisor;
@@ -65,31 +73,4 @@ pub fn fixture(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(path)
-}
-
-/// Kills every process working under one of the given app homes (`dest`: their instances run
-/// from `dest/releases/<version>`) on drop, so a test that fails half-way, or a supervisor killed
-/// before it recorded a candidate, leaves nothing running.
-pub struct Reaper(pub Vec<PathBuf>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
-                continue;
-            };
-            if self.0.iter().any(|dest| cwd.starts_with(dest)) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
 }

@@ -1,79 +1,247 @@
-//! A real supervisor in a temp dir (`cutover supervise`), stopped on drop, and release builders
-//! whose app is the bundled demo app (`cutover demo-app`).
+//! A real `cutover supervise` over a state dir, and everything a test does to it: start it (in a
+//! temp dir of its own or in a home that outlives it, with limits, or under systemd socket
+//! activation), stop it, `kill -9` it, restart it or have a successor take over; drive it through
+//! the real CLI; read its log. `control_socket` asks it things over its control socket.
 //!
-//! Drop stops every app through the CLI, kills the supervisor, and as a last resort kills the
-//! process groups recorded in the state file, so no test leaves an app process behind, even one
-//! that panicked after a `kill9()`.
+//! Drop kills it and, as a last resort, the process groups its state file records, so no test
+//! leaves an app process behind, even one that panicked after a `kill_9()`; the supervisor's log
+//! is printed when the test failed.
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::net::UnixStream;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use cutover::protocol::client::Client;
 
+use super::control_socket::block_on;
+use super::procs::{children, kill_9};
 use super::{cutover, cutover_bin, wait_until};
 
-/// How long a supervisor may take to start listening on a loaded CI box.
-const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a start or a rollout may take in these tests (a loaded 2-core CI box is slow).
+pub const ROLLOUT: Duration = Duration::from_secs(60);
 
-/// A `cutover supervise` child process with its own state dir and socket.
+/// A `cutover supervise` with its state dir, control socket and log (`supervisor.log`, appended
+/// to by every run) under one home.
 pub struct Supervisor {
-    /// Holds `state/`, `s.sock` and `supervisor.log`; removed on drop.
-    pub dir: tempfile::TempDir,
-    socket: PathBuf,
+    pub home: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub log_path: PathBuf,
     child: Option<Child>,
+    /// Started by [`Supervisor::start_activated`]: `child` is the stand-in service manager.
+    activated: bool,
+    /// The home, when it is a temp dir of the supervisor's own; removed last.
+    _temp: Option<tempfile::TempDir>,
 }
 
 impl Supervisor {
-    /// Starts a supervisor in a fresh temp dir and waits until its socket accepts connections.
+    /// Starts a supervisor in a temp dir of its own and waits until its control socket answers.
     pub fn start() -> Supervisor {
-        Supervisor::start_at(|dir| dir.join("s.sock"))
+        Supervisor::start_at(|home| home.join("cutover.sock"))
     }
 
-    /// Starts a supervisor whose socket is `socket(temp dir)`, e.g. in a directory still to create.
+    /// [`Supervisor::start`] with the socket at `socket(temp dir)`, e.g. in a directory still to
+    /// create.
     pub fn start_at(socket: impl FnOnce(&Path) -> PathBuf) -> Supervisor {
-        let dir = tempfile::tempdir().expect("temp dir for the supervisor");
-        let socket = socket(dir.path());
-        let mut sup = Supervisor {
-            dir,
+        let temp = tempfile::tempdir().expect("temp dir for the supervisor");
+        let home = temp.path().to_owned();
+        let mut supervisor = Supervisor::new(&home, socket(&home), Some(temp));
+        supervisor.launch(&[], |_| {});
+        supervisor
+    }
+
+    /// Starts a supervisor in `home`, whose state outlives it (for restart tests).
+    pub fn start_in(home: &Path) -> Supervisor {
+        Supervisor::start_with(home, |_| {})
+    }
+
+    /// [`Supervisor::start_in`], with the command set up by `setup` first (limits, environment).
+    pub fn start_with(home: &Path, setup: impl FnOnce(&mut Command)) -> Supervisor {
+        let mut supervisor = Supervisor::new(home, home.join("cutover.sock"), None);
+        supervisor.launch(&[], setup);
+        supervisor
+    }
+
+    fn new(home: &Path, socket: PathBuf, temp: Option<tempfile::TempDir>) -> Supervisor {
+        Supervisor {
+            home: home.to_owned(),
+            state_dir: home.join("state"),
             socket,
+            log_path: home.join("supervisor.log"),
             child: None,
-        };
-        sup.spawn();
-        sup
+            activated: false,
+            _temp: temp,
+        }
     }
 
-    pub fn socket(&self) -> PathBuf {
-        self.socket.clone()
+    /// Runs the supervisor the way systemd does with `cutover.socket`: `systemd-socket-activate`
+    /// binds the control socket and `listen` and keeps them, and a shell stands in for the
+    /// service manager, starting `cutover supervise` again each time it exits (`Restart=always`)
+    /// with the same sockets in `LISTEN_FDS`.
+    pub fn start_activated(home: &Path, listen: SocketAddr) -> Supervisor {
+        let mut supervisor = Supervisor::new(home, home.join("cutover.sock"), None);
+        supervisor.activated = true;
+        // LISTEN_PID must name the process that reads it: the inner shell's pid, kept by exec.
+        let manager = r#"while :; do sh -c 'export LISTEN_PID=$$; exec "$0" supervise --state-dir "$1" --socket "$2"' "$0" "$1" "$2" || sleep 1; done"#;
+        let child = Command::new("systemd-socket-activate")
+            .arg("-l")
+            .arg(listen.to_string())
+            .arg("-l")
+            .arg(&supervisor.socket)
+            .args(["--", "sh", "-c", manager])
+            .arg(cutover_bin())
+            .arg(&supervisor.state_dir)
+            .arg(&supervisor.socket)
+            .env("RUST_LOG", "cutover=debug")
+            .env_remove("CUTOVER_SOCKET")
+            .env_remove("CUTOVER_STATE_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(supervisor.log_file())
+            .spawn()
+            .expect("start systemd-socket-activate (Debian package `systemd`; tests/run.sh installs it)");
+        supervisor.child = Some(child);
+        // The first connection makes systemd-socket-activate start the manager shell.
+        supervisor.wait_answering();
+        supervisor
     }
 
-    pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+    /// `cutover supervise ARGS` on this state dir, logging to this log, with its socket at
+    /// `socket`; not waited for.
+    fn spawn(&self, socket: &Path, args: &[&str], setup: impl FnOnce(&mut Command)) -> Child {
+        let mut log = self.log_file();
+        let _ = writeln!(
+            log,
+            "---- test harness: starting cutover supervise {args:?}"
+        );
+        let mut command = supervise(&self.state_dir, socket);
+        command
+            .args(args)
+            .env("RUST_LOG", "cutover=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        setup(&mut command);
+        command.spawn().expect("start cutover supervise")
     }
 
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("supervisor.log")
+    fn log_file(&self) -> std::fs::File {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open the supervisor's log")
     }
 
-    /// Everything the supervisor wrote to stderr so far (all its runs).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    /// Spawns the supervisor and waits until its control socket answers.
+    fn launch(&mut self, args: &[&str], setup: impl FnOnce(&mut Command)) {
+        self.child = Some(self.spawn(&self.socket, args, setup));
+        self.wait_answering();
+    }
+
+    /// Waits until the control socket answers a handshake; panics if the supervisor exits.
+    fn wait_answering(&mut self) {
+        wait_until("the control socket to answer", ROLLOUT, || {
+            self.assert_running();
+            block_on(Client::connect(&self.socket)).is_ok()
+        });
+    }
+
+    /// Panics, with the log, if the supervisor process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            panic!("the supervisor exited with {status}:\n{}", self.log());
+        }
     }
 
     /// Pid of the running supervisor process.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("supervisor is running").id()
+        self.child.as_ref().expect("the supervisor runs").id()
+    }
+
+    /// Pid of the `cutover supervise` the stand-in service manager runs now.
+    pub fn activated_pid(&self) -> Option<u32> {
+        children(self.pid())
+            .into_iter()
+            .find(|(_, comm)| comm == "cutover")
+            .map(|(pid, _)| pid)
+    }
+
+    /// The harshest crash: SIGKILL, no chance to persist or to let go of anything (its apps keep
+    /// running).
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A clean stop: SIGTERM, and waits for the supervisor to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the supervisor if it runs (a clean stop) and starts it again on the same state dir
+    /// and socket.
+    pub fn restart(&mut self) {
+        self.restart_with(|_| {});
+    }
+
+    /// [`Supervisor::restart`], with the command set up by `setup` first.
+    pub fn restart_with(&mut self, setup: impl FnOnce(&mut Command)) {
+        self.stop();
+        self.launch(&[], setup);
+    }
+
+    /// Starts `cutover supervise --take-over` on the same state dir and socket, and waits until
+    /// the running supervisor has handed over and exited; this one is the supervisor from then on.
+    pub fn take_over(&mut self) {
+        let old_pid = self.pid();
+        let successor = self.spawn(&self.socket, &["--take-over"], |_| {});
+        let mut old = self.child.replace(successor).expect("the supervisor runs");
+        wait_until("the old supervisor to hand over and exit", ROLLOUT, || {
+            self.assert_running();
+            old.try_wait().ok().flatten().is_some()
+        });
+        let status = old.wait().expect("reap the old supervisor");
+        assert!(
+            status.success(),
+            "the old supervisor ({old_pid}) exited with {status}:\n{}",
+            self.log()
+        );
+    }
+
+    /// Starts a successor (`--take-over`) whose own control socket is `socket`, and leaves it
+    /// to the test.
+    pub fn spawn_successor(&self, socket: &Path) -> Child {
+        self.spawn(socket, &["--take-over"], |_| {})
+    }
+
+    /// Everything the supervisor wrote so far (all its runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// The real binary, pointed at this supervisor's socket and state dir.
     pub fn cli(&self) -> Command {
-        let mut cmd = cutover();
-        cmd.env("CUTOVER_SOCKET", self.socket())
-            .env("CUTOVER_STATE_DIR", self.state_dir());
-        cmd
+        let mut command = cutover();
+        command
+            .env("CUTOVER_SOCKET", &self.socket)
+            .env("CUTOVER_STATE_DIR", &self.state_dir);
+        command
     }
 
     /// Runs `cutover ARGS` against this supervisor and returns its output.
@@ -90,96 +258,10 @@ impl Supervisor {
             .expect("run cutover apply")
     }
 
-    /// `cutover status APP --json`, parsed; panics with the CLI's stderr when it fails.
-    pub fn status_json(&self, app: &str) -> serde_json::Value {
-        let out = self.run(&["status", app, "--json"]);
-        assert!(
-            out.status.success(),
-            "cutover status {app} failed: {}\nsupervisor log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
-    }
-
-    /// Kills the supervisor with SIGKILL (its apps keep running) and reaps it.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stops the supervisor if it runs (SIGTERM, a clean shutdown) and starts it again on the
-    /// same state dir and socket.
-    pub fn restart(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
-        }
-        self.spawn();
-    }
-
-    fn spawn(&mut self) {
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("open the supervisor log");
-        let _ = writeln!(log, "---- test harness: starting cutover supervise");
-        let child = cutover()
-            .arg("supervise")
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--socket")
-            .arg(self.socket())
-            .env("RUST_LOG", "cutover=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup the log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn cutover supervise");
-        self.child = Some(child);
-        let socket = self.socket();
-        wait_until(
-            "the supervisor to accept on its socket",
-            START_DEADLINE,
-            || {
-                if let Some(status) = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!("cutover supervise exited with {status}:\n{}", self.log());
-                }
-                UnixStream::connect(&socket).is_ok()
-            },
-        );
-    }
-
-    /// Names of the apps the supervisor runs, when it answers.
-    fn apps(&self) -> Vec<String> {
-        let Ok(out) = self.cli().args(["status", "--json"]).output() else {
-            return Vec::new();
-        };
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        report["apps"]
-            .as_array()
-            .map(|apps| {
-                apps.iter()
-                    .filter_map(|a| a["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// Process groups of instances recorded in any JSON file of the state dir.
     fn recorded_pids(&self) -> Vec<i32> {
         let mut pids = Vec::new();
-        let Ok(entries) = std::fs::read_dir(self.state_dir()) else {
+        let Ok(entries) = std::fs::read_dir(&self.state_dir) else {
             return pids;
         };
         for entry in entries.flatten() {
@@ -199,18 +281,17 @@ impl Drop for Supervisor {
         if std::thread::panicking() {
             eprintln!(
                 "---- supervisor log ({}):\n{}",
-                self.log_path().display(),
+                self.log_path.display(),
                 self.log()
             );
         }
-        if self.child.is_some() {
-            for app in self.apps() {
-                let _ = self.cli().args(["stop", &app]).output();
-            }
+        let activated = self.child.is_some() && self.activated;
+        let managed = activated.then(|| self.activated_pid()).flatten();
+        self.kill_9();
+        if let Some(pid) = managed {
+            kill_9(pid);
         }
-        let recorded = self.recorded_pids();
-        self.kill9();
-        for pid in recorded {
+        for pid in self.recorded_pids() {
             let pid = nix::unistd::Pid::from_raw(pid);
             // Only a process that still leads its own group is one of our instances; anything
             // else is a reused pid and none of our business.
@@ -236,119 +317,14 @@ fn collect_pids(value: &serde_json::Value, out: &mut Vec<i32>) {
     }
 }
 
-/// A release of the demo app and the manifest that deploys it.
-#[derive(Debug, Clone)]
-pub struct DemoRelease {
-    pub name: String,
-    pub version: String,
-    /// The public port the proxy owns (on 127.0.0.1).
-    pub listen: u16,
-    pub instances: u32,
-    /// Extra `cutover demo-app` flags (`--fail-boot`, `--never-healthy`, `--crash-after 1`, …).
-    pub flags: Vec<String>,
-    /// Extra lines for the `app:` section, unindented (`drain_timeout: 2s`).
-    pub app_lines: Vec<String>,
-}
-
-impl DemoRelease {
-    /// One instance, checked on `/healthz` every 100 ms, a 20 s health deadline.
-    pub fn new(name: &str, version: &str, listen: u16) -> DemoRelease {
-        DemoRelease {
-            name: name.to_owned(),
-            version: version.to_owned(),
-            listen,
-            instances: 1,
-            flags: Vec::new(),
-            app_lines: Vec::new(),
-        }
-    }
-
-    pub fn instances(mut self, n: u32) -> DemoRelease {
-        self.instances = n;
-        self
-    }
-
-    pub fn flag(mut self, flag: &str) -> DemoRelease {
-        self.flags.push(flag.to_owned());
-        self
-    }
-
-    pub fn app_line(mut self, line: &str) -> DemoRelease {
-        self.app_lines.push(line.to_owned());
-        self
-    }
-
-    /// Writes `NAME-VERSION.tar.gz` (a `VERSION` file and a `log/` dir) and `NAME-VERSION.yml`
-    /// into `dir`, deploying to `dest`; returns the manifest's path.
-    pub fn write_manifest(&self, dir: &Path, dest: &Path) -> PathBuf {
-        let stem = format!("{}-{}", self.name, self.version);
-        let archive = dir.join(format!("{stem}.tar.gz"));
-        let bytes = demo_archive(&self.version);
-        std::fs::write(&archive, &bytes).expect("write the release archive");
-        let checksum = hex::encode(Sha256::digest(&bytes));
-
-        let mut run = format!("{} demo-app --port {{port}}", cutover_bin().display());
-        for flag in &self.flags {
-            run.push(' ');
-            run.push_str(flag);
-        }
-        let mut manifest = format!(
-            "src: file://{archive}\nchecksum: {checksum}\ndest: {dest}\napp:\n  name: {name}\n  \
-             version: \"{version}\"\n  run: \"{run}\"\n  listen: 127.0.0.1:{listen}\n  \
-             instances: {instances}\n  env: {{ DEMO_VERSION: \"{version}\" }}\n  \
-             health: {{ path: /healthz, interval: 100ms, timeout: 1s, healthy: 2, deadline: 20s }}\n  \
-             drain_timeout: 2s\n  stop_timeout: 5s\n",
-            archive = archive.display(),
-            dest = dest.display(),
-            name = self.name,
-            version = self.version,
-            listen = self.listen,
-            instances = self.instances,
-        );
-        for line in &self.app_lines {
-            manifest.push_str(&format!("  {line}\n"));
-        }
-        let path = dir.join(format!("{stem}.yml"));
-        std::fs::write(&path, manifest).expect("write the manifest");
-        path
-    }
-}
-
-/// A small tar.gz standing in for a release: the app itself is the cutover binary.
-fn demo_archive(version: &str) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Directory);
-    header.set_mode(0o755);
-    header.set_size(0);
-    tar.append_data(&mut header, "log/", std::io::empty())
-        .expect("tar a dir");
-    let body = format!("{version}\n");
-    let mut header = tar::Header::new_gnu();
-    header.set_mode(0o644);
-    header.set_size(body.len() as u64);
-    tar.append_data(&mut header, "VERSION", body.as_bytes())
-        .expect("tar a file");
-    let gz = tar.into_inner().expect("finish the tar");
-    gz.finish().expect("finish the gzip")
-}
-
-/// `GET path` on 127.0.0.1:`port` with a fresh connection; the body of a 200 answer, else `None`.
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::Read;
-    use std::net::TcpStream;
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+/// `cutover supervise` on `state_dir` and `socket`, not started.
+pub fn supervise(state_dir: &Path, socket: &Path) -> Command {
+    let mut command = cutover();
+    command
+        .arg("supervise")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--socket")
+        .arg(socket);
+    command
 }

@@ -6,19 +6,19 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use crate::support::app::demo_archive;
 use crate::support::github::{AssetSpec, FakeGithub};
-use crate::support::supervisor::{DemoRelease, Supervisor};
+use crate::support::supervisor::Supervisor;
 use crate::support::{cutover, cutover_bin, free_port, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// The demo app's release archive for `version`, as bytes.
-fn demo_asset(dir: &Path, version: &str, port: u16) -> AssetSpec {
-    let stage = dir.join(format!("build-{version}"));
-    std::fs::create_dir_all(&stage).unwrap();
-    DemoRelease::new("shop", version, port).write_manifest(&stage, &dir.join("unused"));
-    let bytes = std::fs::read(stage.join(format!("shop-{version}.tar.gz"))).unwrap();
-    AssetSpec::new(&format!("shop-{version}-linux-amd64.tar.gz"), &bytes)
+/// The demo app's release archive for `version`, as a release asset.
+fn demo_asset(version: &str) -> AssetSpec {
+    AssetSpec::new(
+        &format!("shop-{version}-linux-amd64.tar.gz"),
+        &demo_archive(version),
+    )
 }
 
 fn config(dir: &Path, gh: &FakeGithub, port: u16, apply_command: &str) -> std::path::PathBuf {
@@ -60,30 +60,22 @@ impl Drop for Watcher {
     }
 }
 
-fn live_version(sup: &Supervisor) -> Option<String> {
-    let out = sup.run(&["status", "shop", "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    report["apps"][0]["live_version"]
-        .as_str()
-        .map(str::to_owned)
-}
-
 #[test]
 fn releases_roll_out_through_the_supervisor_and_a_rolled_back_one_is_skipped() {
     let sup = Supervisor::start();
     let gh = FakeGithub::start();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    gh.publish("v1.0.0", false, vec![demo_asset(dir.path(), "1.0.0", port)]);
+    gh.publish("v1.0.0", false, vec![demo_asset("1.0.0")]);
 
     let watch_log = std::fs::File::create(dir.path().join("watch.log")).unwrap();
     let watcher = Watcher(
         cutover()
             .arg("watch")
             .arg("--state-dir")
-            .arg(sup.state_dir())
+            .arg(&sup.state_dir)
             .arg("--socket")
-            .arg(sup.socket())
+            .arg(&sup.socket)
             .arg("--config")
             .arg(config(dir.path(), &gh, port, ""))
             .env("PATH", "/usr/bin:/bin")
@@ -99,16 +91,16 @@ fn releases_roll_out_through_the_supervisor_and_a_rolled_back_one_is_skipped() {
     let watch_log = || std::fs::read_to_string(dir.path().join("watch.log")).unwrap_or_default();
 
     wait_until("1.0.0 live", DEADLINE, || {
-        live_version(&sup).as_deref() == Some("1.0.0")
+        sup.live_version("shop").as_deref() == Some("1.0.0")
     });
     assert_eq!(
         gh.asset_downloads(),
         1,
         "the agent downloads the asset once"
     );
-    gh.publish("v1.1.0", false, vec![demo_asset(dir.path(), "1.1.0", port)]);
+    gh.publish("v1.1.0", false, vec![demo_asset("1.1.0")]);
     wait_until("1.1.0 live", DEADLINE, || {
-        live_version(&sup).as_deref() == Some("1.1.0")
+        sup.live_version("shop").as_deref() == Some("1.1.0")
     });
     let n = gh.release_lists().len();
     wait_until("two more polls", DEADLINE, || {
@@ -128,7 +120,7 @@ fn releases_roll_out_through_the_supervisor_and_a_rolled_back_one_is_skipped() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(live_version(&sup).as_deref(), Some("1.0.0"));
+    assert_eq!(sup.live_version("shop").as_deref(), Some("1.0.0"));
 
     // A watcher starting afresh (new state) asks the supervisor and passes over 1.1.0.
     let record = dir.path().join("deploys.log");
@@ -142,7 +134,7 @@ fn releases_roll_out_through_the_supervisor_and_a_rolled_back_one_is_skipped() {
         .arg("--state-dir")
         .arg(&fresh_state)
         .arg("--socket")
-        .arg(sup.socket())
+        .arg(&sup.socket)
         .arg("--once")
         .arg("--config")
         .arg(config(dir.path(), &gh, port, &apply))

@@ -11,16 +11,7 @@ fn a_watched_manifest_url_is_deployed_on_change_only() {
         "shop.yml",
         "dest: /srv/a\ncommands: {pre: [\"echo one\"]}\n",
     );
-    let config = s.path("watch.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "apply_command: [sh, \"{}\"]\nwatches:\n  - name: shop\n    manifest: {{ url: \"{}\", interval: 100ms }}\n",
-            s.path("record.sh").display(),
-            s.gh.manifest_url("shop.yml")
-        ),
-    )
-    .unwrap();
+    let config = s.manifest_config(&s.gh.manifest_url("shop.yml"));
     let _w = s.spawn(&config, &[]);
     wait_until("first manifest deployed", DEADLINE, || {
         s.deploys().len() == 1
@@ -66,15 +57,7 @@ fn a_watched_s3_manifest_is_deployed_on_change_only() {
         "shop.yml",
         b"dest: /srv/a\ncommands: {pre: [\"echo one\"]}\n".to_vec(),
     ));
-    let config = s.path("watch.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "apply_command: [sh, \"{}\"]\nwatches:\n  - name: shop\n    manifest: {{ url: \"s3://deploys/shop.yml\", interval: 100ms }}\n",
-            s.path("record.sh").display(),
-        ),
-    )
-    .unwrap();
+    let config = s.manifest_config("s3://deploys/shop.yml");
     let env: Vec<(&str, String)> = moto.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let _w = s.spawn(&config, &env);

@@ -87,6 +87,17 @@ watches:
         path
     }
 
+    /// Writes watch.yml: one watch of the manifest at `url`, polled every 100 ms.
+    pub fn manifest_config(&self, url: &str) -> PathBuf {
+        let text = format!(
+            "apply_command: [sh, \"{}\"]\nwatches:\n  - name: shop\n    manifest: {{ url: \"{url}\", interval: 100ms }}\n",
+            self.path("record.sh").display(),
+        );
+        let path = self.path("watch.yml");
+        std::fs::write(&path, text).expect("write watch.yml");
+        path
+    }
+
     pub fn spawn(&self, config: &Path, env: &[(&str, &str)]) -> Watcher {
         let log = std::fs::File::create(self.path("watch.log")).expect("watch.log");
         let mut cmd = cutover();

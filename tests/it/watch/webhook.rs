@@ -5,6 +5,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{asset, Setup, DEADLINE};
+use crate::support::request::Request;
 use crate::support::wait_until;
 
 fn sign(secret: &str, body: &[u8]) -> String {
@@ -14,24 +15,16 @@ fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 fn post_webhook(addr: &str, body: &[u8], signature: &str, delivery: &str) -> u16 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("http://{addr}/"))
-            .header("X-GitHub-Event", "release")
-            .header("X-GitHub-Delivery", delivery)
-            .header("X-Hub-Signature-256", signature)
-            .header("Content-Type", "application/json")
-            .body(body.to_vec())
-            .send()
-            .await
-            .expect("post webhook")
-            .status()
-            .as_u16()
-    })
+    let answer = Request::new("POST", "/")
+        .header("Host", addr)
+        .header("X-GitHub-Event", "release")
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", signature)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send(addr.parse().expect("the webhook's address"))
+        .expect("post webhook");
+    answer.status
 }
 
 #[test]

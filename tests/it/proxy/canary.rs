@@ -2,61 +2,33 @@
 //! 0.1 % included; the sticky cookie keeps a client on its side; the tester header always reaches
 //! the canary.
 
-use std::sync::Arc;
+use cutover::supervisor::proxy::{CanaryRoute, Proxy, Route};
 
-use cutover::protocol::app::Balance;
-use cutover::supervisor::proxy::{Backend, CanaryRoute, Proxy, Route};
-use http_body_util::{BodyExt, Empty};
-
-use crate::support::http::{connect, Sender};
+use super::setup::{backend, connect, proxy, route, Request, Sender};
 use crate::support::load::DemoApp;
-
-fn backend(id: &str, version: &str, app: &DemoApp) -> Arc<Backend> {
-    Arc::new(Backend {
-        id: id.to_owned(),
-        version: version.to_owned(),
-        addr: app.addr(),
-    })
-}
 
 /// v1 stable, v2 canary at `share`.
 fn split(v1: &DemoApp, v2: &DemoApp, share: &str) -> Route {
     Route {
-        backends: vec![backend("v1-0", "v1", v1)],
-        balance: Balance::RoundRobin,
         canary: Some(CanaryRoute {
-            backends: vec![backend("v2-0", "v2", v2)],
+            backends: vec![backend("v2-0", v2)],
             share: share.parse().unwrap(),
             cookie: "cutover_canary".to_owned(),
             header: "x-cutover-canary".to_owned(),
         }),
+        ..route(vec![backend("v1-0", v1)])
     }
 }
 
 /// One GET with extra headers: the version that answered and the cookie the proxy set, if any.
 async fn get(sender: &mut Sender, headers: &[(&str, &str)]) -> (String, Option<String>) {
-    sender.ready().await.expect("connection ready");
-    let mut req = http::Request::get("/").header("host", "shop.example");
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let response = sender
-        .send_request(req.body(Empty::new()).unwrap())
-        .await
-        .expect("response");
-    assert_eq!(response.status(), 200);
-    let cookie = response
-        .headers()
-        .get("set-cookie")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let body = String::from_utf8_lossy(&body).into_owned();
-    let version = body
-        .strip_prefix("hello from ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("not a demo app answer: {body}"))
+    let answer = Request::get("/").headers(headers).send_on(sender).await;
+    assert_eq!(answer.status, 200);
+    let version = answer
+        .version()
+        .unwrap_or_else(|| panic!("not a demo app answer: {}", answer.body))
         .to_owned();
-    (version, cookie)
+    (version, answer.header("set-cookie").map(str::to_owned))
 }
 
 /// Sends `n` cookieless requests over 4 keep-alive connections; returns how many v2 answered.
@@ -85,7 +57,7 @@ async fn canary_answers(proxy: &Proxy, n: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shares_are_honoured_over_twenty_thousand_requests() {
     let (v1, v2) = (DemoApp::start("v1", &[]), DemoApp::start("v2", &[]));
-    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let proxy = proxy().await;
     for (share, expected) in [("10%", 2_000usize), ("0.1%", 20)] {
         proxy.set_route(split(&v1, &v2, share));
         let v2_answers = canary_answers(&proxy, 20_000).await;
@@ -107,7 +79,7 @@ async fn shares_are_honoured_over_twenty_thousand_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cookie_keeps_a_client_on_its_side_and_the_header_reaches_the_canary() {
     let (v1, v2) = (DemoApp::start("v1", &[]), DemoApp::start("v2", &[]));
-    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let proxy = proxy().await;
     proxy.set_route(split(&v1, &v2, "50%"));
     let mut sender = connect(proxy.local_addr).await;
     // A new client is told its side, and the side it was told is where it goes.

@@ -1,83 +1,16 @@
-//! The proxy with real backends: keep-alive, WebSocket, retry on failed connect, counters.
-//!
-//! Every backend is a real `cutover demo-app` process; the proxy runs in the test's runtime and
-//! the load generator on a thread of its own, all on 127.0.0.1.
+//! The proxy with real backends: keep-alive, WebSocket, retry on failed connect, drains,
+//! counters; the load generator runs on a thread of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cutover::protocol::app::Balance;
-use cutover::supervisor::proxy::{Backend, Proxy, Route};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::http::{connect, Sender};
+use super::setup::{backend, connect, get, get_on, proxy, proxy_for, route};
 use crate::support::load::{DemoApp, Load};
-
-mod hold;
-mod idle;
-mod lifecycle;
-mod misframe;
-mod pace;
-mod proxy_protocol;
-mod room;
-mod wire;
-
-fn backend(id: &str, app: &DemoApp) -> Arc<Backend> {
-    Arc::new(Backend {
-        id: id.to_owned(),
-        version: id.split('-').next().unwrap_or(id).to_owned(),
-        addr: app.addr(),
-    })
-}
-
-fn route(backends: Vec<Arc<Backend>>) -> Route {
-    Route {
-        backends,
-        balance: Balance::RoundRobin,
-        canary: None,
-    }
-}
-
-/// A proxy in front of one instance at `addr` (a backend written in the test).
-async fn proxy_to(addr: SocketAddr) -> Proxy {
-    let proxy = proxy().await;
-    proxy.set_route(route(vec![Arc::new(Backend {
-        id: "wire-0".into(),
-        version: "wire".into(),
-        addr,
-    })]));
-    proxy
-}
-
-async fn proxy() -> Proxy {
-    Proxy::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("bind proxy")
-}
-
-async fn get_on(sender: &mut Sender, path: &str) -> (u16, String) {
-    sender.ready().await.expect("connection ready");
-    let req = http::Request::get(path)
-        .header("host", "shop.example")
-        .body(Empty::new())
-        .unwrap();
-    let response = sender.send_request(req).await.expect("response");
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    get_on(&mut connect(addr).await, path).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_requests_are_spread_over_the_route() {
@@ -122,8 +55,7 @@ async fn empty_route_is_503_and_all_refused_is_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_swap_under_load_fails_no_request() {
     let (v1, v2) = (DemoApp::start("v1", &[]), DemoApp::start("v2", &[]));
-    let proxy = proxy().await;
-    proxy.set_route(route(vec![backend("v1-0", &v1)]));
+    let proxy = proxy_for(&v1).await;
     let load = Load::start(proxy.local_addr, 8, "/");
     load.wait_for_more_ok(300, Duration::from_secs(30));
     proxy.set_route(route(vec![backend("v2-0", &v2)]));
@@ -210,8 +142,7 @@ async fn echo(stream: &mut TcpStream, text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_goes_through_and_counts_as_in_flight() {
     let app = DemoApp::start("v1", &[]);
-    let proxy = proxy().await;
-    proxy.set_route(route(vec![backend("v1-0", &app)]));
+    let proxy = proxy_for(&app).await;
     let mut ws = websocket(proxy.local_addr).await;
     assert_eq!(
         echo(&mut ws, "hello through the proxy").await,
@@ -227,12 +158,11 @@ async fn websocket_echo_goes_through_and_counts_as_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_responses_are_passed_on_as_they_come() {
     let app = DemoApp::start("v1", &[]);
-    let proxy = proxy().await;
-    proxy.set_route(route(vec![backend("v1-0", &app)]));
+    let proxy = proxy_for(&app).await;
     let mut sender = connect(proxy.local_addr).await;
     let req = http::Request::get("/stream?chunks=4&interval_ms=300")
         .header("host", "shop.example")
-        .body(Empty::new())
+        .body(Default::default())
         .unwrap();
     let mut body = sender.send_request(req).await.unwrap().into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -274,8 +204,7 @@ async fn drain_waits_for_a_slow_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_cuts_a_websocket_at_the_deadline() {
     let app = DemoApp::start("v1", &[]);
-    let proxy = proxy().await;
-    proxy.set_route(route(vec![backend("v1-0", &app)]));
+    let proxy = proxy_for(&app).await;
     let mut ws = websocket(proxy.local_addr).await;
     assert_eq!(echo(&mut ws, "ping").await, "ping");
     proxy.set_route(route(vec![]));
@@ -293,8 +222,7 @@ async fn drain_cuts_a_websocket_at_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_see_5xx_and_latency() {
     let app = DemoApp::start("v1", &["--error-rate", "1.0"]);
-    let proxy = proxy().await;
-    proxy.set_route(route(vec![backend("v1-0", &app)]));
+    let proxy = proxy_for(&app).await;
     let mut sender = connect(proxy.local_addr).await;
     for _ in 0..10 {
         assert_eq!(get_on(&mut sender, "/").await.0, 500);

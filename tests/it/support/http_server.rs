@@ -226,19 +226,3 @@ fn respond(
     write_head(conn, status, &all)?;
     conn.write_all(body)
 }
-
-/// A keep-alive HTTP/1.1 client connection, for tests that send requests one by one.
-pub type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;
-
-/// Opens a client connection to `addr` (a proxy under test) and drives it in the background.
-pub async fn connect(addr: std::net::SocketAddr) -> Sender {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to proxy");
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
-    sender
-}

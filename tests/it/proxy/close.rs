@@ -2,51 +2,27 @@
 //! failing a request, `listener` copies keep the socket open for the next owner, and a proxy made
 //! with `from_listener_held` lets waiting clients in only once told to.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cutover::protocol::app::Balance;
-use cutover::supervisor::proxy::{Backend, Proxy, Route};
-use http_body_util::{BodyExt, Empty};
+use cutover::supervisor::proxy::Proxy;
 use tokio::net::TcpStream;
 
-use crate::support::http::{connect, Sender};
+use super::setup::{connect, proxy_for, route_to, Request, Sender};
 use crate::support::load::{DemoApp, Load};
-
-fn route(app: &DemoApp) -> Route {
-    Route {
-        backends: vec![Arc::new(Backend {
-            id: "v1-0".to_owned(),
-            version: "v1".to_owned(),
-            addr: app.addr(),
-        })],
-        balance: Balance::RoundRobin,
-        canary: None,
-    }
-}
 
 /// One GET on `sender`: the status and the `Connection` header of the answer.
 async fn get(sender: &mut Sender) -> (u16, Option<String>) {
-    sender.ready().await.expect("connection ready");
-    let req = http::Request::get("/")
-        .header("host", "shop.example")
-        .body(Empty::new())
-        .unwrap();
-    let response = sender.send_request(req).await.expect("response");
-    let status = response.status().as_u16();
-    let connection = response
-        .headers()
-        .get("connection")
-        .map(|v| v.to_str().unwrap().to_owned());
-    response.into_body().collect().await.expect("body");
-    (status, connection)
+    let answer = Request::get("/").send_on(sender).await;
+    (
+        answer.status,
+        answer.header("connection").map(str::to_owned),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_answers_a_keep_alive_connection_once_more_then_closes_it() {
     let app = DemoApp::start("v1", &[]);
-    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    proxy.set_route(route(&app));
+    let proxy = proxy_for(&app).await;
     let mut sender = connect(proxy.local_addr).await;
     assert_eq!(get(&mut sender).await, (200, None));
 
@@ -69,8 +45,7 @@ async fn close_answers_a_keep_alive_connection_once_more_then_closes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_lets_an_idle_connection_go_after_a_second() {
     let app = DemoApp::start("v1", &[]);
-    let proxy = Proxy::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    proxy.set_route(route(&app));
+    let proxy = proxy_for(&app).await;
     let mut sender = connect(proxy.local_addr).await;
     assert_eq!(get(&mut sender).await, (200, None));
     let started = Instant::now();
@@ -92,14 +67,13 @@ async fn close_lets_an_idle_connection_go_after_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_copy_keeps_the_port_open_under_load_for_the_next_proxy() {
     let app = DemoApp::start("v1", &[]);
-    let old = Proxy::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    old.set_route(route(&app));
+    let old = proxy_for(&app).await;
     let load = Load::start(old.local_addr, 4, "/");
     load.wait_for_more_ok(200, Duration::from_secs(30));
 
     let copy = old.listener().expect("a copy of the listener");
     let new = Proxy::from_listener_held(copy).expect("serve on the copy");
-    new.set_route(route(&app));
+    new.set_route(route_to(&app));
     new.start_accepting();
     assert_eq!(old.close(Duration::from_secs(10)).await, 0);
     drop(old);
@@ -127,7 +101,7 @@ async fn a_held_proxy_answers_waiting_clients_once_it_accepts() {
     })
     .await;
     assert!(early.is_err(), "answered before the proxy accepted");
-    proxy.set_route(route(&app));
+    proxy.set_route(route_to(&app));
     proxy.start_accepting();
     assert_eq!(waiting.await.unwrap(), (200, None));
 }

@@ -1,0 +1,65 @@
+//! Processes seen from outside, through /proc: whether one is alive, the children of one, and
+//! `Reaper`, which kills whatever still runs under an app's home when a test ends.
+//!
+//! Self-contained (std and nix only), so that the benchmarks include it too (`tests/bench/common.rs`).
+
+use std::path::PathBuf;
+
+/// Whether `pid` is a live process (not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|s| !s.trim_start().starts_with('Z'))
+    })
+}
+
+/// Pid and command name of each child of `parent`.
+pub fn children(parent: u32) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_owned();
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some((pid, comm))
+        })
+        .collect()
+}
+
+/// SIGKILLs process `pid` (errors ignored: it may be gone already).
+pub fn kill_9(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// Kills every process working under one of the given app homes (`dest`: their instances run
+/// from `dest/releases/<version>`) on drop, so a test that fails half-way, or a supervisor killed
+/// before it recorded a candidate, leaves nothing running.
+pub struct Reaper(pub Vec<PathBuf>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
+                continue;
+            };
+            if self.0.iter().any(|dest| cwd.starts_with(dest)) {
+                kill_9(pid);
+            }
+        }
+    }
+}
