@@ -15,13 +15,14 @@ pub const DEFAULT_CAP: usize = 1 << 20;
 /// Collects the lines of one run. Shared by reference between the steps of the run.
 #[derive(Debug)]
 pub struct RunLog {
-    inner: Mutex<Inner>,
+    kept: Mutex<Kept>,
     cap: usize,
     echo: bool,
 }
 
+/// The lines kept so far (the newest `cap` bytes), and whether older ones were dropped.
 #[derive(Debug, Default)]
-struct Inner {
+struct Kept {
     lines: VecDeque<String>,
     bytes: usize,
     dropped: bool,
@@ -31,7 +32,7 @@ impl RunLog {
     /// A log that echoes every line to stderr and keeps the last `cap` bytes.
     pub fn new(cap: usize) -> RunLog {
         RunLog {
-            inner: Mutex::new(Inner::default()),
+            kept: Mutex::new(Kept::default()),
             cap,
             echo: true,
         }
@@ -40,7 +41,7 @@ impl RunLog {
     /// A log that only keeps lines (for tests and for nested runs that print elsewhere).
     pub fn quiet(cap: usize) -> RunLog {
         RunLog {
-            inner: Mutex::new(Inner::default()),
+            kept: Mutex::new(Kept::default()),
             cap,
             echo: false,
         }
@@ -70,19 +71,19 @@ impl RunLog {
 
     /// The kept copy, oldest first; starts with a marker when older lines were dropped.
     pub fn contents(&self) -> String {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = String::with_capacity(inner.bytes + 64);
-        if inner.dropped {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::with_capacity(kept.bytes + 64);
+        if kept.dropped {
             out.push_str("[cutover: earlier lines of this log were dropped to keep it small]\n");
         }
-        for line in &inner.lines {
+        for line in &kept.lines {
             out.push_str(line);
         }
         out
     }
 
     fn keep(&self, mut text: String) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         if text.len() > self.cap {
             // Keep the end of an oversized chunk, cut on a character boundary.
             let mut cut = text.len() - self.cap;
@@ -90,15 +91,15 @@ impl RunLog {
                 cut += 1;
             }
             text.drain(..cut);
-            inner.dropped = true;
+            kept.dropped = true;
         }
-        inner.bytes += text.len();
-        inner.lines.push_back(text);
-        while inner.bytes > self.cap {
-            match inner.lines.pop_front() {
+        kept.bytes += text.len();
+        kept.lines.push_back(text);
+        while kept.bytes > self.cap {
+            match kept.lines.pop_front() {
                 Some(old) => {
-                    inner.bytes -= old.len();
-                    inner.dropped = true;
+                    kept.bytes -= old.len();
+                    kept.dropped = true;
                 }
                 None => break,
             }
