@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need when it is missing, then runs
-# the whole suite. Needs only the Rust toolchain to start; installs rsync, serf and systemd (for
+# the whole suite. Needs only the Rust toolchain to start; installs rsync, serf, minisign and systemd (for
 # systemd-socket-activate) from Debian and moto_server (a real S3-compatible server) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v rsync >/dev/null || missing+=(rsync)
 command -v serf >/dev/null || missing+=(serf)
+# minisign signs the manifests of the signed-manifest tests.
+command -v minisign >/dev/null || missing+=(minisign)
 # systemd-socket-activate stands in for systemd in the socket-activation test.
 command -v systemd-socket-activate >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then

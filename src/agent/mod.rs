@@ -4,6 +4,9 @@
 //! fetch `src` (hash + unpack in one streaming pass) → verify → pre hooks → place files → post
 //! hooks → [app manifest: deploy request to the supervisor] → success/failure hooks → exit code.
 //!
+//! With trusted keys (`trust`), the manifest's signature is fetched and checked before its YAML
+//! is parsed, and a manifest that is not trusted is refused like a manifest error.
+//!
 //! This file is that order written out; each step lives in its own module. Input and manifest
 //! errors run no hooks; anything after the manifest was accepted ends in the failure hooks.
 
@@ -20,6 +23,7 @@ pub mod release;
 pub mod replay;
 pub mod source;
 pub mod template;
+pub mod trust;
 pub mod unpack;
 pub mod yaml_depth;
 
@@ -35,6 +39,7 @@ use self::manifest::{Files, Manifest, ManifestError, SyncStrategy};
 use self::pipeline::PipelineError;
 use self::place::{PlaceError, RsyncOptions};
 use self::source::{FetchError, FetchOptions};
+use self::trust::{SignedRelease, Trust, TrustError};
 
 /// How one run behaves; built by the CLI from flags and the environment.
 #[derive(Debug, Clone)]
@@ -55,6 +60,8 @@ pub struct Options {
     pub start_dir: PathBuf,
     /// Skip events already handled (Consul/Serf replays).
     pub replay_protection: bool,
+    /// Whether manifests must be signed, and by which keys.
+    pub trust: Trust,
 }
 
 /// How a run ended; the CLI maps it to an exit code.
@@ -64,6 +71,8 @@ pub enum Outcome {
     Failed,
     /// The event was a replay of one already handled: nothing was done.
     Skipped,
+    /// The manifest is not trusted (trusted keys are configured): nothing of it was run.
+    Refused,
 }
 
 /// Why the manifest could not even be read: these end the run without hooks.
@@ -75,6 +84,14 @@ enum ManifestLoadError {
     NotUtf8,
     #[error(transparent)]
     Invalid(#[from] ManifestError),
+    #[error(transparent)]
+    Untrusted(#[from] TrustError),
+}
+
+/// A parsed manifest and, with trusted keys, what its signature vouches for.
+struct Loaded {
+    manifest: Manifest,
+    signed: Option<SignedRelease>,
 }
 
 /// Why a deploy failed after its manifest was accepted: these run the failure hooks.
@@ -96,6 +113,9 @@ enum DeployError {
     },
     #[error("app release failed: {0:#}")]
     Release(anyhow::Error),
+    /// A newer signed version was deployed while this run waited for the lock: refused, no hooks.
+    #[error(transparent)]
+    Untrusted(TrustError),
 }
 
 /// Deploys the manifest `event` points at, from replay check to success/failure hooks.
@@ -109,20 +129,29 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
         Some(id) => log.line(format!("deploying manifest {url} from {id}")),
         None => log.line(format!("deploying manifest {url}")),
     }
-    let manifest = match load_manifest(url, opts, log).await {
-        Ok(manifest) => manifest,
+    let Loaded { manifest, signed } = match load_manifest(url, opts, log).await {
+        Ok(loaded) => loaded,
         Err(err) => {
-            // Manifest errors run no hooks: the hooks themselves come from the manifest.
+            // Manifest errors run no hooks: the hooks themselves come from the manifest, and an
+            // untrusted manifest's hooks are whatever its author wanted run.
             log.line(format!("Deploy manifest failed: {url}: {err}"));
-            return Outcome::Failed;
+            return match err {
+                ManifestLoadError::Untrusted(_) => Outcome::Refused,
+                _ => Outcome::Failed,
+            };
         }
     };
     for warning in &manifest.warnings {
         log.line(format!("warning: {warning}"));
     }
-    let result = deploy(&manifest, event, opts, log).await;
-    if matches!(result, Ok(Outcome::Skipped)) {
-        return Outcome::Skipped;
+    let result = deploy(&manifest, signed.as_ref(), event, opts, log).await;
+    match &result {
+        Ok(Outcome::Skipped) => return Outcome::Skipped,
+        Err(DeployError::Untrusted(err)) => {
+            log.line(format!("Deploy manifest failed: {url}: {err}"));
+            return Outcome::Refused;
+        }
+        _ => {}
     }
     let (outcome, phase, lines) = match result {
         Ok(_) => {
@@ -163,21 +192,45 @@ async fn load_manifest(
     url: &str,
     opts: &Options,
     log: &RunLog,
-) -> Result<Manifest, ManifestLoadError> {
+) -> Result<Loaded, ManifestLoadError> {
     // A progress bar for a few hundred bytes is noise.
     let fetch = FetchOptions {
         progress: false,
         ..opts.fetch.clone()
     };
     let bytes = source::fetch_bytes(url, &fetch, log).await?;
+    // The signature is checked on the bytes as fetched, before the template or the YAML parser
+    // sees them.
+    let signed = match opts.trust.keys() {
+        Some(keys) => {
+            let sig_url = trust::signature_url(url);
+            let signature = source::fetch_bytes(&sig_url, &fetch, log)
+                .await
+                .map_err(|source| TrustError::NoSignature { source })?;
+            let release =
+                trust::verify(keys, &bytes, &signature, &sig_url, std::time::SystemTime::now())?;
+            trust::deployed::check_not_older(&opts.state_dir, &release)?;
+            log.line(format!(
+                "signature ok: {} {} signed by key {}",
+                release.app, release.version, release.key_id
+            ));
+            Some(release)
+        }
+        None => None,
+    };
     let text = String::from_utf8(bytes).map_err(|_| ManifestLoadError::NotUtf8)?;
     let lookup = |name: &str| std::env::var(name).ok();
-    Ok(manifest::parse(&text, &lookup)?)
+    let manifest = manifest::parse(&text, &lookup)?;
+    if let Some(release) = &signed {
+        trust::check_manifest(release, &manifest)?;
+    }
+    Ok(Loaded { manifest, signed })
 }
 
 /// Everything between an accepted manifest and the final line.
 async fn deploy(
     manifest: &Manifest,
+    signed: Option<&SignedRelease>,
     event: &Event,
     opts: &Options,
     log: &RunLog,
@@ -187,6 +240,9 @@ async fn deploy(
         log.line("no src: commands-only mode");
         let result = commands_only(manifest, cwd, log).await;
         mark_handled(event, opts, log);
+        if result.is_ok() {
+            record_signed(signed, event, opts, log);
+        }
         return result.map(|()| Outcome::Succeeded);
     };
     let dest = cwd.join(&files.dest);
@@ -202,15 +258,38 @@ async fn deploy(
         log.line(skip);
         return Ok(Outcome::Skipped);
     }
+    // Another agent may have deployed a newer signed version meanwhile.
+    if let Some(release) = signed {
+        trust::deployed::check_not_older(&opts.state_dir, release)
+            .map_err(DeployError::Untrusted)?;
+    }
     let result = async {
         place_files(files, &dest, manifest, opts, log).await?;
         hooks::run_logged(Phase::Post, &manifest.commands.post, cwd, log).await?;
         Ok::<(), DeployError>(())
     }
     .await;
-    // Still under the lock, so that an agent waiting with the same event sees the mark.
+    // Still under the lock, so that an agent waiting with the same event sees the mark, and one
+    // waiting with an older signed version sees this one.
     mark_handled(event, opts, log);
+    if result.is_ok() {
+        record_signed(signed, event, opts, log);
+    }
     result.map(|()| Outcome::Succeeded)
+}
+
+/// Records a signed manifest's version as deployed: later signed manifests of the app may not be
+/// older. A failure to write it does not undo the deploy; it is said.
+fn record_signed(signed: Option<&SignedRelease>, event: &Event, opts: &Options, log: &RunLog) {
+    let Some(release) = signed else { return };
+    if let Err(err) = trust::deployed::record(&opts.state_dir, release, &event.url) {
+        log.line(format!(
+            "warning: could not record {} {} as deployed under {}: {err}: check that the state directory is writable (--state-dir)",
+            release.app,
+            release.version,
+            opts.state_dir.display()
+        ));
+    }
 }
 
 async fn commands_only(manifest: &Manifest, cwd: &Path, log: &RunLog) -> Result<(), DeployError> {

@@ -13,7 +13,8 @@ use super::GlobalArgs;
 use crate::agent::input::{self, Event, Input};
 use crate::agent::limits::{self, Limits};
 use crate::agent::log::{RunLog, DEFAULT_CAP};
-use crate::agent::source::FetchOptions;
+use crate::agent::source::{FetchOptions, TokenFor};
+use crate::agent::trust::EXIT_UNTRUSTED;
 use crate::agent::{Options, Outcome};
 
 /// Flags of every deploy run, from stdin (`cutover`) or not (`cutover apply`).
@@ -111,6 +112,7 @@ const LONG_FLAGS: &[&str] = &[
     "no-replay-protection",
     "state-dir",
     "socket",
+    "trust",
 ];
 
 /// Rewrites stretcher v1 single-dash long flags to the double-dash spelling clap understands.
@@ -276,6 +278,14 @@ pub(super) fn execute(
             return Outcome::Failed;
         }
     };
+    let trust = match global.trust() {
+        Ok(trust) => trust,
+        Err(err) => {
+            // Fail closed: a trust file that cannot be read must not mean "deploy anything".
+            log.line(format!("Deploy manifest failed: {}: {err}", event.url));
+            return Outcome::Refused;
+        }
+    };
     let opts = Options {
         fetch: FetchOptions {
             timeout: flags.timeout.filter(|t| !t.is_zero()),
@@ -283,6 +293,7 @@ pub(super) fn execute(
             retry_wait: flags.retry_wait,
             max_bandwidth: flags.max_bandwidth.filter(|b| *b > 0),
             headers: flags.http_headers.clone(),
+            token_for: token_for_from_env(),
             progress: std::io::stderr().is_terminal(),
             // The AWS default chain (environment, profile, instance metadata), as stretcher.
             s3: None,
@@ -294,6 +305,7 @@ pub(super) fn execute(
         socket: global.socket(),
         start_dir,
         replay_protection,
+        trust,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -308,14 +320,29 @@ pub(super) fn execute(
     runtime.block_on(crate::agent::run(event, &opts, log))
 }
 
-/// 0 on success or skip, 1 on failure — but always 0 under `consul watch`, where a non-zero exit
-/// stops the whole watch.
+/// 0 on success or skip, 1 on failure, 8 for a manifest that is not trusted — but always 0 under
+/// `consul watch`, where a non-zero exit stops the whole watch.
 pub(super) fn exit_code(outcome: Outcome) -> ExitCode {
     let under_consul = std::env::var_os("CONSUL_INDEX").is_some();
     match outcome {
-        Outcome::Failed if !under_consul => ExitCode::FAILURE,
-        _ => ExitCode::SUCCESS,
+        _ if under_consul => ExitCode::SUCCESS,
+        Outcome::Failed => ExitCode::FAILURE,
+        Outcome::Refused => ExitCode::from(EXIT_UNTRUSTED),
+        Outcome::Succeeded | Outcome::Skipped => ExitCode::SUCCESS,
     }
+}
+
+/// The token `cutover watch` hands its `cutover apply` for the watched repository's release
+/// assets (`CUTOVER_GITHUB_TOKEN`, `CUTOVER_GITHUB_ASSETS`), read from the environment so that
+/// it never shows in a process listing.
+fn token_for_from_env() -> Option<TokenFor> {
+    let token = std::env::var("CUTOVER_GITHUB_TOKEN").ok()?;
+    let url_prefix = std::env::var("CUTOVER_GITHUB_ASSETS").ok()?;
+    let usable = !token.trim().is_empty() && !url_prefix.trim().is_empty();
+    usable.then(|| TokenFor {
+        url_prefix: url_prefix.trim().to_owned(),
+        token: token.trim().to_owned(),
+    })
 }
 
 #[cfg(test)]

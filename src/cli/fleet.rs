@@ -218,6 +218,7 @@ pub fn serf_handler(args: SerfHandlerArgs, global: &GlobalArgs) -> ExitCode {
             exe,
             state_dir: global.state_dir(),
             socket: global.socket(),
+            trust: global.trust.clone(),
         },
         Err(err) => {
             eprintln!("cutover serf-handler: cannot find its own binary: {err}");

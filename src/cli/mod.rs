@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::agent::trust::{Trust, TrustError};
+
 pub mod agent;
 pub mod apply;
 pub mod decide;
@@ -49,6 +51,10 @@ pub struct GlobalArgs {
     /// $XDG_RUNTIME_DIR/cutover/cutover.sock otherwise]
     #[arg(long, env = "CUTOVER_SOCKET", global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Trusted minisign keys: with this file, only signed manifests are deployed [default:
+    /// /etc/cutover/trust.yml when it exists]
+    #[arg(long, env = "CUTOVER_TRUST", global = true, value_name = "FILE")]
+    pub trust: Option<PathBuf>,
 }
 
 impl GlobalArgs {
@@ -62,6 +68,11 @@ impl GlobalArgs {
         self.socket
             .clone()
             .unwrap_or_else(crate::paths::default_socket)
+    }
+
+    /// The trusted keys (`--trust`, else /etc/cutover/trust.yml when present), or unsigned mode.
+    pub fn trust(&self) -> Result<Trust, TrustError> {
+        Trust::load(self.trust.as_deref())
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::GlobalArgs;
+use crate::watch::config::Source;
 use crate::watch::{self, ApplyCommand, Context};
 
 #[derive(Debug, Args)]
@@ -51,6 +52,25 @@ pub fn run(args: WatchArgs, global: &GlobalArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let trust = match global.trust() {
+        Ok(trust) => trust,
+        Err(e) => {
+            eprintln!("cutover watch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(keys) = trust.keys() {
+        // A GitHub watch renders its manifest here, from `template:`: no trusted key signed it,
+        // so every deploy of it would be refused.
+        if let Some(watch) = watches.iter().find(|w| matches!(w.source, Source::Github(_))) {
+            eprintln!(
+                "cutover watch: watch {} renders its manifests from `template:`, which no trusted key signs, and {} requires signed manifests: watch a signed manifest URL (`manifest:`) instead",
+                watch.name,
+                keys.path.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
     let command = match &config.apply_command {
         Some(cmd) => cmd.iter().map(Into::into).collect(),
         None => ApplyCommand::this_binary(),
@@ -59,6 +79,7 @@ pub fn run(args: WatchArgs, global: &GlobalArgs) -> ExitCode {
         command,
         state_dir: state_dir.clone(),
         socket: global.socket.clone(),
+        trust: global.trust.clone(),
         timeout: args.apply_timeout,
     };
     let ctx = Arc::new(Context {
@@ -67,6 +88,7 @@ pub fn run(args: WatchArgs, global: &GlobalArgs) -> ExitCode {
         deployer: Arc::new(deployer),
         bad: watch::supervisor::connect(global.socket()),
         deploy_turn: Default::default(),
+        signed: trust.keys().is_some(),
         state_dir,
     });
     let runtime = match tokio::runtime::Runtime::new() {

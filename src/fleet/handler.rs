@@ -162,6 +162,7 @@ pub fn spawn_detached(node: &Node, args: &[&str]) -> std::io::Result<()> {
         .arg(&node.state_dir)
         .arg("--socket")
         .arg(&node.socket)
+        .args(node.trust_args())
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)

@@ -41,12 +41,15 @@ pub enum NodeError {
     },
 }
 
-/// How to run this node's own cutover verbs: the binary, and the state dir and socket to pass on.
+/// How to run this node's own cutover verbs: the binary, and the state dir, socket and trusted
+/// keys to pass on.
 #[derive(Debug, Clone)]
 pub struct Node {
     pub exe: PathBuf,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// `--trust FILE` when the handler was given one: its deploys must check the same keys.
+    pub trust: Option<PathBuf>,
 }
 
 impl Node {
@@ -67,9 +70,18 @@ impl Node {
             .arg(&self.state_dir)
             .arg("--socket")
             .arg(&self.socket)
+            .args(self.trust_args())
             .stdin(Stdio::null())
             .kill_on_drop(true);
         cmd
+    }
+
+    /// `--trust FILE`, when set, for every cutover this node runs.
+    pub fn trust_args(&self) -> Vec<&std::ffi::OsStr> {
+        match &self.trust {
+            Some(path) => vec!["--trust".as_ref(), path.as_os_str()],
+            None => Vec::new(),
+        }
     }
 
     /// The supervisor's report, asked over its control socket from this process: a status

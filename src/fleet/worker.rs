@@ -14,6 +14,7 @@ use super::node::Node;
 use super::serf::Serf;
 use super::tags;
 use super::wire::{LastRun, RunState};
+use crate::agent::trust::EXIT_UNTRUSTED;
 
 /// Whether a worker holds this node's lock right now.
 pub fn busy(node: &Node) -> bool {
@@ -70,9 +71,14 @@ pub async fn deploy(node: &Node, serf: &Serf, url: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(status) => {
+            let code = status.code().unwrap_or(-1);
+            let refused = if code == i32::from(EXIT_UNTRUSTED) {
+                " (the manifest is not trusted)"
+            } else {
+                ""
+            };
             let why = format!(
-                "cutover apply {url} exited with {}; details in {}",
-                status.code().unwrap_or(-1),
+                "cutover apply {url} exited with {code}{refused}; details in {}",
                 node.log_path().display()
             );
             finish(node, "deploy", app, version, RunState::Failed, &why);
@@ -160,7 +166,15 @@ pub async fn event_deploy(node: &Node, serf: &Serf, payload: &str) -> ExitCode {
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(payload.as_bytes()).await;
     }
-    let ok = child.wait().await.is_ok_and(|s| s.success());
+    let status = child.wait().await;
+    let ok = status.as_ref().is_ok_and(|s| s.success());
+    if let Ok(code) = status.as_ref().map(|s| s.code().unwrap_or(-1)) {
+        if code == i32::from(EXIT_UNTRUSTED) {
+            node.log("deploy event refused: the manifest is not trusted (see the agent's output in the serf agent's log)");
+        } else if code != 0 {
+            node.log(&format!("deploy event failed: the agent exited with {code}"));
+        }
+    }
     let url = payload.lines().map(str::trim).find(|l| !l.is_empty());
     if let (true, Some(url)) = (ok, url) {
         // A plain file drop has no app to record; that is fine in event mode.

@@ -3,7 +3,7 @@
 //!
 //! Order for GitHub: conditional list (304 → done) → bad list from the supervisor → select →
 //! checksum → render → apply → record. For a manifest URL: conditional fetch (304 → done) →
-//! same content as deployed? → apply → record.
+//! its signature, with trusted keys → same content as deployed? → apply → record.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,12 +14,13 @@ use sha2::{Digest, Sha256};
 use super::checksum;
 use super::config::{GithubSpec, ManifestSpec, Source, Watch};
 use super::context::Context;
-use super::deploy::{render, write_atomic, DeployJob};
+use super::deploy::{render, write_atomic, AssetToken, DeployJob};
 use super::github::Fetched;
 use super::manifest_poll::Polled;
 use super::select::{select, Rules};
 use super::state::{now_rfc3339, DeployRecord, WatchState};
 use super::version::parse_version;
+use crate::agent::trust::signature_url;
 
 /// Runs one check of `watch`, updating `state` (the caller saves it).
 pub async fn check(ctx: &Context, watch: &Watch, state: &mut WatchState) {
@@ -141,9 +142,25 @@ async fn check_github(
                 continue;
             }
         };
+        // With a token, `src` is the asset's API URL and the agent gets the token for it: the
+        // browser URL of a private repository's asset does not take a token.
+        let (src, asset_token) = match ctx.github.token() {
+            Some(token) => (
+                &cand.asset.url,
+                Some(AssetToken {
+                    url_prefix: format!(
+                        "{}/repos/{}/releases/assets/",
+                        spec.api_url.trim_end_matches('/'),
+                        spec.repo
+                    ),
+                    token: token.clone(),
+                }),
+            ),
+            None => (&cand.asset.browser_download_url, None),
+        };
         let manifest = render(
             watch.template.as_ref().unwrap_or(&Default::default()),
-            &cand.asset.browser_download_url,
+            src,
             &sum,
             &version,
         );
@@ -154,7 +171,13 @@ async fn check_github(
                 break;
             }
         };
-        let outcome = deploy(ctx, watch, state, &version, text.as_bytes()).await;
+        let job = Prepared {
+            version: &version,
+            manifest: text.as_bytes(),
+            signature: None,
+            asset_token,
+        };
+        let outcome = deploy(ctx, watch, state, job).await;
         if outcome.ok {
             state.deployed = Some(version.clone());
             result = format!("deployed {version}");
@@ -205,18 +228,45 @@ async fn check_manifest(
     };
     state.etag = etag;
     state.last_modified = last_modified;
-    let sha = hex::encode(Sha256::digest(&body));
-    // The content names the version: a new ETag with the same bytes (a re-upload, another
-    // replica) is not a change.
+    // With trusted keys the manifest goes with its signature, fetched after it: a signature
+    // that is missing, or not yet the new one, is looked for again at the next poll.
+    let signature = match ctx.signed {
+        true => match ctx.manifests.poll(&signature_url(&spec.url), None, None).await {
+            Ok(Polled::Changed { body, .. }) => Some(body),
+            Ok(Polled::NotModified) => None,
+            Err(e) => {
+                forget_validators(state);
+                return format!("error: the manifest's signature: {e}; will retry");
+            }
+        },
+        false => None,
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(&body);
+    if let Some(signature) = &signature {
+        hasher.update(signature);
+    }
+    let sha = hex::encode(hasher.finalize());
+    // The content names the version (with its signature, when signed): a new ETag with the same
+    // bytes (a re-upload, another replica) is not a change, a new signature is.
     let version = sha[..12].to_owned();
     state.last_seen = Some(version.clone());
     if state.content_sha256.as_deref() == Some(sha.as_str()) {
         return format!("unchanged: {version} deployed");
     }
     if let Some(why) = state.failed.get(&version) {
+        if ctx.signed {
+            forget_validators(state);
+        }
         return format!("skipped {version}: failed to deploy before: {why}");
     }
-    let outcome = deploy(ctx, watch, state, &version, &body).await;
+    let job = Prepared {
+        version: &version,
+        manifest: &body,
+        signature: signature.as_deref(),
+        asset_token: None,
+    };
+    let outcome = deploy(ctx, watch, state, job).await;
     if outcome.ok {
         state.content_sha256 = Some(sha);
         state.deployed = Some(version.clone());
@@ -225,8 +275,27 @@ async fn check_manifest(
         state
             .failed
             .insert(version.clone(), outcome.message.clone());
+        if ctx.signed {
+            // The signature may be replaced while the manifest stays: fetch both again.
+            forget_validators(state);
+        }
         format!("deploy of {version} failed: {}", outcome.message)
     }
+}
+
+/// Makes the next poll fetch the manifest whole instead of getting a 304.
+fn forget_validators(state: &mut WatchState) {
+    state.etag = None;
+    state.last_modified = None;
+}
+
+/// What one deploy of a watch hands to `deploy`.
+struct Prepared<'a> {
+    version: &'a str,
+    manifest: &'a [u8],
+    /// The manifest's signature, written beside it as `MANIFEST.minisig` for the agent.
+    signature: Option<&'a [u8]>,
+    asset_token: Option<AssetToken>,
 }
 
 /// Writes the manifest under the watch's directory, runs the deployer and records the result.
@@ -234,21 +303,26 @@ async fn deploy(
     ctx: &Context,
     watch: &Watch,
     state: &mut WatchState,
-    version: &str,
-    manifest: &[u8],
+    prepared: Prepared<'_>,
 ) -> super::deploy::DeployResult {
+    let version = prepared.version;
     let dir = super::state::dir(&ctx.state_dir).join(&watch.name);
     let job = DeployJob {
         watch: watch.name.clone(),
         version: version.to_owned(),
         manifest: dir.join(format!("manifest-{version}.yml")),
         log: dir.join(format!("deploy-{version}.log")),
+        asset_token: prepared.asset_token,
     };
-    if let Err(e) = write_atomic(&job.manifest, manifest) {
-        return super::deploy::DeployResult {
-            ok: false,
-            message: format!("cannot write {}: {e}", job.manifest.display()),
-        };
+    let signature_path = PathBuf::from(signature_url(&job.manifest.to_string_lossy()));
+    let mut written = write_atomic(&job.manifest, prepared.manifest)
+        .map_err(|e| format!("cannot write {}: {e}", job.manifest.display()));
+    if let (Ok(()), Some(signature)) = (&written, prepared.signature) {
+        written = write_atomic(&signature_path, signature)
+            .map_err(|e| format!("cannot write {}: {e}", signature_path.display()));
+    }
+    if let Err(message) = written {
+        return super::deploy::DeployResult { ok: false, message };
     }
     // One deploy at a time across watches: two rollouts of one app must not race.
     let _turn = ctx.deploy_turn.lock().await;

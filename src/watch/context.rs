@@ -1,5 +1,6 @@
 //! What every watch task shares (`Context`): the state dir, the GitHub client and manifest poller,
-//! the deployer, the supervisor's bad-release list and the one-deploy-at-a-time turn.
+//! the deployer, the supervisor's bad-release list, the one-deploy-at-a-time turn and whether
+//! manifests must be signed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,4 +21,6 @@ pub struct Context {
     pub bad: Arc<dyn BadReleases>,
     /// Held for the length of a deploy: one rollout at a time.
     pub deploy_turn: Mutex<()>,
+    /// Trusted keys are configured: a watched manifest is deployed with its `URL.minisig`.
+    pub signed: bool,
 }

@@ -14,6 +14,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde_norway::{Mapping, Value};
 
+use super::github::Token;
+
 /// One deploy to run.
 #[derive(Debug, Clone)]
 pub struct DeployJob {
@@ -23,6 +25,17 @@ pub struct DeployJob {
     pub manifest: PathBuf,
     /// Where the deploy's output goes.
     pub log: PathBuf,
+    /// The GitHub token for the watched repository's release assets, handed to the agent.
+    pub asset_token: Option<AssetToken>,
+}
+
+/// A token the agent sends only on downloads under `url_prefix` (one repository's release assets
+/// through the API), passed in its environment (`CUTOVER_GITHUB_TOKEN`, `CUTOVER_GITHUB_ASSETS`)
+/// so that it never shows in a process listing.
+#[derive(Debug, Clone)]
+pub struct AssetToken {
+    pub url_prefix: String,
+    pub token: Token,
 }
 
 /// How a deploy ended.
@@ -38,13 +51,15 @@ pub trait Deployer: Send + Sync {
     fn deploy<'a>(&'a self, job: &'a DeployJob) -> BoxFuture<'a, DeployResult>;
 }
 
-/// `cutover apply MANIFEST` (or the configured `apply_command`), with the watcher's state dir and
-/// socket passed on through `CUTOVER_STATE_DIR`/`CUTOVER_SOCKET`.
+/// `cutover apply MANIFEST` (or the configured `apply_command`), with the watcher's state dir,
+/// socket and trusted keys passed on through `CUTOVER_STATE_DIR`/`CUTOVER_SOCKET`/`CUTOVER_TRUST`.
 #[derive(Debug, Clone)]
 pub struct ApplyCommand {
     pub command: Vec<OsString>,
     pub state_dir: PathBuf,
     pub socket: Option<PathBuf>,
+    /// `--trust FILE` of the watcher, when given (the default file needs no passing on).
+    pub trust: Option<PathBuf>,
     /// A rollout that takes longer than this is killed and counted as failed.
     pub timeout: Duration,
 }
@@ -72,6 +87,16 @@ impl ApplyCommand {
             .kill_on_drop(true);
         if let Some(socket) = &self.socket {
             cmd.env("CUTOVER_SOCKET", socket);
+        }
+        if let Some(trust) = &self.trust {
+            cmd.env("CUTOVER_TRUST", trust);
+        }
+        // Only the watcher's own token reaches the agent, and only for this job's assets.
+        cmd.env_remove("CUTOVER_GITHUB_TOKEN")
+            .env_remove("CUTOVER_GITHUB_ASSETS");
+        if let Some(asset) = &job.asset_token {
+            cmd.env("CUTOVER_GITHUB_TOKEN", asset.token.expose())
+                .env("CUTOVER_GITHUB_ASSETS", &asset.url_prefix);
         }
         let child = cmd.spawn()?;
         let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {

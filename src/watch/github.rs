@@ -30,7 +30,8 @@ pub struct Asset {
     pub name: String,
     /// The API URL; with `Accept: application/octet-stream` it serves the bytes, private repos too.
     pub url: String,
-    /// The public download URL, which the rendered manifest's `src` points at.
+    /// The public download URL, which the rendered manifest's `src` points at when the watcher
+    /// has no token (with one, `src` is the API URL above, which private repositories need).
     pub browser_download_url: String,
     /// `sha256:HEX`, computed by GitHub on upload (absent on assets uploaded before June 2025).
     #[serde(default)]
@@ -50,6 +51,12 @@ impl fmt::Debug for Token {
 }
 
 impl Token {
+    /// The value itself, for the one place that must send it (a request header or a child's
+    /// environment); never for logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// `GH_TOKEN`, then `GITHUB_TOKEN` (the names `gh` itself reads), then `gh auth token` when the
     /// GitHub CLI is installed and logged in; none: anonymous (60 requests an hour).
     pub fn discover() -> Option<Token> {
@@ -129,6 +136,11 @@ impl GithubClient {
     pub fn new(token: Option<Token>) -> GithubClient {
         let http = super::http_client::build();
         GithubClient { http, token }
+    }
+
+    /// The API token, if there is one.
+    pub fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
     }
 
     fn get(&self, url: &str, accept: &str) -> reqwest::RequestBuilder {

@@ -11,6 +11,7 @@ mod input;
 mod limits;
 mod lock;
 mod place;
+mod signed;
 
 use std::collections::BTreeMap;
 use std::io::Write;

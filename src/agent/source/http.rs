@@ -1,11 +1,14 @@
 //! `http://` and `https://` through reqwest: redirects followed, `HTTP(S)_PROXY`/`NO_PROXY`
-//! honoured (reqwest reads them), extra headers sent, non-2xx answers refused, and ranged
+//! honoured (reqwest reads them), extra headers sent (and a scoped token, `TokenFor`, only where
+//! it belongs), non-2xx answers refused, and ranged
 //! requests so that a broken download resumes instead of starting over.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_RANGE, RANGE};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_RANGE, RANGE,
+};
 use reqwest::StatusCode;
 
 use super::error::FetchError;
@@ -30,6 +33,13 @@ pub(super) fn client(url: &str, opts: &FetchOptions) -> Result<reqwest::Client, 
         let value = HeaderValue::from_str(value)
             .map_err(|e| invalid(format!("bad value for HTTP header '{name}': {e}")))?;
         headers.append(name, value);
+    }
+    if let Some(token) = opts.token_for.as_ref().filter(|t| t.covers(url)) {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.token))
+            .map_err(|_| invalid("the token has characters a header cannot carry".into()))?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+        headers.insert(ACCEPT, HeaderValue::from_static("application/octet-stream"));
     }
     reqwest::Client::builder()
         .user_agent(concat!("cutover/", env!("CARGO_PKG_VERSION")))

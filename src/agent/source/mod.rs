@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::log::RunLog;
 pub use error::FetchError;
 pub use opened::{ByteStream, Opened};
-pub use options::FetchOptions;
+pub use options::{FetchOptions, TokenFor};
 pub use s3::S3Settings;
 pub use url::Source;
 

@@ -144,3 +144,47 @@ fn a_dependency_cycle_is_refused_before_anything_is_deployed() {
         "{stderr}"
     );
 }
+
+/// With trusted keys in the nodes' environment, a deploy event and a deploy query both end in
+/// the agent's signature check: refused, nothing run, and the node's log says why.
+#[test]
+fn with_trusted_keys_events_and_queries_refuse_an_unsigned_manifest() {
+    use crate::support::minisign::{trust_file, Key};
+
+    let dir = tempfile::tempdir().unwrap();
+    let trust = trust_file(dir.path(), &[&Key::generate()]);
+    let marker = dir.path().join("hook-ran");
+    let manifest = dir.path().join("shop.yml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "commands:\n  post: [\"touch {m}\"]\n  failure: [\"touch {m}\"]\n",
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    let app_manifest = release(dir.path(), "shop", "2", Behaviour::Serves);
+    let fleet = Fleet::start(1, false, |_| {
+        vec![("CUTOVER_TRUST".into(), trust.display().to_string())]
+    });
+    let node = &fleet.nodes[0];
+    let url = format!("file://{}", manifest.display());
+    let sent = node
+        .agent()
+        .cli(&["event", "-coalesce=false", "deploy", &url]);
+    assert!(sent.status.success(), "{}", text(&sent));
+    wait_until("the event refused", GOSSIP, || {
+        node.fleet_log()
+            .contains("deploy event refused: the manifest is not trusted")
+    });
+    let app_url = format!("file://{}", app_manifest.display());
+    let asked = node
+        .agent()
+        .cli(&["query", "-timeout=8s", "cutover-deploy", &app_url]);
+    assert!(asked.status.success(), "{}", text(&asked));
+    wait_until("the query's deploy refused", GOSSIP, || {
+        node.fleet_log()
+            .contains("exited with 8 (the manifest is not trusted)")
+    });
+    assert!(!marker.exists(), "no hook of an untrusted manifest runs");
+}

@@ -1,7 +1,8 @@
 //! The test harness: the real `cutover` binary, temp dirs, free ports and deadline-bound waits.
 //! Its children hold a real supervisor (`supervisor`, asked through `control_socket`) and the
 //! apps it runs (`app`), the one way to send an HTTP request (`request`), processes seen through
-//! /proc (`procs`), and the servers and tools tests stand up.
+//! /proc (`procs`), signing keys made by the real minisign (`minisign`), and the servers and
+//! tools tests stand up.
 
 #![allow(dead_code)]
 
@@ -12,6 +13,7 @@ pub mod fleet;
 pub mod github;
 pub mod http_server;
 pub mod load;
+pub mod minisign;
 mod ports;
 pub mod procs;
 pub mod request;
@@ -43,6 +45,9 @@ pub fn cutover() -> Command {
         "CUTOVER_MAX_ENTRIES",
         "CUTOVER_MIN_FREE_SPACE",
         "CUTOVER_MIN_FREE_INODES",
+        "CUTOVER_TRUST",
+        "CUTOVER_GITHUB_TOKEN",
+        "CUTOVER_GITHUB_ASSETS",
         "SERF_EVENT",
         "SERF_USER_EVENT",
         "SERF_USER_LTIME",

@@ -8,6 +8,7 @@
 mod e2e;
 mod manifest;
 mod releases;
+mod signed;
 mod webhook;
 
 use std::path::{Path, PathBuf};

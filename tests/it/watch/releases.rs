@@ -30,7 +30,11 @@ fn a_new_release_is_deployed_once_and_idle_polls_are_304s() {
         manifest.contains(&format!("checksum: {}", v1.sha256())),
         "{manifest}"
     );
-    assert!(manifest.contains("/octo/shop/releases/download/v1.0.0/shop-1.0.0-linux-amd64.tar.gz"));
+    // With a token, `src` is the asset's API URL (the browser URL of a private asset takes none).
+    assert!(
+        manifest.contains("/repos/octo/shop/releases/assets/100"),
+        "{manifest}"
+    );
     assert!(
         manifest.contains("post:"),
         "the template's hooks are kept: {manifest}"
