@@ -230,17 +230,17 @@ async fn check_manifest(
     state.last_modified = last_modified;
     // With trusted keys the manifest goes with its signature, fetched after it: a signature
     // that is missing, or not yet the new one, is looked for again at the next poll.
-    let signature = match ctx.signed {
-        true => match ctx.manifests.poll(&signature_url(&spec.url), None, None).await {
-            Ok(Polled::Changed { body, .. }) => Some(body),
-            Ok(Polled::NotModified) => None,
+    let mut signature = None;
+    if ctx.signed {
+        match ctx.manifests.poll(&signature_url(&spec.url), None, None).await {
+            Ok(Polled::Changed { body, .. }) => signature = Some(body),
+            Ok(Polled::NotModified) => {}
             Err(e) => {
                 forget_validators(state);
                 return format!("error: the manifest's signature: {e}; will retry");
             }
-        },
-        false => None,
-    };
+        }
+    }
     let mut hasher = Sha256::new();
     hasher.update(&body);
     if let Some(signature) = &signature {
