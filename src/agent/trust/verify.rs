@@ -103,3 +103,100 @@ pub fn check_manifest(release: &SignedRelease, manifest: &Manifest) -> Result<()
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const MANIFEST: &str = include_str!("../../../fixtures/signed/site.yml");
+
+    fn keys() -> TrustedKeys {
+        let text = include_str!("../../../fixtures/signed/trust.yml");
+        TrustedKeys::parse(Path::new("trust.yml"), text).expect("fixture keys")
+    }
+
+    fn check(manifest: &str, signature: &str) -> Result<SignedRelease, TrustError> {
+        verify(
+            &keys(),
+            manifest.as_bytes(),
+            signature.as_bytes(),
+            "site.yml.minisig",
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn a_good_signature_gives_what_it_vouches_for() {
+        let signature = include_str!("../../../fixtures/signed/site.yml.minisig");
+        let release = check(MANIFEST, signature).expect("verifies");
+        assert_eq!((release.app.as_str(), release.version.as_str()), ("site", "1.4.2"));
+        assert_eq!(release.key_id, keys().ids()[0]);
+    }
+
+    #[test]
+    fn each_bad_signature_is_refused_with_its_reason() {
+        let good = include_str!("../../../fixtures/signed/site.yml.minisig");
+        let tampered_comment = good.replace("version=1.4.2", "version=9.9.9");
+        let cases = [
+            (MANIFEST.replace("/srv/site", "/srv/other"), good.to_owned(), "does not match the manifest"),
+            (MANIFEST.to_owned(), tampered_comment, "does not match the manifest"),
+            (
+                MANIFEST.to_owned(),
+                include_str!("../../../fixtures/signed/expired.minisig").to_owned(),
+                "until 2020-01-01T00:00:00Z, which has passed",
+            ),
+            (
+                MANIFEST.to_owned(),
+                include_str!("../../../fixtures/signed/plain.minisig").to_owned(),
+                "has no cutover trusted comment (it does not start with `cutover`)",
+            ),
+            (
+                MANIFEST.to_owned(),
+                include_str!("../../../fixtures/signed/other-key.minisig").to_owned(),
+                "which is not among the trusted keys in trust.yml",
+            ),
+            (MANIFEST.to_owned(), "not a signature".to_owned(), "is not a minisign signature"),
+        ];
+        for (manifest, signature, expected) in cases {
+            let err = check(&manifest, &signature).unwrap_err().to_string();
+            assert!(err.contains(expected), "expected {expected:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn the_manifest_is_held_to_its_signature() {
+        let release = SignedRelease {
+            app: "shop".into(),
+            version: "1.4.2".into(),
+            expires: SystemTime::now(),
+            key_id: "K".into(),
+        };
+        let parse = |text: &str| crate::agent::manifest::parse(text, &|_| None).expect("parses");
+        let sha256 = "0".repeat(64);
+        let app = |name: &str, version: &str| {
+            format!(
+                "src: file:///a.tgz\nchecksum: {sha256}\ndest: /srv/shop\napp:\n  name: {name}\n{version}  run: ./shop\n  listen: 127.0.0.1:8080\n"
+            )
+        };
+        check_manifest(&release, &parse(&app("shop", "  version: 1.4.2\n"))).expect("same app");
+        check_manifest(&release, &parse(&app("shop", ""))).expect("no version set");
+        let cases = [
+            (app("admin", ""), "signed for app shop but its app.name is admin"),
+            (app("shop", "  version: 1.4.3\n"), "signed as shop version 1.4.2 but its app.version is 1.4.3"),
+            (
+                format!("src: file:///a.tgz\nchecksum: {}\ndest: /srv/x\n", "0".repeat(32)),
+                "md5 checksum, refused",
+            ),
+            (
+                format!("src: file:///a.tgz\nchecksum: {}\ndest: /srv/x\n", "0".repeat(40)),
+                "sha1 checksum, refused",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = check_manifest(&release, &parse(&text)).unwrap_err().to_string();
+            assert!(err.contains(expected), "expected {expected:?} in {err}");
+        }
+    }
+}
