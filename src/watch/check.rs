@@ -254,7 +254,7 @@ async fn check_manifest(
     if state.content_sha256.as_deref() == Some(sha.as_str()) {
         return format!("unchanged: {version} deployed");
     }
-    if let Some(why) = state.failed.get(&version) {
+    if let Some(why) = state.failed.get(&version).cloned() {
         if ctx.signed {
             forget_validators(state);
         }
