@@ -207,8 +207,13 @@ async fn load_manifest(
             let signature = source::fetch_bytes(&sig_url, &fetch, log)
                 .await
                 .map_err(|source| TrustError::NoSignature { source })?;
-            let release =
-                trust::verify(keys, &bytes, &signature, &sig_url, std::time::SystemTime::now())?;
+            let release = trust::verify(
+                keys,
+                &bytes,
+                &signature,
+                &sig_url,
+                std::time::SystemTime::now(),
+            )?;
             trust::deployed::check_not_older(&opts.state_dir, &release)?;
             log.line(format!(
                 "signature ok: {} {} signed by key {}",

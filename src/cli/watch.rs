@@ -62,7 +62,10 @@ pub fn run(args: WatchArgs, global: &GlobalArgs) -> ExitCode {
     if let Some(keys) = trust.keys() {
         // A GitHub watch renders its manifest here, from `template:`: no trusted key signed it,
         // so every deploy of it would be refused.
-        if let Some(watch) = watches.iter().find(|w| matches!(w.source, Source::Github(_))) {
+        if let Some(watch) = watches
+            .iter()
+            .find(|w| matches!(w.source, Source::Github(_)))
+        {
             eprintln!(
                 "cutover watch: watch {} renders its manifests from `template:`, which no trusted key signs, and {} requires signed manifests: watch a signed manifest URL (`manifest:`) instead",
                 watch.name,

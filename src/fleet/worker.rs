@@ -172,7 +172,9 @@ pub async fn event_deploy(node: &Node, serf: &Serf, payload: &str) -> ExitCode {
         if code == i32::from(EXIT_UNTRUSTED) {
             node.log("deploy event refused: the manifest is not trusted (see the agent's output in the serf agent's log)");
         } else if code != 0 {
-            node.log(&format!("deploy event failed: the agent exited with {code}"));
+            node.log(&format!(
+                "deploy event failed: the agent exited with {code}"
+            ));
         }
     }
     let url = payload.lines().map(str::trim).find(|l| !l.is_empty());

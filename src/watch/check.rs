@@ -232,7 +232,11 @@ async fn check_manifest(
     // that is missing, or not yet the new one, is looked for again at the next poll.
     let mut signature = None;
     if ctx.signed {
-        match ctx.manifests.poll(&signature_url(&spec.url), None, None).await {
+        match ctx
+            .manifests
+            .poll(&signature_url(&spec.url), None, None)
+            .await
+        {
             Ok(Polled::Changed { body, .. }) => signature = Some(body),
             Ok(Polled::NotModified) => {}
             Err(e) => {

@@ -44,7 +44,9 @@ pub fn parse(comment: &str, key_id: &str) -> Result<SignedRelease, String> {
             "app={app} is not a name (letters, digits, '.', '-', '_')"
         ));
     }
-    let version = version.filter(|v| !v.is_empty()).ok_or("version= is missing")?;
+    let version = version
+        .filter(|v| !v.is_empty())
+        .ok_or("version= is missing")?;
     let expires = expires.ok_or("expires= is missing")?;
     let expires = humantime::parse_rfc3339(&expires)
         .map_err(|_| format!("expires={expires} is not a UTC time like 2026-12-31T00:00:00Z"))?;
@@ -87,14 +89,32 @@ mod tests {
     #[test]
     fn each_missing_or_odd_field_says_which() {
         let cases = [
-            ("timestamp:1555779966\tfile:m.yml", "does not start with `cutover`"),
-            ("cutover version=1 expires=2026-12-31T00:00:00Z", "app= is missing"),
-            ("cutover app=shop expires=2026-12-31T00:00:00Z", "version= is missing"),
+            (
+                "timestamp:1555779966\tfile:m.yml",
+                "does not start with `cutover`",
+            ),
+            (
+                "cutover version=1 expires=2026-12-31T00:00:00Z",
+                "app= is missing",
+            ),
+            (
+                "cutover app=shop expires=2026-12-31T00:00:00Z",
+                "version= is missing",
+            ),
             ("cutover app=shop version=1", "expires= is missing"),
             ("cutover app=shop version=1 expires=soon", "not a UTC time"),
-            ("cutover app=../x version=1 expires=2026-12-31T00:00:00Z", "not a name"),
-            ("cutover app=a app=b version=1 expires=2026-12-31T00:00:00Z", "twice"),
-            ("cutover app=a version=1 expire=2026-12-31T00:00:00Z", "unknown field `expire`"),
+            (
+                "cutover app=../x version=1 expires=2026-12-31T00:00:00Z",
+                "not a name",
+            ),
+            (
+                "cutover app=a app=b version=1 expires=2026-12-31T00:00:00Z",
+                "twice",
+            ),
+            (
+                "cutover app=a version=1 expire=2026-12-31T00:00:00Z",
+                "unknown field `expire`",
+            ),
         ];
         for (comment, expected) in cases {
             let err = parse(comment, "K").unwrap_err();

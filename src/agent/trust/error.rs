@@ -49,7 +49,9 @@ pub enum TrustError {
         version: String,
         expires: String,
     },
-    #[error("manifest is signed for app {signed} but its app.name is {named}: sign it with app={named}")]
+    #[error(
+        "manifest is signed for app {signed} but its app.name is {named}: sign it with app={named}"
+    )]
     OtherApp { signed: String, named: String },
     #[error("manifest is signed as {app} version {signed} but its app.version is {named}: sign it with version={named}")]
     OtherVersion {

@@ -176,6 +176,9 @@ mod tests {
     #[test]
     fn an_explicit_file_must_exist() {
         let err = Trust::load(Some(Path::new("/nonexistent/trust.yml"))).unwrap_err();
-        assert!(err.to_string().contains("could not read the trusted keys"), "{err}");
+        assert!(
+            err.to_string().contains("could not read the trusted keys"),
+            "{err}"
+        );
     }
 }

@@ -131,7 +131,10 @@ mod tests {
     fn a_good_signature_gives_what_it_vouches_for() {
         let signature = include_str!("../../../fixtures/signed/site.yml.minisig");
         let release = check(MANIFEST, signature).expect("verifies");
-        assert_eq!((release.app.as_str(), release.version.as_str()), ("site", "1.4.2"));
+        assert_eq!(
+            (release.app.as_str(), release.version.as_str()),
+            ("site", "1.4.2")
+        );
         assert_eq!(release.key_id, keys().ids()[0]);
     }
 
@@ -140,8 +143,16 @@ mod tests {
         let good = include_str!("../../../fixtures/signed/site.yml.minisig");
         let tampered_comment = good.replace("version=1.4.2", "version=9.9.9");
         let cases = [
-            (MANIFEST.replace("/srv/site", "/srv/other"), good.to_owned(), "does not match the manifest"),
-            (MANIFEST.to_owned(), tampered_comment, "does not match the manifest"),
+            (
+                MANIFEST.replace("/srv/site", "/srv/other"),
+                good.to_owned(),
+                "does not match the manifest",
+            ),
+            (
+                MANIFEST.to_owned(),
+                tampered_comment,
+                "does not match the manifest",
+            ),
             (
                 MANIFEST.to_owned(),
                 include_str!("../../../fixtures/signed/expired.minisig").to_owned(),
@@ -157,7 +168,11 @@ mod tests {
                 include_str!("../../../fixtures/signed/other-key.minisig").to_owned(),
                 "which is not among the trusted keys in trust.yml",
             ),
-            (MANIFEST.to_owned(), "not a signature".to_owned(), "is not a minisign signature"),
+            (
+                MANIFEST.to_owned(),
+                "not a signature".to_owned(),
+                "is not a minisign signature",
+            ),
         ];
         for (manifest, signature, expected) in cases {
             let err = check(&manifest, &signature).unwrap_err().to_string();
@@ -183,19 +198,33 @@ mod tests {
         check_manifest(&release, &parse(&app("shop", "  version: 1.4.2\n"))).expect("same app");
         check_manifest(&release, &parse(&app("shop", ""))).expect("no version set");
         let cases = [
-            (app("admin", ""), "signed for app shop but its app.name is admin"),
-            (app("shop", "  version: 1.4.3\n"), "signed as shop version 1.4.2 but its app.version is 1.4.3"),
             (
-                format!("src: file:///a.tgz\nchecksum: {}\ndest: /srv/x\n", "0".repeat(32)),
+                app("admin", ""),
+                "signed for app shop but its app.name is admin",
+            ),
+            (
+                app("shop", "  version: 1.4.3\n"),
+                "signed as shop version 1.4.2 but its app.version is 1.4.3",
+            ),
+            (
+                format!(
+                    "src: file:///a.tgz\nchecksum: {}\ndest: /srv/x\n",
+                    "0".repeat(32)
+                ),
                 "md5 checksum, refused",
             ),
             (
-                format!("src: file:///a.tgz\nchecksum: {}\ndest: /srv/x\n", "0".repeat(40)),
+                format!(
+                    "src: file:///a.tgz\nchecksum: {}\ndest: /srv/x\n",
+                    "0".repeat(40)
+                ),
                 "sha1 checksum, refused",
             ),
         ];
         for (text, expected) in cases {
-            let err = check_manifest(&release, &parse(&text)).unwrap_err().to_string();
+            let err = check_manifest(&release, &parse(&text))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(expected), "expected {expected:?} in {err}");
         }
     }

@@ -85,7 +85,11 @@ impl Signed {
                 "{what}: no hook runs ({mark})"
             );
         }
-        assert_eq!(self.archive_fetches(), 0, "{what}: the archive is not fetched");
+        assert_eq!(
+            self.archive_fetches(),
+            0,
+            "{what}: the archive is not fetched"
+        );
     }
 }
 
@@ -141,8 +145,7 @@ fn untrusted_manifests_are_refused_with_their_reason_and_nothing_runs() {
             "expired",
             |s: &Signed, _: &Key| {
                 s.publish("m.yml", &s.yaml(&s.sum, ""), |p| {
-                    s.key
-                        .sign(p, &comment("site", "1", "2020-01-01T00:00:00Z"))
+                    s.key.sign(p, &comment("site", "1", "2020-01-01T00:00:00Z"))
                 })
             },
             "signed for site 1 until 2020-01-01T00:00:00Z, which has passed",
@@ -270,7 +273,10 @@ fn without_trusted_keys_unsigned_and_md5_manifests_deploy_as_before() {
     s.site.run_with(&mut cmd, "").expect_code(0);
     assert_eq!(super::read(&s.site.dest().join("index.html")), "signed");
     assert!(
-        !s.http.request_heads().iter().any(|h| h.contains(".minisig")),
+        !s.http
+            .request_heads()
+            .iter()
+            .any(|h| h.contains(".minisig")),
         "no signature is asked for"
     );
 }

@@ -46,7 +46,10 @@ fn a_watched_manifest_deploys_only_with_a_trusted_signature() {
     // First a signature by a key this host does not trust.
     Key::generate().sign(&signed, &fresh("shop", "1"));
     s.gh.set_manifest("shop.yml", &manifest);
-    s.gh.set_manifest("shop.yml.minisig", &std::fs::read_to_string(&sig_path).unwrap());
+    s.gh.set_manifest(
+        "shop.yml.minisig",
+        &std::fs::read_to_string(&sig_path).unwrap(),
+    );
     let config = s.path("watch.yml");
     std::fs::write(
         &config,
@@ -65,7 +68,10 @@ fn a_watched_manifest_deploys_only_with_a_trusted_signature() {
 
     // The manifest stays, its signature is replaced by a trusted one: deployed.
     trusted.sign(&signed, &fresh("shop", "1"));
-    s.gh.set_manifest("shop.yml.minisig", &std::fs::read_to_string(&sig_path).unwrap());
+    s.gh.set_manifest(
+        "shop.yml.minisig",
+        &std::fs::read_to_string(&sig_path).unwrap(),
+    );
     wait_until("the signed manifest deployed", DEADLINE, || {
         s.path("dest/index.html").exists()
     });
@@ -93,7 +99,9 @@ fn a_github_watch_cannot_start_when_manifests_must_be_signed() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("watch shop renders its manifests from `template:`, which no trusted key signs"),
+        stderr.contains(
+            "watch shop renders its manifests from `template:`, which no trusted key signs"
+        ),
         "{stderr}"
     );
     assert!(s.gh.seen().is_empty(), "nothing was asked of GitHub");
@@ -135,7 +143,10 @@ fn release_assets_are_fetched_through_the_api_with_the_token() {
     let downloads = s.gh.seen_under("/repos/octo/shop/releases/assets/");
     assert_eq!(downloads.len(), 1, "{downloads:#?}");
     assert_eq!(downloads[0].status, 200);
-    assert_eq!(downloads[0].authorization.as_deref(), Some("Bearer ghp_t0ken"));
+    assert_eq!(
+        downloads[0].authorization.as_deref(),
+        Some("Bearer ghp_t0ken")
+    );
     assert_eq!(
         downloads[0].accept.as_deref(),
         Some("application/octet-stream")
