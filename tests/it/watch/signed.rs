@@ -94,6 +94,8 @@ fn a_github_watch_cannot_start_when_manifests_must_be_signed() {
         .arg(&config)
         .arg("--trust")
         .arg(&trust)
+        // --once: without the check it would end by itself, not run for ever.
+        .arg("--once")
         .output()
         .expect("run cutover watch");
     let stderr = String::from_utf8_lossy(&out.stderr);
