@@ -194,7 +194,11 @@ fn report_text(step: &Step, report: &Report) -> String {
 /// One app of `cutover rollout --json`: its plan (absent when it could not be made) and its
 /// outcome (absent on a dry run or when it never started). The CLI's own shape: only protocol
 /// and store types derive Serialize.
-fn step_json(step: &Step, plan: Option<&rollout::Plan>, report: Option<&Report>) -> serde_json::Value {
+fn step_json(
+    step: &Step,
+    plan: Option<&rollout::Plan>,
+    report: Option<&Report>,
+) -> serde_json::Value {
     use serde_json::json;
     let named = |pairs: &[(String, String)]| -> Vec<serde_json::Value> {
         pairs

@@ -166,7 +166,9 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         Some(Command::FleetStatus(verb)) => fleet::fleet_status(verb.args, verb.json, &cli.global),
         Some(Command::SerfHandler(args)) => fleet::serf_handler(args, &cli.global),
         Some(Command::Watch(args)) => watch::run(args, &cli.global),
-        Some(Command::Completions(args)) => completions::run(args, <Cli as CommandFactory>::command()),
+        Some(Command::Completions(args)) => {
+            completions::run(args, <Cli as CommandFactory>::command())
+        }
         Some(Command::Man(args)) => man::run(args, <Cli as CommandFactory>::command()),
     }
 }

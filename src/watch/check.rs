@@ -54,10 +54,7 @@ async fn check_github(
     state: &mut WatchState,
 ) -> String {
     if let Some(until) = paused_until(state) {
-        return format!(
-            "rate limited: no request before {}",
-            pause_rfc3339(until)
-        );
+        return format!("rate limited: no request before {}", pause_rfc3339(until));
     }
     let fingerprint = fingerprint(watch);
     if state.config_fingerprint.as_deref() != Some(&fingerprint) {

@@ -200,7 +200,8 @@ mod tests {
 
     #[test]
     fn a_pause_is_kept_to_the_millisecond_and_never_ends_early() {
-        let named = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_250_000_001);
+        let named =
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_250_000_001);
         let stored = pause_rfc3339(named);
         assert_eq!(stored, "2023-11-14T22:13:20.251Z");
         let read = humantime::parse_rfc3339(&stored).unwrap();

@@ -93,7 +93,11 @@ fn zsh_and_fish_get_a_script_and_an_unknown_shell_is_refused() {
         assert!(script.contains("fleet-status"), "{shell}");
     }
     let out = cutover().args(["completions", "tcsh"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "a usage error, as for any bad flag");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a usage error, as for any bad flag"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("possible values: bash, zsh, fish"), "{err}");
 }
@@ -132,7 +136,12 @@ fn the_man_page_renders_and_lists_the_verbs_and_dir_writes_one_per_verb() {
     }
 
     let pages = dir.path().join("man1");
-    let out = cutover().arg("man").arg("--dir").arg(&pages).output().unwrap();
+    let out = cutover()
+        .arg("man")
+        .arg("--dir")
+        .arg(&pages)
+        .output()
+        .unwrap();
     stdout_of(out, "cutover man --dir");
     for verb in VERBS.iter().chain(&["serf-handler"]) {
         let path = pages.join(format!("cutover-{verb}.1"));
@@ -192,7 +201,10 @@ fn the_verbs_that_print_answer_in_json_with_json() {
         .collect();
     assert!(!lines.is_empty(), "no log lines");
     for line in &lines {
-        assert!(line["instance"].as_str().unwrap().starts_with("shop"), "{line}");
+        assert!(
+            line["instance"].as_str().unwrap().starts_with("shop"),
+            "{line}"
+        );
     }
     assert!(
         lines
@@ -220,7 +232,10 @@ fn the_verbs_that_print_answer_in_json_with_json() {
 fn rollout_and_fleet_status_answer_in_json_with_json() {
     let fleet = Fleet::start(2, true, |_| Vec::new());
     let v1 = release(fleet.root.path(), "shop", "1", Behaviour::Serves);
-    let out = fleet.rollout("n1", &[v1.to_str().unwrap(), "--max-parallel", "2", "--json"]);
+    let out = fleet.rollout(
+        "n1",
+        &[v1.to_str().unwrap(), "--max-parallel", "2", "--json"],
+    );
     fleet.assert_rolled_out(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(&stdout)

@@ -142,7 +142,12 @@ pub fn plan_text(step: &Step, plan: &Plan, opts: &Options) -> String {
         let _ = writeln!(out, "  batch {}: {}", i + 1, names.join(", "));
     }
     if !plan.current.is_empty() {
-        let _ = writeln!(out, "  already on {}: {}", r.version, plan.current.join(", "));
+        let _ = writeln!(
+            out,
+            "  already on {}: {}",
+            r.version,
+            plan.current.join(", ")
+        );
     }
     for (node, why) in &plan.unreachable {
         let _ = writeln!(out, "  unreachable: {node}: {why}");

@@ -117,12 +117,16 @@ fn a_retry_after_holds_the_next_request_back_to_the_millisecond() {
     // rounds leave such a bug almost no chance to pass.
     let before = s.gh.release_lists().len();
     s.gh.retry_after(1, 1);
-    wait_until("a list answered after the second retry-after", DEADLINE, || {
-        let lists = s.gh.release_lists();
-        lists.len() > before
-            && lists[before..].iter().any(|l| l.status == 429)
-            && lists.last().is_some_and(|l| l.status != 429)
-    });
+    wait_until(
+        "a list answered after the second retry-after",
+        DEADLINE,
+        || {
+            let lists = s.gh.release_lists();
+            lists.len() > before
+                && lists[before..].iter().any(|l| l.status == 429)
+                && lists.last().is_some_and(|l| l.status != 429)
+        },
+    );
     let lists = s.gh.release_lists();
     let mut checked = 0;
     for (i, refused) in lists.iter().enumerate().filter(|(_, l)| l.status == 429) {
@@ -175,7 +179,10 @@ fn a_checksum_mismatch_shows_in_status_not_the_failure_hooks_output() {
         status.contains("never again 1.0.0: failed: apply exited 1: checksum mismatch for http://"),
         "{status}"
     );
-    assert!(status.contains(&format!("expected sha256 {wrong}")), "{status}");
+    assert!(
+        status.contains(&format!("expected sha256 {wrong}")),
+        "{status}"
+    );
     assert!(!status.contains("paging the on-call"), "{status}");
     assert!(!status.contains("running failure command"), "{status}");
 }
