@@ -4,13 +4,16 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
+use cutover::protocol::Response;
 use serde_json::{json, Value};
 
-use crate::support::app::App;
+use crate::support::app::{self, App};
 use crate::support::fleet::{release, text, Behaviour, Fleet};
+use crate::support::load::Load;
 use crate::support::serf::GOSSIP;
-use crate::support::supervisor::Supervisor;
+use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::{cutover, wait_until};
 
 /// The verbs a person types; `demo-app` (hidden) and `serf-handler` (run by Serf) are not.
@@ -273,4 +276,46 @@ fn rollout_and_fleet_status_answer_in_json_with_json() {
                 .iter()
                 .all(|r| r["app"] == "shop" && r["version"] == "1" && r["health"] == "1/1")
     });
+}
+
+/// One short canary step that waits for the operator.
+fn waits_for_the_operator(spec: &mut cutover::protocol::AppSpec) {
+    app::canary(spec, &["50%"], Duration::from_millis(500), 20);
+    spec.canary.max_p99_ratio = 10.0;
+    spec.canary.auto_promote = false;
+}
+
+#[test]
+fn promote_and_abort_answer_in_json_with_json() {
+    let mut app = App::new("shop");
+    app.tweak = waits_for_the_operator;
+    let supervisor = app.serving(&["v1", "v2", "v3"]);
+    let load = Load::start(app.listen, 2, "/");
+    load.wait_for_more_ok(50, ROLLOUT);
+    let (supervisor, app) = (&supervisor, &app);
+    std::thread::scope(|s| {
+        // Deploys `version` on a thread of its own until it waits for the operator.
+        let waiting = |version: &'static str| {
+            let deploy = s.spawn(move || supervisor.deploy(app, version));
+            wait_until(&format!("{version} to wait"), ROLLOUT, || {
+                supervisor
+                    .status(app)
+                    .phase
+                    .contains("waiting for `cutover promote shop`")
+            });
+            deploy
+        };
+        let deploy = waiting("v2");
+        let aborted = json_of(supervisor, &["abort", "shop", "--json"]);
+        assert_eq!(aborted["app"], "shop", "{aborted}");
+        assert!(aborted["message"].as_str().is_some(), "{aborted}");
+        assert!(matches!(deploy.join().unwrap(), Response::Error(_)));
+
+        let deploy = waiting("v3");
+        let promoted = json_of(supervisor, &["promote", "shop", "--json"]);
+        assert_eq!(promoted["app"], "shop", "{promoted}");
+        assert!(promoted["message"].as_str().is_some(), "{promoted}");
+        assert!(matches!(deploy.join().unwrap(), Response::Deployed(_)));
+    });
+    load.stop();
 }
