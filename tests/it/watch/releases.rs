@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use super::{asset, Setup, DEADLINE};
 use crate::support::archive::{compress, sample_tar, Compression};
 use crate::support::github::AssetSpec;
-use crate::support::wait_until;
+use crate::support::supervisor::Supervisor;
+use crate::support::{cutover, wait_until};
 
 #[test]
 fn a_new_release_is_deployed_once_and_idle_polls_are_304s() {
@@ -185,6 +186,39 @@ fn a_checksum_mismatch_shows_in_status_not_the_failure_hooks_output() {
     );
     assert!(!status.contains("paging the on-call"), "{status}");
     assert!(!status.contains("running failure command"), "{status}");
+
+    // `cutover status` shows the watches below the apps, with the same reason.
+    let supervisor = Supervisor::start();
+    let out = cutover()
+        .arg("status")
+        .arg("--socket")
+        .arg(&supervisor.socket)
+        .arg("--state-dir")
+        .arg(s.state_dir())
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}");
+    assert!(
+        status.contains("never again 1.0.0: failed: apply exited 1: checksum mismatch for http://"),
+        "{status}"
+    );
+    assert!(!status.contains("paging the on-call"), "{status}");
+
+    // And scripts read it from `watch --status --json`.
+    let out = cutover()
+        .arg("watch")
+        .arg("--state-dir")
+        .arg(s.state_dir())
+        .args(["--status", "--json"])
+        .output()
+        .unwrap();
+    let watches: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed = watches[0]["failed"]["1.0.0"].as_str().unwrap_or_default();
+    assert!(
+        failed.starts_with("apply exited 1: checksum mismatch for http://"),
+        "{watches}"
+    );
 }
 
 #[test]
