@@ -10,7 +10,7 @@ use super::GlobalArgs;
 use crate::fleet::manifest::{self, Release};
 use crate::fleet::node::Node;
 use crate::fleet::plan::Plan;
-use crate::fleet::rollout::{self, Options, Progress, Step};
+use crate::fleet::rollout::{self, Options, Progress, Report, Step};
 use crate::fleet::serf::Serf;
 use crate::fleet::{catchup, handler, status, worker};
 
@@ -69,6 +69,10 @@ pub struct RolloutArgs {
     /// Show the plan and change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Print one JSON document at the end ({"steps": [...]}: each app's plan and outcome);
+    /// the plan text and progress lines go to stderr
+    #[arg(long)]
+    pub json: bool,
     /// How long one node may take to serve the new version (e.g. 90s, 5m)
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -111,46 +115,52 @@ async fn rollout_async(args: RolloutArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let out = Progress::default();
+    // With --json, stdout carries only the document; what a person reads goes to stderr.
+    let (out, say): (Progress, fn(&str)) = if args.json {
+        (Progress::on_stderr(), |text| eprint!("{text}"))
+    } else {
+        (Progress::default(), |text| print!("{text}"))
+    };
+    let mut done = Vec::new();
     let mut unreachable = false;
+    let mut failed = false;
     for (i, step) in steps.iter().enumerate() {
         let r = &step.release;
         let plan = match rollout::plan(&serf, step, &opts).await {
             Ok(plan) => plan,
             Err(err) => {
                 eprintln!("cutover rollout: {} {}: {err}", r.app, r.version);
-                not_started(&steps[i + 1..]);
-                return ExitCode::FAILURE;
+                not_started(&steps[i + 1..], say);
+                done.extend(steps[i..].iter().map(|s| step_json(s, None, None)));
+                failed = true;
+                break;
             }
         };
-        rollout::show(step, &plan, &opts);
+        say(&rollout::plan_text(step, &plan, &opts));
         if args.dry_run {
+            done.push(step_json(step, Some(&plan), None));
             continue;
         }
-        let report = rollout::run(&serf, step, plan, &opts, &out).await;
-        let line = |label: &str, nodes: &[String]| {
-            if !nodes.is_empty() {
-                println!("  {label}: {}", nodes.join(", "));
-            }
-        };
-        let named = |pairs: &[(String, String)]| -> Vec<String> {
-            pairs
-                .iter()
-                .map(|(n, why)| format!("{n} ({why})"))
-                .collect()
-        };
-        println!("{} {}:", r.app, r.version);
-        line("updated", &report.updated);
-        line("already current", &report.current);
-        line("unreachable", &named(&report.unreachable));
-        line("failed", &named(&report.failed));
-        line("reverted", &report.reverted);
+        let report = rollout::run(&serf, step, plan.clone(), &opts, &out).await;
+        say(&report_text(step, &report));
+        done.push(step_json(step, Some(&plan), Some(&report)));
         if let Some(why) = &report.halted {
             eprintln!("cutover rollout: {} {} halted: {why}", r.app, r.version);
-            not_started(&steps[i + 1..]);
-            return ExitCode::FAILURE;
+            not_started(&steps[i + 1..], say);
+            done.extend(steps[i + 1..].iter().map(|s| step_json(s, None, None)));
+            failed = true;
+            break;
         }
         unreachable |= !report.unreachable.is_empty();
+    }
+    if args.json {
+        let printed = super::remote::print_json(&serde_json::json!({ "steps": done }));
+        if printed != ExitCode::SUCCESS {
+            return printed;
+        }
+    }
+    if failed {
+        return ExitCode::FAILURE;
     }
     if unreachable {
         eprintln!("cutover rollout: finished, but some nodes could not be reached: they catch up when they rejoin");
@@ -159,12 +169,80 @@ async fn rollout_async(args: RolloutArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn not_started(rest: &[Step]) {
+/// How one app's rollout ended, as the lines a person reads.
+fn report_text(step: &Step, report: &Report) -> String {
+    let mut text = format!("{} {}:\n", step.release.app, step.release.version);
+    let mut line = |label: &str, nodes: Vec<String>| {
+        if !nodes.is_empty() {
+            text.push_str(&format!("  {label}: {}\n", nodes.join(", ")));
+        }
+    };
+    let named = |pairs: &[(String, String)]| -> Vec<String> {
+        pairs
+            .iter()
+            .map(|(n, why)| format!("{n} ({why})"))
+            .collect()
+    };
+    line("updated", report.updated.clone());
+    line("already current", report.current.clone());
+    line("unreachable", named(&report.unreachable));
+    line("failed", named(&report.failed));
+    line("reverted", report.reverted.clone());
+    text
+}
+
+/// One app of `cutover rollout --json`: its plan (absent when it could not be made) and its
+/// outcome (absent on a dry run or when it never started). The CLI's own shape: only protocol
+/// and store types derive Serialize.
+fn step_json(
+    step: &Step,
+    plan: Option<&rollout::Plan>,
+    report: Option<&Report>,
+) -> serde_json::Value {
+    use serde_json::json;
+    let named = |pairs: &[(String, String)]| -> Vec<serde_json::Value> {
+        pairs
+            .iter()
+            .map(|(node, why)| json!({ "node": node, "why": why }))
+            .collect()
+    };
+    let plan = plan.map(|p| {
+        let batches: Vec<Vec<serde_json::Value>> = p
+            .batches
+            .iter()
+            .map(|batch| {
+                batch
+                    .iter()
+                    .map(|t| json!({ "node": t.node, "previous": t.previous }))
+                    .collect()
+            })
+            .collect();
+        json!({ "batches": batches, "current": p.current, "unreachable": named(&p.unreachable) })
+    });
+    let outcome = report.map(|r| {
+        json!({
+            "updated": r.updated,
+            "current": r.current,
+            "unreachable": named(&r.unreachable),
+            "failed": named(&r.failed),
+            "reverted": r.reverted,
+            "halted": r.halted,
+        })
+    });
+    json!({
+        "app": step.release.app,
+        "version": step.release.version,
+        "plan": plan,
+        "outcome": outcome,
+    })
+}
+
+fn not_started(rest: &[Step], say: fn(&str)) {
     for step in rest {
-        println!(
-            "{} {}: not started (an app it may depend on did not finish)",
+        say(&format!(
+            "{} {}: not started (an app it may depend on did not finish)\n",
             step.release.app, step.release.version
-        );
+        ));
     }
 }
 
@@ -239,6 +317,17 @@ pub fn serf_handler(args: SerfHandlerArgs, global: &GlobalArgs) -> ExitCode {
     })
 }
 
+/// `cutover fleet-status`: the shared fleet flags and `--json` (which `status --fleet` has of
+/// its own, so it is not part of `FleetStatusArgs`).
+#[derive(Debug, Args)]
+pub struct FleetStatusCommand {
+    #[command(flatten)]
+    pub args: FleetStatusArgs,
+    /// Print the rows as one JSON array (node, status, app, version, health, phase)
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct FleetStatusArgs {
     /// Only members with this tag (`key=regexp`)
@@ -251,10 +340,11 @@ pub struct FleetStatusArgs {
     pub serf: SerfArgs,
 }
 
-pub fn fleet_status(args: FleetStatusArgs, _global: &GlobalArgs) -> ExitCode {
+pub fn fleet_status(args: FleetStatusArgs, json: bool, _global: &GlobalArgs) -> ExitCode {
     let serf = args.serf.serf();
     block_on(async move {
         match status::collect(&serf, &args.tags, args.query_timeout).await {
+            Ok(rows) if json => super::remote::print_json(&rows_json(&rows)),
             Ok(rows) => {
                 print!("{}", status::render(&rows));
                 ExitCode::SUCCESS
@@ -265,6 +355,23 @@ pub fn fleet_status(args: FleetStatusArgs, _global: &GlobalArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// The table's rows as JSON objects with the table's column names (only protocol and store
+/// types derive Serialize; this is the CLI's own shape).
+fn rows_json(rows: &[status::Row]) -> serde_json::Value {
+    rows.iter()
+        .map(|row| {
+            serde_json::json!({
+                "node": row.node,
+                "status": row.status,
+                "app": row.app,
+                "version": row.version,
+                "health": row.health,
+                "phase": row.phase,
+            })
+        })
+        .collect()
 }
 
 fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {

@@ -1,4 +1,5 @@
-//! `cutover logs APP [-f] [-n LINES]`: the last lines of each instance's log, `[instance]` first.
+//! `cutover logs APP [-f] [-n LINES] [--json]`: the last lines of each instance's log, `[instance]`
+//! first, or one JSON object per line (`{"instance", "line"}`, JSON lines, `-f` too).
 //!
 //! The supervisor only says where the files are (instances write straight to them, never through
 //! the supervisor); this verb reads them. `-f` follows by polling sizes: simple and good enough
@@ -31,6 +32,18 @@ pub struct LogsArgs {
     /// How many lines to show from the end of each log
     #[arg(short = 'n', long, default_value_t = 20, value_name = "LINES")]
     pub lines: usize,
+    /// One JSON object per log line ({"instance", "line"}), a stream under -f too (JSON lines)
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How each log line is written out.
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    /// `[instance] line`
+    Prefixed,
+    /// `{"instance":"…","line":"…"}`
+    JsonLines,
 }
 
 pub fn run(args: LogsArgs, global: &GlobalArgs) -> ExitCode {
@@ -38,13 +51,18 @@ pub fn run(args: LogsArgs, global: &GlobalArgs) -> ExitCode {
         Ok(files) => files,
         Err(code) => return code,
     };
+    let format = if args.json {
+        Format::JsonLines
+    } else {
+        Format::Prefixed
+    };
     let mut out = io::stdout().lock();
     // Where each file has been read up to, for `-f`.
     let mut offsets = BTreeMap::new();
     for file in &files {
         match tail(file, args.lines) {
             Ok((text, end)) => {
-                write_prefixed(&mut out, &instance_name(file), &text);
+                write_lines(&mut out, format, &instance_name(file), &text);
                 offsets.insert(file.clone(), end);
             }
             Err(err) => eprintln!("cutover: could not read {}: {err}", file.display()),
@@ -57,7 +75,7 @@ pub fn run(args: LogsArgs, global: &GlobalArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let _ = out.flush();
-    follow(global, &args.app, offsets)
+    follow(global, &args.app, format, offsets)
 }
 
 fn log_files(global: &GlobalArgs, app: &str) -> Result<Vec<PathBuf>, ExitCode> {
@@ -72,7 +90,12 @@ fn log_files(global: &GlobalArgs, app: &str) -> Result<Vec<PathBuf>, ExitCode> {
 }
 
 /// Prints what is appended to the known files, and picks up files of new instances.
-fn follow(global: &GlobalArgs, app: &str, mut offsets: BTreeMap<PathBuf, u64>) -> ExitCode {
+fn follow(
+    global: &GlobalArgs,
+    app: &str,
+    format: Format,
+    mut offsets: BTreeMap<PathBuf, u64>,
+) -> ExitCode {
     let mut rescanned = Instant::now();
     loop {
         if rescanned.elapsed() >= FOLLOW_RESCAN {
@@ -91,7 +114,7 @@ fn follow(global: &GlobalArgs, app: &str, mut offsets: BTreeMap<PathBuf, u64>) -
         let mut out = io::stdout().lock();
         for (file, offset) in offsets.iter_mut() {
             if let Ok(text) = read_new(file, offset) {
-                write_prefixed(&mut out, &instance_name(file), &text);
+                write_lines(&mut out, format, &instance_name(file), &text);
             }
         }
         if out.flush().is_err() {
@@ -157,9 +180,16 @@ fn instance_name(path: &Path) -> String {
     )
 }
 
-fn write_prefixed(out: &mut impl Write, instance: &str, text: &str) {
+fn write_lines(out: &mut impl Write, format: Format, instance: &str, text: &str) {
     for line in text.lines() {
-        let _ = writeln!(out, "[{instance}] {line}");
+        let _ = match format {
+            Format::Prefixed => writeln!(out, "[{instance}] {line}"),
+            Format::JsonLines => writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "instance": instance, "line": line })
+            ),
+        };
     }
 }
 
@@ -185,5 +215,23 @@ mod tests {
         file.write_all(b"ial\n").unwrap();
         assert_eq!(read_new(&path, &mut end).unwrap(), "partial\n");
         assert_eq!(instance_name(&path), "shop-1");
+    }
+
+    #[test]
+    fn json_lines_are_one_object_per_log_line_with_quotes_escaped() {
+        let mut out = Vec::new();
+        write_lines(&mut out, Format::JsonLines, "shop-1", "say \"hi\"\nbye\n");
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                serde_json::json!({ "instance": "shop-1", "line": "say \"hi\"" }),
+                serde_json::json!({ "instance": "shop-1", "line": "bye" }),
+            ]
+        );
     }
 }

@@ -7,16 +7,18 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::agent::trust::{Trust, TrustError};
 
 pub mod agent;
 pub mod apply;
+pub mod completions;
 pub mod decide;
 pub mod demo;
 pub mod fleet;
 pub mod logs;
+pub mod man;
 pub mod releases;
 mod remote;
 pub mod rollback;
@@ -101,7 +103,7 @@ pub enum Command {
     /// Roll a release out across a Serf cluster, batch by batch, health-gated, with revert
     Rollout(fleet::RolloutArgs),
     /// Every Serf member's app versions and health
-    FleetStatus(fleet::FleetStatusArgs),
+    FleetStatus(fleet::FleetStatusCommand),
     /// The Serf event and query handler (`serf agent -event-handler "cutover serf-handler"`)
     SerfHandler(fleet::SerfHandlerArgs),
     /// The bundled demo app: a small HTTP server with fault injection (used by the demo and tests)
@@ -109,6 +111,10 @@ pub enum Command {
     DemoApp(demo::DemoAppArgs),
     /// Watch GitHub releases and manifest URLs (and receive webhooks); deploy what is new
     Watch(watch::WatchArgs),
+    /// Print the shell completion script for bash, zsh or fish
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page (roff), or write one page per verb with --dir
+    Man(man::ManArgs),
 }
 
 /// Parses `argv`. The agent's own flags make no sense with a verb (`cutover --timeout 5 status`)
@@ -116,7 +122,7 @@ pub enum Command {
 /// (clap's `args_conflicts_with_subcommands` would refuse the global ones too.)
 fn parse(argv: Vec<OsString>) -> Result<Cli, clap::Error> {
     use clap::parser::ValueSource;
-    use clap::{CommandFactory, FromArgMatches};
+    use clap::FromArgMatches;
 
     let mut command = Cli::command();
     let matches = command.try_get_matches_from_mut(argv)?;
@@ -168,9 +174,13 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         Some(Command::Demo(args)) => demo::run(args, &cli.global),
         Some(Command::DemoApp(args)) => demo::run_app(args),
         Some(Command::Rollout(args)) => fleet::rollout(args, &cli.global),
-        Some(Command::FleetStatus(args)) => fleet::fleet_status(args, &cli.global),
+        Some(Command::FleetStatus(verb)) => fleet::fleet_status(verb.args, verb.json, &cli.global),
         Some(Command::SerfHandler(args)) => fleet::serf_handler(args, &cli.global),
         Some(Command::Watch(args)) => watch::run(args, &cli.global),
+        Some(Command::Completions(args)) => {
+            completions::run(args, <Cli as CommandFactory>::command())
+        }
+        Some(Command::Man(args)) => man::run(args, <Cli as CommandFactory>::command()),
     }
 }
 

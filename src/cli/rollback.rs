@@ -1,4 +1,4 @@
-//! `cutover rollback APP [VERSION]`: back to the previous good release (or a named kept one),
+//! `cutover rollback APP [VERSION] [--json]`: back to the previous good release (or a named kept one),
 //! health-gated, with the rollout's progress streamed as it happens.
 
 use std::process::ExitCode;
@@ -15,6 +15,9 @@ pub struct RollbackArgs {
     pub app: String,
     /// A kept release to go back to [default: the previous good one]
     pub version: Option<String>,
+    /// Print the outcome as JSON ({"app", "version", "previous"}); progress stays on stderr
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: RollbackArgs, global: &GlobalArgs) -> ExitCode {
@@ -24,6 +27,7 @@ pub fn run(args: RollbackArgs, global: &GlobalArgs) -> ExitCode {
     });
     let progress = |p: &crate::protocol::Progress| eprintln!("{}: {}", p.app, p.message);
     match remote::call(global, request, progress) {
+        Ok(Response::RolledBack(outcome)) if args.json => remote::print_json(&outcome),
         Ok(Response::RolledBack(outcome)) => {
             match outcome.previous {
                 Some(from) => println!(

@@ -24,7 +24,7 @@ pub struct StatusArgs {
 
 pub fn run(args: StatusArgs, global: &GlobalArgs) -> ExitCode {
     if args.fleet {
-        return super::fleet::fleet_status(args.fleet_args, global);
+        return super::fleet::fleet_status(args.fleet_args, args.json, global);
     }
     let show_watches = args.app.is_none() && !args.json;
     let request = Request::Status(StatusRequest { app: args.app });

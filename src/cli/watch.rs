@@ -1,5 +1,5 @@
 //! `cutover watch`: the resident watcher of GitHub releases, manifest URLs and webhooks, and its
-//! `--status` report.
+//! `--status` report (`--json` for scripts).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +23,10 @@ pub struct WatchArgs {
     /// Check every watch once and exit (for cron or a systemd timer); exit 1 if a check failed
     #[arg(long, conflicts_with = "status")]
     pub once: bool,
+    /// With --status or --once: print the watches' states as one JSON array (the fields of
+    /// state_dir/watch/NAME.json)
+    #[arg(long)]
+    pub json: bool,
     /// Kill and fail a deploy that runs longer than this
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     pub apply_timeout: Duration,
@@ -30,8 +34,16 @@ pub struct WatchArgs {
 
 pub fn run(args: WatchArgs, global: &GlobalArgs) -> ExitCode {
     let state_dir = global.state_dir();
+    if args.json && !args.status && !args.once {
+        // The resident watcher prints nothing on stdout: its log is on stderr.
+        eprintln!("cutover watch: --json goes with --status or --once; the resident watcher logs on stderr");
+        return ExitCode::from(2);
+    }
     if args.status {
         let states = watch::status::load(&state_dir);
+        if args.json {
+            return super::remote::print_json(&states);
+        }
         if states.is_empty() {
             println!(
                 "no watch has run with state dir {}; start one with `cutover watch --config FILE`",
@@ -109,11 +121,16 @@ pub fn run(args: WatchArgs, global: &GlobalArgs) -> ExitCode {
                         .as_deref()
                         .is_some_and(|r| r.starts_with("error") || r.contains("failed"))
                 });
-                print!("{}", watch::status::render(&states));
+                let printed = if args.json {
+                    super::remote::print_json(&states)
+                } else {
+                    print!("{}", watch::status::render(&states));
+                    ExitCode::SUCCESS
+                };
                 if failed {
                     ExitCode::FAILURE
                 } else {
-                    ExitCode::SUCCESS
+                    printed
                 }
             }
             Err(e) => {

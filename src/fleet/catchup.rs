@@ -49,6 +49,11 @@ pub async fn run(node: &Node, serf: &Serf) -> ExitCode {
             ));
             continue;
         };
+        // The wait for peers can be long (up to a minute on a busy host), so what this node ran
+        // when the catch-up began is looked at again now, and once more just before the deploy.
+        if moved_on(node, &app.name, &app.live_version).await {
+            continue;
+        }
         if app.live_version.as_deref() == Some(majority.version.as_str()) {
             node.log(&format!(
                 "catch-up: {} {} matches the fleet",
@@ -65,6 +70,9 @@ pub async fn run(node: &Node, serf: &Serf) -> ExitCode {
             code = ExitCode::FAILURE;
             continue;
         };
+        if moved_on(node, &app.name, &app.live_version).await {
+            continue;
+        }
         node.log(&format!(
             "catching up {}: {} -> {} ({} of {} peers run it), from {url}",
             app.name, runs, majority.version, majority.count, majority.total
@@ -74,6 +82,32 @@ pub async fn run(node: &Node, serf: &Serf) -> ExitCode {
         }
     }
     code
+}
+
+/// Whether `app` no longer runs `was` on this node: then someone else (a rollout reaching this
+/// node) changed it while the catch-up waited for its peers, and the catch-up must not undo that.
+/// Said in the log when so.
+async fn moved_on(node: &Node, app: &str, was: &Option<String>) -> bool {
+    let Ok(report) = node.status().await else {
+        node.log(&format!(
+            "catch-up: the supervisor did not answer; {app} left as is"
+        ));
+        return true;
+    };
+    let now = report
+        .apps
+        .into_iter()
+        .find(|a| a.name == app)
+        .and_then(|a| a.live_version);
+    if now == *was {
+        return false;
+    }
+    node.log(&format!(
+        "catch-up: {app} went from {} to {} meanwhile; left as is",
+        was.as_deref().unwrap_or("nothing"),
+        now.as_deref().unwrap_or("nothing")
+    ));
+    true
 }
 
 async fn wait_for_supervisor(node: &Node, deadline: Instant) -> Option<StatusReport> {

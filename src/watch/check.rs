@@ -18,7 +18,7 @@ use super::deploy::{render, write_atomic, AssetToken, DeployJob};
 use super::github::Fetched;
 use super::manifest_poll::Polled;
 use super::select::{select, Rules};
-use super::state::{now_rfc3339, DeployRecord, WatchState};
+use super::state::{now_rfc3339, pause_rfc3339, DeployRecord, WatchState};
 use super::version::parse_version;
 use crate::agent::trust::signature_url;
 
@@ -55,10 +55,7 @@ async fn check_github(
     state: &mut WatchState,
 ) -> String {
     if let Some(until) = paused_until(state) {
-        return format!(
-            "rate limited: no request before {}",
-            humantime::format_rfc3339_seconds(until)
-        );
+        return format!("rate limited: no request before {}", pause_rfc3339(until));
     }
     let fingerprint = fingerprint(watch);
     if state.config_fingerprint.as_deref() != Some(&fingerprint) {
@@ -80,14 +77,13 @@ async fn check_github(
             pause_until,
         }) => {
             state.limit_strikes = 0;
-            state.paused_until =
-                pause_until.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+            state.paused_until = pause_until.map(pause_rfc3339);
             (releases, etag)
         }
         Err(super::github::GithubError::RateLimited { until, why, .. }) => {
             let until = until.max(SystemTime::now() + strike_pause(state.limit_strikes));
             state.limit_strikes = state.limit_strikes.saturating_add(1);
-            let until = humantime::format_rfc3339_seconds(until).to_string();
+            let until = pause_rfc3339(until);
             state.paused_until = Some(until.clone());
             return format!("rate limited ({why}): pausing until {until}");
         }

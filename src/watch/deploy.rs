@@ -42,7 +42,8 @@ pub struct AssetToken {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeployResult {
     pub ok: bool,
-    /// The last line of output (the error on failure), for status.
+    /// On failure the agent's one-line reason (or the command's last line); on success the last
+    /// line of output. For status.
     pub message: String,
 }
 
@@ -117,13 +118,19 @@ impl ApplyCommand {
             .open(&job.log)?;
         log.write_all(&out.stdout)?;
         log.write_all(&out.stderr)?;
-        let last = last_line(&out.stderr)
-            .or_else(|| last_line(&out.stdout))
-            .unwrap_or_default();
+        let last_output = || {
+            last_line(&out.stderr)
+                .or_else(|| last_line(&out.stdout))
+                .unwrap_or_default()
+        };
+        // The agent's own verdict, not whatever a failure hook printed after it; a custom
+        // apply_command that prints no verdict is summed up by its last line.
+        let reason =
+            || agent_failure(&out.stderr, &apply_url(&job.manifest)).unwrap_or_else(last_output);
         let message = match (out.status.success(), out.status.code()) {
-            (true, _) => last,
-            (false, Some(code)) => format!("apply exited {code}: {last}"),
-            (false, None) => format!("apply was killed by a signal: {last}"),
+            (true, _) => last_output(),
+            (false, Some(code)) => format!("apply exited {code}: {}", reason()),
+            (false, None) => format!("apply was killed by a signal: {}", reason()),
         };
         Ok(DeployResult {
             ok: out.status.success(),
@@ -144,6 +151,31 @@ impl Deployer for ApplyCommand {
             })
         })
     }
+}
+
+/// The agent's final line when its deploy failed (`cutover: Deploy manifest failed: URL: ERROR`,
+/// written by `agent::run` before the failure hooks run) as `ERROR`, the one-line reason: the
+/// hooks, and the agent's own "running failure command" lines, come after it on the same stderr.
+/// `url` is the manifest's URL as `cutover apply` spells it; another spelling keeps `URL: ERROR`.
+fn agent_failure(stderr: &[u8], url: &str) -> Option<String> {
+    const VERDICT: &str = "cutover: Deploy manifest failed: ";
+    let text = String::from_utf8_lossy(stderr);
+    let rest = text
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix(VERDICT))?;
+    let reason = rest
+        .strip_prefix(url)
+        .and_then(|r| r.strip_prefix(": "))
+        .unwrap_or(rest);
+    Some(reason.chars().take(300).collect())
+}
+
+/// The URL `cutover apply PATH` makes of `path` (`file://` and the canonical path), which its
+/// verdict line names.
+fn apply_url(path: &Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    format!("file://{}", path.display())
 }
 
 fn last_line(bytes: &[u8]) -> Option<String> {
@@ -199,6 +231,23 @@ mod tests {
         );
         assert_eq!(m["app"]["version"].as_str(), Some("1.4.2"));
         assert_eq!(m["app"]["name"].as_str(), Some("shop"));
+    }
+
+    #[test]
+    fn a_failure_is_the_agents_verdict_not_the_hooks_last_line() {
+        let stderr = b"cutover: deploying manifest file:///s/m.yml\n\
+            cutover: Deploy manifest failed: file:///s/m.yml: checksum mismatch for x: expected a, got b\n\
+            cutover: running failure command: notify\n\
+            paging the on-call\n";
+        assert_eq!(
+            agent_failure(stderr, "file:///s/m.yml").as_deref(),
+            Some("checksum mismatch for x: expected a, got b")
+        );
+        assert_eq!(
+            agent_failure(stderr, "file:///elsewhere.yml").as_deref(),
+            Some("file:///s/m.yml: checksum mismatch for x: expected a, got b")
+        );
+        assert_eq!(agent_failure(b"rollout failed: unhealthy\n", "u"), None);
     }
 
     #[test]

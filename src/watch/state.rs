@@ -46,7 +46,8 @@ pub struct WatchState {
     /// Fingerprint of the watch's configuration; a change discards the ETag so the releases are
     /// evaluated again under the new rules.
     pub config_fingerprint: Option<String>,
-    /// Set while GitHub's rate limit holds the watch back.
+    /// Set while GitHub's rate limit holds the watch back (RFC 3339 with milliseconds, rounded
+    /// up; older files hold whole seconds).
     pub paused_until: Option<String>,
     /// Rate-limit answers in a row; each doubles the next pause (GitHub asks for an
     /// exponentially growing wait when limits keep being hit).
@@ -80,6 +81,20 @@ pub struct StateError {
 /// Now as RFC 3339, the format of every time in the state.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// `until` as RFC 3339 with milliseconds, rounded up: a pause read back from the state ends at
+/// or after the instant GitHub named, never before (whole seconds cut up to a second off it).
+pub fn pause_rfc3339(until: SystemTime) -> String {
+    let sub_milli = until
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos() % 1_000_000);
+    let up = if sub_milli == 0 {
+        until
+    } else {
+        until + std::time::Duration::from_nanos(u64::from(1_000_000 - sub_milli))
+    };
+    humantime::format_rfc3339_millis(up).to_string()
 }
 
 /// `state_dir/watch`: the files of all watches.
@@ -181,6 +196,18 @@ mod tests {
             .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
         assert!(aside, "the corrupt file is kept for inspection");
+    }
+
+    #[test]
+    fn a_pause_is_kept_to_the_millisecond_and_never_ends_early() {
+        let named =
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_250_000_001);
+        let stored = pause_rfc3339(named);
+        assert_eq!(stored, "2023-11-14T22:13:20.251Z");
+        let read = humantime::parse_rfc3339(&stored).unwrap();
+        assert!(read >= named, "{stored} ends before the named instant");
+        let exact = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_250);
+        assert_eq!(pause_rfc3339(exact), "2023-11-14T22:13:20.250Z");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod support;
 
 mod agent;
+mod cli;
 mod control;
 mod fetch;
 mod fleet;

@@ -121,12 +121,13 @@ fn batches(todo: Vec<Target>, serving: usize, opts: &Options) -> Option<Vec<Vec<
     Some(todo.chunks(size).map(<[Target]>::to_vec).collect())
 }
 
-/// Prints a plan the way `--dry-run` shows it.
-pub fn show(step: &Step, plan: &Plan, opts: &Options) {
+/// A plan the way `--dry-run` shows it, one line per batch.
+pub fn plan_text(step: &Step, plan: &Plan, opts: &Options) -> String {
+    use std::fmt::Write as _;
     let r = &step.release;
     let nodes: usize = plan.batches.iter().map(Vec::len).sum();
-    println!(
-        "plan: {} {} to {nodes} node(s) in {} batch(es), at most {} at a time, at least {} serving",
+    let mut out = format!(
+        "plan: {} {} to {nodes} node(s) in {} batch(es), at most {} at a time, at least {} serving\n",
         r.app,
         r.version,
         plan.batches.len(),
@@ -138,14 +139,20 @@ pub fn show(step: &Step, plan: &Plan, opts: &Options) {
             .iter()
             .map(|t| format!("{} ({})", t.node, t.previous.as_deref().unwrap_or("new")))
             .collect();
-        println!("  batch {}: {}", i + 1, names.join(", "));
+        let _ = writeln!(out, "  batch {}: {}", i + 1, names.join(", "));
     }
     if !plan.current.is_empty() {
-        println!("  already on {}: {}", r.version, plan.current.join(", "));
+        let _ = writeln!(
+            out,
+            "  already on {}: {}",
+            r.version,
+            plan.current.join(", ")
+        );
     }
     for (node, why) in &plan.unreachable {
-        println!("  unreachable: {node}: {why}");
+        let _ = writeln!(out, "  unreachable: {node}: {why}");
     }
+    out
 }
 
 fn describe(filters: &[String]) -> String {

@@ -16,7 +16,7 @@ mod inputs;
 mod outcome;
 mod run;
 
-pub use batches::{plan, show, Plan, RolloutError, Target};
+pub use batches::{plan, plan_text, Plan, RolloutError, Target};
 pub use inputs::{Options, Step};
 pub use outcome::{Progress, Report};
 pub use run::run;

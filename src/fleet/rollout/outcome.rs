@@ -15,22 +15,38 @@ pub struct Report {
     pub halted: Option<String>,
 }
 
-/// Prints timestamped progress lines relative to the rollout's start.
+/// Prints timestamped progress lines relative to the rollout's start: on stdout, or on stderr
+/// when stdout carries a document for scripts (`cutover rollout --json`).
 pub struct Progress {
     start: Instant,
+    on_stderr: bool,
 }
 
 impl Default for Progress {
     fn default() -> Self {
         Progress {
             start: Instant::now(),
+            on_stderr: false,
         }
     }
 }
 
 impl Progress {
+    /// Progress on stderr, leaving stdout to the caller's document.
+    pub fn on_stderr() -> Progress {
+        Progress {
+            on_stderr: true,
+            ..Progress::default()
+        }
+    }
+
     pub fn say(&self, line: &str) {
-        println!("[{:>6.1}s] {line}", self.start.elapsed().as_secs_f64());
+        let line = format!("[{:>6.1}s] {line}", self.start.elapsed().as_secs_f64());
+        if self.on_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
     }
 }
 

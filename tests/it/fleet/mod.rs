@@ -2,7 +2,8 @@
 //! ports; `cutover rollout`, `serf-handler` and `fleet-status` run as the real binary. The
 //! harness (`Fleet`, `release`) is in `support/fleet.rs`, its Serf agents in `support/serf.rs`.
 //!
-//! `plumbing` needs only Serf; `rollouts` needs the supervisor and the agent too.
+//! `plumbing` needs only Serf; `rollouts` and `catchup` need the supervisor and the agent too.
 
+mod catchup;
 mod plumbing;
 mod rollouts;

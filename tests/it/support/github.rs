@@ -3,13 +3,14 @@
 //! plain manifest files with ETag/Last-Modified for manifest watches.
 //!
 //! It records every request so tests can assert what was asked (If-None-Match carried, nothing
-//! fetched during a rate-limit pause, assets downloaded how often). Stopped on drop.
+//! fetched during a rate-limit pause or before a `retry-after` ran out, assets downloaded how
+//! often). Stopped on drop.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -26,6 +27,8 @@ pub struct AssetSpec {
     pub body: Vec<u8>,
     /// Whether the API lists GitHub's `digest` for it (assets uploaded before mid-2025 lack it).
     pub digest: bool,
+    /// A sha256 the API lists instead of the body's own (a corrupted upload).
+    pub claimed_sha256: Option<String>,
 }
 
 impl AssetSpec {
@@ -34,7 +37,14 @@ impl AssetSpec {
             name: name.into(),
             body: body.to_vec(),
             digest: true,
+            claimed_sha256: None,
         }
+    }
+
+    /// The API lists `sha256` as its digest, whatever the body is.
+    pub fn claiming(mut self, sha256: &str) -> AssetSpec {
+        self.claimed_sha256 = Some(sha256.to_owned());
+        self
     }
 
     pub fn without_digest(mut self) -> AssetSpec {
@@ -57,6 +67,8 @@ pub struct Seen {
     pub accept: Option<String>,
     pub authorization: Option<String>,
     pub at: SystemTime,
+    /// When the fake read it, on the monotonic clock (to compare with a `retry-after` it sent).
+    pub instant: Instant,
 }
 
 #[derive(Default)]
@@ -65,6 +77,8 @@ struct Inner {
     releases: Vec<(String, bool, Vec<AssetSpec>)>,
     /// Answer 403 with a spent budget until this time.
     limited_until: Option<SystemTime>,
+    /// Answer this many releases lists with 429 and `retry-after: SECS`.
+    retry_after: Option<(usize, u64)>,
     /// Manifest files by name: body and a version counter for ETag/Last-Modified.
     manifests: HashMap<String, (Vec<u8>, u64)>,
     seen: Vec<Seen>,
@@ -142,6 +156,12 @@ impl FakeGithub {
     /// Answers every API call with 403 and `x-ratelimit-remaining: 0` until `reset`.
     pub fn rate_limit_until(&self, reset: SystemTime) {
         self.lock().limited_until = Some(reset);
+    }
+
+    /// Answers the next `times` releases lists with 429 and `retry-after: secs` (GitHub's
+    /// secondary rate limit), then normally again.
+    pub fn retry_after(&self, times: usize, secs: u64) {
+        self.lock().retry_after = Some((times, secs));
     }
 
     /// Serves (or replaces) a manifest file at `manifest_url(name)`.
@@ -224,8 +244,19 @@ fn handle(
         accept: header("accept"),
         authorization: header("authorization"),
         at: SystemTime::now(),
+        instant: Instant::now(),
     };
-    let resp = route(&inner, addr, &path, &seen);
+    let resp = match inner.retry_after {
+        Some((times, secs)) if times > 0 && path.starts_with("/repos/octo/shop/releases?") => {
+            inner.retry_after = Some((times - 1, secs));
+            respond(
+                StatusCode::TOO_MANY_REQUESTS,
+                vec![("retry-after", secs.to_string())],
+                "{\"message\":\"You have exceeded a secondary rate limit. Please wait a few minutes before you try again.\"}",
+            )
+        }
+        _ => route(&inner, addr, &path, &seen),
+    };
     seen.status = resp.status().as_u16();
     inner.seen.push(seen);
     resp
@@ -331,7 +362,8 @@ fn releases_json(inner: &Inner, base: &str) -> String {
                 v["browser_download_url"] =
                     format!("{base}/octo/shop/releases/download/{tag}/{}", a.name).into();
                 v["digest"] = if a.digest {
-                    format!("sha256:{}", a.sha256()).into()
+                    let sha256 = a.claimed_sha256.clone().unwrap_or_else(|| a.sha256());
+                    format!("sha256:{sha256}").into()
                 } else {
                     Value::Null
                 };

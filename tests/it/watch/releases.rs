@@ -1,11 +1,14 @@
-//! GitHub releases: deployed once, idle polls that cost a 304, rate-limit pauses, failed,
-//! ignored, prerelease and unverifiable versions passed over with their reason.
+//! GitHub releases: deployed once, idle polls that cost a 304, rate-limit pauses (a
+//! `retry-after` to the millisecond), failed, ignored, prerelease and unverifiable versions
+//! passed over with their reason, and the agent's own reason for a failed deploy.
 
 use std::time::{Duration, SystemTime};
 
 use super::{asset, Setup, DEADLINE};
+use crate::support::archive::{compress, sample_tar, Compression};
 use crate::support::github::AssetSpec;
-use crate::support::wait_until;
+use crate::support::supervisor::Supervisor;
+use crate::support::{cutover, wait_until};
 
 #[test]
 fn a_new_release_is_deployed_once_and_idle_polls_are_304s() {
@@ -103,6 +106,122 @@ fn a_spent_rate_limit_pauses_polling_until_the_reset() {
     assert!(
         next.at >= SystemTime::UNIX_EPOCH + Duration::from_secs(reset_secs),
         "asked again before the reset"
+    );
+}
+
+#[test]
+fn a_retry_after_holds_the_next_request_back_to_the_millisecond() {
+    let s = Setup::new();
+    s.gh.publish("v1.0.0", false, vec![asset("1.0.0")]);
+    s.gh.retry_after(1, 1);
+    let _w = s.spawn(&s.github_config("50ms", "", ""), &[]);
+    wait_until("1.0.0 deployed after the retry-after", DEADLINE, || {
+        s.deploys() == ["1.0.0"]
+    });
+    // Twice: a pause cut to whole seconds ends early at nearly any sub-second moment, so two
+    // rounds leave such a bug almost no chance to pass.
+    let before = s.gh.release_lists().len();
+    s.gh.retry_after(1, 1);
+    wait_until(
+        "a list answered after the second retry-after",
+        DEADLINE,
+        || {
+            let lists = s.gh.release_lists();
+            lists.len() > before
+                && lists[before..].iter().any(|l| l.status == 429)
+                && lists.last().is_some_and(|l| l.status != 429)
+        },
+    );
+    let lists = s.gh.release_lists();
+    let mut checked = 0;
+    for (i, refused) in lists.iter().enumerate().filter(|(_, l)| l.status == 429) {
+        let next = lists.get(i + 1).expect("a request after each 429");
+        let waited = next.instant.duration_since(refused.instant);
+        assert!(
+            waited >= Duration::from_secs(1),
+            "asked again {waited:?} after `retry-after: 1`: {lists:#?}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "{lists:#?}");
+}
+
+#[test]
+fn a_checksum_mismatch_shows_in_status_not_the_failure_hooks_output() {
+    let s = Setup::new();
+    let archive = compress(&sample_tar(0), Compression::Gzip);
+    let wrong = "0".repeat(64);
+    s.gh.publish(
+        "v1.0.0",
+        false,
+        vec![AssetSpec::new("shop-1.0.0-linux-amd64.tar.gz", &archive).claiming(&wrong)],
+    );
+    // No apply_command: the real `cutover apply` deploys, and its failure hook speaks last.
+    let config = s.path("watch.yml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"watches:
+  - name: shop
+    github: {{ repo: octo/shop, asset: "shop-*-linux-amd64.tar.gz", interval: 1h, api_url: "{api}" }}
+    template:
+      dest: "{dest}"
+      commands:
+        failure: ["echo paging the on-call >&2"]
+"#,
+            api = s.gh.api_url(),
+            dest = s.path("dest").display(),
+        ),
+    )
+    .unwrap();
+    let (ok, out) = s.once(&config);
+    assert!(!ok, "a failed deploy fails --once: {out}");
+    let log = std::fs::read_to_string(s.state_dir().join("watch/shop/deploy-1.0.0.log")).unwrap();
+    assert!(log.contains("paging the on-call"), "the hook ran: {log}");
+
+    let status = s.status();
+    assert!(
+        status.contains("never again 1.0.0: failed: apply exited 1: checksum mismatch for http://"),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("expected sha256 {wrong}")),
+        "{status}"
+    );
+    assert!(!status.contains("paging the on-call"), "{status}");
+    assert!(!status.contains("running failure command"), "{status}");
+
+    // `cutover status` shows the watches below the apps, with the same reason.
+    let supervisor = Supervisor::start();
+    let out = cutover()
+        .arg("status")
+        .arg("--socket")
+        .arg(&supervisor.socket)
+        .arg("--state-dir")
+        .arg(s.state_dir())
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}");
+    assert!(
+        status.contains("never again 1.0.0: failed: apply exited 1: checksum mismatch for http://"),
+        "{status}"
+    );
+    assert!(!status.contains("paging the on-call"), "{status}");
+
+    // And scripts read it from `watch --status --json`.
+    let out = cutover()
+        .arg("watch")
+        .arg("--state-dir")
+        .arg(s.state_dir())
+        .args(["--status", "--json"])
+        .output()
+        .unwrap();
+    let watches: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed = watches[0]["failed"]["1.0.0"].as_str().unwrap_or_default();
+    assert!(
+        failed.starts_with("apply exited 1: checksum mismatch for http://"),
+        "{watches}"
     );
 }
 
