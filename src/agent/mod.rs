@@ -113,12 +113,12 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
         Ok(manifest) => manifest,
         Err(err) => {
             // Manifest errors run no hooks: the hooks themselves come from the manifest.
-            log.line(format!("Deploy manifest failed: {url}: {err}"));
+            log.error(format!("Deploy manifest failed: {url}: {err}"));
             return Outcome::Failed;
         }
     };
     for warning in &manifest.warnings {
-        log.line(format!("warning: {warning}"));
+        log.warning(warning);
     }
     let result = deploy(&manifest, event, opts, log).await;
     if matches!(result, Ok(Outcome::Skipped)) {
@@ -134,7 +134,7 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
             )
         }
         Err(err) => {
-            log.line(format!("Deploy manifest failed: {url}: {err}"));
+            log.error(format!("Deploy manifest failed: {url}: {err}"));
             (Outcome::Failed, Phase::Failure, &manifest.commands.failure)
         }
     };
@@ -225,7 +225,7 @@ async fn commands_only(manifest: &Manifest, cwd: &Path, log: &RunLog) -> Result<
 fn mark_handled(event: &Event, opts: &Options, log: &RunLog) {
     if let Some(id) = &event.identity {
         if let Err(err) = replay::record(&opts.state_dir, id) {
-            log.line(format!("warning: {err}"));
+            log.warning(err);
         }
     }
 }

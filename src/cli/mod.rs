@@ -14,6 +14,7 @@ pub mod apply;
 pub mod decide;
 pub mod demo;
 pub mod fleet;
+pub mod logging;
 pub mod logs;
 pub mod releases;
 mod remote;
@@ -49,6 +50,16 @@ pub struct GlobalArgs {
     /// $XDG_RUNTIME_DIR/cutover/cutover.sock otherwise]
     #[arg(long, env = "CUTOVER_SOCKET", global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// How the supervisor, the watcher and the agent write their log lines on stderr: readable
+    /// text, or one JSON object per line
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        value_name = "FORMAT"
+    )]
+    pub log_format: logging::LogFormat,
 }
 
 impl GlobalArgs {
@@ -142,7 +153,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
             };
         }
     };
-    init_tracing();
+    logging::init(cli.global.log_format);
     match cli.command {
         None => agent::run(cli.agent, &cli.global),
         Some(Command::Apply(args)) => apply::run(args, &cli.global),
@@ -161,16 +172,4 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         Some(Command::SerfHandler(args)) => fleet::serf_handler(args, &cli.global),
         Some(Command::Watch(args)) => watch::run(args, &cli.global),
     }
-}
-
-/// Diagnostics for the supervisor and `RUST_LOG=cutover=debug`; the agent's step lines go through
-/// its run log instead.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cutover=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
 }

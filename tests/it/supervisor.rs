@@ -5,6 +5,7 @@
 
 mod canary;
 mod hold;
+mod json_log;
 mod limits;
 mod restart;
 mod strangers;
