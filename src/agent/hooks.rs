@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
-use super::log::RunLog;
+use super::log::{Echo, RunLog};
 
 /// How long output is still collected after a hook exited (see [`wait_relaying`]).
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
@@ -112,7 +112,7 @@ pub(super) async fn wait_relaying(
 ) -> std::io::Result<ExitStatus> {
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let mut relays = std::pin::pin!(async {
-        tokio::join!(relay(stdout, log), relay(stderr, log));
+        tokio::join!(relay(stdout, what, log), relay(stderr, what, log));
     });
     let mut relayed = false;
     let status = tokio::select! {
@@ -135,7 +135,7 @@ pub(super) async fn wait_relaying(
 }
 
 /// Copies a child's pipe to the agent's stderr and into the log, one line at a time.
-async fn relay(pipe: Option<impl AsyncRead + Unpin>, log: &RunLog) {
+async fn relay(pipe: Option<impl AsyncRead + Unpin>, what: &str, log: &RunLog) {
     let Some(mut pipe) = pipe else { return };
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -147,31 +147,21 @@ async fn relay(pipe: Option<impl AsyncRead + Unpin>, log: &RunLog) {
         pending.extend_from_slice(&chunk[..n]);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            emit(&line, log);
+            log.child_output(what, &line);
         }
         if pending.len() > MAX_LINE {
-            emit(&std::mem::take(&mut pending), log);
+            log.child_output(what, &std::mem::take(&mut pending));
         }
     }
     if !pending.is_empty() {
-        emit(&pending, log);
+        log.child_output(what, &pending);
     }
-}
-
-fn emit(bytes: &[u8], log: &RunLog) {
-    use std::io::Write;
-    let mut echo = bytes.to_vec();
-    if echo.last() != Some(&b'\n') {
-        echo.push(b'\n');
-    }
-    // One write per line so that it does not interleave with the agent's own step lines.
-    let _ = std::io::stderr().write_all(&echo);
-    log.output(&String::from_utf8_lossy(bytes));
 }
 
 /// Runs a `success` or `failure` list: each command gets `stdin_text` (the run's log) on stdin and
-/// writes straight to the agent's stdout/stderr. A failure is logged and returned, but it must not
-/// change the run's exit code: that is the caller's promise.
+/// writes straight to the agent's stdout/stderr (its stderr goes through the log when the log's
+/// lines are events, so that `--log-format json` keeps every stderr line JSON). A failure is
+/// logged and returned, but it must not change the run's exit code: that is the caller's promise.
 pub async fn run_notify(
     phase: Phase,
     lines: &[String],
@@ -186,10 +176,14 @@ pub async fn run_notify(
             line: line.clone(),
             source,
         };
+        let stderr = match log.echo() {
+            Echo::Events => Stdio::piped(),
+            Echo::Quiet | Echo::Text => Stdio::inherit(),
+        };
         let mut child = shell(line, cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .map_err(spawn_err)?;
         let stdin = child.stdin.take();
@@ -201,7 +195,8 @@ pub async fn run_notify(
                 let _ = stdin.shutdown().await;
             }
         };
-        let (status, ()) = tokio::join!(child.wait(), feed);
+        let what = format!("{phase} command `{line}`");
+        let (status, ()) = tokio::join!(wait_relaying(&mut child, &what, log), feed);
         let status = status.map_err(spawn_err)?;
         if !status.success() {
             return Err(HookError::Failed {

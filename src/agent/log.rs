@@ -1,7 +1,9 @@
-//! The log of one agent run: a readable line per step on stderr, and a capped copy for hooks.
+//! The log of one agent run: a line per step on stderr (readable, or a tracing event under
+//! `--log-format json`), and a capped copy for hooks.
 //!
 //! stretcher hands the whole log of the run to every success/failure command on stdin; a huge
-//! rsync listing must not exhaust memory, so the copy keeps only the last `cap` bytes.
+//! rsync listing must not exhaust memory, so the copy keeps only the last `cap` bytes. The copy
+//! is always plain text, whatever stderr gets: hooks read it as stretcher's.
 
 use std::collections::VecDeque;
 use std::fmt::Display;
@@ -17,7 +19,27 @@ pub const DEFAULT_CAP: usize = 1 << 20;
 pub struct RunLog {
     kept: Mutex<Kept>,
     cap: usize,
-    echo: bool,
+    echo: Echo,
+}
+
+/// How a run's lines, and the output of the commands it runs, reach stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// Not at all (tests, nested runs that print elsewhere).
+    Quiet,
+    /// `cutover: MSG`, and child output as it came: stretcher's lines.
+    Text,
+    /// As tracing events (target `cutover::agent`), which the process's subscriber formats:
+    /// under `--log-format json` every line on stderr is then one JSON object.
+    Events,
+}
+
+/// How bad a step's line is; only events carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Info,
+    Warn,
+    Error,
 }
 
 /// The lines kept so far (the newest `cap` bytes), and whether older ones were dropped.
@@ -29,33 +51,77 @@ struct Kept {
 }
 
 impl RunLog {
-    /// A log that echoes every line to stderr and keeps the last `cap` bytes.
-    pub fn new(cap: usize) -> RunLog {
+    /// A log that echoes every line to stderr as `echo` says and keeps the last `cap` bytes.
+    pub fn new(cap: usize, echo: Echo) -> RunLog {
         RunLog {
             kept: Mutex::new(Kept::default()),
             cap,
-            echo: true,
+            echo,
         }
     }
 
     /// A log that only keeps lines (for tests and for nested runs that print elsewhere).
     pub fn quiet(cap: usize) -> RunLog {
-        RunLog {
-            kept: Mutex::new(Kept::default()),
-            cap,
-            echo: false,
-        }
+        RunLog::new(cap, Echo::Quiet)
+    }
+
+    /// How this log's lines reach stderr.
+    pub fn echo(&self) -> Echo {
+        self.echo
     }
 
     /// Records one step: `cutover: MSG` on stderr, a timestamped line in the kept copy.
     pub fn line(&self, msg: impl Display) {
-        let msg = msg.to_string();
-        if self.echo {
+        self.step(Level::Info, msg.to_string());
+    }
+
+    /// Records a step that made the run fail (an error event under `--log-format json`).
+    pub fn error(&self, msg: impl Display) {
+        self.step(Level::Error, msg.to_string());
+    }
+
+    /// Records a warning: `cutover: warning: MSG` (a warning event under `--log-format json`).
+    pub fn warning(&self, msg: impl Display) {
+        self.step(Level::Warn, format!("warning: {msg}"));
+    }
+
+    fn step(&self, level: Level, msg: String) {
+        match self.echo {
+            Echo::Quiet => {}
             // One write per line so that concurrent writers (rsync, hooks) never split it.
-            let _ = std::io::stderr().write_all(format!("cutover: {msg}\n").as_bytes());
+            Echo::Text => {
+                let _ = std::io::stderr().write_all(format!("cutover: {msg}\n").as_bytes());
+            }
+            Echo::Events => match level {
+                Level::Info => tracing::info!(target: "cutover::agent", "{msg}"),
+                Level::Warn => tracing::warn!(target: "cutover::agent", "{msg}"),
+                Level::Error => tracing::error!(target: "cutover::agent", "{msg}"),
+            },
         }
         let stamp = humantime::format_rfc3339_seconds(SystemTime::now());
         self.keep(format!("{stamp} {msg}\n"));
+    }
+
+    /// Echoes one line (or a piece of at most a line) of a child's output (rsync, a hook) to
+    /// stderr as it came, or as an event naming the command (`command`), and keeps it.
+    pub fn child_output(&self, command: &str, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        match self.echo {
+            Echo::Quiet => {}
+            Echo::Text => {
+                let mut echo = bytes.to_vec();
+                if echo.last() != Some(&b'\n') {
+                    echo.push(b'\n');
+                }
+                // One write per line so that it does not interleave with the run's own lines.
+                let _ = std::io::stderr().write_all(&echo);
+            }
+            Echo::Events => {
+                let line = text.strip_suffix('\n').unwrap_or(&text);
+                tracing::info!(target: "cutover::agent", command, "{line}");
+            }
+        }
+        self.output(&text);
     }
 
     /// Keeps output of a child process (rsync, a pre/post hook) verbatim, without echoing it.

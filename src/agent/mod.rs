@@ -134,7 +134,7 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
         Err(err) => {
             // Manifest errors run no hooks: the hooks themselves come from the manifest, and an
             // untrusted manifest's hooks are whatever its author wanted run.
-            log.line(format!("Deploy manifest failed: {url}: {err}"));
+            log.error(format!("Deploy manifest failed: {url}: {err}"));
             return match err {
                 ManifestLoadError::Untrusted(_) => Outcome::Refused,
                 _ => Outcome::Failed,
@@ -142,13 +142,13 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
         }
     };
     for warning in &manifest.warnings {
-        log.line(format!("warning: {warning}"));
+        log.warning(warning);
     }
     let result = deploy(&manifest, signed.as_ref(), event, opts, log).await;
     match &result {
         Ok(Outcome::Skipped) => return Outcome::Skipped,
         Err(DeployError::Untrusted(err)) => {
-            log.line(format!("Deploy manifest failed: {url}: {err}"));
+            log.error(format!("Deploy manifest failed: {url}: {err}"));
             return Outcome::Refused;
         }
         _ => {}
@@ -163,7 +163,7 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
             )
         }
         Err(err) => {
-            log.line(format!("Deploy manifest failed: {url}: {err}"));
+            log.error(format!("Deploy manifest failed: {url}: {err}"));
             (Outcome::Failed, Phase::Failure, &manifest.commands.failure)
         }
     };
@@ -288,8 +288,8 @@ async fn deploy(
 fn record_signed(signed: Option<&SignedRelease>, event: &Event, opts: &Options, log: &RunLog) {
     let Some(release) = signed else { return };
     if let Err(err) = trust::deployed::record(&opts.state_dir, release, &event.url) {
-        log.line(format!(
-            "warning: could not record {} {} as deployed under {}: {err}: check that the state directory is writable (--state-dir)",
+        log.warning(format!(
+            "could not record {} {} as deployed under {}: {err}: check that the state directory is writable (--state-dir)",
             release.app,
             release.version,
             opts.state_dir.display()
@@ -309,7 +309,7 @@ async fn commands_only(manifest: &Manifest, cwd: &Path, log: &RunLog) -> Result<
 fn mark_handled(event: &Event, opts: &Options, log: &RunLog) {
     if let Some(id) = &event.identity {
         if let Err(err) = replay::record(&opts.state_dir, id) {
-            log.line(format!("warning: {err}"));
+            log.warning(err);
         }
     }
 }

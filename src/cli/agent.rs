@@ -9,10 +9,11 @@ use std::time::Duration;
 use clap::Args;
 use rand::Rng;
 
+use super::logging::LogFormat;
 use super::GlobalArgs;
 use crate::agent::input::{self, Event, Input};
 use crate::agent::limits::{self, Limits};
-use crate::agent::log::{RunLog, DEFAULT_CAP};
+use crate::agent::log::{Echo, RunLog, DEFAULT_CAP};
 use crate::agent::source::{FetchOptions, TokenFor};
 use crate::agent::trust::EXIT_UNTRUSTED;
 use crate::agent::{Options, Outcome};
@@ -234,7 +235,7 @@ pub fn run(args: AgentArgs, global: &GlobalArgs) -> ExitCode {
         println!("cutover {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let log = RunLog::new(DEFAULT_CAP);
+    let log = run_log(global);
     if let Some(delay) = args.random_delay.filter(|d| !d.is_zero()) {
         let pause = rand::thread_rng().gen_range(Duration::ZERO..delay);
         log.line(format!("random delay: sleeping {pause:.1?}"));
@@ -254,11 +255,20 @@ pub fn run(args: AgentArgs, global: &GlobalArgs) -> ExitCode {
         }
         Err(err) => {
             // Input errors run no hooks: there is no manifest yet.
-            log.line(err);
+            log.error(err);
             Outcome::Failed
         }
     };
     exit_code(outcome)
+}
+
+/// The log of one run, its lines on stderr in the `--log-format` asked for.
+pub(super) fn run_log(global: &GlobalArgs) -> RunLog {
+    let echo = match global.log_format {
+        LogFormat::Text => Echo::Text,
+        LogFormat::Json => Echo::Events,
+    };
+    RunLog::new(DEFAULT_CAP, echo)
 }
 
 /// One deploy with the given flags, on a runtime of its own; shared with `cutover apply`.
@@ -272,7 +282,7 @@ pub(super) fn execute(
     let start_dir = match std::env::current_dir() {
         Ok(dir) => dir,
         Err(err) => {
-            log.line(format!(
+            log.error(format!(
                 "could not read the current directory ({err}): start cutover from a directory that exists"
             ));
             return Outcome::Failed;
@@ -282,7 +292,7 @@ pub(super) fn execute(
         Ok(trust) => trust,
         Err(err) => {
             // Fail closed: a trust file that cannot be read must not mean "deploy anything".
-            log.line(format!("Deploy manifest failed: {}: {err}", event.url));
+            log.error(format!("Deploy manifest failed: {}: {err}", event.url));
             return Outcome::Refused;
         }
     };
@@ -294,7 +304,8 @@ pub(super) fn execute(
             max_bandwidth: flags.max_bandwidth.filter(|b| *b > 0),
             headers: flags.http_headers.clone(),
             token_for: token_for_from_env(),
-            progress: std::io::stderr().is_terminal(),
+            // A progress bar is for a person at a terminal, and no JSON line.
+            progress: std::io::stderr().is_terminal() && global.log_format == LogFormat::Text,
             // The AWS default chain (environment, profile, instance metadata), as stretcher.
             s3: None,
         },
@@ -313,7 +324,7 @@ pub(super) fn execute(
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            log.line(format!("could not start the async runtime: {err}"));
+            log.error(format!("could not start the async runtime: {err}"));
             return Outcome::Failed;
         }
     };

@@ -6,10 +6,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::agent::{execute, exit_code, DeployFlags};
+use super::agent::{execute, exit_code, run_log, DeployFlags};
 use super::GlobalArgs;
 use crate::agent::input::Event;
-use crate::agent::log::{RunLog, DEFAULT_CAP};
 use crate::agent::Outcome;
 
 #[derive(Debug, Args)]
@@ -22,11 +21,11 @@ pub struct ApplyArgs {
 }
 
 pub fn run(args: ApplyArgs, global: &GlobalArgs) -> ExitCode {
-    let log = RunLog::new(DEFAULT_CAP);
+    let log = run_log(global);
     let url = match manifest_url(&args.manifest) {
         Ok(url) => url,
         Err(msg) => {
-            log.line(msg);
+            log.error(msg);
             return exit_code(Outcome::Failed);
         }
     };

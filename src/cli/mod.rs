@@ -17,6 +17,7 @@ pub mod completions;
 pub mod decide;
 pub mod demo;
 pub mod fleet;
+pub mod logging;
 pub mod logs;
 pub mod man;
 pub mod releases;
@@ -57,6 +58,16 @@ pub struct GlobalArgs {
     /// /etc/cutover/trust.yml when it exists]
     #[arg(long, env = "CUTOVER_TRUST", global = true, value_name = "FILE")]
     pub trust: Option<PathBuf>,
+    /// How the supervisor, the watcher and the agent write their log lines on stderr: readable
+    /// text, or one JSON object per line
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        value_name = "FORMAT"
+    )]
+    pub log_format: logging::LogFormat,
 }
 
 impl GlobalArgs {
@@ -159,7 +170,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
             };
         }
     };
-    init_tracing();
+    logging::init(cli.global.log_format);
     match cli.command {
         None => agent::run(cli.agent, &cli.global),
         Some(Command::Apply(args)) => apply::run(args, &cli.global),
@@ -182,16 +193,4 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         }
         Some(Command::Man(args)) => man::run(args, <Cli as CommandFactory>::command()),
     }
-}
-
-/// Diagnostics for the supervisor and `RUST_LOG=cutover=debug`; the agent's step lines go through
-/// its run log instead.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cutover=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
 }

@@ -13,6 +13,7 @@ use anyhow::Context;
 use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::logging;
 use super::GlobalArgs;
 use crate::supervisor::{self, fds, handover, listeners::Listeners, Daemon, Ending};
 
@@ -29,7 +30,11 @@ pub fn run(args: SuperviseArgs, global: &GlobalArgs) -> ExitCode {
     match supervise(&args, global) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("cutover supervise: {err:#}");
+            logging::fatal(
+                global.log_format,
+                "cutover supervise",
+                format_args!("{err:#}"),
+            );
             ExitCode::FAILURE
         }
     }

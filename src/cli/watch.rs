@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::logging;
 use super::GlobalArgs;
 use crate::watch::config::Source;
 use crate::watch::{self, ApplyCommand, Context};
@@ -54,13 +55,17 @@ pub fn run(args: WatchArgs, global: &GlobalArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(path) = args.config.as_deref() else {
-        eprintln!("cutover watch: --config FILE is required");
+        logging::fatal(
+            global.log_format,
+            "cutover watch",
+            "--config FILE is required",
+        );
         return ExitCode::from(2);
     };
     let (config, watches) = match watch::config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("cutover watch: {e}");
+            logging::fatal(global.log_format, "cutover watch", format_args!("{e}"));
             return ExitCode::from(2);
         }
     };
@@ -109,7 +114,11 @@ pub fn run(args: WatchArgs, global: &GlobalArgs) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cutover watch: cannot start the async runtime: {e}");
+            logging::fatal(
+                global.log_format,
+                "cutover watch",
+                format_args!("cannot start the async runtime: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -134,7 +143,7 @@ pub fn run(args: WatchArgs, global: &GlobalArgs) -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("cutover watch: {e}");
+                logging::fatal(global.log_format, "cutover watch", format_args!("{e}"));
                 ExitCode::FAILURE
             }
         };
@@ -142,7 +151,7 @@ pub fn run(args: WatchArgs, global: &GlobalArgs) -> ExitCode {
     match runtime.block_on(watch::run(config, watches, ctx, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cutover watch: {e}");
+            logging::fatal(global.log_format, "cutover watch", format_args!("{e}"));
             ExitCode::FAILURE
         }
     }

@@ -95,6 +95,10 @@ pub struct AppSpec {
     /// balancer in front, naming the real client. Only for a port that nothing else can reach.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// HTTP mode: one JSON line per request (time, app, release, slot, method, path, status,
+    /// duration, bytes, request id, client) appended to `STATE/logs/<name>/access.log`.
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 impl AppSpec {
@@ -135,6 +139,12 @@ impl AppSpec {
                     self.name
                 ));
             }
+        }
+        if self.access_log && self.mode == Mode::Tcp {
+            return Err(format!(
+                "access_log of {} is for mode: http (TCP connections have no requests to log); remove it or use mode: http",
+                self.name
+            ));
         }
         if self.strategy == Strategy::Canary {
             self.canary.check()?;
@@ -321,6 +331,10 @@ mod tests {
             (
                 serde_json::json!({"strategy": "canary", "canary": {"steps": []}}),
                 "app.canary.steps is empty",
+            ),
+            (
+                serde_json::json!({"mode": "tcp", "access_log": true}),
+                "access_log of shop is for mode: http",
             ),
         ] {
             let why = spec(extra.clone()).check().expect_err(&extra.to_string());

@@ -7,6 +7,8 @@
 //!   tokio runtime as the supervisor does);
 //! - `canary`: the same with a canary route active (10 % to a second backend entry on the same
 //!   process; wrk keeps no cookies, so every answer also sets the sticky cookie);
+//! - `cutover+log`: `cutover` with the app's access log on (a JSON line per request, appended to
+//!   a file in the bench's temp dir); its target is at least 0.9x the requests/s of `cutover`;
 //! - `nginx`: Debian's nginx doing the header work cutover does on every request
 //!   (`X-Forwarded-For/-Proto/-Host`, the `Host` passed on, an `X-Request-Id` to the backend and
 //!   back); 2 worker processes (the same two cores), upstream keepalive 64, HTTP/1.1 to the
@@ -16,8 +18,10 @@
 //! The machine is shared and noisy, so the contenders run in alternating rounds (`BENCH_ROUNDS`,
 //! 3 by default; each round starts with the next contender so none always runs first), every run
 //! is printed, and the verdict compares the medians: cutover (and cutover with the canary route)
-//! meets the target when its requests/s are at least nginx's and its p99 at most nginx's. `BENCH_SECS` changes the duration of each run
-//! (10 s by default). Everything stays on 127.0.0.1.
+//! meets the target when its requests/s are at least nginx's and its p99 at most nginx's, and
+//! `cutover+log` when its requests/s are at least 0.9x `cutover`'s. `BENCH_SECS` changes the
+//! duration of each run (10 s by default); `ACCESS_LOG=0` leaves `cutover+log` out. Everything
+//! stays on 127.0.0.1.
 
 mod common;
 
@@ -114,7 +118,7 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn print_row(name: &str, f: &Figures) {
     println!(
-        "{name:<10} {:>12.0} {:>10.2} {:>10.2}  {}",
+        "{name:<11} {:>12.0} {:>10.2} {:>10.2}  {}",
         f.rps,
         f.p50_ms,
         f.p99_ms,
@@ -165,7 +169,9 @@ fn main() {
             addr: backend_addr,
         })
     };
-    let (proxy, canary) = runtime.block_on(async {
+    let access_log = env_number("ACCESS_LOG", 1) != 0;
+    let access_log_path = dir.path().join("logs/bench/access.log");
+    let (proxy, canary, logged) = runtime.block_on(async {
         let bind = || Proxy::bind("127.0.0.1:0".parse().unwrap());
         let proxy = bind().await.expect("bind cutover proxy");
         proxy.set_route(Route {
@@ -184,7 +190,16 @@ fn main() {
                 header: "x-cutover-canary".into(),
             }),
         });
-        (proxy, canary)
+        let logged = bind().await.expect("bind cutover proxy");
+        logged.set_route(Route {
+            backends: vec![backend("bench-0", "bench")],
+            balance: Balance::RoundRobin,
+            canary: None,
+        });
+        logged
+            .set_access_log("bench", Some(access_log_path.as_path()))
+            .expect("open the access log");
+        (proxy, canary, logged)
     });
     wait_for("cutover proxy", || {
         TcpStream::connect(proxy.local_addr).is_ok()
@@ -193,11 +208,18 @@ fn main() {
         TcpStream::connect(canary.local_addr).is_ok()
     });
 
+    wait_for("cutover proxy with an access log", || {
+        TcpStream::connect(logged.local_addr).is_ok()
+    });
+
     let mut targets = vec![
         ("direct", backend_addr),
         ("cutover", proxy.local_addr),
         ("canary", canary.local_addr),
     ];
+    if access_log {
+        targets.push(("cutover+log", logged.local_addr));
+    }
     let mut nginxes = Vec::new();
     if has("nginx", "-v") {
         for (name, headers) in [("nginx", true), ("nginx-bare", false)] {
@@ -215,7 +237,7 @@ fn main() {
          backend `cutover demo-app` (release)"
     );
     println!(
-        "{:<10} {:>12} {:>10} {:>10}  errors",
+        "{:<11} {:>12} {:>10} {:>10}  errors",
         "target", "req/s", "p50 ms", "p99 ms"
     );
     let mut runs: Vec<Vec<Figures>> = targets.iter().map(|_| Vec::new()).collect();
@@ -253,11 +275,26 @@ fn main() {
             .position(|(n, _)| *n == name)
             .map(|i| &medians[i])
     };
+    let mut all_met = true;
+    if let Some(logged) = figures("cutover+log") {
+        let ours = figures("cutover").expect("cutover always runs");
+        let rps_ratio = logged.rps / ours.rps;
+        let met = rps_ratio >= 0.9;
+        all_met &= met;
+        let lines = std::fs::read(&access_log_path)
+            .map(|bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+            .unwrap_or(0);
+        println!(
+            "cutover+log/cutover: req/s {rps_ratio:.2}x, p99 {:.2}x (target req/s >= 0.9x: {}); \
+             {lines} access-log lines written",
+            logged.p99_ms / ours.p99_ms,
+            if met { "met" } else { "NOT MET" }
+        );
+    }
     let Some(nginx) = figures("nginx") else {
         println!("nginx: not installed (apt-get install nginx-light), no comparison");
         return;
     };
-    let mut all_met = true;
     for name in ["cutover", "canary"] {
         let ours = figures(name).expect("cutover always runs");
         let rps_ratio = ours.rps / nginx.rps;
@@ -275,8 +312,9 @@ fn main() {
         );
     }
     println!(
-        "verdict: target (req/s >= nginx's, p99 <= nginx's, with and without a canary route) {}",
+        "verdict: target (req/s >= nginx's, p99 <= nginx's, with and without a canary route; \
+         with the access log >= 0.9x without) {}",
         if all_met { "MET" } else { "NOT MET" }
     );
-    drop((proxy, canary, nginxes));
+    drop((proxy, canary, logged, nginxes));
 }

@@ -8,6 +8,7 @@ mod examples;
 mod fetch;
 mod hooks;
 mod input;
+mod json_log;
 mod limits;
 mod lock;
 mod place;

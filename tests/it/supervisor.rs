@@ -3,8 +3,10 @@
 //! Every test runs the real `cutover supervise` and real `cutover demo-app` instances, and sends
 //! real HTTP through the supervisor's proxy.
 
+mod access_log;
 mod canary;
 mod hold;
+mod json_log;
 mod limits;
 mod restart;
 mod strangers;

@@ -13,7 +13,7 @@ use crate::supervisor::proxy::{Backend, CanaryRoute, ClientLimits, Route};
 use crate::supervisor::rollout::{rollback, RolloutKind, Switchover};
 use crate::supervisor::store::{DeployRecord, InstanceRecord};
 
-use super::task::{loopback_for, AppTask};
+use super::task::{loopback_for, AppTask, ACCESS_LOG};
 
 impl AppTask {
     /// A live instance crash-loops after its switch: go back to the previous good release if
@@ -207,6 +207,7 @@ impl AppTask {
             send_timeout: spec.send_timeout,
             min_rate: spec.min_rate,
         });
+        self.update_access_log();
         let canary = self.canary_route();
         let mut ids: Vec<String> = chosen.iter().map(|h| h.id.clone()).collect();
         // The canary's share and instances are part of what is routed: a change of either
@@ -232,6 +233,27 @@ impl AppTask {
             canary,
         });
         self.routed = ids;
+    }
+
+    /// Opens or closes the proxy's access log as the live spec says (nothing when it already
+    /// does); a file that cannot be opened is said in the log, and tried again on the next call.
+    fn update_access_log(&self) {
+        let spec = &self.record.spec;
+        let path = (spec.access_log && spec.mode == Mode::Http).then(|| {
+            let dir = self.context.state_dir.join("logs").join(&self.context.name);
+            dir.join(ACCESS_LOG)
+        });
+        let name = &self.context.name;
+        if let Err(err) = self.context.proxy.set_access_log(name, path.as_deref()) {
+            let path = path
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display();
+            tracing::warn!(
+                app = %name,
+                "cannot open the access log {path}: {err}; requests go unlogged until it can be"
+            );
+        }
     }
 
     /// The canary part of the route: the running deploy's healthy candidates and their share.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::protocol::{AppStatus, InstanceStatus, LogFiles};
 use crate::supervisor::instance::Lifecycle;
 
-use super::task::AppTask;
+use super::task::{AppTask, ACCESS_LOG};
 
 impl AppTask {
     /// The app as `cutover status` shows it, from the instances' views and the proxy's counters.
@@ -82,6 +82,8 @@ impl AppTask {
             .flatten()
             .filter_map(Result::ok)
             .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            // The proxy's access log lives beside them; it is no instance's.
+            .filter(|e| e.file_name() != ACCESS_LOG)
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
         files.sort();

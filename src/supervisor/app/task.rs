@@ -206,6 +206,10 @@ impl AppTask {
     }
 }
 
+/// The file in the app's log directory (`STATE/logs/<app>/`, beside its instances' logs) that
+/// the proxy's access log goes to, with `access_log: true`.
+pub(super) const ACCESS_LOG: &str = "access.log";
+
 /// Instances listen on the loopback of the listen address's family: the proxy is their only
 /// client, and nothing else on the network should reach them around it.
 pub fn loopback_for(listen: SocketAddr) -> IpAddr {

@@ -2,7 +2,8 @@
 //! the client connection's own task as hyper asks for it (by length, chunks or close). It keeps
 //! its request counted as in flight until it is fully sent, and returns the instance's connection
 //! to the pool at its end. The trailer fields of a chunked body are passed on (the client gets
-//! those its `Trailer` header names).
+//! those its `Trailer` header names). A request's access-log line, if the app keeps a log, goes
+//! with its body and is written when the body is done.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::access_entry::Entry;
 use super::downstream::Active;
 use super::framing::{Decoder, Framing, Step};
 use super::route::InFlight;
@@ -34,6 +36,17 @@ impl ResponseBody {
 
     pub fn empty() -> ResponseBody {
         ResponseBody::Static(None)
+    }
+
+    /// Completes the request's access-log line with the response: written at once for the
+    /// proxy's own short body, when the body has been sent for an instance's.
+    pub(super) fn log_to(&mut self, mut entry: Box<Entry>) {
+        match self {
+            ResponseBody::Static(bytes) => {
+                entry.sent(bytes.as_ref().map_or(0, Bytes::len));
+            }
+            ResponseBody::Proxied(proxied) => proxied.entry = Some(entry),
+        }
     }
 
     /// Keeps `active` until an instance's body has been sent whole (a stream may run for long);
@@ -59,6 +72,7 @@ impl ResponseBody {
             in_flight,
             cut: None,
             active: None,
+            entry: None,
         })
     }
 }
@@ -78,6 +92,8 @@ pub(crate) struct Proxied {
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// The client connection's request in progress, until this body has been sent whole.
     active: Option<Active>,
+    /// The request's access-log line (with the log on), written when this body is dropped.
+    entry: Option<Box<Entry>>,
 }
 
 impl Proxied {
@@ -87,7 +103,12 @@ impl Proxied {
                 return Poll::Ready(None);
             };
             match self.decoder.step(&mut conn.buf) {
-                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::Data(data)) => {
+                    if let Some(entry) = &mut self.entry {
+                        entry.sent(data.len());
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
                 Ok(Step::Trailers(trailers)) => {
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                 }

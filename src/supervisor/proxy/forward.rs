@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
+use super::access_entry::{Begin, Entry};
 use super::backend::{BackendState, Routed, SendError};
 use super::body::ResponseBody;
 use super::downstream::{self, OpenCount, OpenGuard};
@@ -48,7 +49,12 @@ pub(super) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let id = request_id(req.headers());
-    let mut response = pick_and_send(proxy, accepted, req, &id).await;
+    let mut entry = None;
+    let mut response = pick_and_send(proxy, accepted, req, &id, &mut entry).await;
+    if let Some(mut entry) = entry {
+        entry.answered(response.status().as_u16());
+        response.body_mut().log_to(entry);
+    }
     // The client sees the id the instance logged (or the proxy's own answer carries it).
     response
         .headers_mut()
@@ -91,12 +97,29 @@ pub(super) struct RequestId {
 }
 
 /// Picks the instance and sends the request; every failure is an answer of the proxy's own.
+/// With the app's access log on, `entry` gets the request's line, told where the request went.
 async fn pick_and_send(
     proxy: Arc<ProxyState>,
     accepted: Accepted,
     mut req: Request<Incoming>,
     id: &RequestId,
+    entry: &mut Option<Box<Entry>>,
 ) -> Response<ResponseBody> {
+    let lane = proxy.lane(accepted.worker);
+    let mut table = lane.table.load_full();
+    // With the log off, this test is all a request pays for it.
+    if table.access_log.is_some() {
+        *entry = Some(Entry::begin(
+            &table,
+            Begin {
+                worker: accepted.worker,
+                method: req.method(),
+                uri: req.uri(),
+                request_id: &id.value,
+                client: &accepted.client_ip,
+            },
+        ));
+    }
     if let Some((code, why)) = request::refused(&req) {
         // What follows a refused request on its connection (a CONNECT's tunnel bytes) is no
         // request either: the connection ends with the answer.
@@ -106,8 +129,6 @@ async fn pick_and_send(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     }
-    let lane = proxy.lane(accepted.worker);
-    let mut table = lane.table.load_full();
     // The request's wait for an instance, if none can take it (`hold_requests`).
     let mut hold = Hold::default();
     if table.backends.is_empty() {
@@ -158,6 +179,9 @@ async fn pick_and_send(
         let mut tried = 0u64;
         while let Some(index) = next_backend(&table, lane, [&first, &second], &mut tried) {
             let state = &table.backends[index];
+            if let Some(entry) = entry {
+                entry.picked(&table, index);
+            }
             let in_flight = InFlight::new(table.clone(), index, accepted.worker);
             let started = Instant::now();
             match state.send(accepted.worker, &mut req, fresh).await {

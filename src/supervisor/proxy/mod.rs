@@ -20,13 +20,16 @@
 //! uses and holds the `Proxy` handle):
 //!
 //! - `workers` (threads, accept loops), `forward` (one HTTP request), `tcp` (TCP mode);
-//! - `serve` (one downstream connection), `body` (a response on its way), `state` (what the
-//!   workers share with the handle);
+//! - `serve` (one downstream connection), `body` (a response on its way), `access_entry` (a
+//!   request's access-log line in the making), `state` (what the workers share with the handle);
 //! - `route` (the route, each worker's table, the pick), `split` (a canary's share), `backend`
 //!   (one instance: counters, pools), `downstream` (the accepted connections);
-//! - `pool`, `upstream`, `request`, `head`, `framing` (HTTP/1.1 to and from instances), `limits`,
-//!   `pace`, `histogram`, `room`, `proxy_protocol`; `fuzz` (hidden) feeds `head` and `framing`.
+//! - `access_log` (the file and its writer thread), `pool`, `upstream`, `request`, `head`,
+//!   `framing` (HTTP/1.1 to and from instances), `limits`, `pace`, `histogram`, `room`,
+//!   `proxy_protocol`; `fuzz` (hidden) feeds `head` and `framing`.
 
+mod access_entry;
+mod access_log;
 mod backend;
 mod body;
 mod downstream;
@@ -51,6 +54,7 @@ mod upstream;
 mod workers;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -205,6 +209,14 @@ impl Proxy {
             idle_timeout: timeout,
             ..limits
         });
+    }
+
+    /// HTTP mode: appends a JSON line per request to the access log at `path` (`app` names the
+    /// app in each line), written by a thread of its own, never in a request's way; `None`
+    /// stops it. Setting the path already in use changes nothing; an error (the file cannot be
+    /// opened) leaves the log as it was.
+    pub fn set_access_log(&self, app: &str, path: Option<&Path>) -> std::io::Result<()> {
+        self.state.set_access_log(app, path)
     }
 
     /// Client connections open now.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
+use super::access_log::AccessLog;
 use super::backend::{Backend, BackendState};
 use super::split::{CanaryRoute, Side, Split};
 use crate::protocol::app::Balance;
@@ -36,6 +37,8 @@ pub(super) struct Table {
     pub balance: Balance,
     /// How requests are split while a canary runs.
     pub split: Option<Split>,
+    /// Where each request's line goes, when the app keeps an access log.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 impl Table {
@@ -202,6 +205,7 @@ mod tests {
             stable_count: n,
             balance,
             split: None,
+            access_log: None,
         }
     }
 

@@ -5,8 +5,11 @@
 //! that stay keeping their counters and idle connections, and how a backend is drained.
 //!
 //! A request reads its worker's lane only (`lane`, `rerouted`); the `known` lock is taken by
-//! `set_route`, `stats` and `drain`, never by a request.
+//! `set_route`, `stats` and `drain`, and the `settings` lock by `set_route` and
+//! `set_access_log`, never by a request. The access log reaches the requests on the route's
+//! table, so a request with the log off tests one `Option` and takes no lock.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
+use super::access_log::AccessLog;
 use super::backend::{Backend, BackendState, BackendStats};
 use super::downstream::Downstream;
 use super::limits::{AtomicClientLimits, ClientLimits};
@@ -45,6 +49,15 @@ pub(super) struct ProxyState {
     route_changed: Notify,
     /// The key of the canary cookie's MAC (see `split`), random per proxy.
     cookie_key: [u8; 32],
+    /// The route last set and the access log, which every new table gets.
+    settings: Mutex<Settings>,
+}
+
+/// What a new table is made of besides the route's backends.
+#[derive(Debug, Default)]
+struct Settings {
+    route: Route,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl ProxyState {
@@ -66,6 +79,7 @@ impl ProxyState {
             hold_ms: AtomicU64::new(0),
             route_changed: Notify::new(),
             cookie_key: rand::random(),
+            settings: Mutex::default(),
         }
     }
 
@@ -87,6 +101,31 @@ impl ProxyState {
 
     /// Replaces every worker's table with `route`'s and wakes the held requests.
     pub fn set_route(&self, route: Route) {
+        let mut settings = lock(&self.settings);
+        settings.route = route.clone();
+        self.make_tables(route, settings.access_log.clone());
+    }
+
+    /// Starts writing an access log at `path` for `app` (`None`: stops): from the next request
+    /// on, each gets a line. The same path as now changes nothing; a file that cannot be opened
+    /// leaves the log as it was.
+    pub fn set_access_log(&self, app: &str, path: Option<&Path>) -> std::io::Result<()> {
+        let mut settings = lock(&self.settings);
+        let now = settings.access_log.as_ref().map(|log| log.path());
+        if now == path {
+            return Ok(());
+        }
+        let log = match path {
+            Some(path) => Some(Arc::new(AccessLog::open(path, app, self.workers)?)),
+            None => None,
+        };
+        settings.access_log = log.clone();
+        self.make_tables(settings.route.clone(), log);
+        Ok(())
+    }
+
+    /// Makes `route` (with `access_log`) every worker's table; the caller holds `settings`.
+    fn make_tables(&self, route: Route, access_log: Option<Arc<AccessLog>>) {
         let mut known = lock(&self.known);
         let mut state_of = |backend: Arc<Backend>| {
             // Same instance (id and address) keeps its counters and its idle connections; one
@@ -121,6 +160,7 @@ impl ProxyState {
                     .canary
                     .as_ref()
                     .map(|c| Split::new(c, &self.cookie_key)),
+                access_log: access_log.clone(),
             }));
         }
         self.route_changed.notify_waiters();

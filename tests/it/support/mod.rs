@@ -79,3 +79,16 @@ pub fn fixture(path: &str) -> PathBuf {
         .join("fixtures")
         .join(path)
 }
+
+/// Every line of `text` (a log written with `--log-format json`, or an access log) as a JSON
+/// object; panics naming the first line that is not one. The harness's own marker lines
+/// (`---- test harness: …`) are skipped.
+pub fn json_lines(text: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    text.lines()
+        .filter(|line| !line.starts_with("---- test harness"))
+        .map(|line| match serde_json::from_str(line) {
+            Ok(serde_json::Value::Object(object)) => object,
+            _ => panic!("a log line that is not a JSON object: {line:?}\nin:\n{text}"),
+        })
+        .collect()
+}

@@ -6,6 +6,7 @@
 //! `cutover apply` against a real supervisor.
 
 mod e2e;
+mod json_log;
 mod manifest;
 mod releases;
 mod signed;
@@ -100,9 +101,15 @@ watches:
     }
 
     pub fn spawn(&self, config: &Path, env: &[(&str, &str)]) -> Watcher {
+        self.spawn_with_args(config, env, &[])
+    }
+
+    /// [`Setup::spawn`] with `args` added to `cutover watch`'s (`--log-format json`).
+    pub fn spawn_with_args(&self, config: &Path, env: &[(&str, &str)], args: &[&str]) -> Watcher {
         let log = std::fs::File::create(self.path("watch.log")).expect("watch.log");
         let mut cmd = cutover();
         cmd.arg("watch")
+            .args(args)
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--config")
