@@ -53,6 +53,18 @@ fn supervise(args: &SuperviseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
         // must shut down cleanly, not kill the process mid-write.
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        // SIGHUP's default would end the supervisor and with it every app's public port: a
+        // logrotate `postrotate kill -HUP` (the usual habit) must not do that. Nothing needs a
+        // reload (the access log follows a rotation by itself), so it is only said.
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!(
+                    "SIGHUP received: nothing to reload (access logs follow rotation by themselves); \
+                     stop with SIGTERM"
+                );
+            }
+        });
         let predecessor = if args.take_over {
             match handover::take_over(&state_dir).await? {
                 Some((predecessor, handed)) => {

@@ -219,6 +219,19 @@ fn the_access_log_follows_logrotate_by_rename_and_by_copytruncate() {
     let text = std::fs::read(&path).expect("the access log");
     assert_eq!(text.first(), Some(&b'{'), "no hole before the line");
 
+    // A logrotate `postrotate kill -HUP`, out of habit: said, and the supervisor keeps serving
+    // (SIGHUP's default action would end it and close the app's port).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("send SIGHUP");
+    wait_until("the supervisor to say it got SIGHUP", ROLLOUT, || {
+        supervisor.log().contains("SIGHUP received: nothing to reload")
+    });
+    send(&app, Request::get("/"), "after-hup");
+    lines_of(&path, &["after-hup"]);
+
     // The access log is no instance's: `cutover logs` leaves it out.
     let logs = supervisor.run(&["logs", "shop"]);
     let shown = String::from_utf8_lossy(&logs.stdout);
