@@ -227,7 +227,9 @@ fn the_access_log_follows_logrotate_by_rename_and_by_copytruncate() {
     )
     .expect("send SIGHUP");
     wait_until("the supervisor to say it got SIGHUP", ROLLOUT, || {
-        supervisor.log().contains("SIGHUP received: nothing to reload")
+        supervisor
+            .log()
+            .contains("SIGHUP received: nothing to reload")
     });
     send(&app, Request::get("/"), "after-hup");
     lines_of(&path, &["after-hup"]);
