@@ -26,6 +26,7 @@ pub mod rollback;
 pub mod status;
 pub mod stop;
 pub mod supervise;
+pub mod values;
 pub mod watch;
 
 /// Zero-downtime deploys onto Linux hosts.
