@@ -30,31 +30,27 @@ impl Key {
 
     /// Signs `file` with `trusted_comment`, writing `FILE.minisig` beside it.
     pub fn sign(&self, file: &Path, trusted_comment: &str) {
-        let out = Command::new("minisign")
-            .arg("-S")
-            .arg("-s")
-            .arg(self.dir.path().join("key.sec"))
-            .arg("-m")
-            .arg(file)
-            .arg("-t")
-            .arg(trusted_comment)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run minisign -S");
-        assert!(out.status.success(), "minisign -S: {out:?}");
+        self.minisign_sign(file, Some(trusted_comment));
     }
 
     /// Signs `file` with minisign's own default trusted comment (timestamp and file name).
     pub fn sign_plain(&self, file: &Path) {
-        let out = Command::new("minisign")
+        self.minisign_sign(file, None);
+    }
+
+    fn minisign_sign(&self, file: &Path, trusted_comment: Option<&str>) {
+        let mut command = Command::new("minisign");
+        command
             .arg("-S")
             .arg("-s")
             .arg(self.dir.path().join("key.sec"))
             .arg("-m")
             .arg(file)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run minisign -S");
+            .stdin(Stdio::null());
+        if let Some(comment) = trusted_comment {
+            command.arg("-t").arg(comment);
+        }
+        let out = command.output().expect("run minisign -S");
         assert!(out.status.success(), "minisign -S: {out:?}");
     }
 }
