@@ -384,6 +384,14 @@ impl BackendState {
                     // Its neighbours in the pool are as old: the next try is on a new one.
                     pooled_ok = false;
                 }
+                Err(err @ ExchangeError::Closed { .. }) => {
+                    // Not to be sent again, but the pool learns how old a connection the
+                    // instance closes, so that the next requests do not race it.
+                    if let Some(idle_for) = idle_for {
+                        lock(&self.shard(worker).pool).closed_after(idle_for);
+                    }
+                    return Err(SendError::Exchange(err.into_io()));
+                }
                 Err(ExchangeError::Unsent(err)) => {
                     self.record_failed_connect(worker);
                     return Err(SendError::Connect(err));

@@ -190,10 +190,16 @@ pub(super) async fn exchange(
         .map_err(ExchangeError::Unsent)?;
     if req.body.is_none() {
         let head = read_head(&mut conn.io, &mut conn.buf, &req.method).await;
-        return head.map_err(|err| closed_before(err, &conn.io, None));
+        return match head {
+            Err(err) => Err(closed_before(err, &conn.io, None, pooled).await),
+            Ok(head) => Ok(head),
+        };
     }
     let (head, write_err) = send_while_reading(conn, req, pooled).await?;
-    let mut head = head.map_err(|err| closed_before(err, &conn.io, write_err.as_ref()))?;
+    let mut head = match head {
+        Err(err) => return Err(closed_before(err, &conn.io, write_err.as_ref(), pooled).await),
+        Ok(head) => head,
+    };
     head.keep_alive &= req.body_consumed(head.status);
     Ok(head)
 }
@@ -241,19 +247,38 @@ async fn send_while_reading(
 /// with a reset, which a socket that saw the FIN reports as `EPIPE` (on the write that met it, or
 /// as the socket's pending error). An instance that read the request and then died sends no
 /// reset for it.
-fn closed_before(
+///
+/// The reset can still be on its way when the close is read (the instance's FIN went out before
+/// the request reached it, the reset comes after): on a pooled connection, where that race is
+/// run, the socket is looked at again for a few milliseconds before the request counts as seen.
+async fn closed_before(
     err: ExchangeError,
     io: &TcpStream,
     write_err: Option<&io::Error>,
+    pooled: bool,
 ) -> ExchangeError {
     let ExchangeError::Closed { .. } = err else {
         return err;
     };
     let epipe = |e: &io::Error| e.raw_os_error() == Some(libc::EPIPE);
-    let refused =
-        write_err.is_some_and(epipe) || matches!(io.take_error(), Ok(Some(e)) if epipe(&e));
-    ExchangeError::Closed { refused }
+    if write_err.is_some_and(epipe) {
+        return ExchangeError::Closed { refused: true };
+    }
+    let tries = if pooled { RESET_WAIT_TRIES } else { 1 };
+    for try_ in 0..tries {
+        if try_ > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if matches!(io.take_error(), Ok(Some(e)) if epipe(&e)) {
+            return ExchangeError::Closed { refused: true };
+        }
+    }
+    ExchangeError::Closed { refused: false }
 }
+
+/// How many times (a millisecond apart) a pooled connection closed before its answer is looked at
+/// for the reset that says the instance never saw the request.
+const RESET_WAIT_TRIES: u32 = 5;
 
 /// Why a request body could not be sent whole.
 enum BodyError {
