@@ -294,17 +294,7 @@ fn promote_and_abort_answer_in_json_with_json() {
     load.wait_for_more_ok(50, ROLLOUT);
     let (supervisor, app) = (&supervisor, &app);
     std::thread::scope(|s| {
-        // Deploys `version` on a thread of its own until it waits for the operator.
-        let waiting = |version: &'static str| {
-            let deploy = s.spawn(move || supervisor.deploy(app, version));
-            wait_until(&format!("{version} to wait"), ROLLOUT, || {
-                supervisor
-                    .status(app)
-                    .phase
-                    .contains("waiting for `cutover promote shop`")
-            });
-            deploy
-        };
+        let waiting = |version| supervisor.deploy_until_it_waits(s, app, version);
         let deploy = waiting("v2");
         let aborted = json_of(supervisor, &["abort", "shop", "--json"]);
         assert_eq!(aborted["app"], "shop", "{aborted}");

@@ -13,7 +13,6 @@ use crate::support::app::{self, App};
 use crate::support::control_socket::{error_of, state_of};
 use crate::support::load::Load;
 use crate::support::supervisor::{Supervisor, ROLLOUT};
-use crate::support::wait_until;
 
 /// Two steps, short pauses, a small minimum: a whole canary takes a few seconds.
 fn canary(spec: &mut AppSpec) {
@@ -123,21 +122,7 @@ fn promote_and_abort_decide_a_canary_that_waits_for_the_operator() {
 
     let (supervisor, app) = (&supervisor, &app);
     std::thread::scope(|s| {
-        // Deploys `version` on a thread of its own until it waits for the operator.
-        let waiting = |version: &'static str| {
-            let deploy = s.spawn(move || supervisor.deploy(app, version));
-            wait_until(
-                &format!("{version} to wait for the operator"),
-                ROLLOUT,
-                || {
-                    supervisor
-                        .status(app)
-                        .phase
-                        .contains("waiting for `cutover promote shop`")
-                },
-            );
-            deploy
-        };
+        let waiting = |version| supervisor.deploy_until_it_waits(s, app, version);
         // v2 passes its steps, then waits; `abort` backs it out and marks it bad.
         let deploy = waiting("v2");
         assert!(matches!(decide(false), Response::Decided(_)));

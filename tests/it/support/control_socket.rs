@@ -11,7 +11,8 @@ use cutover::protocol::{
 };
 
 use super::app::App;
-use super::supervisor::Supervisor;
+use super::supervisor::{Supervisor, ROLLOUT};
+use super::wait_until;
 
 impl Supervisor {
     /// Sends one request over the control socket and returns the final response (progress lines
@@ -48,6 +49,25 @@ impl Supervisor {
         on_progress: impl FnMut(&Progress),
     ) -> Response {
         self.request_watched(deploy_request(app, version), on_progress)
+    }
+
+    /// Deploys `version` of a canary app on a thread of `scope` and returns once the canary
+    /// waits for the operator (`cutover promote`/`abort`); the thread ends with the deploy's
+    /// answer.
+    pub fn deploy_until_it_waits<'scope, 'env>(
+        &'env self,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        app: &'env App,
+        version: &'static str,
+    ) -> std::thread::ScopedJoinHandle<'scope, Response> {
+        let deploy = scope.spawn(move || self.deploy(app, version));
+        let waiting = format!("waiting for `cutover promote {}`", app.name);
+        wait_until(
+            &format!("{version} to wait for the operator"),
+            ROLLOUT,
+            || self.status(app).phase.contains(&waiting),
+        );
+        deploy
     }
 
     /// Deploys and insists it worked.

@@ -13,7 +13,7 @@ mod signed;
 mod webhook;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::support::cutover;
@@ -104,19 +104,37 @@ watches:
         self.spawn_with_args(config, env, &[])
     }
 
-    /// [`Setup::spawn`] with `args` added to `cutover watch`'s (`--log-format json`).
-    pub fn spawn_with_args(&self, config: &Path, env: &[(&str, &str)], args: &[&str]) -> Watcher {
-        let log = std::fs::File::create(self.path("watch.log")).expect("watch.log");
+    /// `cutover watch --state-dir … --config CONFIG`, anonymous to GitHub (no token in the
+    /// environment, no `gh` on the path), so that runs are predictable.
+    pub fn watch(&self, config: &Path) -> Command {
         let mut cmd = cutover();
         cmd.arg("watch")
-            .args(args)
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--config")
             .arg(config)
             .env_remove("GH_TOKEN")
             .env_remove("GITHUB_TOKEN")
-            .env("PATH", "/usr/bin:/bin") // no `gh` on the path: anonymous, predictable
+            .env("PATH", "/usr/bin:/bin");
+        cmd
+    }
+
+    /// `cutover watch --state-dir … ARGS` (for the verbs that read no config).
+    pub fn watch_state(&self, args: &[&str]) -> Output {
+        cutover()
+            .arg("watch")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args)
+            .output()
+            .expect("run cutover watch")
+    }
+
+    /// [`Setup::spawn`] with `args` added to `cutover watch`'s (`--log-format json`).
+    pub fn spawn_with_args(&self, config: &Path, env: &[(&str, &str)], args: &[&str]) -> Watcher {
+        let log = std::fs::File::create(self.path("watch.log")).expect("watch.log");
+        let mut cmd = self.watch(config);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -130,15 +148,9 @@ watches:
 
     /// Runs `cutover watch --once`, returning (success, stdout).
     pub fn once(&self, config: &Path) -> (bool, String) {
-        let out = cutover()
-            .arg("watch")
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .args(["--once", "--config"])
-            .arg(config)
-            .env_remove("GH_TOKEN")
-            .env_remove("GITHUB_TOKEN")
-            .env("PATH", "/usr/bin:/bin")
+        let out = self
+            .watch(config)
+            .arg("--once")
             .output()
             .expect("run cutover watch --once");
         (
@@ -148,13 +160,7 @@ watches:
     }
 
     pub fn status(&self) -> String {
-        let out = cutover()
-            .arg("watch")
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--status")
-            .output()
-            .expect("run cutover watch --status");
+        let out = self.watch_state(&["--status"]);
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -254,14 +260,7 @@ fn a_bad_config_is_refused_before_anything_runs() {
         "watches: [{github: {repo: octo, asset: x}, template: {dest: /x}}]",
     )
     .unwrap();
-    let out = cutover()
-        .arg("watch")
-        .arg("--state-dir")
-        .arg(s.state_dir())
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = s.watch(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("repo \"octo\" is not OWNER/REPO"), "{err}");

@@ -210,13 +210,7 @@ fn a_checksum_mismatch_shows_in_status_not_the_failure_hooks_output() {
     assert!(!status.contains("paging the on-call"), "{status}");
 
     // And scripts read it from `watch --status --json`.
-    let out = cutover()
-        .arg("watch")
-        .arg("--state-dir")
-        .arg(s.state_dir())
-        .args(["--status", "--json"])
-        .output()
-        .unwrap();
+    let out = s.watch_state(&["--status", "--json"]);
     let watches: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let failed = watches[0]["failed"]["1.0.0"].as_str().unwrap_or_default();
     assert!(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::{Setup, DEADLINE};
 use crate::support::github::AssetSpec;
 use crate::support::minisign::{fresh, trust_file, Key};
-use crate::support::{cutover, wait_until};
+use crate::support::wait_until;
 
 /// A tar.gz holding `index.html` with `body`.
 fn archive(body: &[u8]) -> Vec<u8> {
@@ -86,12 +86,8 @@ fn a_github_watch_cannot_start_when_manifests_must_be_signed() {
     let s = Setup::new();
     let trust = trust_file(s.dir.path(), &[&Key::generate()]);
     let config = s.github_config("1h", "", "");
-    let out = cutover()
-        .arg("watch")
-        .arg("--state-dir")
-        .arg(s.state_dir())
-        .arg("--config")
-        .arg(&config)
+    let out = s
+        .watch(&config)
         .arg("--trust")
         .arg(&trust)
         // --once: without the check it would end by itself, not run for ever.
