@@ -118,13 +118,19 @@ fn render_app(app: &AppStatus) -> String {
         ],
         &rows,
     ));
+    if let Some(log) = &app.access_log {
+        out.push_str(&format!(
+            "  access log {}: {} line(s) dropped (its writer fell behind), {} lost (failed writes)\n",
+            log.path, log.dropped_lines, log.lost_lines
+        ));
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::InstanceStatus;
+    use crate::protocol::{AccessLogStatus, InstanceStatus};
 
     #[test]
     fn an_app_reads_as_a_line_then_its_instances() {
@@ -150,6 +156,11 @@ mod tests {
                     in_flight: 0,
                     p99_us: 1250,
                 }],
+                access_log: Some(AccessLogStatus {
+                    path: "/var/lib/cutover/logs/shop/access.log".into(),
+                    dropped_lines: 12,
+                    lost_lines: 0,
+                }),
             }],
         };
         let text = render(&report);
@@ -165,6 +176,10 @@ mod tests {
         );
         assert!(
             text.contains("  120  1    7       3              1.2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  access log /var/lib/cutover/logs/shop/access.log: 12 line(s) dropped"),
             "{text}"
         );
     }

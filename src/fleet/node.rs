@@ -293,6 +293,7 @@ mod tests {
                     instance("2", "starting", false),
                     instance("1", "healthy", true),
                 ],
+                access_log: None,
             }],
         };
         let apps = summarize(&report);

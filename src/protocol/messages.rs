@@ -143,6 +143,19 @@ pub struct AppStatus {
     /// What the app task is doing: `idle`, `deploying 1.4.2: waiting for health`, …
     pub phase: String,
     pub instances: Vec<InstanceStatus>,
+    /// With `access_log: true`: its file and the lines it could not write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogStatus>,
+}
+
+/// An app's access log as `cutover status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessLogStatus {
+    pub path: String,
+    /// Lines dropped because its writer fell behind (a slow or full disk), since the log opened.
+    pub dropped_lines: u64,
+    /// Lines lost because a write failed (a full disk, permissions).
+    pub lost_lines: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::protocol::{AppStatus, InstanceStatus, LogFiles};
+use crate::protocol::{AccessLogStatus, AppStatus, InstanceStatus, LogFiles};
 use crate::supervisor::instance::Lifecycle;
 
 use super::task::{AppTask, ACCESS_LOG};
@@ -47,6 +47,15 @@ impl AppTask {
             live_version: self.record.live.clone(),
             phase: self.phase(),
             instances,
+            access_log: self
+                .context
+                .proxy
+                .access_log_losses()
+                .map(|(path, losses)| AccessLogStatus {
+                    path: path.display().to_string(),
+                    dropped_lines: losses.dropped,
+                    lost_lines: losses.lost,
+                }),
         }
     }
 

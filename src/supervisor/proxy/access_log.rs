@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -50,6 +50,18 @@ struct Shared {
     signalled: AtomicBool,
     /// The log is let go of: the writer writes what is left and ends.
     closed: AtomicBool,
+    /// Lines dropped (a full buffer) and lost (a failed write) since the log was opened.
+    dropped_total: AtomicU64,
+    lost_total: AtomicU64,
+}
+
+/// What became of an access log's lines, for `cutover status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LineLosses {
+    /// Dropped because the writer was behind (a slow or full disk).
+    pub dropped: u64,
+    /// Lost because a write failed.
+    pub lost: u64,
 }
 
 /// One worker's buffer, on cache lines of its own.
@@ -125,6 +137,8 @@ impl AccessLog {
             shards: (0..workers.max(1)).map(|_| Shard::default()).collect(),
             signalled: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            dropped_total: AtomicU64::new(0),
+            lost_total: AtomicU64::new(0),
         });
         let writer = {
             let shared = shared.clone();
@@ -142,6 +156,14 @@ impl AccessLog {
         &self.shared.path
     }
 
+    /// The lines dropped and lost since the log was opened.
+    pub fn losses(&self) -> LineLosses {
+        LineLosses {
+            dropped: self.shared.dropped_total.load(Ordering::Relaxed),
+            lost: self.shared.lost_total.load(Ordering::Relaxed),
+        }
+    }
+
     /// Adds `line` to `worker`'s buffer, or drops it if the buffer is full; never waits for the
     /// disk.
     pub(super) fn write(&self, worker: usize, line: &Line<'_>) {
@@ -150,6 +172,7 @@ impl AccessLog {
             let mut batch = lock(&shard.batch);
             if batch.bytes.len() >= BUFFER_CAP {
                 batch.dropped += 1;
+                self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             let batch = &mut *batch;
@@ -276,6 +299,7 @@ fn take_and_append(
         };
         wrote = true;
         if let Err(err) = file.append(spare) {
+            shared.lost_total.fetch_add(lines, Ordering::Relaxed);
             report.lost += lines;
             report.error = Some(err.to_string());
         }

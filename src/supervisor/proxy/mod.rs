@@ -59,6 +59,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use access_log::LineLosses;
 pub use backend::{Backend, BackendStats};
 pub use histogram::quantile;
 pub use limits::ClientLimits;
@@ -217,6 +218,11 @@ impl Proxy {
     /// opened) leaves the log as it was.
     pub fn set_access_log(&self, app: &str, path: Option<&Path>) -> std::io::Result<()> {
         self.state.set_access_log(app, path)
+    }
+
+    /// The access log's file and the lines it dropped or lost so far; `None` with the log off.
+    pub fn access_log_losses(&self) -> Option<(std::path::PathBuf, LineLosses)> {
+        self.state.access_log_losses()
     }
 
     /// Client connections open now.

@@ -9,7 +9,7 @@
 //! `set_access_log`, never by a request. The access log reaches the requests on the route's
 //! table, so a request with the log off tests one `Option` and takes no lock.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use super::access_log::AccessLog;
+use super::access_log::{AccessLog, LineLosses};
 use super::backend::{Backend, BackendState, BackendStats};
 use super::downstream::Downstream;
 use super::limits::{AtomicClientLimits, ClientLimits};
@@ -122,6 +122,13 @@ impl ProxyState {
         settings.access_log = log.clone();
         self.make_tables(settings.route.clone(), log);
         Ok(())
+    }
+
+    /// The access log's file and what it dropped or lost so far; `None` with the log off.
+    pub fn access_log_losses(&self) -> Option<(PathBuf, LineLosses)> {
+        let settings = lock(&self.settings);
+        let log = settings.access_log.as_ref()?;
+        Some((log.path().to_owned(), log.losses()))
     }
 
     /// Makes `route` (with `access_log`) every worker's table; the caller holds `settings`.

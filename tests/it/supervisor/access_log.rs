@@ -3,6 +3,7 @@
 //! the file follows logrotate (rename or `copytruncate`) without a signal.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -238,4 +239,54 @@ fn the_access_log_follows_logrotate_by_rename_and_by_copytruncate() {
     let logs = supervisor.run(&["logs", "shop"]);
     let shown = String::from_utf8_lossy(&logs.stdout);
     assert!(!shown.contains("[access]"), "{shown}");
+}
+
+#[test]
+fn lines_the_disk_does_not_take_are_dropped_never_waited_for_and_counted_in_status() {
+    let mut app = App::new("shop");
+    app.tweak = logged;
+    let supervisor = Supervisor::start_in(app.home());
+    app.place("v1");
+    // A FIFO that is open but never read stands for a disk that stopped taking writes: once
+    // its 64 KiB are full, the writer thread blocks in write() and the workers' buffers fill.
+    let path = access_log(&supervisor, &app);
+    std::fs::create_dir_all(path.parent().expect("a directory")).expect("the log directory");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .expect("open the FIFO's read end");
+    supervisor.deploy_ok(&app, "v1");
+    app.wait_serving("v1");
+
+    // Lines of about 4 KiB fill a worker's 512 KiB buffer in ~130 requests; each request is
+    // still answered at once (it would hang if a worker waited for the disk).
+    let long_path = format!("/?pad={}", "x".repeat(4000));
+    let dropped = |supervisor: &Supervisor| {
+        let status = supervisor.status(&app);
+        status.access_log.expect("the access log in status")
+    };
+    let mut sent = 0;
+    while dropped(&supervisor).dropped_lines == 0 {
+        assert!(sent < 20_000, "no line dropped after {sent} requests");
+        for _ in 0..100 {
+            let answer = send(&app, Request::get(&long_path), &format!("r{sent}"));
+            assert_eq!(answer.status, 200, "request {sent}: {answer:?}");
+            sent += 1;
+        }
+    }
+    let shown = supervisor.run(&["status", "shop"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("line(s) dropped (its writer fell behind)"),
+        "{shown}"
+    );
+
+    // The disk fails outright (the reader goes away: writes get EPIPE): lines are lost, counted.
+    drop(reader);
+    wait_until("a failed write counted as lost lines", ROLLOUT, || {
+        send(&app, Request::get("/"), "after-the-reader");
+        dropped(&supervisor).lost_lines > 0
+    });
 }
