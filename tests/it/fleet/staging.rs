@@ -117,13 +117,14 @@ fn every_node_stages_before_any_switches_and_the_switch_downloads_nothing() {
         .output()
         .unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    let staged: Vec<&str> = rows
+    let mut staged: Vec<&str> = rows
         .as_array()
         .unwrap()
         .iter()
         .filter(|row| row["staged"] == "3")
         .map(|row| row["node"].as_str().unwrap())
         .collect();
+    staged.sort_unstable();
     assert_eq!(staged, ["n1", "n2", "n3"], "{rows}");
 }
 
