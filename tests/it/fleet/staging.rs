@@ -177,10 +177,18 @@ fn min_staged_holds_every_switch_until_enough_nodes_hold_the_release() {
 
 #[test]
 fn a_node_that_joins_mid_rollout_stages_then_switches() {
-    let mut fleet = fleet_on_v1(4, |_| Vec::new());
+    // n3, the last to switch, boots release 2 slowly: the rollout is still on when n4 returns.
+    let slow_n3 = |i: usize| {
+        if i == 3 {
+            vec![("SHOP_SLOW".to_owned(), "5000".to_owned())]
+        } else {
+            Vec::new()
+        }
+    };
+    let mut fleet = fleet_on_v1(4, slow_n3);
     fleet.node_mut("n4").kill();
     fleet.wait_alive(3);
-    let v2 = release(fleet.root.path(), "shop", "2", Behaviour::Serves);
+    let v2 = release(fleet.root.path(), "shop", "2", Behaviour::SlowWhereMarked);
     let progress = fleet.root.path().join("rollout.out");
     let mut rollout = cutover()
         .arg("rollout")
@@ -198,19 +206,28 @@ fn a_node_that_joins_mid_rollout_stages_then_switches() {
     });
 
     // n4 comes back while n3 still has to switch: two of its three peers run 2.
+    assert!(!read().contains("n3: serves shop 2"), "{}", read());
     let join = fleet.node("n1").agent().bind.clone();
     let n4 = fleet.node_mut("n4");
     n4.start_supervisor();
     n4.start_agent(Some(join));
     wait_until("n4 to run shop 2", ROLLOUT, || {
-        live(&fleet, "n4").as_deref() == Some("2")
+        fleet
+            .node("n4")
+            .fleet_log()
+            .contains("deploy shop 2: deployed")
     });
+    assert_eq!(live(&fleet, "n4").as_deref(), Some("2"));
     let mut ended = None;
     wait_until("the rollout to end", ROLLOUT, || {
         ended = rollout.try_wait().unwrap();
         ended.is_some()
     });
     let log = fleet.node("n4").fleet_log();
+    eprintln!(
+        "{}",
+        log.lines().nth(line_of(&log, "catching up shop")).unwrap()
+    );
     let staging = line_of(&log, "staging shop 2");
     assert!(staging < line_of(&log, "deploying shop 2"), "{log}");
     assert!(log.contains("switching without a download"), "{log}");

@@ -266,6 +266,8 @@ pub enum Behaviour {
     Serves,
     /// Serves, except on nodes where `<APP>_BROKEN` is set: there it never listens.
     BrokenWhereMarked,
+    /// Serves, but on nodes where `<APP>_SLOW` is set it first waits that many milliseconds.
+    SlowWhereMarked,
 }
 
 /// Writes a release archive and its manifest under `dir`; returns the manifest's path.
@@ -329,11 +331,13 @@ fn manifest(
     archive: &Path,
 ) -> PathBuf {
     let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&archive).unwrap()));
-    // The bundled demo app; `BROKEN` (from the node's environment) makes it never healthy.
+    // The bundled demo app; `BROKEN` (from the node's environment) makes it never healthy,
+    // `SLOW` makes it boot that many milliseconds late.
     let serve = format!("{} demo-app --port {{port}}", cutover_bin().display());
     let run = match behaviour {
         Behaviour::Serves => serve,
         Behaviour::BrokenWhereMarked => format!("{serve} ${{BROKEN:+--never-healthy}}"),
+        Behaviour::SlowWhereMarked => format!("{serve} ${{SLOW:+--boot-delay $SLOW}}"),
     };
     let text = std::fs::read_to_string(fixture("fleet/app.yml.tmpl"))
         .unwrap()
