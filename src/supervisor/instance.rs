@@ -1,6 +1,11 @@
 //! One instance of an app: a small task that keeps its process running (restart with exponential
 //! backoff, crash-loop detection), follows its health checker, and publishes what it sees.
 //!
+//! A port cannot be held for an app that binds it itself (see `process::free_port`): when the
+//! instance's port is found held by another process, before a start or after an exit, the
+//! instance moves to a fresh port (`{port}`, `PORT`, its address and its backend change; the app
+//! task routes to the new one) and starts again at once, without counting an exit.
+//!
 //! The app task never owns the process itself: it holds an [`InstanceHandle`] (commands in, a
 //! watch of the [`View`] out) and hears "something changed" through the [`OnChange`] it gave
 //! (which puts an event on its channel). That keeps the app task free to answer `status` while an
@@ -25,6 +30,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Healthy this long, an instance restarts at [`BACKOFF_MIN`] again after its next exit.
 const BACKOFF_RESET: Duration = Duration::from_secs(30);
+/// Moves to a fresh port in a row (without a healthy run between) before a taken port counts as
+/// an ordinary exit: a fresh port is free when chosen, so more than one move is bad luck already.
+const PORT_MOVES_MAX: u32 = 5;
 /// This many exits within [`CRASH_WINDOW`] make an instance crash-looping.
 const CRASH_EXITS: usize = 5;
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
@@ -40,6 +48,9 @@ pub struct InstancePlan {
     pub version: String,
     /// Where it listens (loopback, its own port): what the checker probes and the proxy dials.
     pub addr: SocketAddr,
+    /// The app's `run` line before `{port}` was substituted into `spawn.command`: a move to a
+    /// fresh port substitutes again.
+    pub run: String,
     pub spawn: SpawnSpec,
     pub health: HealthSpec,
     pub stop_signal: String,
@@ -98,6 +109,11 @@ impl fmt::Display for Lifecycle {
 #[derive(Debug, Clone)]
 pub struct View {
     pub lifecycle: Lifecycle,
+    /// Where it listens now; changes when its port was taken and it moved.
+    pub addr: SocketAddr,
+    /// The proxy's view of this instance at `addr`; the same `Arc` in every route keeps its
+    /// counters, and a move makes a new one.
+    pub backend: Arc<Backend>,
     /// The process serving now, if one runs.
     pub process: Option<ProcessId>,
     /// Times the process was started again after an exit.
@@ -114,9 +130,6 @@ pub struct View {
 pub struct InstanceHandle {
     pub id: String,
     pub version: String,
-    pub addr: SocketAddr,
-    /// The proxy's view of this instance; the same `Arc` in every route keeps its counters.
-    pub backend: Arc<Backend>,
     pub view: watch::Receiver<View>,
     commands: mpsc::Sender<Command>,
 }
@@ -134,6 +147,16 @@ enum Command {
 impl InstanceHandle {
     pub fn view(&self) -> View {
         self.view.borrow().clone()
+    }
+
+    /// Where it listens now.
+    pub fn addr(&self) -> SocketAddr {
+        self.view.borrow().addr
+    }
+
+    /// What the proxy routes to for this instance now.
+    pub fn backend(&self) -> Arc<Backend> {
+        self.view.borrow().backend.clone()
     }
 
     pub async fn drain(&self, deadline: Instant) {
@@ -160,6 +183,8 @@ pub fn start(plan: InstancePlan, adopted: Option<Running>, on_change: OnChange) 
         lifecycle: Lifecycle::Starting {
             since: Instant::now(),
         },
+        addr: plan.addr,
+        backend: backend_at(&plan, plan.addr),
         process: adopted.as_ref().map(|r| r.id),
         restarts: 0,
         exits: 0,
@@ -171,12 +196,6 @@ pub fn start(plan: InstancePlan, adopted: Option<Running>, on_change: OnChange) 
     let handle = InstanceHandle {
         id: plan.id.clone(),
         version: plan.version.clone(),
-        addr: plan.addr,
-        backend: Arc::new(Backend {
-            id: plan.id.clone(),
-            version: plan.version.clone(),
-            addr: plan.addr,
-        }),
         view: view_rx,
         commands: commands_tx,
     };
@@ -189,9 +208,18 @@ pub fn start(plan: InstancePlan, adopted: Option<Running>, on_change: OnChange) 
         backoff: BACKOFF_MIN,
         healthy_since: None,
         retiring: false,
+        port_moves: 0,
     };
     tokio::spawn(task.run(adopted));
     handle
+}
+
+fn backend_at(plan: &InstancePlan, addr: SocketAddr) -> Arc<Backend> {
+    Arc::new(Backend {
+        id: plan.id.clone(),
+        version: plan.version.clone(),
+        addr,
+    })
 }
 
 struct InstanceTask {
@@ -206,6 +234,8 @@ struct InstanceTask {
     healthy_since: Option<Instant>,
     /// Draining: an exit now is the end, not a crash to restart from.
     retiring: bool,
+    /// Moves to a fresh port since the last healthy run.
+    port_moves: u32,
 }
 
 /// How one run of the process ended.
@@ -220,7 +250,13 @@ impl InstanceTask {
         loop {
             let started = match adopted.take() {
                 Some(running) => Ok(running),
-                None => process::spawn(&self.plan.spawn),
+                None => {
+                    // Taken while this instance was down, or between choosing and starting.
+                    if process::port_taken(self.plan.addr) {
+                        self.move_port();
+                    }
+                    process::spawn(&self.plan.spawn)
+                }
             };
             let status = match started {
                 Ok(mut running) => {
@@ -240,6 +276,15 @@ impl InstanceTask {
                 self.transition(Lifecycle::Stopped { status });
                 self.wait_for_stop().await;
                 return;
+            }
+            // The app could not bind its port because another process holds it: not the app's
+            // fault, so no exit is counted (a candidate with one fails its rollout).
+            if status.is_some()
+                && self.port_moves < PORT_MOVES_MAX
+                && process::port_taken(self.plan.addr)
+            {
+                self.move_port();
+                continue;
             }
             let restart_in = self.record_exit(status.clone());
             if !self.pause(restart_in).await {
@@ -313,6 +358,7 @@ impl InstanceTask {
             Health::Starting => return,
             Health::Healthy => {
                 self.healthy_since.get_or_insert(now);
+                self.port_moves = 0;
                 self.forget_old_exits(now);
                 if self.exits.len() < CRASH_EXITS {
                     self.update(|v| v.crash_loop = None);
@@ -327,6 +373,36 @@ impl InstanceTask {
         if std::mem::discriminant(&next) != std::mem::discriminant(&self.view.borrow().lifecycle) {
             self.transition(next);
         }
+    }
+
+    /// Moves to a fresh port of the same host: the command, `PORT`, the address and the backend
+    /// change. A failure to find one is said and the old port kept (the start will fail and be
+    /// retried as an exit).
+    fn move_port(&mut self) {
+        let old = self.plan.addr;
+        let port = match process::free_port(old.ip()) {
+            Ok(port) => port,
+            Err(e) => {
+                tracing::warn!(instance = %self.plan.id, "port {} is held by another process and no fresh port is free: {e}", old.port());
+                return;
+            }
+        };
+        self.port_moves += 1;
+        let addr = SocketAddr::new(old.ip(), port);
+        self.plan.addr = addr;
+        self.plan.spawn.command = self.plan.run.replace("{port}", &port.to_string());
+        self.plan.spawn.env.insert("PORT".to_owned(), port.to_string());
+        let why = format!(
+            "port {} was held by another process; moved to port {port}",
+            old.port()
+        );
+        tracing::warn!(instance = %self.plan.id, "{why}");
+        let backend = backend_at(&self.plan, addr);
+        self.update(|v| {
+            v.addr = addr;
+            v.backend = backend;
+            v.last_failure = Some(why);
+        });
     }
 
     /// Counts an exit, updates backoff and crash-loop state; returns the delay before restarting.

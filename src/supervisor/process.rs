@@ -325,17 +325,36 @@ pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal, String> {
 /// A free TCP port on `host`, for a new instance.
 ///
 /// The port is released before the instance binds it, so another process could take it in
-/// between. That is acceptable: the instance then fails to bind, never becomes healthy, and the
-/// deploy fails cleanly with its log saying "address in use"; handing the socket itself to the
-/// app would need every app to support socket activation.
+/// between: the instance task then sees it held ([`port_taken`]) and moves the instance to a
+/// fresh port. Handing the socket itself to the app would need every app to support socket
+/// activation.
 pub fn free_port(host: std::net::IpAddr) -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind((host, 0))?;
     Ok(listener.local_addr()?.port())
 }
 
+/// Whether a process holds `addr` (bound or listening) so that an instance could not bind it.
+/// Connections of an earlier run waiting in TIME_WAIT do not count: apps bind with
+/// SO_REUSEADDR, as this check does.
+pub fn port_taken(addr: std::net::SocketAddr) -> bool {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::AddrInUse,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listening_port_is_taken_and_a_closed_one_is_not() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        assert!(port_taken(addr));
+        drop(held);
+        assert!(!port_taken(addr));
+    }
 
     #[test]
     fn start_time_and_group_are_read_even_with_spaces_in_the_name() {
