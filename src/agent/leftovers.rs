@@ -72,6 +72,10 @@ mod tests {
         assert!(!parent.path().join(format!("{ours}a1")).exists());
         assert!(parent.path().join(format!("{theirs}b2")).exists());
         assert!(parent.path().join(format!("{ours}file")).exists());
-        assert!(log.contents().contains("did not finish"), "{}", log.contents());
+        assert!(
+            log.contents().contains("did not finish"),
+            "{}",
+            log.contents()
+        );
     }
 }

@@ -391,7 +391,10 @@ impl InstanceTask {
         let addr = SocketAddr::new(old.ip(), port);
         self.plan.addr = addr;
         self.plan.spawn.command = self.plan.run.replace("{port}", &port.to_string());
-        self.plan.spawn.env.insert("PORT".to_owned(), port.to_string());
+        self.plan
+            .spawn
+            .env
+            .insert("PORT".to_owned(), port.to_string());
         let why = format!(
             "port {} was held by another process; moved to port {port}",
             old.port()
