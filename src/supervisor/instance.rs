@@ -13,7 +13,6 @@
 //! app task and its rollouts use instances, instances use neither.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +21,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::app::HealthSpec;
 use crate::supervisor::health::{Checker, Health, HealthReport, Probe};
-use crate::supervisor::process::{self, ExitStatus, ProcessId, Running, SpawnSpec};
+pub use crate::supervisor::lifecycle::{Lifecycle, View};
+use crate::supervisor::process::{self, ExitStatus, Running, SpawnSpec};
 use crate::supervisor::proxy::Backend;
 
 /// First restart delay; doubled after each exit up to [`BACKOFF_MAX`].
@@ -55,74 +55,6 @@ pub struct InstancePlan {
     pub health: HealthSpec,
     pub stop_signal: String,
     pub stop_timeout: Duration,
-}
-
-/// Where an instance is in its life. Transitions are logged as "now X, was Y".
-#[derive(Debug, Clone, PartialEq)]
-pub enum Lifecycle {
-    /// Running, not yet healthy.
-    Starting {
-        since: Instant,
-    },
-    Healthy {
-        since: Instant,
-    },
-    Unhealthy {
-        reason: String,
-    },
-    /// Down, restarting after `restart_in`.
-    Exited {
-        status: Option<ExitStatus>,
-        restart_in: Duration,
-    },
-    /// Down again and again: restarts continue at the slowest pace.
-    CrashLooping {
-        reason: String,
-        restart_in: Duration,
-    },
-    /// Taken out of the route; in-flight requests finish until `deadline`.
-    Draining {
-        deadline: Instant,
-    },
-    /// Stopped for good (by a rollout or `cutover stop`).
-    Stopped {
-        status: Option<ExitStatus>,
-    },
-}
-
-impl fmt::Display for Lifecycle {
-    /// The short words `cutover status` shows.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Lifecycle::Starting { .. } => "starting",
-            Lifecycle::Healthy { .. } => "healthy",
-            Lifecycle::Unhealthy { .. } => "unhealthy",
-            Lifecycle::Exited { .. } => "crashed",
-            Lifecycle::CrashLooping { .. } => "crash-looping",
-            Lifecycle::Draining { .. } => "draining",
-            Lifecycle::Stopped { .. } => "stopped",
-        })
-    }
-}
-
-/// What the instance task publishes after every change.
-#[derive(Debug, Clone)]
-pub struct View {
-    pub lifecycle: Lifecycle,
-    /// Where it listens now; changes when its port was taken and it moved.
-    pub addr: SocketAddr,
-    /// The proxy's view of this instance at `addr`; the same `Arc` in every route keeps its
-    /// counters, and a move makes a new one.
-    pub backend: Arc<Backend>,
-    /// The process serving now, if one runs.
-    pub process: Option<ProcessId>,
-    /// Times the process was started again after an exit.
-    pub restarts: u32,
-    /// Times a process of this instance ended on its own (a candidate with any is a boot crash).
-    pub exits: u32,
-    pub last_failure: Option<String>,
-    /// Set while the instance is crash-looping: why, for `status` and the automatic rollback.
-    pub crash_loop: Option<String>,
 }
 
 /// How the app task and a rollout talk to an instance. Cheap to clone.
