@@ -1,10 +1,9 @@
 //! One instance of an app: a small task that keeps its process running (restart with exponential
 //! backoff, crash-loop detection), follows its health checker, and publishes what it sees.
 //!
-//! A port cannot be held for an app that binds it itself (see `process::free_port`): when the
-//! instance's port is found held by another process, before a start or after an exit, the
-//! instance moves to a fresh port (`{port}`, `PORT`, its address and its backend change; the app
-//! task routes to the new one) and starts again at once, without counting an exit.
+//! Its port is `instance_port`'s: a socket handed over, or a move to a fresh port when another
+//! process holds it (`{port}`, `PORT`, the address and the backend change; the app task routes
+//! to the new one), after which the instance starts again at once, without counting an exit.
 //!
 //! The app task never owns the process itself: it holds an [`InstanceHandle`] (commands in, a
 //! watch of the [`View`] out) and hears "something changed" through the [`OnChange`] it gave
@@ -21,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::app::HealthSpec;
 use crate::supervisor::health::{Checker, Health, HealthReport, Probe};
+use crate::supervisor::instance_port::{InstancePort, Moved};
 pub use crate::supervisor::lifecycle::{Lifecycle, View};
 use crate::supervisor::process::{self, ExitStatus, Running, SpawnSpec};
 use crate::supervisor::proxy::Backend;
@@ -30,9 +30,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Healthy this long, an instance restarts at [`BACKOFF_MIN`] again after its next exit.
 const BACKOFF_RESET: Duration = Duration::from_secs(30);
-/// Moves to a fresh port in a row (without a healthy run between) before a taken port counts as
-/// an ordinary exit: a fresh port is free when chosen, so more than one move is bad luck already.
-const PORT_MOVES_MAX: u32 = 5;
 /// This many exits within [`CRASH_WINDOW`] make an instance crash-looping.
 const CRASH_EXITS: usize = 5;
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
@@ -51,6 +48,8 @@ pub struct InstancePlan {
     /// The app's `run` line before `{port}` was substituted into `spawn.command`: a move to a
     /// fresh port substitutes again.
     pub run: String,
+    /// Bind the port here and hand the socket over as fd 3 (the app's `socket_activation`).
+    pub socket_activation: bool,
     pub spawn: SpawnSpec,
     pub health: HealthSpec,
     pub stop_signal: String,
@@ -132,7 +131,6 @@ pub fn start(plan: InstancePlan, adopted: Option<Running>, on_change: OnChange) 
         commands: commands_tx,
     };
     let task = InstanceTask {
-        plan,
         view: view_tx,
         on_change,
         commands,
@@ -140,7 +138,8 @@ pub fn start(plan: InstancePlan, adopted: Option<Running>, on_change: OnChange) 
         backoff: BACKOFF_MIN,
         healthy_since: None,
         retiring: false,
-        port_moves: 0,
+        port: InstancePort::new(plan.addr, &plan.run, plan.socket_activation),
+        plan,
     };
     tokio::spawn(task.run(adopted));
     handle
@@ -166,8 +165,8 @@ struct InstanceTask {
     healthy_since: Option<Instant>,
     /// Draining: an exit now is the end, not a crash to restart from.
     retiring: bool,
-    /// Moves to a fresh port since the last healthy run.
-    port_moves: u32,
+    /// Where it listens, and the socket handed over, if any.
+    port: InstancePort,
 }
 
 /// How one run of the process ended.
@@ -182,13 +181,15 @@ impl InstanceTask {
         loop {
             let started = match adopted.take() {
                 Some(running) => Ok(running),
-                None => {
-                    // Taken while this instance was down, or between choosing and starting.
-                    if process::port_taken(self.plan.addr) {
-                        self.move_port();
+                None => match self.port.before_start(&mut self.plan.spawn) {
+                    Ok(moved) => {
+                        if let Some(moved) = moved {
+                            self.moved(moved);
+                        }
+                        process::spawn(&self.plan.spawn, self.port.socket())
                     }
-                    process::spawn(&self.plan.spawn)
-                }
+                    Err(e) => Err(e),
+                },
             };
             let status = match started {
                 Ok(mut running) => {
@@ -211,11 +212,12 @@ impl InstanceTask {
             }
             // The app could not bind its port because another process holds it: not the app's
             // fault, so no exit is counted (a candidate with one fails its rollout).
-            if status.is_some()
-                && self.port_moves < PORT_MOVES_MAX
-                && process::port_taken(self.plan.addr)
+            if let Some(moved) = status
+                .is_some()
+                .then(|| self.port.after_exit(&mut self.plan.spawn))
+                .flatten()
             {
-                self.move_port();
+                self.moved(moved);
                 continue;
             }
             let restart_in = self.record_exit(status.clone());
@@ -290,7 +292,7 @@ impl InstanceTask {
             Health::Starting => return,
             Health::Healthy => {
                 self.healthy_since.get_or_insert(now);
-                self.port_moves = 0;
+                self.port.healthy();
                 self.forget_old_exits(now);
                 if self.exits.len() < CRASH_EXITS {
                     self.update(|v| v.crash_loop = None);
@@ -307,36 +309,15 @@ impl InstanceTask {
         }
     }
 
-    /// Moves to a fresh port of the same host: the command, `PORT`, the address and the backend
-    /// change. A failure to find one is said and the old port kept (the start will fail and be
-    /// retried as an exit).
-    fn move_port(&mut self) {
-        let old = self.plan.addr;
-        let port = match process::free_port(old.ip()) {
-            Ok(port) => port,
-            Err(e) => {
-                tracing::warn!(instance = %self.plan.id, "port {} is held by another process and no fresh port is free: {e}", old.port());
-                return;
-            }
-        };
-        self.port_moves += 1;
-        let addr = SocketAddr::new(old.ip(), port);
-        self.plan.addr = addr;
-        self.plan.spawn.command = self.plan.run.replace("{port}", &port.to_string());
-        self.plan
-            .spawn
-            .env
-            .insert("PORT".to_owned(), port.to_string());
-        let why = format!(
-            "port {} was held by another process; moved to port {port}",
-            old.port()
-        );
-        tracing::warn!(instance = %self.plan.id, "{why}");
-        let backend = backend_at(&self.plan, addr);
+    /// The instance listens at a new address: its checker, backend and route follow.
+    fn moved(&mut self, moved: Moved) {
+        tracing::warn!(instance = %self.plan.id, "{}", moved.why);
+        self.plan.addr = moved.addr;
+        let backend = backend_at(&self.plan, moved.addr);
         self.update(|v| {
-            v.addr = addr;
+            v.addr = moved.addr;
             v.backend = backend;
-            v.last_failure = Some(why);
+            v.last_failure = Some(moved.why);
         });
     }
 

@@ -179,6 +179,7 @@ impl AppTask {
             version: record.version.clone(),
             addr,
             run: spec.run.clone(),
+            socket_activation: spec.socket_activation,
             spawn: SpawnSpec {
                 command: spec.run.replace("{port}", &record.port.to_string()),
                 cwd: crate::protocol::layout::release_dir(&self.record.dest, &record.version),

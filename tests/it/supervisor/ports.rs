@@ -9,7 +9,8 @@ use cutover::protocol::{InstanceStatus, Response};
 
 use crate::support::app::App;
 use crate::support::load::Load;
-use crate::support::procs::kill_9;
+use crate::support::ports::listening_socket;
+use crate::support::procs::{alive, kill_9};
 use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::wait_until;
 
@@ -101,4 +102,35 @@ fn a_crashed_instance_whose_port_was_taken_restarts_on_a_fresh_port() {
     assert!(after[0].routed, "{after:?}");
     app.wait_serving("v1");
     drop(thief);
+}
+
+#[test]
+fn a_socket_activated_instance_serves_on_the_socket_the_supervisor_holds() {
+    let mut app = App::new("shop");
+    app.tweak = |spec| spec.socket_activation = true;
+    // The demo app serves on fd 3 when handed one; binding its port itself would fail, since the
+    // supervisor holds it.
+    let supervisor = app.serving(&["v1"]);
+    let before = instances_of(&supervisor, &app, "v1");
+    let addr = addr_of(&before[0]);
+    let socket = listening_socket(addr).expect("a socket listening on the instance's port");
+    let pid = before[0].pid.expect("a running instance");
+    kill_9(pid);
+    wait_until("the instance to be gone", Duration::from_secs(10), || {
+        !alive(pid)
+    });
+    // Down, its socket still listens (held by the supervisor): no one can take the port.
+    assert_eq!(
+        listening_socket(addr),
+        Some(socket),
+        "the socket outlives the crash"
+    );
+    let mut after = Vec::new();
+    wait_until("v1 to serve again", ROLLOUT, || {
+        after = instances_of(&supervisor, &app, "v1");
+        after.len() == 1 && after[0].state == "healthy" && after[0].pid != Some(pid)
+    });
+    assert_eq!(addr_of(&after[0]), addr, "same port");
+    assert_eq!(listening_socket(addr), Some(socket), "same socket");
+    app.wait_serving("v1");
 }
