@@ -56,6 +56,13 @@ pub fn canonical_dest(dest: &Path) -> PathBuf {
     }
 }
 
+/// A name for `dest` that every spelling of it shares: the hex SHA-256 of its canonical form. It
+/// names the lock file and the staging directories of deploys to `dest`.
+pub fn dest_key(dest: &Path) -> String {
+    let canonical = canonical_dest(dest);
+    hex::encode(Sha256::digest(canonical.as_os_str().as_encoded_bytes()))
+}
+
 /// Takes the lock for `dest`, waiting up to `timeout` for another agent to finish.
 pub async fn acquire(
     state_dir: &Path,
@@ -64,9 +71,8 @@ pub async fn acquire(
     log: &RunLog,
 ) -> Result<DestLock, LockError> {
     let canonical = canonical_dest(dest);
-    let hash = hex::encode(Sha256::digest(canonical.as_os_str().as_encoded_bytes()));
     let dir = state_dir.join("locks");
-    let path = dir.join(format!("{}.lock", &hash[..32]));
+    let path = dir.join(format!("{}.lock", &dest_key(dest)[..32]));
     let open_err = |source| LockError::Open {
         path: path.clone(),
         source,

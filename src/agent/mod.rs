@@ -11,8 +11,10 @@
 //! errors run no hooks; anything after the manifest was accepted ends in the failure hooks.
 
 pub mod checksum;
+pub mod durable;
 pub mod hooks;
 pub mod input;
+pub mod leftovers;
 pub mod limits;
 pub mod lock;
 pub mod log;
@@ -31,6 +33,7 @@ pub mod yaml_depth;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use self::durable::Durability;
 use self::hooks::{HookError, Phase};
 use self::input::{Event, EventId};
 use self::limits::Limits;
@@ -64,6 +67,8 @@ pub struct Options {
     pub replay_protection: bool,
     /// Whether manifests must be signed, and by which keys.
     pub trust: Trust,
+    /// Whether files are flushed to disk before they go live (always, but for benchmarks).
+    pub durability: Durability,
     /// Deploy, or only stage the release for a later switch.
     pub mode: Mode,
 }
@@ -364,11 +369,14 @@ async fn place_files(
     } else {
         place::staging_parent(dest)?
     };
+    // Under the dest lock: staging directories of this dest's name are a killed agent's.
+    let prefix = leftovers::staging_prefix(dest);
+    leftovers::sweep(&staging_parent, &prefix, log);
     // The pipeline logs its own steps: fetching, verified, unpacked.
     let staged = pipeline::fetch_and_unpack(
         &files.src,
         &files.checksum,
-        &staging_parent,
+        (&staging_parent, &prefix),
         &opts.fetch,
         &opts.limits,
         log,
@@ -382,6 +390,7 @@ async fn place_files(
             dest,
             staged,
             socket: &opts.socket,
+            durability: opts.durability,
         };
         return release::deploy(release, log)
             .await
@@ -394,9 +403,9 @@ async fn place_files(
                 exclude_from: files.exclude_from.as_deref(),
                 verbose: opts.rsync_verbose.as_deref(),
             };
-            place::rsync(staged.path(), dest, rsync, log).await?;
+            place::rsync(staged.path(), dest, rsync, opts.durability, log).await?;
         }
-        SyncStrategy::Mv => place::mv(staged, dest, log)?,
+        SyncStrategy::Mv => place::mv(staged, dest, opts.durability, log)?,
     }
     Ok(())
 }

@@ -26,7 +26,8 @@ use super::source::throttle::Throttle;
 use super::source::{self, Attempts, FetchError, FetchOptions, Fetcher};
 use super::unpack::{self, Feed, Format, Msg, UnpackError, Unpacked};
 
-/// Prefix of staging directories, so an operator can tell (and clean) leftovers of a crash.
+/// Prefix of staging directories, so an operator can tell leftovers of a crash (`leftovers`
+/// names them after their dest and sweeps them).
 pub const STAGING_PREFIX: &str = ".cutover-staging-";
 
 /// Chunks in flight between the hasher and the unpack thread (each at most a few hundred KB).
@@ -80,12 +81,12 @@ pub enum PipelineError {
 }
 
 /// Fetches `src`, verifies it against `checksum` and unpacks it into a new staging directory
-/// created inside `staging_parent` (which must be on the same filesystem as `dest`), within
-/// `limits`.
+/// created inside `staging_parent` (which must be on the same filesystem as `dest`) with a name
+/// that starts with `prefix` (`STAGING_PREFIX`, or `leftovers::staging_prefix`), within `limits`.
 pub async fn fetch_and_unpack(
     src: &str,
     checksum: &Checksum,
-    staging_parent: &Path,
+    (staging_parent, prefix): (&Path, &str),
     opts: &FetchOptions,
     limits: &Limits,
     log: &RunLog,
@@ -94,9 +95,10 @@ pub async fn fetch_and_unpack(
         url: src,
         checksum,
         parent: staging_parent,
+        prefix,
         limits: *limits,
         fetcher: Fetcher::new(src, opts)?,
-        stage: Some(Stage::start(staging_parent, src, *limits)?),
+        stage: Some(Stage::start((staging_parent, prefix), src, *limits)?),
         retired: Vec::new(),
         hasher: checksum.hasher(),
         offset: 0,
@@ -116,6 +118,7 @@ struct Job<'a> {
     url: &'a str,
     checksum: &'a Checksum,
     parent: &'a Path,
+    prefix: &'a str,
     limits: Limits,
     fetcher: Fetcher,
     /// `None` once handed over (finished) or abandoned.
@@ -243,7 +246,7 @@ impl Job<'_> {
 
     /// Starts over with a fresh staging directory and hasher; the old stage is retired.
     fn restart(&mut self) -> Result<(), PipelineError> {
-        let fresh = Stage::start(self.parent, self.url, self.limits)?;
+        let fresh = Stage::start((self.parent, self.prefix), self.url, self.limits)?;
         if let Some(old) = self.stage.replace(fresh) {
             self.retired.push(old);
         }
@@ -284,9 +287,13 @@ struct Stage {
 }
 
 impl Stage {
-    fn start(parent: &Path, url: &str, limits: Limits) -> Result<Stage, PipelineError> {
+    fn start(
+        (parent, prefix): (&Path, &str),
+        url: &str,
+        limits: Limits,
+    ) -> Result<Stage, PipelineError> {
         let dir = tempfile::Builder::new()
-            .prefix(STAGING_PREFIX)
+            .prefix(prefix)
             .tempdir_in(parent)
             .map_err(|source| PipelineError::Staging {
                 parent: parent.to_owned(),

@@ -1,5 +1,7 @@
 //! Putting a verified, unpacked tree in place: the real `rsync -a --delete`, or an atomic rename
-//! (`mv`), after giving the tree's root the manifest's `dest_mode`.
+//! (`mv`), after giving the tree's root the manifest's `dest_mode`; either way the files are on
+//! disk before the deploy goes on (`durable`: syncfs of the tree before the rename and fsync of
+//! `dest`'s parent after it, or syncfs of `dest` after rsync).
 //!
 //! Staging happens in `dest`'s parent directory, so the rename never crosses filesystems (stretcher
 //! unpacks in /tmp and `mv` fails with EXDEV whenever /tmp is a tmpfs).
@@ -10,6 +12,7 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
+use super::durable::{Durability, SyncError};
 use super::hooks::wait_relaying;
 use super::log::RunLog;
 use super::pipeline::Staged;
@@ -40,6 +43,8 @@ pub enum PlaceError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sync(#[from] SyncError),
     #[error("could not set dest_mode {mode:o} on the unpacked tree: {source}")]
     Mode {
         mode: u32,
@@ -80,11 +85,12 @@ pub struct RsyncOptions<'a> {
 }
 
 /// `rsync -a --delete [VERBOSE] [--exclude-from F] [--exclude P]… UNPACKED/ DEST/`, its output
-/// into the log.
+/// into the log, then a syncfs of `dest` (not rsync's `--fsync`: see `durable` for why).
 pub async fn rsync(
     unpacked: &Path,
     dest: &Path,
     opts: RsyncOptions<'_>,
+    durability: Durability,
     log: &RunLog,
 ) -> Result<(), PlaceError> {
     let mut cmd = Command::new("rsync");
@@ -128,6 +134,7 @@ pub async fn rsync(
             status,
         });
     }
+    durability.sync_filesystem(dest, log)?;
     Ok(())
 }
 
@@ -140,13 +147,21 @@ fn with_slash(path: &Path) -> std::ffi::OsString {
 }
 
 /// Renames the staged tree onto `dest` in one step. rename(2) replaces an empty directory
-/// atomically and refuses a non-empty one, which is exactly the contract of `mv`.
-pub fn mv(staged: Staged, dest: &Path, log: &RunLog) -> Result<(), PlaceError> {
+/// atomically and refuses a non-empty one, which is exactly the contract of `mv`. The tree is on
+/// disk before the rename, and the rename is before this returns.
+pub fn mv(
+    staged: Staged,
+    dest: &Path,
+    durability: Durability,
+    log: &RunLog,
+) -> Result<(), PlaceError> {
     if let Ok(mut entries) = std::fs::read_dir(dest) {
         if entries.next().is_some() {
             return Err(PlaceError::NotEmpty(dest.to_path_buf()));
         }
     }
+    // On error the staged tree is dropped (and deleted) here, as on every failure before the rename.
+    durability.sync_filesystem(staged.path(), log)?;
     // From here the tree is ours to move: the temp dir must not delete it on drop.
     let tree = staged.dir.keep();
     log.line(format!("mv {} to {}", tree.display(), dest.display()));
@@ -159,7 +174,9 @@ pub fn mv(staged: Staged, dest: &Path, log: &RunLog) -> Result<(), PlaceError> {
                 source,
             },
         }
-    })
+    })?;
+    durability.sync_parent(dest)?;
+    Ok(())
 }
 
 #[cfg(test)]

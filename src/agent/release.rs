@@ -3,7 +3,9 @@
 //!
 //! Releases are immutable once in place: the staged tree is renamed in whole (same filesystem, so
 //! the rename is atomic and a running instance never sees a half-written release), and a version
-//! that is already on disk is kept as it is. The supervisor, not the agent, swaps `current`.
+//! that is already on disk is kept as it is. The release is on disk (`durable`: one syncfs once
+//! it is in place) before the supervisor is asked to deploy it; the supervisor, not the agent,
+//! swaps `current`.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -11,6 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::Context;
 
+use super::durable::Durability;
 use super::log::RunLog;
 use super::pipeline::Staged;
 use crate::protocol::client::Client;
@@ -29,6 +32,8 @@ pub struct AppRelease<'a> {
     pub staged: Staged,
     /// The supervisor's control socket.
     pub socket: &'a Path,
+    /// Whether the release is flushed to disk before the supervisor is asked to deploy it.
+    pub durability: Durability,
 }
 
 /// Why a release could not be put in place.
@@ -61,11 +66,15 @@ pub async fn deploy(release: AppRelease<'_>, log: &RunLog) -> anyhow::Result<()>
         dest,
         staged,
         socket,
+        durability,
     } = release;
     let version = release_version(app, &staged.digest_hex)?;
     // The supervisor runs in another directory: hand it an absolute home.
     let dest = std::fs::canonicalize(dest).map_err(|e| io_error("resolve", dest, e))?;
     place(&dest, &version, staged, &app.shared, log)?;
+    // Also when the release was already there: the agent that placed it may have died before
+    // its flush. The rename into releases/ and the shared links are covered too.
+    durability.sync_filesystem(&layout::release_dir(&dest, &version), log)?;
     request_rollout(app, dest, &version, socket, log).await
 }
 

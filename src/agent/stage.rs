@@ -13,6 +13,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::checksum::Checksum;
+use super::durable::SyncError;
+use super::leftovers;
 use super::lock::{self, LockError};
 use super::log::RunLog;
 use super::manifest::{Files, Manifest};
@@ -35,6 +37,8 @@ pub enum StageError {
     Place(#[from] PlaceError),
     #[error(transparent)]
     Release(#[from] ReleaseError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
     #[error("could not put the staged release in place: {0:#}")]
     Placing(anyhow::Error),
     #[error("release {version} is live in {} but was not staged from {checksum}: a release never changes once live; give the new build a version of its own", .dest.display())]
@@ -79,10 +83,13 @@ pub async fn run(manifest: &Manifest, opts: &Options, log: &RunLog) -> Result<()
         ));
         return Ok(());
     }
+    // Under the dest lock: staging directories of this dest's name are a killed agent's.
+    let prefix = leftovers::staging_prefix(&dest);
+    leftovers::sweep(&dest, &prefix, log);
     let staged = pipeline::fetch_and_unpack(
         &files.src,
         &files.checksum,
-        &dest,
+        (&dest, &prefix),
         &opts.fetch,
         &opts.limits,
         log,
@@ -93,6 +100,8 @@ pub async fn run(manifest: &Manifest, opts: &Options, log: &RunLog) -> Result<()
         set_aside(&dest, &version, &files.checksum, log)?;
     }
     release::place(&dest, &version, staged, &app.shared, log).map_err(StageError::Placing)?;
+    // On disk before the marker says it is staged: a switch trusts the marker.
+    opts.durability.sync_filesystem(&target, log)?;
     mark(&dest, &version, &files.checksum)?;
     log.line(format!(
         "staged {} {version} in {} (not live: `cutover apply` of the same manifest switches to it)",

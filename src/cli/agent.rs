@@ -12,6 +12,7 @@ use rand::Rng;
 use super::logging::LogFormat;
 use super::values::{parse_bandwidth, parse_duration, parse_header, parse_size};
 use super::GlobalArgs;
+use crate::agent::durable::Durability;
 use crate::agent::input::{self, Event, Input};
 use crate::agent::limits::{self, Limits};
 use crate::agent::log::{Echo, RunLog, DEFAULT_CAP};
@@ -60,6 +61,10 @@ pub struct DeployFlags {
     /// Inodes that must stay free on dest's filesystem while the archive unpacks
     #[arg(long, env = "CUTOVER_MIN_FREE_INODES", value_name = "N", default_value_t = limits::DEFAULT_MIN_FREE_INODES)]
     pub min_free_inodes: u64,
+    /// Hidden, for the fetch bench only: skip flushing the release to disk before it goes live,
+    /// so the bench can show what the flush costs. A power cut may then leave empty files.
+    #[arg(long, hide = true)]
+    pub unsafe_no_fsync: bool,
 }
 
 impl DeployFlags {
@@ -264,6 +269,11 @@ pub(super) fn execute(
         replay_protection,
         trust,
         mode,
+        durability: if flags.unsafe_no_fsync {
+            Durability::Unsynced
+        } else {
+            Durability::Synced
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -87,9 +87,31 @@ pub fn run(config: Config) -> u8 {
     runtime.block_on(serve(config))
 }
 
+/// The socket a supervisor handed over the systemd way (fd 3, `LISTEN_FDS=1`, `LISTEN_PID` ours),
+/// if it did: `socket_activation: true` in the app's spec.
+fn handed_over() -> Option<std::io::Result<TcpListener>> {
+    let ours = std::env::var("LISTEN_PID").ok()? == std::process::id().to_string();
+    if !ours || std::env::var("LISTEN_FDS").ok()? != "1" {
+        return None;
+    }
+    eprintln!("demo-app: serving on the socket handed over as fd 3");
+    // SAFETY: LISTEN_FDS=1 with our pid says fd 3 is a listening socket given to this process,
+    // and nothing else in it owns fd 3.
+    let socket = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(3) };
+    Some(
+        socket
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(socket)),
+    )
+}
+
 async fn serve(config: Config) -> u8 {
     tokio::time::sleep(config.boot_delay).await;
-    let listener = match TcpListener::bind(config.addr).await {
+    let listener = match handed_over() {
+        Some(listener) => listener,
+        None => TcpListener::bind(config.addr).await,
+    };
+    let listener = match listener {
         Ok(listener) => listener,
         Err(err) => {
             eprintln!("demo-app: cannot listen on {}: {err}", config.addr);

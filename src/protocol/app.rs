@@ -25,6 +25,11 @@ pub struct AppSpec {
     pub version: Option<String>,
     /// Shell line run from the release directory; `{port}` is replaced, `PORT` is also set.
     pub run: String,
+    /// Hand each instance its listening socket the systemd way: bound by the supervisor, as fd 3
+    /// with `LISTEN_FDS=1` and `LISTEN_PID` (`{port}` and `PORT` still set), so no other process
+    /// can take its port. Only for apps that support socket activation.
+    #[serde(default)]
+    pub socket_activation: bool,
     /// Public address the supervisor's proxy owns, e.g. `0.0.0.0:8080`.
     pub listen: String,
     /// Number of instances to run side by side.

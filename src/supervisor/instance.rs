@@ -1,6 +1,10 @@
 //! One instance of an app: a small task that keeps its process running (restart with exponential
 //! backoff, crash-loop detection), follows its health checker, and publishes what it sees.
 //!
+//! Its port is `instance_port`'s: a socket handed over, or a move to a fresh port when another
+//! process holds it (`{port}`, `PORT`, the address and the backend change; the app task routes
+//! to the new one), after which the instance starts again at once, without counting an exit.
+//!
 //! The app task never owns the process itself: it holds an [`InstanceHandle`] (commands in, a
 //! watch of the [`View`] out) and hears "something changed" through the [`OnChange`] it gave
 //! (which puts an event on its channel). That keeps the app task free to answer `status` while an
@@ -8,7 +12,6 @@
 //! app task and its rollouts use instances, instances use neither.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +20,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::app::HealthSpec;
 use crate::supervisor::health::{Checker, Health, HealthReport, Probe};
-use crate::supervisor::process::{self, ExitStatus, ProcessId, Running, SpawnSpec};
+use crate::supervisor::instance_port::{InstancePort, Moved};
+pub use crate::supervisor::lifecycle::{Lifecycle, View};
+use crate::supervisor::process::{self, ExitStatus, Running, SpawnSpec};
 use crate::supervisor::proxy::Backend;
 
 /// First restart delay; doubled after each exit up to [`BACKOFF_MAX`].
@@ -40,73 +45,15 @@ pub struct InstancePlan {
     pub version: String,
     /// Where it listens (loopback, its own port): what the checker probes and the proxy dials.
     pub addr: SocketAddr,
+    /// The app's `run` line before `{port}` was substituted into `spawn.command`: a move to a
+    /// fresh port substitutes again.
+    pub run: String,
+    /// Bind the port here and hand the socket over as fd 3 (the app's `socket_activation`).
+    pub socket_activation: bool,
     pub spawn: SpawnSpec,
     pub health: HealthSpec,
     pub stop_signal: String,
     pub stop_timeout: Duration,
-}
-
-/// Where an instance is in its life. Transitions are logged as "now X, was Y".
-#[derive(Debug, Clone, PartialEq)]
-pub enum Lifecycle {
-    /// Running, not yet healthy.
-    Starting {
-        since: Instant,
-    },
-    Healthy {
-        since: Instant,
-    },
-    Unhealthy {
-        reason: String,
-    },
-    /// Down, restarting after `restart_in`.
-    Exited {
-        status: Option<ExitStatus>,
-        restart_in: Duration,
-    },
-    /// Down again and again: restarts continue at the slowest pace.
-    CrashLooping {
-        reason: String,
-        restart_in: Duration,
-    },
-    /// Taken out of the route; in-flight requests finish until `deadline`.
-    Draining {
-        deadline: Instant,
-    },
-    /// Stopped for good (by a rollout or `cutover stop`).
-    Stopped {
-        status: Option<ExitStatus>,
-    },
-}
-
-impl fmt::Display for Lifecycle {
-    /// The short words `cutover status` shows.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Lifecycle::Starting { .. } => "starting",
-            Lifecycle::Healthy { .. } => "healthy",
-            Lifecycle::Unhealthy { .. } => "unhealthy",
-            Lifecycle::Exited { .. } => "crashed",
-            Lifecycle::CrashLooping { .. } => "crash-looping",
-            Lifecycle::Draining { .. } => "draining",
-            Lifecycle::Stopped { .. } => "stopped",
-        })
-    }
-}
-
-/// What the instance task publishes after every change.
-#[derive(Debug, Clone)]
-pub struct View {
-    pub lifecycle: Lifecycle,
-    /// The process serving now, if one runs.
-    pub process: Option<ProcessId>,
-    /// Times the process was started again after an exit.
-    pub restarts: u32,
-    /// Times a process of this instance ended on its own (a candidate with any is a boot crash).
-    pub exits: u32,
-    pub last_failure: Option<String>,
-    /// Set while the instance is crash-looping: why, for `status` and the automatic rollback.
-    pub crash_loop: Option<String>,
 }
 
 /// How the app task and a rollout talk to an instance. Cheap to clone.
@@ -114,9 +61,6 @@ pub struct View {
 pub struct InstanceHandle {
     pub id: String,
     pub version: String,
-    pub addr: SocketAddr,
-    /// The proxy's view of this instance; the same `Arc` in every route keeps its counters.
-    pub backend: Arc<Backend>,
     pub view: watch::Receiver<View>,
     commands: mpsc::Sender<Command>,
 }
@@ -134,6 +78,16 @@ enum Command {
 impl InstanceHandle {
     pub fn view(&self) -> View {
         self.view.borrow().clone()
+    }
+
+    /// Where it listens now.
+    pub fn addr(&self) -> SocketAddr {
+        self.view.borrow().addr
+    }
+
+    /// What the proxy routes to for this instance now.
+    pub fn backend(&self) -> Arc<Backend> {
+        self.view.borrow().backend.clone()
     }
 
     pub async fn drain(&self, deadline: Instant) {
@@ -160,6 +114,8 @@ pub fn start(plan: InstancePlan, adopted: Option<Running>, on_change: OnChange) 
         lifecycle: Lifecycle::Starting {
             since: Instant::now(),
         },
+        addr: plan.addr,
+        backend: backend_at(&plan, plan.addr),
         process: adopted.as_ref().map(|r| r.id),
         restarts: 0,
         exits: 0,
@@ -171,17 +127,10 @@ pub fn start(plan: InstancePlan, adopted: Option<Running>, on_change: OnChange) 
     let handle = InstanceHandle {
         id: plan.id.clone(),
         version: plan.version.clone(),
-        addr: plan.addr,
-        backend: Arc::new(Backend {
-            id: plan.id.clone(),
-            version: plan.version.clone(),
-            addr: plan.addr,
-        }),
         view: view_rx,
         commands: commands_tx,
     };
     let task = InstanceTask {
-        plan,
         view: view_tx,
         on_change,
         commands,
@@ -189,9 +138,19 @@ pub fn start(plan: InstancePlan, adopted: Option<Running>, on_change: OnChange) 
         backoff: BACKOFF_MIN,
         healthy_since: None,
         retiring: false,
+        port: InstancePort::new(plan.addr, &plan.run, plan.socket_activation),
+        plan,
     };
     tokio::spawn(task.run(adopted));
     handle
+}
+
+fn backend_at(plan: &InstancePlan, addr: SocketAddr) -> Arc<Backend> {
+    Arc::new(Backend {
+        id: plan.id.clone(),
+        version: plan.version.clone(),
+        addr,
+    })
 }
 
 struct InstanceTask {
@@ -206,6 +165,8 @@ struct InstanceTask {
     healthy_since: Option<Instant>,
     /// Draining: an exit now is the end, not a crash to restart from.
     retiring: bool,
+    /// Where it listens, and the socket handed over, if any.
+    port: InstancePort,
 }
 
 /// How one run of the process ended.
@@ -220,7 +181,15 @@ impl InstanceTask {
         loop {
             let started = match adopted.take() {
                 Some(running) => Ok(running),
-                None => process::spawn(&self.plan.spawn),
+                None => match self.port.before_start(&mut self.plan.spawn) {
+                    Ok(moved) => {
+                        if let Some(moved) = moved {
+                            self.moved(moved);
+                        }
+                        process::spawn(&self.plan.spawn, self.port.socket())
+                    }
+                    Err(e) => Err(e),
+                },
             };
             let status = match started {
                 Ok(mut running) => {
@@ -240,6 +209,16 @@ impl InstanceTask {
                 self.transition(Lifecycle::Stopped { status });
                 self.wait_for_stop().await;
                 return;
+            }
+            // The app could not bind its port because another process holds it: not the app's
+            // fault, so no exit is counted (a candidate with one fails its rollout).
+            if let Some(moved) = status
+                .is_some()
+                .then(|| self.port.after_exit(&mut self.plan.spawn))
+                .flatten()
+            {
+                self.moved(moved);
+                continue;
             }
             let restart_in = self.record_exit(status.clone());
             if !self.pause(restart_in).await {
@@ -313,6 +292,7 @@ impl InstanceTask {
             Health::Starting => return,
             Health::Healthy => {
                 self.healthy_since.get_or_insert(now);
+                self.port.healthy();
                 self.forget_old_exits(now);
                 if self.exits.len() < CRASH_EXITS {
                     self.update(|v| v.crash_loop = None);
@@ -327,6 +307,18 @@ impl InstanceTask {
         if std::mem::discriminant(&next) != std::mem::discriminant(&self.view.borrow().lifecycle) {
             self.transition(next);
         }
+    }
+
+    /// The instance listens at a new address: its checker, backend and route follow.
+    fn moved(&mut self, moved: Moved) {
+        tracing::warn!(instance = %self.plan.id, "{}", moved.why);
+        self.plan.addr = moved.addr;
+        let backend = backend_at(&self.plan, moved.addr);
+        self.update(|v| {
+            v.addr = moved.addr;
+            v.backend = backend;
+            v.last_failure = Some(moved.why);
+        });
     }
 
     /// Counts an exit, updates backoff and crash-loop state; returns the delay before restarting.

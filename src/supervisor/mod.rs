@@ -13,6 +13,8 @@ pub mod fds;
 pub mod handover;
 pub mod health;
 pub mod instance;
+pub mod instance_port;
+pub mod lifecycle;
 pub mod listeners;
 pub mod process;
 pub mod proxy;

@@ -133,8 +133,10 @@ fn from_std(status: std::process::ExitStatus) -> ExitStatus {
     }
 }
 
-/// Starts an instance in its own process group.
-pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Running> {
+/// Starts an instance in its own process group; with `socket`, the systemd way: the socket as fd
+/// 3, `LISTEN_FDS=1` and `LISTEN_PID` set to the app's pid by the shell that execs it (`$$`; a
+/// compound line's app is the shell's child, and gets the shell's pid).
+pub fn spawn(spec: &SpawnSpec, socket: Option<&std::net::TcpListener>) -> std::io::Result<Running> {
     // O_APPEND: several instances and restarts may share a log file without clobbering it.
     let log = OpenOptions::new()
         .create(true)
@@ -148,9 +150,20 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Running> {
         })?;
     let log_err = log.try_clone()?;
     let mut command = tokio::process::Command::new("sh");
+    let line = match socket {
+        Some(_) => format!(
+            "LISTEN_PID=$$; export LISTEN_PID; {}",
+            shell_line(&spec.command)
+        ),
+        None => shell_line(&spec.command),
+    };
+    if socket.is_some() {
+        command.env("LISTEN_FDS", "1");
+    }
+    let socket_fd = socket.map(std::os::fd::AsRawFd::as_raw_fd);
     command
         .arg("-c")
-        .arg(shell_line(&spec.command))
+        .arg(line)
         .current_dir(&spec.cwd)
         .envs(&spec.env)
         .stdin(Stdio::null())
@@ -158,10 +171,16 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Running> {
         .stderr(Stdio::from(log_err))
         .process_group(0)
         .kill_on_drop(false);
-    // SAFETY: the hook only calls getrlimit and setrlimit, which are async-signal-safe, and
-    // touches no lock or allocation between fork and exec.
+    // SAFETY: the hook only calls getrlimit, setrlimit, dup2 and fcntl, which are
+    // async-signal-safe, and touches no lock or allocation between fork and exec.
     unsafe {
-        command.pre_exec(super::fds::restore_for_child);
+        command.pre_exec(move || {
+            super::fds::restore_for_child()?;
+            if let Some(fd) = socket_fd {
+                hand_over_as_fd_3(fd)?;
+            }
+            Ok(())
+        });
     }
     let child = command.spawn().map_err(|err| {
         std::io::Error::new(
@@ -182,6 +201,24 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<Running> {
         id: ProcessId { pid, start_time },
         watch: Watch::Child(child),
     })
+}
+
+/// In the child between fork and exec: `fd` becomes fd 3, open across exec.
+fn hand_over_as_fd_3(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    const LISTEN_FDS_START: std::os::fd::RawFd = 3;
+    // SAFETY: plain syscalls on descriptors of this (forked) process.
+    let rc = unsafe {
+        if fd == LISTEN_FDS_START {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, LISTEN_FDS_START)
+        }
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The line given to `sh -c`: `exec LINE` for a simple command, so the app itself is the process
@@ -325,17 +362,36 @@ pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal, String> {
 /// A free TCP port on `host`, for a new instance.
 ///
 /// The port is released before the instance binds it, so another process could take it in
-/// between. That is acceptable: the instance then fails to bind, never becomes healthy, and the
-/// deploy fails cleanly with its log saying "address in use"; handing the socket itself to the
-/// app would need every app to support socket activation.
+/// between: the instance task then sees it held ([`port_taken`]) and moves the instance to a
+/// fresh port. Handing the socket itself to the app would need every app to support socket
+/// activation.
 pub fn free_port(host: std::net::IpAddr) -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind((host, 0))?;
     Ok(listener.local_addr()?.port())
 }
 
+/// Whether a process holds `addr` (bound or listening) so that an instance could not bind it.
+/// Connections of an earlier run waiting in TIME_WAIT do not count: apps bind with
+/// SO_REUSEADDR, as this check does.
+pub fn port_taken(addr: std::net::SocketAddr) -> bool {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::AddrInUse,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listening_port_is_taken_and_a_closed_one_is_not() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        assert!(port_taken(addr));
+        drop(held);
+        assert!(!port_taken(addr));
+    }
 
     #[test]
     fn start_time_and_group_are_read_even_with_spaces_in_the_name() {

@@ -7,11 +7,15 @@
 //!
 //! - (a) cutover's `fetch_and_unpack`, driven by this very program re-executed as a child
 //!   (`CUTOVER_BENCH_CHILD` set), so the measurement holds only the library pipeline;
-//! - (a2) the real `cutover apply` of a manifest with `sync_strategy: mv` into a fresh dest;
+//! - (a2) the real `cutover apply` of a manifest with `sync_strategy: mv` into a fresh dest (the
+//!   tree flushed to disk with one syncfs before the rename, the parent fsynced after it);
+//! - (a3) the same without the flush (the hidden `--unsafe-no-fsync`), so (a2) − (a3) is what the
+//!   durability costs;
 //! - (b) `curl -o f && sha256sum f && tar xzf f`, the download-then-verify-then-unpack way;
 //! - (c) `curl | tee >(sha256sum) | tar xz`, the best a shell pipeline does.
 //!
 //! Peak RSS is the largest single process of a contender (what `wait4` reports), not a sum.
+//! `BENCH_ROUNDS=N` sets the runs per contender (best of N; 3 by default).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 use digest::Digest;
 
 const CHILD_ENV: &str = "CUTOVER_BENCH_CHILD";
+/// Runs per contender unless `BENCH_ROUNDS` says otherwise.
 const RUNS: usize = 3;
 
 /// Builds a contender's command for a fresh destination directory.
@@ -55,22 +60,11 @@ fn main() {
         ),
         (
             "(a2) cutover apply (real binary, mv)",
-            Box::new(|dest: &Path| {
-                // The whole agent: manifest fetch, pipeline, `mv` into a fresh dest.
-                let manifest = dest.join("manifest.yml");
-                let yaml = format!(
-                    "src: {url}\nchecksum: {sum}\ndest: {}\nsync_strategy: mv\n",
-                    dest.join("app").display()
-                );
-                std::fs::write(&manifest, yaml).expect("write manifest");
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
-                cmd.arg("apply")
-                    .arg(&manifest)
-                    .current_dir(dest)
-                    .env("CUTOVER_STATE_DIR", dest.join("state"))
-                    .stderr(std::process::Stdio::null());
-                cmd
-            }),
+            Box::new(|dest: &Path| apply_mv(dest, &url, &sum, &[])),
+        ),
+        (
+            "(a3) (a2) with --unsafe-no-fsync",
+            Box::new(|dest: &Path| apply_mv(dest, &url, &sum, &["--unsafe-no-fsync"])),
         ),
         (
             "(b) curl -o; sha256sum; tar xzf",
@@ -92,10 +86,18 @@ fn main() {
         ),
     ];
 
+    let runs = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(RUNS);
     let mut results = Vec::new();
     for (name, make) in &contenders {
         let mut best: Option<(Duration, u64)> = None;
-        for _ in 0..RUNS {
+        for _ in 0..runs {
+            // Each run starts with nothing dirty on the disk, so one contender's writeback does
+            // not land in the next one's flush.
+            sync_all();
             let dest = work.join("dest");
             let _ = std::fs::remove_dir_all(&dest);
             std::fs::create_dir_all(&dest).expect("dest");
@@ -111,9 +113,10 @@ fn main() {
         results.push((*name, took, rss_kb));
     }
 
-    let baseline = results[3].1.as_secs_f64();
+    // (c), the best shell pipeline, is the baseline.
+    let baseline = results[results.len() - 1].1.as_secs_f64();
     println!(
-        "\nfetch → verify → unpack of {:.0} MB tar.gz over HTTP on 127.0.0.1 (best of {RUNS})",
+        "\nfetch → verify → unpack of {:.0} MB tar.gz over HTTP on 127.0.0.1 (best of {runs})",
         bytes as f64 / 1e6
     );
     println!(
@@ -144,7 +147,7 @@ fn child(spec: &str) {
         .block_on(cutover::agent::pipeline::fetch_and_unpack(
             url,
             &checksum,
-            Path::new(dest),
+            (Path::new(dest), cutover::agent::pipeline::STAGING_PREFIX),
             &opts,
             &cutover::agent::limits::Limits::default(),
             &log,
@@ -152,6 +155,30 @@ fn child(spec: &str) {
         .unwrap_or_else(|e| panic!("{e}"));
     // Keep the tree, as the agent would before placing it.
     let _ = staged.dir.keep();
+}
+
+/// The whole agent: manifest fetch, pipeline, `mv` into a fresh dest, with `extra` flags.
+fn apply_mv(dest: &Path, url: &str, sum: &str, extra: &[&str]) -> Command {
+    let manifest = dest.join("manifest.yml");
+    let yaml = format!(
+        "src: {url}\nchecksum: {sum}\ndest: {}\nsync_strategy: mv\n",
+        dest.join("app").display()
+    );
+    std::fs::write(&manifest, yaml).expect("write manifest");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.arg("apply")
+        .arg(&manifest)
+        .args(extra)
+        .current_dir(dest)
+        .env("CUTOVER_STATE_DIR", dest.join("state"))
+        .stderr(std::process::Stdio::null());
+    cmd
+}
+
+/// sync(2): writes out everything dirty, on every filesystem.
+fn sync_all() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
 }
 
 fn shell(dest: &Path, script: &str) -> Command {

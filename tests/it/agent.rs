@@ -4,6 +4,7 @@
 //! the archives, manifests, `dest`, the state directory and the agent's start directory.
 
 mod bad;
+mod durable;
 mod examples;
 mod fetch;
 mod hooks;

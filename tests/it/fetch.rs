@@ -14,7 +14,7 @@ use std::time::Duration;
 use cutover::agent::checksum::Checksum;
 use cutover::agent::limits::Limits;
 use cutover::agent::log::RunLog;
-use cutover::agent::pipeline::{fetch_and_unpack, PipelineError, Staged};
+use cutover::agent::pipeline::{fetch_and_unpack, PipelineError, Staged, STAGING_PREFIX};
 use cutover::agent::source::FetchOptions;
 use cutover::agent::unpack::Format;
 
@@ -50,7 +50,8 @@ async fn run(
 ) -> (Result<Staged, PipelineError>, RunLog) {
     let log = RunLog::quiet(1 << 20);
     let checksum: Checksum = sum.parse().expect("valid checksum");
-    let result = fetch_and_unpack(url, &checksum, parent, opts, &Limits::default(), &log).await;
+    let staging = (parent, STAGING_PREFIX);
+    let result = fetch_and_unpack(url, &checksum, staging, opts, &Limits::default(), &log).await;
     (result, log)
 }
 

@@ -38,11 +38,8 @@ fn pgid_of(pid: u32) -> i32 {
 async fn spawn_appends_output_to_the_log_in_its_own_group() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("app.log"), "earlier line\n").unwrap();
-    let mut running = process::spawn(&spec(
-        dir.path(),
-        "echo \"$GREETING from $(pwd)\"; echo oops >&2; sleep 30",
-    ))
-    .expect("spawn");
+    let line = "echo \"$GREETING from $(pwd)\"; echo oops >&2; sleep 30";
+    let mut running = process::spawn(&spec(dir.path(), line), None).expect("spawn");
     assert_eq!(
         pgid_of(running.id.pid),
         running.id.pid as i32,
@@ -71,7 +68,7 @@ async fn spawn_appends_output_to_the_log_in_its_own_group() {
 #[tokio::test]
 async fn exit_code_is_reported_and_exited_can_be_awaited_again() {
     let dir = tempfile::tempdir().unwrap();
-    let mut running = process::spawn(&spec(dir.path(), "sh -c 'exit 7'")).unwrap();
+    let mut running = process::spawn(&spec(dir.path(), "sh -c 'exit 7'"), None).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), running.exited())
         .await
         .expect("exit within 10s");
@@ -88,7 +85,7 @@ async fn stop_kills_a_group_that_ignores_the_signal_grandchildren_included() {
         "trap '' TERM; sleep 100 & echo $! > {}; wait",
         pidfile.display()
     );
-    let mut running = process::spawn(&spec(dir.path(), &line)).unwrap();
+    let mut running = process::spawn(&spec(dir.path(), &line), None).unwrap();
     let grandchild = wait_pid_file(&pidfile);
     assert_eq!(pgid_of(grandchild), running.id.pid as i32);
 
@@ -111,7 +108,7 @@ async fn stop_kills_a_group_that_ignores_the_signal_grandchildren_included() {
 #[tokio::test]
 async fn adopt_needs_the_same_pid_and_start_time() {
     let dir = tempfile::tempdir().unwrap();
-    let mut running = process::spawn(&spec(dir.path(), "sleep 30")).unwrap();
+    let mut running = process::spawn(&spec(dir.path(), "sleep 30"), None).unwrap();
     let id = running.id;
     assert!(process::adopt(id).is_some());
     let wrong = ProcessId {

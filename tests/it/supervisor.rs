@@ -8,6 +8,7 @@ mod canary;
 mod hold;
 mod json_log;
 mod limits;
+mod ports;
 mod restart;
 mod strangers;
 mod strays;

@@ -244,7 +244,7 @@ impl AppTask {
                 deploy.retiring.retain(|r| r.id != id);
             }
             self.persist();
-        } else if self.set_recorded_process(id, view.process) {
+        } else if self.set_recorded_process(id, view.process, view.addr.port()) {
             self.persist();
         }
         self.update_route();

@@ -216,7 +216,8 @@ impl AppTask {
             ids.push(format!("canary at {}:", c.share));
             ids.extend(c.backends.iter().map(|b| b.id.clone()));
         }
-        if ids == self.routed {
+        let addrs: Vec<std::net::SocketAddr> = chosen.iter().map(|h| h.addr()).collect();
+        if ids == self.routed && addrs == self.routed_addrs {
             return;
         }
         if !chosen.is_empty()
@@ -228,11 +229,12 @@ impl AppTask {
         }
         tracing::info!(app = %self.context.name, "route now {ids:?}, was {:?}", self.routed);
         self.context.proxy.set_route(Route {
-            backends: chosen.iter().map(|h| h.backend.clone()).collect(),
+            backends: chosen.iter().map(|h| h.backend()).collect(),
             balance: self.record.spec.balance,
             canary,
         });
         self.routed = ids;
+        self.routed_addrs = addrs;
     }
 
     /// Opens or closes the proxy's access log as the live spec says (nothing when it already
@@ -266,7 +268,7 @@ impl AppTask {
             .iter()
             .filter_map(|r| self.instances.get(&r.id))
             .filter(|h| matches!(h.view.borrow().lifecycle, Lifecycle::Healthy { .. }))
-            .map(|h| h.backend.clone())
+            .map(|h| h.backend())
             .collect();
         Some(CanaryRoute {
             backends,

@@ -27,7 +27,7 @@ impl AppTask {
                     id: handle.id.clone(),
                     version: handle.version.clone(),
                     pid: view.process.map(|p| p.pid),
-                    addr: handle.addr.to_string(),
+                    addr: view.addr.to_string(),
                     state: view.lifecycle.to_string(),
                     routed: self.routed.contains(&handle.id),
                     restarts: view.restarts,

@@ -85,6 +85,8 @@ pub struct AppTask {
     pub(crate) instances: BTreeMap<String, InstanceHandle>,
     /// Ids currently in the proxy's route, to skip needless swaps.
     pub(super) routed: Vec<String>,
+    /// Their addresses: an instance that moved to a fresh port is routed anew.
+    pub(super) routed_addrs: Vec<SocketAddr>,
     pub(super) rollout: Option<RolloutRun>,
     /// The app task's one channel: its instances' changes and its rollout's requests.
     pub(super) events_tx: mpsc::UnboundedSender<AppEvent>,
@@ -103,6 +105,7 @@ impl AppTask {
             record,
             instances: BTreeMap::new(),
             routed: Vec::new(),
+            routed_addrs: Vec::new(),
             rollout: None,
             events_tx,
             events,
@@ -117,11 +120,12 @@ impl AppTask {
         }
     }
 
-    /// Copies a (new) pid into the record; true if it changed.
+    /// Copies a (new) pid and port into the record; true if either changed.
     pub(super) fn set_recorded_process(
         &mut self,
         id: &str,
         process: Option<process::ProcessId>,
+        port: u16,
     ) -> bool {
         let deploy = self
             .record
@@ -135,8 +139,9 @@ impl AppTask {
             .chain(deploy)
             .find(|r| r.id == id);
         match record {
-            Some(r) if r.process != process => {
+            Some(r) if r.process != process || r.port != port => {
                 r.process = process;
+                r.port = port;
                 true
             }
             _ => false,
@@ -173,6 +178,8 @@ impl AppTask {
             id: record.id.clone(),
             version: record.version.clone(),
             addr,
+            run: spec.run.clone(),
+            socket_activation: spec.socket_activation,
             spawn: SpawnSpec {
                 command: spec.run.replace("{port}", &record.port.to_string()),
                 cwd: crate::protocol::layout::release_dir(&self.record.dest, &record.version),

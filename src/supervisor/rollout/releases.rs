@@ -25,7 +25,8 @@ pub enum ReleasesError {
 }
 
 /// Points `dest/current` at `releases/<version>` atomically: a symlink made under a temp name, then
-/// renamed over the old one, so a reader always sees one release or the other.
+/// renamed over the old one, so a reader always sees one release or the other; `dest` is fsynced
+/// after the rename, so the swap survives a power cut (the agent flushed the release before).
 pub fn swap_current(dest: &Path, version: &str) -> Result<(), ReleasesError> {
     let link = layout::current_link(dest);
     // Relative, so the app's home can be moved or bind-mounted elsewhere and still resolve.
@@ -40,6 +41,9 @@ pub fn swap_current(dest: &Path, version: &str) -> Result<(), ReleasesError> {
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(&target, &tmp).map_err(fail)?;
     fs::rename(&tmp, &link).map_err(fail)?;
+    fs::File::open(dest)
+        .and_then(|dir| dir.sync_all())
+        .map_err(fail)?;
     Ok(())
 }
 

@@ -61,6 +61,12 @@ fn a_manifest_with_an_app_goes_live_and_the_verbs_drive_it() {
     let out = deploy_from_stdin(&sup, &v1);
     assert_ok("deploy v1", &out);
     assert_contains(&out.stderr, "shop v1 is live");
+    // On disk before the supervisor is asked to make it live.
+    let release = std::fs::canonicalize(app.dest.join("releases/v1")).expect("the release");
+    assert_contains(
+        &out.stderr,
+        &format!("flushed {} to disk", release.display()),
+    );
     assert!(app.dest.join("releases/v1/VERSION").is_file());
     assert_eq!(
         std::fs::read_link(app.dest.join("current"))

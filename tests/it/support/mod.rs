@@ -14,7 +14,7 @@ pub mod github;
 pub mod http_server;
 pub mod load;
 pub mod minisign;
-mod ports;
+pub mod ports;
 pub mod procs;
 pub mod request;
 pub mod s3;

@@ -39,3 +39,24 @@ fn ephemeral_low() -> u32 {
         .and_then(|range| range.split_whitespace().next()?.parse().ok())
         .unwrap_or(32_768)
 }
+
+/// The inode of the socket listening on `addr` (IPv4), from /proc/net/tcp: the same inode before
+/// and after a restart means the same socket, not merely the same port.
+pub fn listening_socket(addr: std::net::SocketAddr) -> Option<u64> {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        return None;
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // sl, local_address, rem_address, st (0A: LISTEN), …, inode (the tenth).
+        (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+            .then(|| fields.get(9)?.parse().ok())
+            .flatten()
+    })
+}
