@@ -22,6 +22,7 @@ pub mod place;
 pub mod release;
 pub mod replay;
 pub mod source;
+pub mod stage;
 pub mod template;
 pub mod trust;
 pub mod unpack;
@@ -40,6 +41,7 @@ use self::pipeline::PipelineError;
 use self::place::{PlaceError, RsyncOptions};
 use self::source::{FetchError, FetchOptions};
 use self::trust::{SignedRelease, Trust, TrustError};
+use crate::protocol;
 
 /// How one run behaves; built by the CLI from flags and the environment.
 #[derive(Debug, Clone)]
@@ -62,6 +64,18 @@ pub struct Options {
     pub replay_protection: bool,
     /// Whether manifests must be signed, and by which keys.
     pub trust: Trust,
+    /// Deploy, or only stage the release for a later switch.
+    pub mode: Mode,
+}
+
+/// What a run does with an accepted manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything: fetch, hooks, place, the supervisor's rollout.
+    Deploy,
+    /// `apply --stage-only`: fetch, verify and unpack an `app:` release into
+    /// `dest/releases/VERSION`; no hook, no request to the supervisor (`stage`).
+    StageOnly,
 }
 
 /// How a run ended; the CLI maps it to an exit code.
@@ -143,6 +157,19 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
     };
     for warning in &manifest.warnings {
         log.warning(warning);
+    }
+    if opts.mode == Mode::StageOnly {
+        // No hook either way: staging changes nothing that runs, so there is nothing to announce.
+        return match stage::run(&manifest, opts, log).await {
+            Ok(()) => {
+                log.line(format!("Stage manifest succeeded: {url}"));
+                Outcome::Succeeded
+            }
+            Err(err) => {
+                log.error(format!("Stage manifest failed: {url}: {err}"));
+                Outcome::Failed
+            }
+        };
     }
     let result = deploy(&manifest, signed.as_ref(), event, opts, log).await;
     match &result {
@@ -322,6 +349,11 @@ async fn place_files(
     opts: &Options,
     log: &RunLog,
 ) -> Result<(), DeployError> {
+    if let Some(app) = &files.app {
+        if let Some(version) = stage::reusable(files, app, dest, log) {
+            return switch_to_staged(app, &version, dest, manifest, opts, log).await;
+        }
+    }
     let staging_parent = if files.app.is_some() {
         // The app's home holds releases/: staging inside it keeps the rename on one filesystem.
         std::fs::create_dir_all(dest).map_err(|source| DeployError::CreateDest {
@@ -367,4 +399,25 @@ async fn place_files(
         SyncStrategy::Mv => place::mv(staged, dest, log)?,
     }
     Ok(())
+}
+
+/// pre → the supervisor's rollout of a release `apply --stage-only` already put in place.
+async fn switch_to_staged(
+    app: &protocol::AppSpec,
+    version: &str,
+    dest: &Path,
+    manifest: &Manifest,
+    opts: &Options,
+    log: &RunLog,
+) -> Result<(), DeployError> {
+    hooks::run_logged(Phase::Pre, &manifest.commands.pre, &opts.start_dir, log).await?;
+    // The supervisor runs in another directory: hand it an absolute home.
+    let dest = std::fs::canonicalize(dest).map_err(|source| {
+        DeployError::Release(
+            anyhow::Error::new(source).context(format!("resolving dest {}", dest.display())),
+        )
+    })?;
+    release::request_rollout(app, dest, version, &opts.socket, log)
+        .await
+        .map_err(DeployError::Release)
 }

@@ -66,7 +66,19 @@ pub async fn deploy(release: AppRelease<'_>, log: &RunLog) -> anyhow::Result<()>
     // The supervisor runs in another directory: hand it an absolute home.
     let dest = std::fs::canonicalize(dest).map_err(|e| io_error("resolve", dest, e))?;
     place(&dest, &version, staged, &app.shared, log)?;
+    request_rollout(app, dest, &version, socket, log).await
+}
 
+/// Asks the supervisor on `socket` to roll out the release already in `dest/releases/VERSION`
+/// (`dest` absolute), logs the rollout's progress and returns when it has succeeded or failed.
+pub async fn request_rollout(
+    app: &AppSpec,
+    dest: PathBuf,
+    version: &str,
+    socket: &Path,
+    log: &RunLog,
+) -> anyhow::Result<()> {
+    let version = version.to_owned();
     log.line(format!(
         "asking the supervisor on {} to roll out {} {version}",
         socket.display(),
@@ -106,7 +118,7 @@ pub async fn deploy(release: AppRelease<'_>, log: &RunLog) -> anyhow::Result<()>
 }
 
 /// The release's version: the manifest's, or the start of the archive's digest.
-fn release_version(app: &AppSpec, digest_hex: &str) -> Result<String, ReleaseError> {
+pub fn release_version(app: &AppSpec, digest_hex: &str) -> Result<String, ReleaseError> {
     let version = match &app.version {
         Some(version) => version.clone(),
         None => digest_hex.chars().take(DIGEST_VERSION_LEN).collect(),
@@ -120,7 +132,7 @@ fn release_version(app: &AppSpec, digest_hex: &str) -> Result<String, ReleaseErr
 
 /// Puts the staged tree at `dest/releases/<version>` and links the shared entries into it, or
 /// keeps the release already there.
-fn place(
+pub fn place(
     dest: &Path,
     version: &str,
     staged: Staged,

@@ -17,7 +17,7 @@ use crate::agent::limits::{self, Limits};
 use crate::agent::log::{Echo, RunLog, DEFAULT_CAP};
 use crate::agent::source::{FetchOptions, TokenFor};
 use crate::agent::trust::EXIT_UNTRUSTED;
-use crate::agent::{Options, Outcome};
+use crate::agent::{Mode, Options, Outcome};
 
 /// Flags of every deploy run, from stdin (`cutover`) or not (`cutover apply`).
 #[derive(Debug, Clone, Args)]
@@ -184,9 +184,14 @@ pub fn run(args: AgentArgs, global: &GlobalArgs) -> ExitCode {
     let parsed = input::read_bounded(std::io::stdin().lock())
         .and_then(|bytes| input::parse(&bytes, &input::Env::from_process()));
     let outcome = match parsed {
-        Ok(Input::Deploy(event)) => {
-            execute(&event, &args.deploy, !args.allow_replays, global, &log)
-        }
+        Ok(Input::Deploy(event)) => execute(
+            &event,
+            &args.deploy,
+            !args.allow_replays,
+            Mode::Deploy,
+            global,
+            &log,
+        ),
         Ok(Input::NotUserEvent(kind)) => {
             log.line(format!(
                 "ignoring serf {kind} event: cutover deploys on user events (serf agent -event-handler user:deploy=cutover)"
@@ -216,6 +221,7 @@ pub(super) fn execute(
     event: &Event,
     flags: &DeployFlags,
     replay_protection: bool,
+    mode: Mode,
     global: &GlobalArgs,
     log: &RunLog,
 ) -> Outcome {
@@ -257,6 +263,7 @@ pub(super) fn execute(
         start_dir,
         replay_protection,
         trust,
+        mode,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,13 +9,18 @@ use clap::Args;
 use super::agent::{execute, exit_code, run_log, DeployFlags};
 use super::GlobalArgs;
 use crate::agent::input::Event;
-use crate::agent::Outcome;
+use crate::agent::{Mode, Outcome};
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// Manifest URL (s3://, http://, https://, file://) or a local path
     #[arg(value_name = "URL|PATH")]
     pub manifest: String,
+    /// Only stage the release: fetch, verify and unpack an `app:` release into
+    /// dest/releases/VERSION, run no hook and leave the live release serving; `cutover apply`
+    /// of the same manifest later switches to it without downloading again
+    #[arg(long)]
+    pub stage_only: bool,
     #[command(flatten)]
     pub deploy: DeployFlags,
 }
@@ -33,7 +38,12 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> ExitCode {
         url,
         identity: None,
     };
-    exit_code(execute(&event, &args.deploy, false, global, &log))
+    let mode = if args.stage_only {
+        Mode::StageOnly
+    } else {
+        Mode::Deploy
+    };
+    exit_code(execute(&event, &args.deploy, false, mode, global, &log))
 }
 
 /// A URL stays as is; a local path becomes `file://` + its absolute path.

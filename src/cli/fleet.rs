@@ -63,9 +63,17 @@ pub struct RolloutArgs {
     /// Nodes that must keep serving the app while a batch is out
     #[arg(long, default_value_t = 0)]
     pub min_healthy: usize,
-    /// Failed nodes tolerated before the rollout halts and reverts the nodes it updated
+    /// Failed nodes tolerated before the rollout halts and reverts the nodes it updated (a node
+    /// that cannot stage counts too)
     #[arg(long, default_value_t = 0)]
     pub max_failures: usize,
+    /// Nodes that must hold the release (staged now, or already serving it) before the first
+    /// switch; fewer, and the rollout halts with nothing switched
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub min_staged: usize,
+    /// Stage on every node and stop: switch later by running the same rollout without it
+    #[arg(long)]
+    pub stage_only: bool,
     /// Show the plan and change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -103,6 +111,8 @@ async fn rollout_async(args: RolloutArgs) -> ExitCode {
         max_parallel: args.max_parallel,
         min_healthy: args.min_healthy,
         max_failures: args.max_failures,
+        min_staged: args.min_staged,
+        stage_only: args.stage_only,
         node_timeout: args.timeout,
         unreachable_after: args.unreachable_after,
         query_timeout: args.query_timeout,
@@ -183,6 +193,7 @@ fn report_text(step: &Step, report: &Report) -> String {
             .map(|(n, why)| format!("{n} ({why})"))
             .collect()
     };
+    line("staged", report.staged.clone());
     line("updated", report.updated.clone());
     line("already current", report.current.clone());
     line("unreachable", named(&report.unreachable));
@@ -221,6 +232,7 @@ fn step_json(
     });
     let outcome = report.map(|r| {
         json!({
+            "staged": r.staged,
             "updated": r.updated,
             "current": r.current,
             "unreachable": named(&r.unreachable),
@@ -280,6 +292,9 @@ pub struct SerfHandlerArgs {
     /// Internal: deploy this manifest URL (the detached worker of a deploy query)
     #[arg(long, hide = true, value_name = "URL")]
     pub run_deploy: Option<String>,
+    /// Internal: stage this manifest URL (the detached worker of a stage query)
+    #[arg(long, hide = true, value_name = "URL")]
+    pub run_stage: Option<String>,
     /// Internal: roll back "APP [VERSION]" (the detached worker of a rollback query)
     #[arg(long, hide = true, value_name = "APP [VERSION]")]
     pub run_rollback: Option<String>,
@@ -307,6 +322,8 @@ pub fn serf_handler(args: SerfHandlerArgs, global: &GlobalArgs) -> ExitCode {
     block_on(async move {
         if let Some(url) = &args.run_deploy {
             worker::deploy(&node, &serf, url).await
+        } else if let Some(url) = &args.run_stage {
+            worker::stage(&node, url).await
         } else if let Some(payload) = &args.run_rollback {
             worker::rollback(&node, &serf, payload).await
         } else if args.catch_up {
@@ -323,7 +340,7 @@ pub fn serf_handler(args: SerfHandlerArgs, global: &GlobalArgs) -> ExitCode {
 pub struct FleetStatusCommand {
     #[command(flatten)]
     pub args: FleetStatusArgs,
-    /// Print the rows as one JSON array (node, status, app, version, health, phase)
+    /// Print the rows as one JSON array (node, status, app, version, health, phase, staged)
     #[arg(long)]
     pub json: bool,
 }
@@ -369,6 +386,7 @@ fn rows_json(rows: &[status::Row]) -> serde_json::Value {
                 "version": row.version,
                 "health": row.health,
                 "phase": row.phase,
+                "staged": row.staged,
             })
         })
         .collect()

@@ -1,6 +1,6 @@
 //! Catching up: a node that (re)joins compares what it runs with what its peers run (their status
 //! answers, else their tags) and deploys the version most of them run, asking a peer that runs it
-//! for its manifest URL.
+//! for its manifest URL; it stages that release first and then switches, as a rollout's nodes do.
 //!
 //! It runs detached, started by the handler on the member-join event of the node itself, so it
 //! first waits (bounded) for its supervisor to answer and for peers to show up in the gossip.
@@ -77,7 +77,10 @@ pub async fn run(node: &Node, serf: &Serf) -> ExitCode {
             "catching up {}: {} -> {} ({} of {} peers run it), from {url}",
             app.name, runs, majority.version, majority.count, majority.total
         ));
-        if worker::deploy(node, serf, &url).await != ExitCode::SUCCESS {
+        // Staged first, as a rollout's nodes are: the deploy then reuses the staged tree.
+        if worker::stage(node, &url).await != ExitCode::SUCCESS
+            || worker::deploy(node, serf, &url).await != ExitCode::SUCCESS
+        {
             code = ExitCode::FAILURE;
         }
     }

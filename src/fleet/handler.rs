@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Serf runs handlers one at a time and sends a query handler's stdout back as its answer, so a
-//! query is answered at once: deploys and rollbacks are started as detached workers (their own
-//! process group, output to `STATE/fleet/fleet.log`) and followed by status queries.
+//! query is answered at once: deploys, stages and rollbacks are started as detached workers
+//! (their own process group, output to `STATE/fleet/fleet.log`) and followed by status queries.
 
 use std::io::Read;
 use std::process::{ExitCode, Stdio};
@@ -64,6 +64,7 @@ pub async fn answer_query(node: &Node, name: &str, payload: &str) -> Option<Stri
     let answer = match name {
         wire::QUERY_STATUS => return Some(wire::state_json(&node.state().await)),
         wire::QUERY_DEPLOY => start(node, "deploy", payload),
+        wire::QUERY_STAGE => start(node, "stage", payload),
         wire::QUERY_ROLLBACK => start(node, "rollback", payload),
         wire::QUERY_MANIFEST => manifest_of(node, payload),
         _ => return None,

@@ -1,12 +1,13 @@
-//! Fleet status: every member, the versions it publishes as tags, and its live health from a
-//! status query. No store of its own: Serf's membership and tags are the record.
+//! Fleet status: every member, the versions it publishes as tags, its live health from a status
+//! query, and the release it staged for a rollout's switch (`staged VERSION` in the phase). No
+//! store of its own: Serf's membership and tags, and the nodes' answers, are the record.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::serf::{Serf, SerfError};
 use super::tags;
-use super::wire::{self, NodeState};
+use super::wire::{self, LastRun, NodeState, RunState};
 
 /// One row of the fleet table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub struct Row {
     pub version: String,
     pub health: String,
     pub phase: String,
+    /// A version staged on the node and not live yet (`cutover rollout` switches to it next).
+    pub staged: Option<String>,
 }
 
 /// Reads members, their tags and their answers to a status query (within `timeout`; an error
@@ -58,13 +61,25 @@ pub async fn collect(
                 apps.entry(app.n.clone()).or_insert_with(|| v.clone());
             }
         }
-        let row = |app: &str, version: &str, health: String, phase: String| Row {
-            node: member.name.clone(),
-            status: member.status.clone(),
-            app: app.to_owned(),
-            version: version.to_owned(),
-            health,
-            phase,
+        let stage = state
+            .and_then(|s| s.last.as_ref())
+            .filter(|l| l.op == "stage");
+        // A node that runs nothing of the app yet still shows what it staged of it.
+        if let Some(last) = stage.filter(|l| !l.app.is_empty()) {
+            apps.entry(last.app.clone())
+                .or_insert_with(|| "-".to_owned());
+        }
+        let row = |app: &str, version: &str, health: String, phase: String| {
+            let staging = stage.filter(|l| l.app == app && l.v != version);
+            Row {
+                node: member.name.clone(),
+                status: member.status.clone(),
+                app: app.to_owned(),
+                version: version.to_owned(),
+                health,
+                phase: staging.map_or(phase.clone(), |l| with_stage(&phase, l)),
+                staged: staging.filter(|l| l.s == RunState::Ok).map(|l| l.v.clone()),
+            }
         };
         if apps.is_empty() {
             let note = match state {
@@ -88,6 +103,20 @@ pub async fn collect(
     Ok(rows)
 }
 
+/// The phase with the node's staging of another version: `staged 2` (or `staging 2`,
+/// `stage of 2 failed: …`), after the supervisor's phase unless that is plain `idle`.
+fn with_stage(phase: &str, last: &LastRun) -> String {
+    let stage = match last.s {
+        RunState::Running => format!("staging {}", last.v),
+        RunState::Ok => format!("staged {}", last.v),
+        RunState::Failed => format!("stage of {} failed: {}", last.v, last.m),
+    };
+    match phase {
+        "idle" | "not running" | "no answer" => stage,
+        other => format!("{other}; {stage}"),
+    }
+}
+
 /// The rows as an aligned table.
 pub fn render(rows: &[Row]) -> String {
     let header = Row {
@@ -97,6 +126,7 @@ pub fn render(rows: &[Row]) -> String {
         version: "VERSION".to_owned(),
         health: "HEALTHY".to_owned(),
         phase: "PHASE".to_owned(),
+        staged: None,
     };
     let all: Vec<&Row> = std::iter::once(&header).chain(rows).collect();
     let width = |f: fn(&Row) -> &str| all.iter().map(|r| f(r).chars().count()).max().unwrap_or(0);

@@ -11,6 +11,9 @@ pub const MAX_ANSWER: usize = 1024;
 
 /// Ask a node to deploy the manifest URL in the payload; it answers at once and works detached.
 pub const QUERY_DEPLOY: &str = "cutover-deploy";
+/// Ask a node to stage the manifest URL in the payload (`cutover apply --stage-only URL`):
+/// download, verify and unpack it without switching; answered at once, works detached.
+pub const QUERY_STAGE: &str = "cutover-stage";
 /// Ask a node what it runs: apps, live versions, health and its last fleet deploy.
 pub const QUERY_STATUS: &str = "cutover-status";
 /// Ask a node to roll an app back: payload `APP` or `APP VERSION`; answered at once, works detached.
@@ -88,7 +91,7 @@ impl Ack {
 pub struct NodeState {
     #[serde(default)]
     pub apps: Vec<AppState>,
-    /// The last deploy or rollback the node's handler ran, if any.
+    /// The last deploy, stage or rollback the node's handler ran, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<LastRun>,
     /// Why the supervisor's status could not be read (the rest may still be useful).
@@ -134,7 +137,7 @@ impl AppState {
 /// The handler's record of the last deploy or rollback it started on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastRun {
-    /// `deploy` or `rollback`.
+    /// `deploy`, `stage` or `rollback`.
     pub op: String,
     pub app: String,
     pub v: String,

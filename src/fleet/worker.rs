@@ -1,5 +1,5 @@
-//! The work a node's handler starts and does not wait for: a deploy, a rollback, an event-mode
-//! deploy; each ends by publishing what the node now runs as Serf tags.
+//! The work a node's handler starts and does not wait for: a deploy, a stage, a rollback, an
+//! event-mode deploy; each but the stage ends by publishing what the node now runs as Serf tags.
 //!
 //! One worker at a time per node, held by an exclusive `flock` on `STATE/fleet/worker.lock`: the
 //! supervisor would refuse a second rollout of an app anyway, and one clear "busy" is better.
@@ -34,9 +34,40 @@ fn lock(node: &Node) -> Option<Flock<File>> {
 
 /// `cutover serf-handler --run-deploy URL`: `cutover apply URL`, then record and publish.
 pub async fn deploy(node: &Node, serf: &Serf, url: &str) -> ExitCode {
+    let code = apply(node, Apply::Deploy, url).await;
+    publish(node, serf).await;
+    code
+}
+
+/// `cutover serf-handler --run-stage URL`: `cutover apply --stage-only URL`, then record. The
+/// node still runs what it ran, so there is nothing new to publish.
+pub async fn stage(node: &Node, url: &str) -> ExitCode {
+    apply(node, Apply::Stage, url).await
+}
+
+/// What a worker asks of `cutover apply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Apply {
+    Deploy,
+    Stage,
+}
+
+impl Apply {
+    /// The run's name on record and in the coordinator's queries.
+    fn op(self) -> &'static str {
+        match self {
+            Apply::Deploy => "deploy",
+            Apply::Stage => "stage",
+        }
+    }
+}
+
+/// Runs `cutover apply [--stage-only] URL` under the worker lock and records how it ended.
+async fn apply(node: &Node, what: Apply, url: &str) -> ExitCode {
+    let op = what.op();
     let Some(_lock) = lock(node) else {
         node.log(&format!(
-            "not deploying {url}: another fleet run holds the lock"
+            "not running {op} of {url}: another fleet run holds the lock"
         ));
         return ExitCode::FAILURE;
     };
@@ -44,30 +75,36 @@ pub async fn deploy(node: &Node, serf: &Serf, url: &str) -> ExitCode {
         Ok(release) => release,
         Err(err) => {
             // No app name to put on record: the coordinator takes an unnamed failure as its own.
-            finish(node, "deploy", "", "", RunState::Failed, &err.to_string());
+            finish(node, op, "", "", RunState::Failed, &err.to_string());
             return ExitCode::FAILURE;
         }
     };
     let (app, version) = (release.app.as_str(), release.version.as_str());
-    finish(
-        node,
-        "deploy",
-        app,
-        version,
-        RunState::Running,
-        "cutover apply",
-    );
-    node.log(&format!("deploying {app} {version} from {url}"));
-    let outcome = node.run_logged(&["apply", url]).await;
-    let code = match outcome {
+    let args: &[&str] = match what {
+        Apply::Deploy => &["apply", url],
+        Apply::Stage => &["apply", "--stage-only", url],
+    };
+    let command = format!("cutover {}", args.join(" "));
+    finish(node, op, app, version, RunState::Running, &command);
+    match what {
+        Apply::Deploy => node.log(&format!("deploying {app} {version} from {url}")),
+        Apply::Stage => node.log(&format!("staging {app} {version} from {url}")),
+    }
+    match node.run_logged(args).await {
         Ok(status) if status.success() => {
-            let _ = node.update_record(|r| {
-                r.manifests
-                    .entry(app.to_owned())
-                    .or_default()
-                    .insert(version.to_owned(), url.to_owned());
-            });
-            finish(node, "deploy", app, version, RunState::Ok, "deployed");
+            if what == Apply::Deploy {
+                let _ = node.update_record(|r| {
+                    r.manifests
+                        .entry(app.to_owned())
+                        .or_default()
+                        .insert(version.to_owned(), url.to_owned());
+                });
+            }
+            let done = match what {
+                Apply::Deploy => "deployed",
+                Apply::Stage => "staged",
+            };
+            finish(node, op, app, version, RunState::Ok, done);
             ExitCode::SUCCESS
         }
         Ok(status) => {
@@ -78,26 +115,17 @@ pub async fn deploy(node: &Node, serf: &Serf, url: &str) -> ExitCode {
                 ""
             };
             let why = format!(
-                "cutover apply {url} exited with {code}{refused}; details in {}",
+                "{command} exited with {code}{refused}; details in {}",
                 node.log_path().display()
             );
-            finish(node, "deploy", app, version, RunState::Failed, &why);
+            finish(node, op, app, version, RunState::Failed, &why);
             ExitCode::FAILURE
         }
         Err(err) => {
-            finish(
-                node,
-                "deploy",
-                app,
-                version,
-                RunState::Failed,
-                &err.to_string(),
-            );
+            finish(node, op, app, version, RunState::Failed, &err.to_string());
             ExitCode::FAILURE
         }
-    };
-    publish(node, serf).await;
-    code
+    }
 }
 
 /// `cutover serf-handler --run-rollback "APP [VERSION]"`: `cutover rollback`, record, publish.

@@ -13,6 +13,7 @@ mod limits;
 mod lock;
 mod place;
 mod signed;
+mod stage;
 
 use std::collections::BTreeMap;
 use std::io::Write;

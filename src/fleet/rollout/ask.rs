@@ -1,5 +1,6 @@
-//! Asking nodes and waiting for their answers: queries gathered with resent copies, and status
-//! polls that follow nodes until each one settles or its deadlines pass.
+//! Asking nodes and waiting for their answers: queries gathered with resent copies, work handed to
+//! nodes (asked again while they are busy), and status polls that follow nodes until each one
+//! settles or its deadlines pass.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::inputs::Options;
 use super::outcome::{NodeEnd, Progress};
 use crate::fleet::serf::{self, Serf};
-use crate::fleet::wire::{self, NodeState};
+use crate::fleet::wire::{self, Ack, NodeState};
 
 /// Polls the status of `nodes` until `settled` decides each one, or its deadlines pass.
 /// `settled` returns `Some(Ok(msg))` for success, `Some(Err(why))` for failure, `None` to wait.
@@ -127,4 +128,75 @@ fn parse_states(answers: BTreeMap<String, String>) -> BTreeMap<String, NodeState
         .into_iter()
         .filter_map(|(node, text)| Some((node, serde_json::from_str(&text).ok()?)))
         .collect()
+}
+
+/// Pause before asking a busy node again.
+const BUSY_RETRY: Duration = Duration::from_millis(300);
+
+/// Sends query `name` (a deploy or a stage, `what` in messages) to `nodes` and sorts the answers:
+/// the nodes that accepted, and how the others ended (refused, unreadable, silent).
+///
+/// A node still finishing its previous run (its worker publishing tags after the app went live)
+/// answers "busy": it is asked again until the per-node deadline instead of failing it.
+pub(super) async fn start_work(
+    serf: &Serf,
+    name: &str,
+    what: &str,
+    payload: &str,
+    nodes: &[String],
+    opts: &Options,
+    out: &Progress,
+) -> (Vec<String>, BTreeMap<String, NodeEnd>) {
+    let mut ends = BTreeMap::new();
+    let mut accepted = Vec::new();
+    let busy_deadline = tokio::time::Instant::now() + opts.node_timeout;
+    let mut asking = nodes.to_vec();
+    while !asking.is_empty() {
+        let acks = gather(
+            serf,
+            name,
+            payload,
+            &asking,
+            opts,
+            opts.unreachable_after,
+            out,
+        )
+        .await;
+        let mut busy = Vec::new();
+        for node in &asking {
+            match acks.get(node).map(|text| serde_json::from_str::<Ack>(text)) {
+                Some(Ok(ack)) if ack.ok => accepted.push(node.clone()),
+                Some(Ok(ack)) if ack.is_busy() && tokio::time::Instant::now() < busy_deadline => {
+                    busy.push(node.clone());
+                }
+                Some(Ok(ack)) => {
+                    out.say(&format!("{node}: refused the {what}: {}", ack.msg));
+                    ends.insert(node.clone(), NodeEnd::Refused(ack.msg));
+                }
+                Some(Err(_)) => {
+                    out.say(&format!(
+                        "{node}: answered the {what} query with something not cutover's"
+                    ));
+                    ends.insert(
+                        node.clone(),
+                        NodeEnd::Refused("unreadable answer".to_owned()),
+                    );
+                }
+                None => {
+                    let why = format!("no answer to the {what} query");
+                    out.say(&format!("{node}: UNREACHABLE: {why}"));
+                    ends.insert(node.clone(), NodeEnd::Unreachable(why));
+                }
+            }
+        }
+        if !busy.is_empty() {
+            out.say(&format!(
+                "{}: still finishing a previous run; asking again",
+                busy.join(", ")
+            ));
+            tokio::time::sleep(BUSY_RETRY).await;
+        }
+        asking = busy;
+    }
+    (accepted, ends)
 }

@@ -134,6 +134,13 @@ pub fn plan_text(step: &Step, plan: &Plan, opts: &Options) -> String {
         opts.max_parallel,
         opts.min_healthy
     );
+    if nodes > 0 {
+        let _ = writeln!(
+            out,
+            "  staged first on all {nodes}, switched only if at most {} fail and at least {} hold it",
+            opts.max_failures, opts.min_staged
+        );
+    }
     for (i, batch) in plan.batches.iter().enumerate() {
         let names: Vec<String> = batch
             .iter()
@@ -175,6 +182,8 @@ mod tests {
             max_parallel,
             min_healthy,
             max_failures: 0,
+            min_staged: 0,
+            stage_only: false,
             node_timeout: Duration::from_secs(60),
             unreachable_after: Duration::from_secs(10),
             query_timeout: Duration::from_secs(2),

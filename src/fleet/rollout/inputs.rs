@@ -13,8 +13,12 @@ pub struct Options {
     pub max_parallel: usize,
     /// Nodes that must keep serving the app while a batch is out.
     pub min_healthy: usize,
-    /// Failed nodes tolerated before the rollout halts and reverts.
+    /// Failed nodes tolerated before the rollout halts and reverts (staging failures count).
     pub max_failures: usize,
+    /// Nodes that must hold the release (staged, or already serving it) before the first switch.
+    pub min_staged: usize,
+    /// Stage on every target and stop before switching any.
+    pub stage_only: bool,
     /// How long one node may take to serve the new version.
     pub node_timeout: Duration,
     /// How long a node may go without answering before it is given up as unreachable.

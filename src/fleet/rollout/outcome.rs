@@ -6,6 +6,8 @@ use std::time::Instant;
 /// How one app's rollout ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
+    /// Nodes that staged the release (before any switch).
+    pub staged: Vec<String>,
     pub updated: Vec<String>,
     pub current: Vec<String>,
     pub unreachable: Vec<(String, String)>,

@@ -1,16 +1,20 @@
-//! Running a plan: batch by batch through the nodes' query handlers, each node gated on its own
-//! health, and a halt that reverts the nodes already updated.
+//! Running a plan: every target stages the release first (`stage`), then the staged nodes switch
+//! batch by batch through their query handlers, each node gated on its own health, and a halt
+//! reverts the nodes already updated.
 
 use std::collections::BTreeMap;
 
-use super::ask::{follow, gather};
+use super::ask::{follow, gather, start_work};
 use super::batches::{Plan, Target};
 use super::inputs::{Options, Step};
 use super::outcome::{NodeEnd, Progress, Report};
+use super::stage;
 use crate::fleet::serf::Serf;
 use crate::fleet::wire::{self, Ack, RunState};
 
-/// Runs a plan batch by batch; on too many failures, halts and reverts the nodes it updated.
+/// Stages the release on every target, then runs the plan batch by batch over the nodes that
+/// staged; on too many failures, halts (before any switch when staging failed) and reverts the
+/// nodes it updated.
 pub async fn run(serf: &Serf, step: &Step, plan: Plan, opts: &Options, out: &Progress) -> Report {
     let r = &step.release;
     let mut report = Report {
@@ -21,10 +25,24 @@ pub async fn run(serf: &Serf, step: &Step, plan: Plan, opts: &Options, out: &Pro
     let mut updated: Vec<Target> = Vec::new();
     // Names this run in its queries, so that repeated copies start nothing twice on a node.
     let run_id = format!("{:016x}", rand::random::<u64>());
+    let targets = stage::targets(&plan.batches);
+    stage::stage_all(serf, step, &run_id, &targets, opts, out, &mut report).await;
+    if let Some(why) = stage::halt_before_switch(&report, opts) {
+        report.halted = Some(why);
+        return report;
+    }
+    if opts.stage_only {
+        out.say("--stage-only: switching nothing; run the rollout again without it to switch");
+        return report;
+    }
     // Nodes known to serve the app right now, kept up to date as nodes go out and come back.
     let mut serving = plan.serving;
-    let total = plan.batches.len();
-    for (i, batch) in plan.batches.into_iter().enumerate() {
+    for (node, _) in &report.unreachable {
+        serving -= usize::from(targets.iter().any(|t| t.node == *node && t.serving));
+    }
+    let batches = stage::staged_batches(plan.batches, &report);
+    let total = batches.len();
+    for (i, batch) in batches.into_iter().enumerate() {
         let out_of_service = batch.iter().filter(|t| t.serving).count();
         if out_of_service > 0 && serving.saturating_sub(out_of_service) < opts.min_healthy {
             report.halted = Some(format!(
@@ -81,9 +99,6 @@ pub async fn run(serf: &Serf, step: &Step, plan: Plan, opts: &Options, out: &Pro
     report
 }
 
-/// Pause before asking a busy node again.
-const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(300);
-
 /// Sends the deploy to a batch and follows each node until it serves, fails or goes silent.
 async fn deploy_batch(
     serf: &Serf,
@@ -95,63 +110,17 @@ async fn deploy_batch(
 ) -> BTreeMap<String, NodeEnd> {
     let r = &step.release;
     let nodes: Vec<String> = batch.iter().map(|t| t.node.clone()).collect();
-    let mut ends = BTreeMap::new();
-    let mut pending = Vec::new();
-    // A node still finishing its previous run (its worker publishing tags after the app went
-    // live) answers "busy": ask it again until the per-node deadline instead of failing it.
-    let busy_deadline = tokio::time::Instant::now() + opts.node_timeout;
-    let mut asking = nodes.clone();
-    while !asking.is_empty() {
-        let acks = gather(
-            serf,
-            wire::QUERY_DEPLOY,
-            &wire::with_run(&step.url, run_id),
-            &asking,
-            opts,
-            opts.unreachable_after,
-            out,
-        )
-        .await;
-        let mut busy = Vec::new();
-        for node in &asking {
-            match acks.get(node).map(|text| serde_json::from_str::<Ack>(text)) {
-                Some(Ok(ack)) if ack.ok => pending.push(node.clone()),
-                Some(Ok(ack)) if ack.is_busy() && tokio::time::Instant::now() < busy_deadline => {
-                    busy.push(node.clone());
-                }
-                Some(Ok(ack)) => {
-                    out.say(&format!("{node}: refused the deploy: {}", ack.msg));
-                    ends.insert(node.clone(), NodeEnd::Refused(ack.msg));
-                }
-                Some(Err(_)) => {
-                    out.say(&format!(
-                        "{node}: answered the deploy query with something not cutover's"
-                    ));
-                    ends.insert(
-                        node.clone(),
-                        NodeEnd::Refused("unreadable answer".to_owned()),
-                    );
-                }
-                None => {
-                    out.say(&format!(
-                        "{node}: UNREACHABLE: no answer to the deploy query"
-                    ));
-                    ends.insert(
-                        node.clone(),
-                        NodeEnd::Unreachable("no answer to the deploy query".to_owned()),
-                    );
-                }
-            }
-        }
-        if !busy.is_empty() {
-            out.say(&format!(
-                "{}: still finishing a previous run; asking again",
-                busy.join(", ")
-            ));
-            tokio::time::sleep(BUSY_RETRY).await;
-        }
-        asking = busy;
-    }
+    let payload = wire::with_run(&step.url, run_id);
+    let (pending, mut ends) = start_work(
+        serf,
+        wire::QUERY_DEPLOY,
+        "deploy",
+        &payload,
+        &nodes,
+        opts,
+        out,
+    )
+    .await;
     let version = r.version.clone();
     let app = r.app.clone();
     let settled = follow(serf, &pending, opts, out, move |_, state| {

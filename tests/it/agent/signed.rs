@@ -280,3 +280,40 @@ fn without_trusted_keys_unsigned_and_md5_manifests_deploy_as_before() {
         "no signature is asked for"
     );
 }
+
+#[test]
+fn staging_checks_the_signature_as_a_deploy_does() {
+    let s = Signed::new();
+    let app = format!(
+        "app:\n  name: site\n  version: \"2\"\n  run: ./site\n  listen: 127.0.0.1:{}\n",
+        crate::support::free_port()
+    );
+    let stage = |url: &str| {
+        let mut cmd = s.site.agent();
+        cmd.args(["apply", "--stage-only", url, "--trust"])
+            .arg(&s.trust);
+        s.site.run_with(&mut cmd, "")
+    };
+    let unsigned = s.publish("unsigned.yml", &s.yaml(&s.sum, &app), |_| {});
+    stage(&unsigned)
+        .expect_code(8)
+        .expect_stderr("manifest is not signed");
+    s.assert_nothing_ran("an unsigned manifest staged");
+    assert!(!s.site.dest().join("releases").exists());
+    let signed = s.publish("signed.yml", &s.yaml(&s.sum, &app), |p| {
+        s.key.sign(p, &fresh("site", "2"))
+    });
+    stage(&signed)
+        .expect_code(0)
+        .expect_stderr("signature ok: site 2 signed by key");
+    assert_eq!(
+        super::read(&s.site.dest().join("releases/2/index.html")),
+        "signed"
+    );
+    for mark in ["pre-ran", "success-ran", "failure-ran"] {
+        assert!(
+            !s.site.path("cwd").join(mark).exists(),
+            "staging runs no hook: {mark}"
+        );
+    }
+}

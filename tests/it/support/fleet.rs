@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use sha2::Digest;
 
+use super::http_server::HttpServer;
 use super::serf::{keygen, AgentConfig, SerfAgent, GOSSIP};
 use super::supervisor::Supervisor;
 use super::{cutover, cutover_bin, fixture, free_port, wait_until};
@@ -284,10 +285,44 @@ pub enum Behaviour {
     Serves,
     /// Serves, except on nodes where `<APP>_BROKEN` is set: there it never listens.
     BrokenWhereMarked,
+    /// Serves, but on nodes where `<APP>_SLOW` is set it first waits that many milliseconds.
+    SlowWhereMarked,
 }
 
 /// Writes a release archive and its manifest under `dir`; returns the manifest's path.
+///
+/// A node whose environment has `<APP>_SRC_<VERSION>` (e.g. `SHOP_SRC_2`) fetches that URL
+/// instead of the archive: a way to break one release on one node only.
 pub fn release(dir: &Path, app: &str, version: &str, behaviour: Behaviour) -> PathBuf {
+    let archive = write_archive(dir, app, version);
+    let src = format!("file://{}", archive.display());
+    manifest(dir, app, version, behaviour, &src, &archive)
+}
+
+/// A release whose archive `server` serves (at `/<app>-<version>.tar.gz`), so that the test can
+/// count its downloads; returns the manifest's path.
+pub fn served_release(
+    dir: &Path,
+    app: &str,
+    version: &str,
+    server: &HttpServer,
+) -> (PathBuf, String) {
+    let archive = write_archive(dir, app, version);
+    let path = format!("/{app}-{version}.tar.gz");
+    server.serve(&path, std::fs::read(&archive).unwrap());
+    let manifest = manifest(
+        dir,
+        app,
+        version,
+        Behaviour::Serves,
+        &server.url(&path),
+        &archive,
+    );
+    (manifest, path)
+}
+
+/// The release's archive: one `index.html` naming it.
+fn write_archive(dir: &Path, app: &str, version: &str) -> PathBuf {
     let archive = dir.join(format!("{app}-{version}.tar.gz"));
     {
         let file = std::fs::File::create(&archive).unwrap();
@@ -302,16 +337,30 @@ pub fn release(dir: &Path, app: &str, version: &str, behaviour: Behaviour) -> Pa
             .unwrap();
         tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
     }
+    archive
+}
+
+/// The manifest of `archive` fetched from `src`, written beside it.
+fn manifest(
+    dir: &Path,
+    app: &str,
+    version: &str,
+    behaviour: Behaviour,
+    src: &str,
+    archive: &Path,
+) -> PathBuf {
     let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&archive).unwrap()));
-    // The bundled demo app; `BROKEN` (from the node's environment) makes it never healthy.
+    // The bundled demo app; `BROKEN` (from the node's environment) makes it never healthy,
+    // `SLOW` makes it boot that many milliseconds late.
     let serve = format!("{} demo-app --port {{port}}", cutover_bin().display());
     let run = match behaviour {
         Behaviour::Serves => serve,
         Behaviour::BrokenWhereMarked => format!("{serve} ${{BROKEN:+--never-healthy}}"),
+        Behaviour::SlowWhereMarked => format!("{serve} ${{SLOW:+--boot-delay $SLOW}}"),
     };
     let text = std::fs::read_to_string(fixture("fleet/app.yml.tmpl"))
         .unwrap()
-        .replace("@ARCHIVE@", &archive.display().to_string())
+        .replace("@SRC@", src)
         .replace("@SHA256@", &sha)
         .replace("@APP_ENV@", &app.to_ascii_uppercase())
         .replace("@APP@", app)
