@@ -73,6 +73,8 @@ fn every_node_stages_before_any_switches_and_the_switch_downloads_nothing() {
     let out = fleet.rollout("n2", &[v2.to_str().unwrap(), "--max-parallel", "1"]);
     fleet.assert_rolled_out(&out);
     let printed = stdout(&out);
+    // One download per node: the switch reused what the stage fetched.
+    assert_eq!(downloads(), 3, "{printed}\n{}", fleet.logs());
     // Every node staged before the first batch switched anything.
     let first_switch = line_of(&printed, "batch 1/3: deploying shop 2");
     for node in ["n1", "n2", "n3"] {
@@ -84,8 +86,6 @@ fn every_node_stages_before_any_switches_and_the_switch_downloads_nothing() {
         let log = fleet.node(node).fleet_log();
         assert!(log.contains("switching without a download"), "{log}");
     }
-    // One download per node: the switch reused what the stage fetched.
-    assert_eq!(downloads(), 3, "{printed}\n{}", fleet.logs());
 
     // --stage-only stages release 3 everywhere, switches nothing, and status --fleet shows it.
     let (v3, _) = served_release(fleet.root.path(), "shop", "3", &origin);

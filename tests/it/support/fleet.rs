@@ -349,7 +349,7 @@ fn manifest(
     src: &str,
     archive: &Path,
 ) -> PathBuf {
-    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&archive).unwrap()));
+    let sha = hex::encode(sha2::Sha256::digest(std::fs::read(archive).unwrap()));
     // The bundled demo app; `BROKEN` (from the node's environment) makes it never healthy,
     // `SLOW` makes it boot that many milliseconds late.
     let serve = format!("{} demo-app --port {{port}}", cutover_bin().display());
