@@ -90,6 +90,8 @@ async fn apply(node: &Node, what: Apply, url: &str) -> ExitCode {
         Apply::Deploy => node.log(&format!("deploying {app} {version} from {url}")),
         Apply::Stage => node.log(&format!("staging {app} {version} from {url}")),
     }
+    // Where this run's lines begin in the fleet log, to find the agent's reason on failure.
+    let log_start = std::fs::metadata(node.log_path()).map_or(0, |m| m.len());
     match node.run_logged(args).await {
         Ok(status) if status.success() => {
             if what == Apply::Deploy {
@@ -114,8 +116,11 @@ async fn apply(node: &Node, what: Apply, url: &str) -> ExitCode {
             } else {
                 ""
             };
+            let reason = agent_reason(node, log_start)
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
             let why = format!(
-                "{command} exited with {code}{refused}; details in {}",
+                "{command} exited with {code}{refused}{reason}; details in {}",
                 node.log_path().display()
             );
             finish(node, op, app, version, RunState::Failed, &why);
@@ -126,6 +131,21 @@ async fn apply(node: &Node, what: Apply, url: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The agent's own reason for a failed run, from its final line ("Deploy manifest failed: URL:
+/// REASON", or "Stage …") among what it appended to the fleet log after `from`, so that the
+/// coordinator shows why, not only an exit code.
+fn agent_reason(node: &Node, from: u64) -> Option<String> {
+    let bytes = std::fs::read(node.log_path()).ok()?;
+    let tail = String::from_utf8_lossy(bytes.get(usize::try_from(from).ok()?..)?).into_owned();
+    let (_, after) = tail
+        .lines()
+        .rev()
+        .find_map(|line| line.split_once(" manifest failed: "))?;
+    // `after` is "URL: REASON"; a URL holds ':' but never ": ".
+    let reason = after.split_once(": ").map_or(after, |(_, reason)| reason);
+    Some(reason.trim().to_owned())
 }
 
 /// `cutover serf-handler --run-rollback "APP [VERSION]"`: `cutover rollback`, record, publish.

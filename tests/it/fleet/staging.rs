@@ -137,6 +137,8 @@ fn a_node_that_cannot_stage_is_reported_and_nothing_switches() {
     let report = text(&out);
     assert_eq!(out.status.code(), Some(1), "{report}\n{}", fleet.logs());
     assert!(report.contains("n2: FAILED: could not stage"), "{report}");
+    // The agent's own reason reaches the coordinator.
+    assert!(report.contains("checksum mismatch"), "{report}");
     let n2 = fleet.node("n2").fleet_log();
     assert!(n2.contains("checksum mismatch"), "{n2}");
     assert!(report.contains("nothing switched"), "{report}");
