@@ -71,10 +71,8 @@ fn main() {
     let out = fleet.rollout("n1", &[v3.to_str().unwrap(), "--max-parallel", "2"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let join = fleet.node("n1").agent().bind.clone();
-    let node = fleet.node_mut(&last);
     let back = Instant::now();
-    node.start_supervisor();
-    node.start_agent(Some(join));
+    fleet.node_mut(&last).rejoin(join);
     let node = fleet.node(&last);
     wait_until(
         "the rejoining node to run shop 3",

@@ -86,6 +86,15 @@ impl FleetNode {
         self.agent.as_ref().expect("node's serf agent is running")
     }
 
+    /// A host coming back after [`kill`]: its supervisor starts again on the same state (and
+    /// adopts the instances that lived on), then its Serf agent joins the member at `join`.
+    ///
+    /// [`kill`]: FleetNode::kill
+    pub fn rejoin(&mut self, join: String) {
+        self.start_supervisor();
+        self.start_agent(Some(join));
+    }
+
     /// The node's live version of `app`, asked of its supervisor.
     pub fn live_version(&self, app: &str) -> Option<String> {
         self.supervisor.as_ref()?.live_version(app)
@@ -225,6 +234,16 @@ impl Fleet {
     /// Asserts that a rollout succeeded (exit 0), showing its output and every node's logs if not.
     pub fn assert_rolled_out(&self, out: &Output) {
         assert_eq!(out.status.code(), Some(0), "{}\n{}", text(out), self.logs());
+    }
+
+    /// `cutover status --fleet ARGS…` against node `via`'s Serf agent.
+    pub fn status(&self, via: &str, args: &[&str]) -> Output {
+        cutover()
+            .args(["status", "--fleet"])
+            .args(args)
+            .args(["--rpc-addr", &self.node(via).agent().rpc])
+            .output()
+            .unwrap()
     }
 
     /// `cutover rollout ARGS…` against node `via`'s Serf agent, with test-sized deadlines.

@@ -1,9 +1,11 @@
-//! Processes seen from outside, through /proc: whether one is alive, the children of one, and
-//! `Reaper`, which kills whatever still runs under an app's home when a test ends.
+//! Processes seen from outside, through /proc: whether one is alive, the children of one, what
+//! one holds (resident memory, open files, threads), the processes that mention a path (what a
+//! test fleet left running), and `Reaper`, which kills whatever still runs under an app's home
+//! when a test ends.
 //!
 //! Self-contained (std and nix only), so that the benchmarks include it too (`tests/bench/common.rs`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Whether `pid` is a live process (not a zombie).
 pub fn alive(pid: u32) -> bool {
@@ -28,6 +30,61 @@ pub fn children(parent: u32) -> Vec<(u32, String)> {
             let comm = head.split_once('(')?.1.to_owned();
             let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
             (ppid == parent).then_some((pid, comm))
+        })
+        .collect()
+}
+
+/// Resident memory of `pid` in KiB (`VmRSS` in /proc/PID/status); 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:")
+}
+
+/// Threads of `pid` (`Threads:` in /proc/PID/status); 0 once it is gone.
+pub fn threads(pid: u32) -> u64 {
+    status_field(pid, "Threads:")
+}
+
+/// The first number of the line of /proc/PID/status that starts with `field`.
+fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with(field))?;
+            line[field.len()..].split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of `pid` (entries of /proc/PID/fd); 0 once it is gone.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| fds.count())
+}
+
+/// Live processes (pid and command name) whose command line, working directory or environment
+/// mentions `path`: everything a test fleet rooted there started, down to the app instances
+/// (their working directory) and the Serf agents (their environment names the node's state
+/// dir), and nothing else on the machine. This process itself is left out.
+pub fn mentioning(path: &Path) -> Vec<(u32, String)> {
+    let needle = path.as_os_str().as_encoded_bytes();
+    let holds = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
+            if pid == me || !alive(pid) {
+                return None;
+            }
+            let dir = entry.path();
+            let cwd = std::fs::read_link(dir.join("cwd")).unwrap_or_default();
+            let found = cwd.starts_with(path)
+                || std::fs::read(dir.join("cmdline")).is_ok_and(|c| holds(&c))
+                || std::fs::read(dir.join("environ")).is_ok_and(|e| holds(&e));
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            found.then(|| (pid, comm.trim_end().to_owned()))
         })
         .collect()
 }

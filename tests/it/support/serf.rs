@@ -139,6 +139,11 @@ impl SerfAgent {
             .unwrap_or_default()
     }
 
+    /// Pid of the agent process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -166,6 +166,11 @@ impl Supervisor {
         self.child.as_ref().expect("the supervisor runs").id()
     }
 
+    /// Pid of the supervisor process, unless it was stopped or killed.
+    pub fn running_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Pid of the `cutover supervise` the stand-in service manager runs now.
     pub fn activated_pid(&self) -> Option<u32> {
         children(self.pid())
