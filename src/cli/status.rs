@@ -150,6 +150,8 @@ mod tests {
                     in_flight: 0,
                     p99_us: 1250,
                 }],
+                canary: None,
+                recent_rollouts: Vec::new(),
             }],
         };
         let text = render(&report);

@@ -293,6 +293,8 @@ mod tests {
                     instance("2", "starting", false),
                     instance("1", "healthy", true),
                 ],
+                canary: None,
+                recent_rollouts: Vec::new(),
             }],
         };
         let apps = summarize(&report);

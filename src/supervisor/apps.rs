@@ -256,6 +256,7 @@ impl Apps {
             instances: Vec::new(),
             deploy: None,
             next_instance: 0,
+            rollouts: Vec::new(),
         };
         let context = Arc::new(AppContext {
             name: request.app.name.clone(),

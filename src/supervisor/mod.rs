@@ -6,6 +6,7 @@
 //! [`run_with`] is the same with the sockets of systemd or of a previous supervisor
 //! (`listeners`, `handover`), and ends either on the shutdown future or by handing over.
 
+pub mod admin;
 pub mod app;
 pub mod apps;
 pub mod control;

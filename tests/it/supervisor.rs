@@ -5,6 +5,7 @@
 
 mod access_log;
 mod canary;
+mod dashboard;
 mod hold;
 mod json_log;
 mod limits;

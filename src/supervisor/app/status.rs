@@ -47,6 +47,12 @@ impl AppTask {
             live_version: self.record.live.clone(),
             phase: self.phase(),
             instances,
+            canary: self
+                .rollout
+                .as_ref()
+                .and_then(|run| run.canary.borrow().status())
+                .or_else(|| self.last_canary.clone()),
+            recent_rollouts: self.record.rollouts.clone(),
         }
     }
 

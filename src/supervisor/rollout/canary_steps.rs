@@ -26,6 +26,9 @@ pub async fn run(rollout: &Rollout) -> Result<(), String> {
         let step = format!("canary step {}/{total} at {share}", i + 1);
         rollout.link.canary(Some(share)).await?;
         rollout
+            .canary
+            .send_modify(|trace| trace.step(&rollout.version, i as u32 + 1, total as u32, share));
+        rollout
             .say(format!(
                 "{step}: {share} of new clients go to {} for {}",
                 rollout.version,
@@ -73,6 +76,10 @@ async fn judge_step(rollout: &Rollout, step: &str) -> Result<Option<CanaryDecisi
         }
         let now = rollout.app.proxy.stats();
         let (stable, canary) = baseline.windows(&now, &rollout.version, spec.min_requests);
+        let read_at = Instant::now();
+        rollout
+            .canary
+            .send_modify(|trace| trace.record(read_at, &stable, &canary));
         let stage = Stage::of(spec, started.elapsed());
         match analysis::judge(&stable, &canary, spec, stage) {
             Verdict::Fail(why) => return Err(format!("{step}: {why}")),

@@ -20,6 +20,8 @@ use crate::supervisor::instance::InstanceHandle;
 use crate::supervisor::proxy::Proxy;
 use crate::supervisor::store::{AppRecord, Store};
 
+use super::canary_trace::CanaryTrace;
+
 /// What an app task and its rollout share; immutable apart from the proxy's own insides.
 #[derive(Debug)]
 pub struct AppContext {
@@ -102,6 +104,8 @@ pub struct Rollout {
     pub progress: mpsc::Sender<Progress>,
     /// The step in progress, as `status` shows it.
     pub phase: watch::Sender<String>,
+    /// A canary's steps and readings, as `status` and the dashboard show them.
+    pub canary: watch::Sender<CanaryTrace>,
     /// `cutover promote` and `cutover abort`, for a canary.
     pub decisions: tokio::sync::Mutex<mpsc::Receiver<CanaryDecision>>,
 }
