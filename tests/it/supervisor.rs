@@ -8,6 +8,7 @@ mod canary;
 mod hold;
 mod json_log;
 mod limits;
+mod metrics;
 mod restart;
 mod strangers;
 mod strays;

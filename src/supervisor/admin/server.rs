@@ -42,7 +42,7 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, std::io::Error> {
 }
 
 /// Serves `listener` (a copy of it: the caller keeps the socket) with `site` until `stop` is
-/// cancelled; open connections are then asked to close after their current request.
+/// cancelled; connections already accepted are served to their end.
 pub async fn serve(listener: &std::net::TcpListener, site: Arc<Site>, stop: CancellationToken) {
     let listener = match listener
         .try_clone()
@@ -77,7 +77,6 @@ pub async fn serve(listener: &std::net::TcpListener, site: Arc<Site>, stop: Canc
             () = stop.cancelled() => return,
         };
         let site = site.clone();
-        let stop = stop.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let site = site.clone();
@@ -87,14 +86,9 @@ pub async fn serve(listener: &std::net::TcpListener, site: Arc<Site>, stop: Canc
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
+            // Not cut when serving stops: a request accepted just before (a hand-over) is
+            // answered rather than refused; the process's exit ends what is left.
+            let _ = connection.await;
             drop(permit);
         });
     }
