@@ -13,6 +13,7 @@
 pub mod checksum;
 pub mod hooks;
 pub mod input;
+pub mod last_deploy;
 pub mod limits;
 pub mod lock;
 pub mod log;
@@ -62,6 +63,9 @@ pub struct Options {
     pub replay_protection: bool,
     /// Whether manifests must be signed, and by which keys.
     pub trust: Trust,
+    /// The textfile-collector file the last deploy of each app and `dest` is written to
+    /// (`--metrics-textfile`, by default [`last_deploy::default_textfile`]).
+    pub metrics_textfile: PathBuf,
 }
 
 /// How a run ended; the CLI maps it to an exit code.
@@ -144,6 +148,7 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
     for warning in &manifest.warnings {
         log.warning(warning);
     }
+    let started = std::time::Instant::now();
     let result = deploy(&manifest, signed.as_ref(), event, opts, log).await;
     match &result {
         Ok(Outcome::Skipped) => return Outcome::Skipped,
@@ -167,12 +172,39 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
             (Outcome::Failed, Phase::Failure, &manifest.commands.failure)
         }
     };
+    record_last_deploy(&manifest, opts, outcome, started.elapsed(), log);
     // Every command gets the same log: the run up to and including the final line.
     let text = log.contents();
     if let Err(err) = hooks::run_notify(phase, lines, &opts.start_dir, &text, log).await {
         log.line(format!("{err}: the deploy's result stands"));
     }
     outcome
+}
+
+/// Writes the deploy's outcome to the metrics textfile; a failure to do so is said, and the
+/// deploy's result stands.
+fn record_last_deploy(
+    manifest: &Manifest,
+    opts: &Options,
+    outcome: Outcome,
+    took: Duration,
+    log: &RunLog,
+) {
+    let app = manifest
+        .files
+        .as_ref()
+        .and_then(|files| files.app.as_ref())
+        .map_or("", |app| app.name.as_str());
+    let dest = manifest.files.as_ref().map_or(String::new(), |files| {
+        opts.start_dir.join(&files.dest).display().to_string()
+    });
+    let deploy = last_deploy::LastDeploy::new(app, &dest, outcome == Outcome::Succeeded, took);
+    if let Err(err) = last_deploy::record(&opts.state_dir, &opts.metrics_textfile, deploy) {
+        log.warning(format!(
+            "could not write the metrics textfile {}: {err}; check that its directory is writable",
+            opts.metrics_textfile.display()
+        ));
+    }
 }
 
 /// The skip message when `event` was handled before and replay protection is on.

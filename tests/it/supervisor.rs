@@ -9,6 +9,7 @@ mod dashboard;
 mod hold;
 mod json_log;
 mod limits;
+mod metrics;
 mod restart;
 mod strangers;
 mod strays;

@@ -9,6 +9,7 @@ use crate::protocol::app::Mode;
 use crate::protocol::{
     AppSpec, DeployOutcome, ErrorKind, ErrorReply, Response, RolloutOutcome, RECENT_ROLLOUTS,
 };
+use crate::supervisor::events::Counted;
 use crate::supervisor::instance::{InstanceHandle, Lifecycle};
 use crate::supervisor::process;
 use crate::supervisor::proxy::{Backend, CanaryRoute, ClientLimits, Route};
@@ -134,6 +135,19 @@ impl AppTask {
             return;
         };
         let result = result.unwrap_or_else(|e| Err(format!("internal fault in the rollout: {e}")));
+        let counted = match run.kind {
+            RolloutKind::Deploy => Counted::Deploy,
+            RolloutKind::Rollback { .. } => Counted::OperatorRollback,
+            RolloutKind::AutoRollback { .. } => Counted::AutomaticRollback,
+        };
+        let outcome = if result.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        self.context
+            .events
+            .count(counted, &self.context.name, outcome);
         let response = match result {
             Ok(outcome) => {
                 tracing::info!(app = %self.context.name, "{} of {} done", run.kind, run.version);

@@ -59,8 +59,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use backend::{Backend, BackendStats};
-pub use histogram::quantile;
+pub use backend::{Backend, BackendStats, Slot, SlotStats};
+pub use histogram::{quantile, recut};
 pub use limits::ClientLimits;
 pub use route::Route;
 pub use split::{CanaryRoute, Side};
@@ -227,6 +227,12 @@ impl Proxy {
     /// Counters of every backend currently routed or still draining.
     pub fn stats(&self) -> Vec<BackendStats> {
         self.state.stats()
+    }
+
+    /// What backends no longer known served, by release, for the releases still running (see
+    /// [`Proxy::stats`]): with it, a release's totals never go down while it runs.
+    pub fn retired(&self) -> Vec<(String, [SlotStats; 2])> {
+        self.state.retired()
     }
 
     /// Waits until `backend_id` has no request or connection in flight, or `timeout` passes;

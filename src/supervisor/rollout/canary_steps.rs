@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::supervisor::events::Counted;
 use crate::supervisor::proxy::BackendStats;
 
 use super::analysis::{self, Stage, Verdict, Window};
@@ -35,7 +36,18 @@ pub async fn run(rollout: &Rollout) -> Result<(), String> {
                 humantime::format_duration(spec.pause)
             ))
             .await;
-        match judge_step(rollout, &step).await? {
+        let judged = judge_step(rollout, &step).await;
+        let verdict = match &judged {
+            Ok(None) => "pass",
+            Ok(Some(CanaryDecision::Promote)) => "promoted",
+            Ok(Some(CanaryDecision::Abort)) => "aborted",
+            Err(_) => "fail",
+        };
+        rollout
+            .app
+            .events
+            .count(Counted::CanaryStep, &rollout.app.name, verdict);
+        match judged? {
             Some(CanaryDecision::Promote) => {
                 rollout.say("promoted by the operator".to_owned()).await;
                 return Ok(());

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::protocol::app::Strategy;
 use crate::protocol::canary::Share;
 use crate::protocol::{AppSpec, Progress};
+use crate::supervisor::events::Events;
 use crate::supervisor::instance::InstanceHandle;
 use crate::supervisor::proxy::Proxy;
 use crate::supervisor::store::{AppRecord, Store};
@@ -33,6 +34,8 @@ pub struct AppContext {
     pub store: Arc<Store>,
     /// The proxy serves on a socket systemd passed: it is given back, not closed, on a stop.
     pub systemd_socket: bool,
+    /// The supervisor's event counters (rollouts, canary steps), for its metrics.
+    pub events: Arc<Events>,
 }
 
 /// Why a rollout runs; it changes the words, what is marked bad on success, nothing else.

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod github;
 pub mod http_server;
 pub mod load;
+pub mod metrics;
 pub mod minisign;
 mod ports;
 pub mod procs;
