@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::fleet::serf::Serf;
 use crate::fleet::status;
-use crate::protocol::{Request as Ask, ReleasesRequest, Response as Answer, StatusRequest};
+use crate::protocol::{ReleasesRequest, Request as Ask, Response as Answer, StatusRequest};
 use crate::supervisor::apps::Apps;
 
 use super::site::{full, Body, Site};
@@ -49,7 +49,10 @@ pub fn page(_: Arc<Site>, _: Request<()>) -> BoxFuture<'static, Response<Body>> 
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(PAGE_POLICY),
         );
-        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
         page
     })
 }
@@ -84,7 +87,13 @@ async fn apps_json(apps: &Apps) -> Value {
     };
     let mut listed = Vec::new();
     for app in report.apps {
-        let releases = ask(apps, Ask::Releases(ReleasesRequest { app: app.name.clone() })).await;
+        let releases = ask(
+            apps,
+            Ask::Releases(ReleasesRequest {
+                app: app.name.clone(),
+            }),
+        )
+        .await;
         let mut entry = serde_json::to_value(app).unwrap_or(Value::Null);
         // An app stopped between the two questions shows without its releases.
         if let (Answer::Releases(list), Some(entry)) = (releases, entry.as_object_mut()) {
@@ -152,7 +161,10 @@ mod tests {
     #[test]
     fn the_page_loads_only_what_is_built_in() {
         for asset in ["dashboard.js", "dashboard.css"] {
-            assert!(PAGE.contains(&format!("\"{asset}\"")), "the page names {asset}");
+            assert!(
+                PAGE.contains(&format!("\"{asset}\"")),
+                "the page names {asset}"
+            );
         }
         for outside in ["http://", "https://", "//cdn", "@import", "fonts.g"] {
             assert!(
@@ -164,7 +176,13 @@ mod tests {
 
     #[test]
     fn the_script_never_writes_markup_from_data() {
-        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
             assert!(!SCRIPT.contains(sink), "dashboard.js uses {sink}");
         }
     }

@@ -2,8 +2,8 @@
 //! other path. A new page (the dashboard, its `/api/…`) is a line here and a handler in a file
 //! of its own beside this one.
 
-use super::{dashboard, metrics};
 use super::site::Handler;
+use super::{dashboard, metrics};
 
 /// Which request paths a route answers.
 #[derive(Debug, Clone, Copy)]

@@ -64,16 +64,30 @@ fn a_deploy_and_a_canary_step_appear_on_the_open_page() {
         browser.wait_for_text(&format!("{running} .canary-version"), "v3", SHOWN);
         browser.wait_for_text(&format!("{running} .canary-step"), "2/2", SHOWN);
         browser.wait_for_text(&format!("{running} .canary-share"), "50%", SHOWN);
-        wait_until("the canary's charts to have points on both sides", SHOWN, || {
-            let points: usize = browser
-                .attr(&format!("{running} svg.chart"), "data-points")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            points >= 4
-                && browser.count(&format!("{running} svg.chart polyline.side-canary")) >= 2
-                && browser.count(&format!("{running} svg.chart polyline.side-stable")) >= 2
-        });
+        wait_until(
+            "the canary's charts to have points on both sides",
+            SHOWN,
+            || {
+                let points: usize = browser
+                    .attr(&format!("{running} svg.chart"), "data-points")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                points >= 4
+                    && browser.count(&format!("{running} svg.chart polyline.side-canary")) >= 2
+                    && browser.count(&format!("{running} svg.chart polyline.side-stable")) >= 2
+            },
+        );
         if let Some(path) = std::env::var_os("CUTOVER_DASHBOARD_SCREENSHOT") {
+            // The picture once the last step is judged and drawn whole.
+            let waiting = format!("waiting for `cutover promote {}`", app.name);
+            wait_until("the canary to wait for the operator", ROLLOUT, || {
+                supervisor.status(&app).phase.contains(&waiting)
+            });
+            browser.wait_for_text(
+                &format!("{shop} .phase"),
+                &supervisor.status(&app).phase,
+                SHOWN,
+            );
             browser.screenshot(std::path::Path::new(&path));
         }
         let promote = Request::Promote(CanaryRequest {
@@ -100,5 +114,8 @@ fn a_deploy_and_a_canary_step_appear_on_the_open_page() {
         "the page was loaded again"
     );
     let strays = browser.quit();
-    assert!(strays.is_empty(), "chromium processes left running: {strays:?}");
+    assert!(
+        strays.is_empty(),
+        "chromium processes left running: {strays:?}"
+    );
 }

@@ -43,7 +43,9 @@ impl Browser {
             // Its own group: the browser it starts is killed with it, whatever the test does.
             .process_group(0)
             .spawn()
-            .expect("start chromedriver (Debian package chromium-driver; tests/run.sh installs it)");
+            .expect(
+                "start chromedriver (Debian package chromium-driver; tests/run.sh installs it)",
+            );
         let mut browser = Browser {
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -133,16 +135,16 @@ impl Browser {
     /// Waits until the first element matching `css` shows `expected`; on timeout, says what it
     /// showed.
     pub fn wait_for_text(&self, css: &str, expected: &str, deadline: Duration) {
-        let mut seen = None;
-        let what = format!("{css} to show {expected:?}");
-        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_until(&what, deadline, || {
-                seen = self.text(css);
-                seen.as_deref() == Some(expected)
-            })
-        }));
-        if waited.is_err() {
-            panic!("timed out after {deadline:?} waiting for {what}; it showed {seen:?}");
+        let start = std::time::Instant::now();
+        loop {
+            let seen = self.text(css);
+            if seen.as_deref() == Some(expected) {
+                return;
+            }
+            if start.elapsed() > deadline {
+                panic!("timed out after {deadline:?} waiting for {css} to show {expected:?}; it showed {seen:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
