@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless chromium opens the admin address of a real
 //! supervisor once and, without a reload, sees a deploy go live and a canary's step, share and
 //! chart appear, then the promoted canary end. With `CUTOVER_DASHBOARD_SCREENSHOT=PATH` it saves
-//! what it shows during the canary as a PNG (the README's picture).
+//! what it shows during the canary as a PNG (the README's picture). The JSON the page polls is
+//! checked on its own: the fleet from a real Serf agent, or why there is none, and no writes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use cutover::protocol::{CanaryRequest, DeployRequest, Request, Response};
 use crate::support::app::{self, App};
 use crate::support::browser::Browser;
 use crate::support::load::Load;
+use crate::support::request;
+use crate::support::serf::{AgentConfig, SerfAgent};
 use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::{free_port, wait_until};
 
@@ -118,4 +121,60 @@ fn a_deploy_and_a_canary_step_appear_on_the_open_page() {
         strays.is_empty(),
         "chromium processes left running: {strays:?}"
     );
+}
+
+#[test]
+fn the_fleet_shows_when_serf_answers_and_says_why_when_it_does_not() {
+    let home = tempfile::tempdir().expect("temp dir");
+    let agent = SerfAgent::start(&AgentConfig {
+        name: "node-a".to_owned(),
+        log: home.path().join("serf.log"),
+        ..AgentConfig::default()
+    });
+    for dir in ["a", "b"] {
+        std::fs::create_dir(home.path().join(dir)).expect("a home for a supervisor");
+    }
+    let with_serf = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _supervisor = Supervisor::start_with(&home.path().join("a"), |command| {
+        command
+            .arg("--metrics-listen")
+            .arg(with_serf.to_string())
+            .env("SERF_RPC_ADDR", &agent.rpc);
+    });
+    let fleet = json_at(with_serf, "/api/fleet");
+    assert_eq!(fleet["serf"], true, "{fleet}");
+    let row = &fleet["rows"][0];
+    assert_eq!(
+        (&row["node"], &row["status"]),
+        (&"node-a".into(), &"alive".into()),
+        "{fleet}"
+    );
+
+    // Nothing listens where this supervisor looks for Serf.
+    let without = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _alone = Supervisor::start_with(&home.path().join("b"), |command| {
+        command
+            .arg("--metrics-listen")
+            .arg(without.to_string())
+            .env("SERF_RPC_ADDR", format!("127.0.0.1:{}", free_port()));
+    });
+    let fleet = json_at(without, "/api/fleet");
+    assert_eq!(fleet["serf"], false, "{fleet}");
+    let why = fleet["error"].as_str().unwrap_or_default();
+    assert!(why.contains("serf members"), "{fleet}");
+
+    // Read-only: the page's data is not a door to change anything.
+    let status = json_at(without, "/api/status");
+    assert_eq!(status["apps"], serde_json::json!([]), "{status}");
+    let post = request::Request::new("POST", "/api/status")
+        .send(without)
+        .expect("an answer");
+    assert_eq!(post.status, 405, "{post:?}");
+}
+
+/// The JSON document the admin address serves at `path`.
+fn json_at(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let answer = request::get(admin, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(answer.status, 200, "{answer:?}");
+    serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", answer.body))
 }
