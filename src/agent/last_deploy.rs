@@ -58,7 +58,8 @@ pub fn record(state_dir: &Path, textfile: &Path, deploy: LastDeploy) -> std::io:
         .truncate(false)
         .write(true)
         .open(dir.join("last-deploys.lock"))?;
-    let _held = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
+    let _held =
+        Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
     // A record file that cannot be read is started afresh: it is only the other dests' last runs.
     let mut kept: BTreeMap<(String, String), LastDeploy> = std::fs::read(&records)
         .ok()
@@ -139,13 +140,44 @@ mod tests {
         let state = tempfile::tempdir().expect("temp dir");
         let textfile = default_textfile(state.path());
         let took = Duration::from_millis(1500);
-        record(state.path(), &textfile, LastDeploy::new("shop", "/srv/shop", false, took)).unwrap();
-        record(state.path(), &textfile, LastDeploy::new("", "/srv/site", true, took)).unwrap();
-        record(state.path(), &textfile, LastDeploy::new("shop", "/srv/shop", true, took)).unwrap();
+        record(
+            state.path(),
+            &textfile,
+            LastDeploy::new("shop", "/srv/shop", false, took),
+        )
+        .unwrap();
+        record(
+            state.path(),
+            &textfile,
+            LastDeploy::new("", "/srv/site", true, took),
+        )
+        .unwrap();
+        record(
+            state.path(),
+            &textfile,
+            LastDeploy::new("shop", "/srv/shop", true, took),
+        )
+        .unwrap();
         let text = std::fs::read_to_string(&textfile).unwrap();
-        assert!(text.contains("cutover_agent_last_deploy_success{app=\"shop\",dest=\"/srv/shop\"} 1\n"), "{text}");
-        assert!(text.contains("cutover_agent_last_deploy_success{app=\"\",dest=\"/srv/site\"} 1\n"), "{text}");
-        assert!(text.contains("cutover_agent_last_deploy_duration_seconds{app=\"shop\",dest=\"/srv/shop\"} 1.5\n"), "{text}");
-        assert_eq!(text.matches("cutover_agent_last_deploy_timestamp_seconds{").count(), 2, "{text}");
+        assert!(
+            text.contains("cutover_agent_last_deploy_success{app=\"shop\",dest=\"/srv/shop\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cutover_agent_last_deploy_success{app=\"\",dest=\"/srv/site\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "cutover_agent_last_deploy_duration_seconds{app=\"shop\",dest=\"/srv/shop\"} 1.5\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("cutover_agent_last_deploy_timestamp_seconds{")
+                .count(),
+            2,
+            "{text}"
+        );
     }
 }

@@ -6,6 +6,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use cutover::protocol::{CanaryRequest, Request as ControlRequest, Response};
 
 use crate::support::app::App;
 use crate::support::control_socket::error_of;
@@ -15,7 +18,8 @@ use crate::support::metrics::{
 };
 use crate::support::procs::listening_tcp_ports;
 use crate::support::request::{self, Request};
-use crate::support::supervisor::Supervisor;
+use crate::support::supervisor::{Supervisor, ROLLOUT};
+use crate::support::wait_until;
 
 fn admin_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
@@ -53,11 +57,13 @@ fn scraped_counts_are_the_requests_sent_by_class_and_pass_promtool() {
     let before = scrape(admin);
     let mut sent: BTreeMap<String, f64> = BTreeMap::new();
     // A path with slashes and a query: none of it may become a label.
-    for path in ["/"; 12].into_iter().chain(["/missing/a/b?c=/d"; 3]) {
+    for path in ["/"; 16].into_iter().chain(["/missing/a/b?c=/d"; 3]) {
         let answer = request::get(app.listen, path).expect("an answer through the proxy");
-        *sent.entry(format!("{}xx", answer.status / 100)).or_default() += 1.0;
+        *sent
+            .entry(format!("{}xx", answer.status / 100))
+            .or_default() += 1.0;
     }
-    assert_eq!(sent.get("5xx"), Some(&3.0), "the demo app's 500s: {sent:?}");
+    assert_eq!(sent.get("5xx"), Some(&4.0), "the demo app's 500s: {sent:?}");
     assert_eq!(sent.get("4xx"), Some(&3.0), "{sent:?}");
 
     let text = scrape_text(admin).expect("a scrape");
@@ -70,15 +76,34 @@ fn scraped_counts_are_the_requests_sent_by_class_and_pass_promtool() {
     }
     let (count_before, _) = histogram(&before, "cutover_request_duration_seconds", &V1_STABLE);
     let (count, buckets) = histogram(&after, "cutover_request_duration_seconds", &V1_STABLE);
-    assert_eq!(count - count_before, 15.0, "one observation per request\n{text}");
+    assert_eq!(
+        count - count_before,
+        19.0,
+        "one observation per request\n{text}"
+    );
     assert!(
-        buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        buckets
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
         "buckets ascend and are cumulative: {buckets:?}"
     );
     let bounds: Vec<f64> = buckets.iter().map(|b| b.0).collect();
     assert_eq!(
         bounds,
-        [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, f64::INFINITY],
+        [
+            0.005,
+            0.01,
+            0.025,
+            0.05,
+            0.1,
+            0.25,
+            0.5,
+            1.0,
+            2.5,
+            5.0,
+            10.0,
+            f64::INFINITY
+        ],
         "Prometheus' standard buckets"
     );
 
@@ -101,7 +126,9 @@ fn scraped_counts_are_the_requests_sent_by_class_and_pass_promtool() {
 
     let unknown = request::get(admin, "/metrics/x").expect("an answer");
     assert_eq!(unknown.status, 404, "{unknown:?}");
-    let post = Request::new("POST", "/metrics").send(admin).expect("an answer");
+    let post = Request::new("POST", "/metrics")
+        .send(admin)
+        .expect("an answer");
     assert_eq!(post.status, 405, "{post:?}");
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
     drop(supervisor);
@@ -169,6 +196,13 @@ fn a_hand_over_keeps_the_address_counts_itself_and_starts_the_counters_afresh() 
 
     // Scrapes on new connections all through the hand-over: none may be refused.
     let done = AtomicBool::new(false);
+    /// Ends the scrapes however the hand-over ends (a failed one panics).
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let (scraped, failed) = (AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -182,20 +216,30 @@ fn a_hand_over_keeps_the_address_counts_itself_and_starts_the_counters_afresh() 
                 };
             }
         });
+        let _done = Done(&done);
         supervisor.take_over_with(listen_on(admin));
-        done.store(true, Ordering::Relaxed);
     });
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "scrapes failed during the hand-over");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "scrapes failed during the hand-over"
+    );
     assert!(scraped.load(Ordering::Relaxed) > 0);
 
     let after = scrape(admin);
     assert_eq!(value(&after, "cutover_handovers_total", &[]), 1.0);
     assert!(value(&after, "process_start_time_seconds", &[]) > started);
     assert!(
-        supervisor.log().contains(&format!("admin socket {admin} from the previous supervisor")),
+        supervisor.log().contains(&format!(
+            "admin socket {admin} from the previous supervisor"
+        )),
         "the successor serves the socket it was handed"
     );
-    assert_eq!(requests(&after, "2xx"), 0.0, "a new process counts from zero");
+    assert_eq!(
+        requests(&after, "2xx"),
+        0.0,
+        "a new process counts from zero"
+    );
     for _ in 0..3 {
         app.get().expect("a 200");
     }
@@ -215,10 +259,21 @@ fn the_agents_textfile_has_its_last_deploy_of_each_app() {
     let dest = app.dest.display().to_string();
     let labels = [("app", "shop"), ("dest", dest.as_str())];
     let first = parse(&text);
-    assert_eq!(value(&first, "cutover_agent_last_deploy_success", &labels), 1.0);
-    let duration = value(&first, "cutover_agent_last_deploy_duration_seconds", &labels);
+    assert_eq!(
+        value(&first, "cutover_agent_last_deploy_success", &labels),
+        1.0
+    );
+    let duration = value(
+        &first,
+        "cutover_agent_last_deploy_duration_seconds",
+        &labels,
+    );
     assert!(duration > 0.0 && duration < 120.0, "{duration}");
-    let at = value(&first, "cutover_agent_last_deploy_timestamp_seconds", &labels);
+    let at = value(
+        &first,
+        "cutover_agent_last_deploy_timestamp_seconds",
+        &labels,
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -240,6 +295,88 @@ fn the_agents_textfile_has_its_last_deploy_of_each_app() {
     assert!(!output.status.success(), "{output:?}");
     let text = std::fs::read_to_string(&custom).expect("the textfile named by the flag");
     let second = parse(&text);
-    assert_eq!(value(&second, "cutover_agent_last_deploy_success", &labels), 0.0);
-    assert!(value(&second, "cutover_agent_last_deploy_timestamp_seconds", &labels) >= at);
+    assert_eq!(
+        value(&second, "cutover_agent_last_deploy_success", &labels),
+        0.0
+    );
+    assert!(
+        value(
+            &second,
+            "cutover_agent_last_deploy_timestamp_seconds",
+            &labels
+        ) >= at
+    );
+}
+
+#[test]
+fn a_canarys_traffic_is_counted_on_its_own_slot_and_its_step_by_verdict() {
+    let mut app = App::new("shop");
+    // One step at 50 % that never passes on its own: it ends when it is aborted.
+    app.tweak = |spec| {
+        crate::support::app::canary(spec, &["50%"], Duration::from_secs(600), 1_000_000);
+        spec.canary.progress_deadline = Duration::from_secs(600);
+    };
+    let admin = admin_address();
+    let supervisor = serving_with_metrics(&app, admin);
+    app.place("v2");
+    let v2_canary = [("app", "shop"), ("release", "v2"), ("slot", "canary")];
+    let (before, during, answered) = std::thread::scope(|s| {
+        let (supervisor, app) = (&supervisor, &app);
+        let deploy = s.spawn(move || supervisor.deploy(app, "v2"));
+        wait_until("the canary's step", ROLLOUT, || {
+            supervisor.status(app).phase.contains("canary step 1/1")
+        });
+        let before = scrape(admin);
+        let mut answered: BTreeMap<String, f64> = BTreeMap::new();
+        for _ in 0..20 {
+            let answer = app.get().expect("a 200");
+            let version = answer.version().expect("a demo-app answer").to_owned();
+            *answered.entry(version).or_default() += 1.0;
+        }
+        for _ in 0..2 {
+            let pinned = Request::get("/")
+                .header("x-cutover-canary", "1")
+                .send(app.listen)
+                .expect("a pinned answer");
+            assert_eq!(pinned.version(), Some("v2"));
+        }
+        let during = scrape(admin);
+        let abort = supervisor.request(ControlRequest::Abort(CanaryRequest {
+            app: app.name.clone(),
+        }));
+        assert!(matches!(abort, Response::Decided(_)), "{abort:?}");
+        let (_, message) = error_of(deploy.join().expect("the deploy thread"));
+        assert!(message.contains("aborted by the operator"), "{message}");
+        (before, during, answered)
+    });
+    assert!(answered.len() == 2, "both sides answered: {answered:?}");
+    let counted = |labels: [(&str, &str); 3], scrape| {
+        let [a, r, s] = labels;
+        value(
+            scrape,
+            "cutover_requests_total",
+            &[a, r, s, ("class", "2xx")],
+        )
+    };
+    assert_eq!(
+        counted(v2_canary, &during) - counted(v2_canary, &before),
+        answered["v2"],
+        "the canary's answers, on its slot"
+    );
+    assert_eq!(
+        counted(V1_STABLE, &during) - counted(V1_STABLE, &before),
+        answered["v1"],
+        "the stable side's answers"
+    );
+    let pinned = |scrape| value(scrape, "cutover_pinned_requests_total", &v2_canary);
+    assert_eq!(
+        pinned(&during) - pinned(&before),
+        2.0,
+        "pinned requests apart"
+    );
+    let after = scrape(admin);
+    let verdicts = [("app", "shop"), ("verdict", "aborted")];
+    assert_eq!(value(&after, "cutover_canary_steps_total", &verdicts), 1.0);
+    let failed = [("app", "shop"), ("outcome", "failed")];
+    assert_eq!(value(&after, "cutover_deploys_total", &failed), 1.0);
 }

@@ -20,7 +20,10 @@ pub fn listen_on(addr: SocketAddr) -> impl FnOnce(&mut Command) {
 pub fn scrape_text(addr: SocketAddr) -> Result<String, String> {
     let answer = request::get(addr, "/metrics")?;
     if answer.status != 200 {
-        return Err(format!("/metrics answered {}: {}", answer.status, answer.body));
+        return Err(format!(
+            "/metrics answered {}: {}",
+            answer.status, answer.body
+        ));
     }
     let content_type = answer.header("content-type").unwrap_or("");
     if !content_type.starts_with("text/plain; version=0.0.4") {
@@ -76,10 +79,7 @@ pub fn samples<'a>(
     labels: &'a [(&'a str, &'a str)],
 ) -> impl Iterator<Item = &'a Sample> + 'a {
     scrape.samples.iter().filter(move |s| {
-        s.metric == name
-            && labels
-                .iter()
-                .all(|(k, v)| s.labels.get(k) == Some(*v))
+        s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
     })
 }
 
@@ -87,7 +87,11 @@ pub fn samples<'a>(
 #[track_caller]
 pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<&Sample> = samples(scrape, name, labels).collect();
-    assert!(found.len() <= 1, "{name} {labels:?}: {} samples", found.len());
+    assert!(
+        found.len() <= 1,
+        "{name} {labels:?}: {} samples",
+        found.len()
+    );
     match found.first().map(|s| &s.value) {
         Some(Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v)) => *v,
         Some(other) => panic!("{name} {labels:?} is not a plain value: {other:?}"),

@@ -163,7 +163,10 @@ impl Supervisor {
 
     /// Starts `cutover supervise` on this state dir with `setup`, expecting it to refuse to
     /// start: its exit status and everything it logged.
-    pub fn start_refused(&self, setup: impl FnOnce(&mut Command)) -> (std::process::ExitStatus, String) {
+    pub fn start_refused(
+        &self,
+        setup: impl FnOnce(&mut Command),
+    ) -> (std::process::ExitStatus, String) {
         let before = self.log().len();
         let mut child = self.spawn(&self.socket, &[], setup);
         let mut status = None;
