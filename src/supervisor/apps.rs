@@ -305,17 +305,7 @@ impl Apps {
         let (proxy, systemd_socket) =
             bind(&request.app.name, listen, &self.registry.inherited).await?;
         proxy.start_accepting();
-        let record = AppRecord {
-            spec: request.app.clone(),
-            dest: request.dest.clone(),
-            live: None,
-            releases: BTreeMap::new(),
-            history: Vec::new(),
-            instances: Vec::new(),
-            deploy: None,
-            next_instance: 0,
-            rollouts: Vec::new(),
-        };
+        let record = AppRecord::new(request.app.clone(), request.dest.clone());
         let context = Arc::new(AppContext {
             name: request.app.name.clone(),
             listen,

@@ -70,6 +70,23 @@ pub struct AppRecord {
     pub rollouts: Vec<RolloutOutcome>,
 }
 
+impl AppRecord {
+    /// An app seen for the first time: nothing live, no release, no instance.
+    pub fn new(spec: AppSpec, dest: PathBuf) -> AppRecord {
+        AppRecord {
+            spec,
+            dest,
+            live: None,
+            releases: BTreeMap::new(),
+            history: Vec::new(),
+            instances: Vec::new(),
+            deploy: None,
+            next_instance: 0,
+            rollouts: Vec::new(),
+        }
+    }
+}
+
 /// One release as the supervisor saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseRecord {
