@@ -155,7 +155,10 @@ fn the_fleet_shows_when_serf_answers_and_says_why_when_it_does_not() {
     browser.open(&format!("http://{with_serf}/"));
     browser.wait_for_text(r#"#fleet tr[data-node="node-a"] td"#, "node-a", SHOWN);
     let strays = browser.quit();
-    assert!(strays.is_empty(), "chromium processes left running: {strays:?}");
+    assert!(
+        strays.is_empty(),
+        "chromium processes left running: {strays:?}"
+    );
 
     // Nothing listens where this supervisor looks for Serf.
     let without = SocketAddr::from(([127, 0, 0, 1], free_port()));
