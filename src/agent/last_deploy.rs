@@ -78,9 +78,12 @@ pub fn record(state_dir: &Path, textfile: &Path, deploy: LastDeploy) -> std::io:
     write_atomically(textfile, render(&all).as_bytes())
 }
 
+/// A gauge's name, help and value.
+type Gauge = (&'static str, &'static str, fn(&LastDeploy) -> f64);
+
 /// The textfile: three gauges per app and `dest`.
 pub fn render(deploys: &[LastDeploy]) -> String {
-    let families: [(&str, &str, fn(&LastDeploy) -> f64); 3] = [
+    let families: [Gauge; 3] = [
         (
             "cutover_agent_last_deploy_timestamp_seconds",
             "When the agent's last deploy of this app and dest ended, in seconds since the Unix epoch.",

@@ -17,7 +17,7 @@ use crate::protocol::{
 };
 use crate::supervisor::app::{AppHandle, AppTask, Control};
 use crate::supervisor::events::Events;
-use crate::supervisor::listeners::{Inherited, Listeners};
+use crate::supervisor::listeners::{same_address, Inherited, Listeners};
 use crate::supervisor::proxy::Proxy;
 use crate::supervisor::recovery;
 use crate::supervisor::rollout::{deploy, AppContext, CanaryDecision};
@@ -73,14 +73,6 @@ pub enum StartError {
         app: String,
         listen: SocketAddr,
     },
-}
-
-/// Whether two listening addresses take the same port on a common interface (an unspecified
-/// address such as `0.0.0.0` takes every interface of its family).
-pub fn same_address(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
-        && (a.ip() == b.ip()
-            || (a.ip().is_unspecified() || b.ip().is_unspecified()) && a.is_ipv4() == b.is_ipv4())
 }
 
 impl Apps {

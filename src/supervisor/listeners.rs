@@ -207,6 +207,15 @@ impl Listeners {
     }
 }
 
+/// Whether two listening addresses take the same port on a common interface (an unspecified
+/// address such as `0.0.0.0` takes every interface of its family): what keeps an app off the
+/// admin address.
+pub fn same_address(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.ip().is_unspecified() || b.ip().is_unspecified()) && a.is_ipv4() == b.is_ipv4())
+}
+
 fn name_note(name: &Option<String>) -> String {
     name.as_deref()
         .map_or_else(String::new, |n| format!(" (named {n})"))
@@ -304,6 +313,16 @@ mod tests {
         pool.add(admin, b.into(), "test");
         assert!(pool.take_admin(Some(a_addr)).is_none(), "another address");
         assert!(pool.is_empty(), "the one not taken is closed");
+    }
+
+    #[test]
+    fn an_address_is_the_same_on_the_same_port_of_a_common_interface() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(same_address(at("127.0.0.1:9180"), at("127.0.0.1:9180")));
+        assert!(same_address(at("0.0.0.0:9180"), at("127.0.0.1:9180")));
+        assert!(same_address(at("[::1]:9180"), at("[::]:9180")));
+        assert!(!same_address(at("127.0.0.1:9180"), at("127.0.0.2:9180")));
+        assert!(!same_address(at("127.0.0.1:9180"), at("127.0.0.1:9181")));
     }
 
     #[test]

@@ -99,6 +99,9 @@ async fn status(site: &Site) -> Vec<AppStatus> {
     }
 }
 
+/// A family's name and help, and how to read its value from a series' traffic.
+type Family = (&'static str, &'static str, fn(&Traffic) -> u64);
+
 fn write_traffic(page: &mut Exposition, traffic: &BTreeMap<(String, String, Slot), Traffic>) {
     let series = || {
         traffic.iter().map(|((app, release, slot), t)| {
@@ -145,7 +148,7 @@ fn write_traffic(page: &mut Exposition, traffic: &BTreeMap<(String, String, Slot
             count,
         );
     }
-    let counters: [(&str, &str, fn(&Traffic) -> u64); 5] = [
+    let counters: [Family; 5] = [
         (
             "cutover_requests_in_flight",
             "Requests (and TCP-mode connections) in progress at the release's instances.",

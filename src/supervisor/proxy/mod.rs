@@ -24,6 +24,7 @@
 //!   request's access-log line in the making), `state` (what the workers share with the handle);
 //! - `route` (the route, each worker's table, the pick), `split` (a canary's share), `backend`
 //!   (one instance: counters, pools), `downstream` (the accepted connections);
+//! - `counters` (a backend's counters by slot, and how they read back);
 //! - `access_log` (the file and its writer thread), `pool`, `upstream`, `request`, `head`,
 //!   `framing` (HTTP/1.1 to and from instances), `limits`, `pace`, `histogram`, `room`,
 //!   `proxy_protocol`; `fuzz` (hidden) feeds `head` and `framing`.
@@ -32,6 +33,7 @@ mod access_entry;
 mod access_log;
 mod backend;
 mod body;
+mod counters;
 mod downstream;
 mod forward;
 mod framing;
@@ -59,7 +61,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use backend::{Backend, BackendStats, Slot, SlotStats};
+pub use backend::Backend;
+pub use counters::{BackendStats, Slot, SlotStats};
 pub use histogram::{quantile, recut};
 pub use limits::ClientLimits;
 pub use route::Route;

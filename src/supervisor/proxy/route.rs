@@ -12,7 +12,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use super::access_log::AccessLog;
-use super::backend::{Backend, BackendState, Slot};
+use super::backend::{Backend, BackendState};
+use super::counters::Slot;
 use super::split::{CanaryRoute, Side, Split};
 use crate::protocol::app::Balance;
 

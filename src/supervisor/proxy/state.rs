@@ -18,7 +18,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use super::access_log::AccessLog;
-use super::backend::{Backend, BackendState, BackendStats, SlotStats};
+use super::backend::{Backend, BackendState};
+use super::counters::{BackendStats, SlotStats};
 use super::downstream::Downstream;
 use super::limits::{AtomicClientLimits, ClientLimits};
 use super::route::{self, Hold, Lane, Route, Table};

@@ -16,7 +16,8 @@ use http::HeaderMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::backend::{BackendState, Routed, Slot};
+use super::backend::{BackendState, Routed};
+use super::counters::Slot;
 use super::downstream;
 use super::route::{next_backend, sides, Hold, InFlight};
 use super::split::Side;
