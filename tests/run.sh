@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need when it is missing, then runs
-# the whole suite. Needs only the Rust toolchain to start; installs rsync, serf, minisign and systemd (for
-# systemd-socket-activate) from Debian and moto_server (a real S3-compatible server) from PyPI.
+# the whole suite. Needs only the Rust toolchain to start; installs rsync, serf, minisign, systemd
+# (for systemd-socket-activate), prometheus (for promtool), chromium and chromium-driver from
+# Debian and moto_server (a real S3-compatible server) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,11 @@ command -v serf >/dev/null || missing+=(serf)
 command -v minisign >/dev/null || missing+=(minisign)
 # systemd-socket-activate stands in for systemd in the socket-activation test.
 command -v systemd-socket-activate >/dev/null || missing+=(systemd)
+# promtool (the Prometheus project's own linter) checks the supervisor's /metrics and the agent's textfile.
+command -v promtool >/dev/null || missing+=(prometheus)
+# A real browser for the dashboard's test: headless chromium, driven through chromedriver.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}" >&2
   as_root apt-get update -qq

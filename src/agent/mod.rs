@@ -14,6 +14,7 @@ pub mod checksum;
 pub mod durable;
 pub mod hooks;
 pub mod input;
+pub mod last_deploy;
 pub mod leftovers;
 pub mod limits;
 pub mod lock;
@@ -67,6 +68,9 @@ pub struct Options {
     pub replay_protection: bool,
     /// Whether manifests must be signed, and by which keys.
     pub trust: Trust,
+    /// The textfile-collector file the last deploy of each app and `dest` is written to
+    /// (`--metrics-textfile`, by default [`last_deploy::default_textfile`]).
+    pub metrics_textfile: PathBuf,
     /// Whether files are flushed to disk before they go live (always, but for benchmarks).
     pub durability: Durability,
     /// Deploy, or only stage the release for a later switch.
@@ -163,6 +167,7 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
     for warning in &manifest.warnings {
         log.warning(warning);
     }
+    let started = std::time::Instant::now();
     if opts.mode == Mode::StageOnly {
         // No hook either way: staging changes nothing that runs, so there is nothing to announce.
         return match stage::run(&manifest, opts, log).await {
@@ -199,12 +204,39 @@ pub async fn run(event: &Event, opts: &Options, log: &RunLog) -> Outcome {
             (Outcome::Failed, Phase::Failure, &manifest.commands.failure)
         }
     };
+    record_last_deploy(&manifest, opts, outcome, started.elapsed(), log);
     // Every command gets the same log: the run up to and including the final line.
     let text = log.contents();
     if let Err(err) = hooks::run_notify(phase, lines, &opts.start_dir, &text, log).await {
         log.line(format!("{err}: the deploy's result stands"));
     }
     outcome
+}
+
+/// Writes the deploy's outcome to the metrics textfile; a failure to do so is said, and the
+/// deploy's result stands.
+fn record_last_deploy(
+    manifest: &Manifest,
+    opts: &Options,
+    outcome: Outcome,
+    took: Duration,
+    log: &RunLog,
+) {
+    let app = manifest
+        .files
+        .as_ref()
+        .and_then(|files| files.app.as_ref())
+        .map_or("", |app| app.name.as_str());
+    let dest = manifest.files.as_ref().map_or(String::new(), |files| {
+        opts.start_dir.join(&files.dest).display().to_string()
+    });
+    let deploy = last_deploy::LastDeploy::new(app, &dest, outcome == Outcome::Succeeded, took);
+    if let Err(err) = last_deploy::record(&opts.state_dir, &opts.metrics_textfile, deploy) {
+        log.warning(format!(
+            "could not write the metrics textfile {}: {err}; check that its directory is writable",
+            opts.metrics_textfile.display()
+        ));
+    }
 }
 
 /// The skip message when `event` was handled before and replay protection is on.

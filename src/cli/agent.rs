@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -18,11 +19,15 @@ use crate::agent::limits::{self, Limits};
 use crate::agent::log::{Echo, RunLog, DEFAULT_CAP};
 use crate::agent::source::{FetchOptions, TokenFor};
 use crate::agent::trust::EXIT_UNTRUSTED;
-use crate::agent::{Mode, Options, Outcome};
+use crate::agent::{last_deploy, Mode, Options, Outcome};
 
 /// Flags of every deploy run, from stdin (`cutover`) or not (`cutover apply`).
 #[derive(Debug, Clone, Args)]
 pub struct DeployFlags {
+    /// Write the outcome, time and duration of the last deploy of each app and dest to this
+    /// node_exporter textfile-collector file [default: STATE_DIR/metrics/agent.prom]
+    #[arg(long, env = "CUTOVER_METRICS_TEXTFILE", value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
     /// Bytes per second for the src download: plain bytes, or 1K/1M/1G (powers of 1000),
     /// 1KiB/1MiB/1GiB (powers of 1024) [v1: -max-bandwidth, v2: --max-band-width]
     #[arg(long = "max-bandwidth", visible_alias = "max-band-width", value_name = "RATE", value_parser = parse_bandwidth)]
@@ -274,6 +279,10 @@ pub(super) fn execute(
         } else {
             Durability::Synced
         },
+        metrics_textfile: flags
+            .metrics_textfile
+            .clone()
+            .unwrap_or_else(|| last_deploy::default_textfile(&global.state_dir())),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

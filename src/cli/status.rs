@@ -161,6 +161,8 @@ mod tests {
                     dropped_lines: 12,
                     lost_lines: 0,
                 }),
+                canary: None,
+                recent_rollouts: Vec::new(),
             }],
         };
         let text = render(&report);

@@ -7,6 +7,7 @@
 //! activation (`LISTEN_FDS`) are used instead of binding; `--take-over` takes the sockets of a
 //! supervisor already running on the same state dir, so that no connection is refused.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -15,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::logging;
 use super::GlobalArgs;
-use crate::supervisor::{self, fds, handover, listeners::Listeners, Daemon, Ending};
+use crate::supervisor::{self, admin, fds, handover, listeners::Listeners, Daemon, Ending};
 
 #[derive(Debug, Args)]
 pub struct SuperviseArgs {
@@ -24,6 +25,10 @@ pub struct SuperviseArgs {
     /// connection is refused; it exits once this one serves. Without one, start as usual.
     #[arg(long)]
     pub take_over: bool,
+    /// Serve Prometheus metrics (`/metrics`) on this admin address, e.g. 127.0.0.1:9180; never
+    /// an app's `listen`. Off unless given
+    #[arg(long, env = "CUTOVER_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub fn run(args: SuperviseArgs, global: &GlobalArgs) -> ExitCode {
@@ -65,7 +70,7 @@ fn supervise(args: &SuperviseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
                 );
             }
         });
-        let predecessor = if args.take_over {
+        let mut predecessor = if args.take_over {
             match handover::take_over(&state_dir).await? {
                 Some((predecessor, handed)) => {
                     inherited.merge(handed);
@@ -75,6 +80,21 @@ fn supervise(args: &SuperviseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             }
         } else {
             None
+        };
+        // Handed over by the predecessor when it had the same address; any other is closed.
+        let admin = match (inherited.take_admin(args.metrics_listen), args.metrics_listen) {
+            (Some(passed), _) => Some(passed),
+            (None, Some(addr)) => match admin::bind(addr) {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    // The running supervisor takes its apps back at once rather than waiting.
+                    if let Some(predecessor) = predecessor.take() {
+                        predecessor.failed(e.to_string()).await;
+                    }
+                    return Err(e.into());
+                }
+            },
+            (None, None) => None,
         };
         let (listener, ours) = match inherited.take_control(&socket) {
             Some(listener) => {
@@ -119,6 +139,7 @@ fn supervise(args: &SuperviseArgs, global: &GlobalArgs) -> anyhow::Result<()> {
             state_dir,
             inherited,
             predecessor,
+            admin,
         };
         let result = supervisor::run_with(daemon, shutdown).await;
         // Remove our socket file so clients say "no supervisor" at once; never one that a newer

@@ -294,6 +294,8 @@ mod tests {
                     instance("1", "healthy", true),
                 ],
                 access_log: None,
+                canary: None,
+                recent_rollouts: Vec::new(),
             }],
         };
         let apps = summarize(&report);

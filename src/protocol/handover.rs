@@ -30,6 +30,12 @@ pub enum Offer {
         version: u32,
         supervisor: String,
         sockets: Vec<SocketInfo>,
+        /// How many hand-overs the offering supervisor's line had behind it (its own start
+        /// counts none): the successor reports this plus one as `cutover_handovers_total`, so
+        /// the count goes on across processes. Written only when not 0; an older supervisor
+        /// sends none, read as 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        handovers: u64,
     },
     Refused {
         message: String,
@@ -46,6 +52,15 @@ pub struct SocketInfo {
     /// so version 1 frames stay as they were; a supervisor that does not know it ignores it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub systemd: bool,
+    /// The supervisor's admin address (`--metrics-listen`), not an app's: kept apart so that no
+    /// app takes it. Written only when true; a supervisor that does not know it sees an
+    /// unclaimed socket that no app may listen on, and closes it when it stops.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The new supervisor's last word.
@@ -72,13 +87,14 @@ mod tests {
             sockets: vec![
                 SocketInfo {
                     name: None,
-                    systemd: false,
+                    ..SocketInfo::default()
                 },
                 SocketInfo {
                     name: Some("shop".to_owned()),
-                    systemd: false,
+                    ..SocketInfo::default()
                 },
             ],
+            handovers: 0,
         };
         let json = r#"{"offer":"sockets","version":1,"supervisor":"cutover 0.1.0","sockets":[{"name":null},{"name":"shop"}]}"#;
         assert_eq!(serde_json::to_string(&offer).unwrap(), json);
@@ -86,10 +102,23 @@ mod tests {
         let passed = SocketInfo {
             name: Some("shop".to_owned()),
             systemd: true,
+            admin: false,
         };
         let json = serde_json::to_string(&passed).unwrap();
         assert_eq!(json, r#"{"name":"shop","systemd":true}"#);
         assert_eq!(serde_json::from_str::<SocketInfo>(&json).unwrap(), passed);
+        let admin = SocketInfo {
+            admin: true,
+            ..SocketInfo::default()
+        };
+        let json = serde_json::to_string(&admin).unwrap();
+        assert_eq!(json, r#"{"name":null,"admin":true}"#);
+        assert_eq!(serde_json::from_str::<SocketInfo>(&json).unwrap(), admin);
+        let counted = r#"{"offer":"sockets","version":1,"supervisor":"cutover 0.1.0","sockets":[],"handovers":2}"#;
+        match serde_json::from_str::<Offer>(counted).unwrap() {
+            Offer::Sockets { handovers, .. } => assert_eq!(handovers, 2),
+            other => panic!("{other:?}"),
+        }
         let ask = TakeOver {
             version: 1,
             pid: 42,

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::app::AppSpec;
+use super::canary::Share;
 
 /// Bumped whenever a message changes incompatibly; both sides refuse a different version.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -143,6 +144,13 @@ pub struct AppStatus {
     /// What the app task is doing: `idle`, `deploying 1.4.2: waiting for health`, …
     pub phase: String,
     pub instances: Vec<InstanceStatus>,
+    /// The running canary, else the app's last one since the supervisor started: its steps and
+    /// the figures it was judged on, over time.
+    #[serde(default)]
+    pub canary: Option<CanaryStatus>,
+    /// How the app's last rollouts ended, oldest first (at most [`RECENT_ROLLOUTS`]).
+    #[serde(default)]
+    pub recent_rollouts: Vec<RolloutOutcome>,
     /// With `access_log: true`: its file and the lines it could not write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogStatus>,
@@ -156,6 +164,69 @@ pub struct AccessLogStatus {
     pub dropped_lines: u64,
     /// Lines lost because a write failed (a full disk, permissions).
     pub lost_lines: u64,
+}
+
+/// How many ended rollouts an app keeps for `status` and the dashboard.
+pub const RECENT_ROLLOUTS: usize = 10;
+
+/// A canary and the judge's readings of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryStatus {
+    /// The version on trial.
+    pub version: String,
+    /// False once it ended (promoted, backed out or cut short): kept to show how it went.
+    pub running: bool,
+    /// The step in progress (or the last one reached), counted from 1, of `steps`.
+    pub step: u32,
+    pub steps: u32,
+    /// The share of new clients its candidates get in that step.
+    pub share: Share,
+    /// Readings, oldest first: every judgement at first, thinned out (every other one dropped)
+    /// each time there are [`CANARY_SAMPLES`], so a long canary keeps its whole run.
+    pub samples: Vec<CanarySample>,
+}
+
+/// The most readings a [`CanaryStatus`] holds.
+pub const CANARY_SAMPLES: usize = 600;
+
+/// Both sides of a canary as the judge saw them at one reading, over the step so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanarySample {
+    /// Unix time of the reading, milliseconds.
+    pub at_ms: u64,
+    /// The step, counted from 1, and its share.
+    pub step: u32,
+    pub share: Share,
+    pub stable: SideFigures,
+    pub canary: SideFigures,
+}
+
+/// One side's traffic over a canary step so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SideFigures {
+    pub requests: u64,
+    /// 5xx answers, broken exchanges and failed connects.
+    pub errors: u64,
+    pub error_rate: Share,
+    /// p99 latency to the response head; absent until the canary has warmed up in the step.
+    pub p99_us: Option<u64>,
+}
+
+/// How one rollout of an app ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutOutcome {
+    /// `deploy`, `rollback` or `automatic rollback`.
+    pub kind: String,
+    pub version: String,
+    /// The version live when it began.
+    pub previous: Option<String>,
+    /// RFC 3339 times it began and ended.
+    pub began_at: String,
+    pub ended_at: String,
+    /// Whether `version` went live; if not, `previous` kept serving.
+    pub succeeded: bool,
+    /// Why it failed.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

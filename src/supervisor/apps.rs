@@ -16,7 +16,8 @@ use crate::protocol::{
     DeployRequest, ErrorKind, ErrorReply, Progress, Request, Response, StatusReport,
 };
 use crate::supervisor::app::{AppHandle, AppTask, Control};
-use crate::supervisor::listeners::{Inherited, Listeners};
+use crate::supervisor::events::Events;
+use crate::supervisor::listeners::{same_address, Inherited, Listeners};
 use crate::supervisor::proxy::Proxy;
 use crate::supervisor::recovery;
 use crate::supervisor::rollout::{deploy, AppContext, CanaryDecision};
@@ -37,6 +38,16 @@ struct Registry {
     tasks: Mutex<BTreeMap<String, AppHandle>>,
     /// Sockets passed by systemd or by the previous supervisor that no app has taken yet.
     inherited: std::sync::Mutex<Listeners>,
+    setup: AppsSetup,
+}
+
+/// What the apps share with the supervisor around them.
+#[derive(Debug, Clone, Default)]
+pub struct AppsSetup {
+    /// The supervisor's event counters (rollouts, canary steps), for its metrics.
+    pub events: Arc<Events>,
+    /// The admin address (`--metrics-listen`), which no app may listen on.
+    pub admin: Option<SocketAddr>,
 }
 
 /// How long a stopping supervisor lets its proxies' client connections finish (each is asked to
@@ -56,6 +67,12 @@ pub struct Released {
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the admin address {admin} (--metrics-listen) is app {app}'s public address ({listen}): pick another admin address")]
+    AdminAddress {
+        admin: SocketAddr,
+        app: String,
+        listen: SocketAddr,
+    },
 }
 
 impl Apps {
@@ -63,13 +80,28 @@ impl Apps {
     /// instances (pid and start time must match), resumes proxies and health checks, and resolves
     /// a deploy that was in progress by stopping the candidate and keeping the stable release.
     pub async fn start(state_dir: &Path) -> Result<Apps, StartError> {
-        Apps::start_with(state_dir, Listeners::default()).await
+        Apps::start_with(state_dir, Listeners::default(), AppsSetup::default()).await
     }
 
-    /// [`Apps::start`], with listening sockets passed by systemd or a previous supervisor: an
-    /// app whose socket is among them serves on it instead of binding its address.
-    pub async fn start_with(state_dir: &Path, inherited: Listeners) -> Result<Apps, StartError> {
+    /// [`Apps::start`], with listening sockets passed by systemd or a previous supervisor (an
+    /// app whose socket is among them serves on it instead of binding its address) and what
+    /// the apps share with the supervisor (`setup`). An app listening on the admin address
+    /// stops the start: one of the two must move.
+    pub async fn start_with(
+        state_dir: &Path,
+        inherited: Listeners,
+        setup: AppsSetup,
+    ) -> Result<Apps, StartError> {
         let store = Arc::new(Store::open(state_dir)?);
+        if let Some(admin) = setup.admin {
+            for (app, record) in store.snapshot().apps {
+                if let Ok(listen) = record.spec.listen_addr() {
+                    if same_address(admin, listen) {
+                        return Err(StartError::AdminAddress { admin, app, listen });
+                    }
+                }
+            }
+        }
         let inherited = std::sync::Mutex::new(inherited);
         let mut tasks = BTreeMap::new();
         let mut strays = Strays::scan(state_dir);
@@ -103,6 +135,7 @@ impl Apps {
                 proxy,
                 store: store.clone(),
                 systemd_socket,
+                events: setup.events.clone(),
             });
             tasks.insert(
                 name,
@@ -121,6 +154,7 @@ impl Apps {
                 store,
                 tasks: Mutex::new(tasks),
                 inherited,
+                setup,
             }),
         })
     }
@@ -162,6 +196,12 @@ impl Apps {
             }
         };
         result.unwrap_or_else(Response::Error)
+    }
+
+    /// Every app's context (name, proxy, counters), for reading without asking its task.
+    pub async fn contexts(&self) -> Vec<Arc<AppContext>> {
+        let tasks = self.registry.tasks.lock().await;
+        tasks.values().map(|task| task.context.clone()).collect()
     }
 
     /// Stops health checks and proxies and persists the state, but leaves app processes running
@@ -221,6 +261,16 @@ impl Apps {
         progress: mpsc::Sender<Progress>,
     ) -> Result<Response, ErrorReply> {
         let name = request.app.name.clone();
+        if let (Some(admin), Ok(listen)) = (self.registry.setup.admin, request.app.listen_addr()) {
+            if same_address(admin, listen) {
+                return Err(ErrorReply {
+                    kind: ErrorKind::BadRequest,
+                    message: format!(
+                        "{name} cannot listen on {listen}: it is the supervisor's admin address (--metrics-listen {admin}); pick another listen"
+                    ),
+                });
+            }
+        }
         let task = {
             let mut tasks = self.registry.tasks.lock().await;
             match tasks.get(&name) {
@@ -247,16 +297,7 @@ impl Apps {
         let (proxy, systemd_socket) =
             bind(&request.app.name, listen, &self.registry.inherited).await?;
         proxy.start_accepting();
-        let record = AppRecord {
-            spec: request.app.clone(),
-            dest: request.dest.clone(),
-            live: None,
-            releases: BTreeMap::new(),
-            history: Vec::new(),
-            instances: Vec::new(),
-            deploy: None,
-            next_instance: 0,
-        };
+        let record = AppRecord::new(request.app.clone(), request.dest.clone());
         let context = Arc::new(AppContext {
             name: request.app.name.clone(),
             listen,
@@ -264,6 +305,7 @@ impl Apps {
             proxy,
             store: self.registry.store.clone(),
             systemd_socket,
+            events: self.registry.setup.events.clone(),
         });
         tracing::info!(app = %request.app.name, "new app, listening on {}", request.app.listen);
         Ok(AppTask::new(context, record).spawn())

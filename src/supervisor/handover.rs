@@ -163,18 +163,30 @@ pub struct TakeBack {
 }
 
 impl Successor {
-    /// Sends `control` and every released socket, waits until the successor serves, then stops
-    /// the released proxies and lets their clients go. On failure, hands everything back.
+    /// Sends `control`, the admin socket (a copy: this supervisor keeps its own) and every
+    /// released socket, with the count of hand-overs behind this supervisor, waits until the
+    /// successor serves, then stops the released proxies and lets their clients go. On failure,
+    /// hands everything back (the admin copy is closed: the caller still holds the socket).
     pub async fn hand_over(
         mut self,
         control: OwnedFd,
+        admin: Option<OwnedFd>,
+        handovers: u64,
         released: Released,
     ) -> Result<(), Box<TakeBack>> {
         let mut fds: Vec<(SocketInfo, OwnedFd)> = vec![(SocketInfo::default(), control)];
+        if let Some(admin) = admin {
+            let info = SocketInfo {
+                admin: true,
+                ..SocketInfo::default()
+            };
+            fds.push((info, admin));
+        }
         for app in &released.apps {
             let info = SocketInfo {
                 name: Some(app.name.clone()),
                 systemd: app.systemd_socket,
+                admin: false,
             };
             match app.proxy.listener() {
                 Ok(listener) => fds.push((info, listener.into())),
@@ -185,13 +197,14 @@ impl Successor {
             let info = SocketInfo {
                 name: inherited.name.clone(),
                 systemd: inherited.systemd,
+                admin: false,
             };
             match inherited.listener.try_clone() {
                 Ok(listener) => fds.push((info, listener.into())),
                 Err(e) => tracing::error!("cannot hand over {}: {e}", inherited.addr),
             }
         }
-        let outcome = match self.offer(&fds).await {
+        let outcome = match self.offer(&fds, handovers).await {
             Ok(()) => tokio::time::timeout(
                 STEP_TIMEOUT,
                 codec::read_frame::<Outcome, _>(&mut self.stream),
@@ -219,7 +232,8 @@ impl Successor {
                 let mut listeners = Listeners::default();
                 let mut fds = fds.into_iter();
                 let control = fds.next().map(|(_, fd)| fd.into());
-                for (info, fd) in fds {
+                // The admin copy is dropped: the caller serves its own socket still.
+                for (info, fd) in fds.filter(|(info, _)| !info.admin) {
                     listeners.add(info, fd, "the failed hand-over");
                 }
                 let control = control.expect("the control socket is always the first descriptor");
@@ -232,7 +246,7 @@ impl Successor {
         }
     }
 
-    async fn offer(&mut self, fds: &[(SocketInfo, OwnedFd)]) -> io::Result<()> {
+    async fn offer(&mut self, fds: &[(SocketInfo, OwnedFd)], handovers: u64) -> io::Result<()> {
         if fds.len() > MAX_SOCKETS {
             return Err(io::Error::other(format!(
                 "{} sockets are more than one hand-over carries ({MAX_SOCKETS})",
@@ -243,6 +257,7 @@ impl Successor {
             version: HANDOVER_VERSION,
             supervisor: SUPERVISOR.to_owned(),
             sockets: fds.iter().map(|(info, _)| info.clone()).collect(),
+            handovers,
         };
         let frame = codec::encode(&offer).map_err(io::Error::other)?;
         let raw: Vec<RawFd> = fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
@@ -270,9 +285,16 @@ impl Successor {
 #[derive(Debug)]
 pub struct Predecessor {
     stream: UnixStream,
+    /// The hand-overs behind the predecessor (see [`Offer::Sockets`]).
+    handovers: u64,
 }
 
 impl Predecessor {
+    /// The hand-overs behind this supervisor once it serves: its predecessor's and this one.
+    pub fn handovers(&self) -> u64 {
+        self.handovers + 1
+    }
+
     /// Tells the old supervisor that this one serves: it stops accepting and exits.
     pub async fn serving(mut self) {
         if let Err(e) = codec::write_frame(&mut self.stream, &Outcome::Serving).await {
@@ -325,12 +347,13 @@ pub async fn take_over(
         .map_err(|e| io_err("receive the sockets", e))?;
     let frame = complete(&mut stream, frame).await?;
     let offer: Offer = serde_json::from_slice(&frame).map_err(FrameError::Decode)?;
-    let (supervisor, infos) = match offer {
+    let (supervisor, infos, handovers) = match offer {
         Offer::Sockets {
             supervisor,
             sockets,
+            handovers,
             ..
-        } => (supervisor, sockets),
+        } => (supervisor, sockets, handovers),
         Offer::Refused { message } => return Err(HandoverError::Refused(message)),
     };
     tracing::info!("{supervisor} handed over {} socket(s)", fds.len());
@@ -340,7 +363,7 @@ pub async fn take_over(
         let info = infos.next().unwrap_or_default();
         listeners.add(info, fd, "the previous supervisor");
     }
-    Ok(Some((Predecessor { stream }, listeners)))
+    Ok(Some((Predecessor { stream, handovers }, listeners)))
 }
 
 /// One `recvmsg`: the bytes read so far and the descriptors that came with them (close-on-exec).

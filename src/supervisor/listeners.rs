@@ -35,6 +35,8 @@ pub struct Inherited {
 pub struct Listeners {
     control: Vec<(PathBuf, UnixListener)>,
     tcp: Vec<Inherited>,
+    /// The previous supervisor's admin address (`--metrics-listen`): never an app's.
+    admin: Vec<Inherited>,
 }
 
 impl Listeners {
@@ -76,6 +78,7 @@ impl Listeners {
                     SocketInfo {
                         name,
                         systemd: true,
+                        admin: false,
                     },
                     fd,
                     "systemd",
@@ -89,8 +92,21 @@ impl Listeners {
     /// Adds one inherited listening socket (TCP, or Unix for the control socket); anything else
     /// is closed with a warning. `from` says where it came from, for the log.
     pub fn add(&mut self, info: SocketInfo, fd: OwnedFd, from: &str) {
-        let SocketInfo { name, systemd } = info;
+        let SocketInfo {
+            name,
+            systemd,
+            admin,
+        } = info;
         match classify(&fd) {
+            Ok(SocketKind::Tcp(addr)) if admin => {
+                tracing::info!("admin socket {addr} from {from}");
+                self.admin.push(Inherited {
+                    name,
+                    addr,
+                    listener: std::net::TcpListener::from(fd),
+                    systemd,
+                });
+            }
             Ok(SocketKind::Tcp(addr)) => {
                 tracing::info!("listening socket {addr} from {from}{}", name_note(&name));
                 self.tcp.push(Inherited {
@@ -112,6 +128,28 @@ impl Listeners {
     pub fn merge(&mut self, other: Listeners) {
         self.control.extend(other.control);
         self.tcp.extend(other.tcp);
+        self.admin.extend(other.admin);
+    }
+
+    /// The admin socket bound to `wanted` (`--metrics-listen`), if one was handed over. Every
+    /// other admin socket is closed here: this supervisor serves its admin page elsewhere, or
+    /// not at all.
+    pub fn take_admin(&mut self, wanted: Option<SocketAddr>) -> Option<std::net::TcpListener> {
+        let mut taken = None;
+        for socket in std::mem::take(&mut self.admin) {
+            if taken.is_none() && Some(socket.addr) == wanted {
+                taken = Some(socket.listener);
+            } else {
+                tracing::info!(
+                    "closing the previous supervisor's admin address {}: this one {}",
+                    socket.addr,
+                    wanted.map_or("has none (no --metrics-listen)".to_owned(), |w| format!(
+                        "listens on {w}"
+                    ))
+                );
+            }
+        }
+        taken
     }
 
     /// The control socket bound at `path`, if one was passed. A Unix socket bound elsewhere is
@@ -165,8 +203,17 @@ impl Listeners {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.control.is_empty() && self.tcp.is_empty()
+        self.control.is_empty() && self.tcp.is_empty() && self.admin.is_empty()
     }
+}
+
+/// Whether two listening addresses take the same port on a common interface (an unspecified
+/// address such as `0.0.0.0` takes every interface of its family): what keeps an app off the
+/// admin address.
+pub fn same_address(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.ip().is_unspecified() || b.ip().is_unspecified()) && a.is_ipv4() == b.is_ipv4())
 }
 
 fn name_note(name: &Option<String>) -> String {
@@ -249,6 +296,33 @@ mod tests {
         assert_eq!(other.listener.local_addr().unwrap(), a_addr);
         assert!(pool.take_app("blog", a_addr).is_none(), "taken once");
         assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn the_admin_socket_is_no_apps_and_is_taken_only_at_its_address() {
+        let ((a, a_addr), (b, _)) = (tcp(), tcp());
+        let admin = SocketInfo {
+            admin: true,
+            ..SocketInfo::default()
+        };
+        let mut pool = Listeners::default();
+        pool.add(admin.clone(), a.into(), "test");
+        assert!(pool.take_app("shop", a_addr).is_none(), "no app takes it");
+        let taken = pool.take_admin(Some(a_addr)).expect("taken at its address");
+        assert_eq!(taken.local_addr().unwrap(), a_addr);
+        pool.add(admin, b.into(), "test");
+        assert!(pool.take_admin(Some(a_addr)).is_none(), "another address");
+        assert!(pool.is_empty(), "the one not taken is closed");
+    }
+
+    #[test]
+    fn an_address_is_the_same_on_the_same_port_of_a_common_interface() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(same_address(at("127.0.0.1:9180"), at("127.0.0.1:9180")));
+        assert!(same_address(at("0.0.0.0:9180"), at("127.0.0.1:9180")));
+        assert!(same_address(at("[::1]:9180"), at("[::]:9180")));
+        assert!(!same_address(at("127.0.0.1:9180"), at("127.0.0.2:9180")));
+        assert!(!same_address(at("127.0.0.1:9180"), at("127.0.0.1:9181")));
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! [`run_with`] is the same with the sockets of systemd or of a previous supervisor
 //! (`listeners`, `handover`), and ends either on the shutdown future or by handing over.
 
+pub mod admin;
 pub mod app;
 pub mod apps;
 pub mod control;
+pub mod events;
 pub mod fds;
 pub mod handover;
 pub mod health;
@@ -27,11 +29,16 @@ pub mod strays;
 use std::future::Future;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Context;
 use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
 
-use apps::Apps;
+use admin::Site;
+use apps::{Apps, AppsSetup};
+use events::Events;
 use handover::{Door, Predecessor};
 use listeners::Listeners;
 
@@ -52,6 +59,7 @@ pub async fn run(
         state_dir,
         inherited: Listeners::default(),
         predecessor: None,
+        admin: None,
     };
     run_with(daemon, shutdown).await.map(|_| ())
 }
@@ -66,6 +74,8 @@ pub struct Daemon {
     pub inherited: Listeners,
     /// The supervisor this one takes over from, told once this one serves.
     pub predecessor: Option<Predecessor>,
+    /// The admin address's socket (`--metrics-listen`), bound or handed over; `None`: off.
+    pub admin: Option<std::net::TcpListener>,
 }
 
 /// How [`run_with`] ended.
@@ -89,13 +99,29 @@ pub async fn run_with(
         state_dir,
         mut inherited,
         mut predecessor,
+        admin,
     } = daemon;
+    let process_started = SystemTime::now();
+    let handovers = predecessor.as_ref().map_or(0, Predecessor::handovers);
+    let events = Arc::new(Events::new(handovers));
+    let admin_addr = match &admin {
+        Some(listener) => Some(
+            listener
+                .local_addr()
+                .context("reading the admin address's socket")?,
+        ),
+        None => None,
+    };
+    let setup = AppsSetup {
+        events: events.clone(),
+        admin: admin_addr,
+    };
     let mut left_over: Option<apps::Released> = None;
     tokio::pin!(shutdown);
     loop {
         // The door first: it is also what keeps two supervisors off one state dir.
         let started = match Door::open(&state_dir) {
-            Ok(door) => Apps::start_with(&state_dir, std::mem::take(&mut inherited))
+            Ok(door) => Apps::start_with(&state_dir, std::mem::take(&mut inherited), setup.clone())
                 .await
                 .map(|apps| (door, apps))
                 .map_err(anyhow::Error::from),
@@ -124,6 +150,21 @@ pub async fn run_with(
             .as_fd()
             .try_clone_to_owned()
             .context("duplicating the control socket")?;
+        let admin_stop = CancellationToken::new();
+        if let (Some(listener), Some(addr)) = (&admin, admin_addr) {
+            let site = Arc::new(Site {
+                apps: apps.clone(),
+                events: events.clone(),
+                started: process_started,
+                addr,
+            });
+            let listener = listener
+                .try_clone()
+                .context("duplicating the admin address's socket")?;
+            let stop = admin_stop.clone();
+            tracing::info!("admin address: http://{addr}/metrics");
+            tokio::spawn(async move { admin::serve(&listener, site, stop).await });
+        }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let stop = async {
             let why = tokio::select! {
@@ -133,6 +174,7 @@ pub async fn run_with(
             let _ = stop_tx.send(why);
         };
         control::serve(control, apps.clone(), stop).await;
+        admin_stop.cancel();
         let Ok(Some(successor)) = stop_rx.await else {
             tracing::info!(
                 "shutting down: app processes keep running and are re-adopted on restart"
@@ -143,7 +185,19 @@ pub async fn run_with(
         // The successor binds its own door once it has the sockets.
         drop(door);
         let released = apps.release().await;
-        match successor.hand_over(control_fd, released).await {
+        let admin_fd = match &admin {
+            Some(listener) => Some(
+                listener
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .context("duplicating the admin address's socket")?,
+            ),
+            None => None,
+        };
+        match successor
+            .hand_over(control_fd, admin_fd, events.handovers(), released)
+            .await
+        {
             Ok(()) => return Ok(Ending::HandedOver),
             Err(back) => {
                 let back = *back;

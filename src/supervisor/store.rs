@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::AppSpec;
+use crate::protocol::{AppSpec, RolloutOutcome};
 use crate::supervisor::process::ProcessId;
 
 /// The stored format's version; bump it (and add a fixture) when a change is not additive.
@@ -65,6 +65,26 @@ pub struct AppRecord {
     /// Counter for unique instance ids, so a log file or a draining backend is never reused.
     #[serde(default)]
     pub next_instance: u64,
+    /// How its last rollouts ended, oldest first (at most `RECENT_ROLLOUTS`).
+    #[serde(default)]
+    pub rollouts: Vec<RolloutOutcome>,
+}
+
+impl AppRecord {
+    /// An app seen for the first time: nothing live, no release, no instance.
+    pub fn new(spec: AppSpec, dest: PathBuf) -> AppRecord {
+        AppRecord {
+            spec,
+            dest,
+            live: None,
+            releases: BTreeMap::new(),
+            history: Vec::new(),
+            instances: Vec::new(),
+            deploy: None,
+            next_instance: 0,
+            rollouts: Vec::new(),
+        }
+    }
 }
 
 /// One release as the supervisor saw it.

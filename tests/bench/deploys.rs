@@ -9,7 +9,8 @@
 //!   of releases answering 5 % of requests with 500 (backed out at their first step, 10 %): the
 //!   500s clients saw, which can only come from the bad canary's own share, and socket errors
 //!   (target 0);
-//! - idle: the supervisor's RSS with 3 idle apps (VmRSS; target ≤ 20 MB) and the CPU ticks it
+//! - idle: the supervisor's RSS with 3 idle apps, with the admin address off and then on and scraped
+//!   once (VmRSS; target ≤ 20 MB) and the CPU ticks it
 //!   used over 10 s of idleness (utime+stime from /proc/PID/stat; target ~0: no polling loops);
 //! - bursts: the supervisor's RSS before, after each of `BURSTS` bursts of `BURST` connections
 //!   that each ask one request at once, and once the burst's idle connections have expired
@@ -48,7 +49,9 @@ fn main() {
         if canaries > 0 {
             canaries_under_load(canaries, clients).await;
         }
-        idle_footprint().await;
+        // Side by side: the admin address off (the default), then on and scraped once.
+        idle_footprint(false).await;
+        idle_footprint(true).await;
         if bursts > 0 && burst > 0 {
             memory_after_bursts(bursts, burst).await;
         }
@@ -118,9 +121,10 @@ async fn canaries_under_load(canaries: u32, clients: usize) {
     supervisor.stop_app(&app).await;
 }
 
-async fn idle_footprint() {
+async fn idle_footprint(metrics: bool) {
     let home = tempfile::tempdir().expect("temp dir");
-    let supervisor = Supervisor::start(home.path()).await;
+    let admin = metrics.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+    let supervisor = Supervisor::start_with(home.path(), admin).await;
     let apps: Vec<BenchApp> = (0..3)
         .map(|i| BenchApp::new(home.path(), &format!("idle{i}"), 1, "1s"))
         .collect();
@@ -129,6 +133,11 @@ async fn idle_footprint() {
     }
     // Let the first health checks and the deploys' tails settle before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    if let Some(admin) = admin {
+        // What a Prometheus server does every 15 s or so: the page is built, sent and dropped.
+        let bytes = scrape(admin).await;
+        println!("idle: /metrics is {bytes} bytes with 3 apps");
+    }
     let pid = supervisor.child.id();
     let before = cpu_ticks(pid);
     // The measurement itself is an idle period: nothing may be polled to end it early.
@@ -136,8 +145,9 @@ async fn idle_footprint() {
     let ticks = cpu_ticks(pid) - before;
     let rss_kb = rss_kb(pid);
     println!(
-        "idle: supervisor with 3 apps (1 instance each, health checks every 1s): \
+        "idle: supervisor with 3 apps (1 instance each, health checks every 1s), metrics {}: \
          RSS {:.1} MB (target <= 20 MB), {ticks} CPU ticks in 10s (target ~0; {} ticks/s)",
+        if metrics { "on and scraped" } else { "off" },
         rss_kb as f64 / 1024.0,
         ticks_per_second()
     );
@@ -208,6 +218,25 @@ async fn one_burst(addr: SocketAddr, n: usize) -> usize {
     failed
 }
 
+/// `GET /metrics` on the admin address; the length of the answer.
+async fn scrape(admin: SocketAddr) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect to the admin address");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send the scrape");
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .expect("read the scrape");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "the scrape failed");
+    answer.len()
+}
+
 /// `cutover supervise` in a temp dir, killed on drop.
 struct Supervisor {
     socket: PathBuf,
@@ -216,8 +245,17 @@ struct Supervisor {
 
 impl Supervisor {
     async fn start(home: &Path) -> Supervisor {
+        Supervisor::start_with(home, None).await
+    }
+
+    /// With `--metrics-listen ADDR` when `metrics` is given.
+    async fn start_with(home: &Path, metrics: Option<SocketAddr>) -> Supervisor {
         let socket = home.join("cutover.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cutover"));
+        if let Some(addr) = metrics {
+            command.env("CUTOVER_METRICS_LISTEN", addr.to_string());
+        }
+        let child = command
             .arg("supervise")
             .arg("--state-dir")
             .arg(home.join("state"))

@@ -5,10 +5,12 @@
 
 mod access_log;
 mod canary;
+mod dashboard;
 mod hold;
 mod json_log;
 mod limits;
 mod ports;
+mod metrics;
 mod restart;
 mod strangers;
 mod strays;

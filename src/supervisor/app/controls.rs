@@ -10,7 +10,7 @@ use crate::protocol::{
 use crate::supervisor::instance::{InstanceHandle, Lifecycle};
 use crate::supervisor::proxy::Route;
 use crate::supervisor::rollout::{
-    deploy, releases, rollback, AppEvent, AppTaskLink, Rollout, RolloutKind,
+    deploy, releases, rollback, AppEvent, AppTaskLink, CanaryTrace, Rollout, RolloutKind,
 };
 
 use super::task::{AppHandle, AppTask, Control, RolloutRun};
@@ -188,6 +188,7 @@ impl AppTask {
         reply: Option<oneshot::Sender<Response>>,
     ) {
         let (phase_tx, phase) = watch::channel(format!("{}: starting", kind.doing(&version)));
+        let (canary_tx, canary) = watch::channel(CanaryTrace::default());
         let (decisions, decided) = mpsc::channel(4);
         let rollout = Rollout {
             app: self.context.clone(),
@@ -199,6 +200,7 @@ impl AppTask {
             previous: self.record.live.clone(),
             progress,
             phase: phase_tx,
+            canary: canary_tx,
             decisions: tokio::sync::Mutex::new(decided),
         };
         tracing::info!(app = %self.context.name, "{kind} of {version} begins");
@@ -207,6 +209,9 @@ impl AppTask {
             version,
             reply,
             phase,
+            canary,
+            previous: self.record.live.clone(),
+            began: std::time::SystemTime::now(),
             task: tokio::spawn(deploy::run(rollout)),
             decisions,
         });

@@ -6,14 +6,17 @@
 use tokio::sync::mpsc;
 
 use crate::protocol::app::Mode;
-use crate::protocol::{AppSpec, DeployOutcome, ErrorKind, ErrorReply, Response};
+use crate::protocol::{
+    AppSpec, DeployOutcome, ErrorKind, ErrorReply, Response, RolloutOutcome, RECENT_ROLLOUTS,
+};
+use crate::supervisor::events::Counted;
 use crate::supervisor::instance::{InstanceHandle, Lifecycle};
 use crate::supervisor::process;
 use crate::supervisor::proxy::{Backend, CanaryRoute, ClientLimits, Route};
 use crate::supervisor::rollout::{rollback, RolloutKind, Switchover};
 use crate::supervisor::store::{DeployRecord, InstanceRecord};
 
-use super::task::{loopback_for, AppTask, ACCESS_LOG};
+use super::task::{loopback_for, AppTask, RolloutRun, ACCESS_LOG};
 
 impl AppTask {
     /// A live instance crash-loops after its switch: go back to the previous good release if
@@ -132,6 +135,19 @@ impl AppTask {
             return;
         };
         let result = result.unwrap_or_else(|e| Err(format!("internal fault in the rollout: {e}")));
+        let counted = match run.kind {
+            RolloutKind::Deploy => Counted::Deploy,
+            RolloutKind::Rollback { .. } => Counted::OperatorRollback,
+            RolloutKind::AutoRollback { .. } => Counted::AutomaticRollback,
+        };
+        let outcome = if result.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        self.context
+            .events
+            .count(counted, &self.context.name, outcome);
         let response = match result {
             Ok(outcome) => {
                 tracing::info!(app = %self.context.name, "{} of {} done", run.kind, run.version);
@@ -154,12 +170,39 @@ impl AppTask {
                 })
             }
         };
+        self.remember_outcome(&run, &response);
         self.record.deploy = None;
         self.canary = None;
         self.persist();
         self.update_route();
         if let Some(reply) = run.reply {
             let _ = reply.send(response);
+        }
+    }
+
+    /// Keeps how the rollout ended in the record's short history, and its canary's trace (the
+    /// trace only in memory: it is for watching, not for recovery).
+    fn remember_outcome(&mut self, run: &RolloutRun, response: &Response) {
+        let now = std::time::SystemTime::now();
+        let reason = match response {
+            Response::Error(e) => Some(e.message.clone()),
+            _ => None,
+        };
+        let history = &mut self.record.rollouts;
+        history.push(RolloutOutcome {
+            kind: run.kind.to_string(),
+            version: run.version.clone(),
+            previous: run.previous.clone(),
+            began_at: humantime::format_rfc3339_seconds(run.began).to_string(),
+            ended_at: humantime::format_rfc3339_seconds(now).to_string(),
+            succeeded: reason.is_none(),
+            reason,
+        });
+        let over = history.len().saturating_sub(RECENT_ROLLOUTS);
+        history.drain(..over);
+        if let Some(mut canary) = run.canary.borrow().status() {
+            canary.running = false;
+            self.last_canary = Some(canary);
         }
     }
 

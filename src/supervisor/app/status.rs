@@ -56,6 +56,12 @@ impl AppTask {
                     dropped_lines: losses.dropped,
                     lost_lines: losses.lost,
                 }),
+            canary: self
+                .rollout
+                .as_ref()
+                .and_then(|run| run.canary.borrow().status())
+                .or_else(|| self.last_canary.clone()),
+            recent_rollouts: self.record.rollouts.clone(),
         }
     }
 

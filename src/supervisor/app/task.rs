@@ -10,10 +10,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::protocol::canary::Share;
-use crate::protocol::{AppSpec, AppStatus, DeployOutcome, DeployRequest, Progress, Response};
+use crate::protocol::{
+    AppSpec, AppStatus, CanaryStatus, DeployOutcome, DeployRequest, Progress, Response,
+};
 use crate::supervisor::instance::{self, InstanceHandle, InstancePlan};
 use crate::supervisor::process::{self, Running, SpawnSpec};
-use crate::supervisor::rollout::{AppContext, AppEvent, CanaryDecision, RolloutKind};
+use crate::supervisor::rollout::{AppContext, AppEvent, CanaryDecision, CanaryTrace, RolloutKind};
 use crate::supervisor::store::{AppRecord, InstanceRecord};
 use crate::supervisor::strays;
 
@@ -72,6 +74,11 @@ pub(super) struct RolloutRun {
     pub(super) version: String,
     pub(super) reply: Option<oneshot::Sender<Response>>,
     pub(super) phase: watch::Receiver<String>,
+    /// Its canary's steps and readings, for `status`.
+    pub(super) canary: watch::Receiver<CanaryTrace>,
+    /// The live version when it began, and when.
+    pub(super) previous: Option<String>,
+    pub(super) began: std::time::SystemTime,
     pub(super) task: JoinHandle<Result<DeployOutcome, String>>,
     /// The operator's decisions, for a canary.
     pub(super) decisions: mpsc::Sender<CanaryDecision>,
@@ -95,6 +102,8 @@ pub struct AppTask {
     pub(super) stuck: Option<String>,
     /// The share of new clients the running canary's candidates get.
     pub(super) canary: Option<Share>,
+    /// The last canary that ended since this supervisor started, for `status`.
+    pub(super) last_canary: Option<CanaryStatus>,
 }
 
 impl AppTask {
@@ -111,6 +120,7 @@ impl AppTask {
             events,
             stuck: None,
             canary: None,
+            last_canary: None,
         }
     }
 

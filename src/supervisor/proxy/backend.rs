@@ -2,7 +2,9 @@
 //! keeps it (`BackendState`: its counters, its in-flight tracking (what `drain` waits on), the
 //! switch that cuts its remaining connections, and its pools of keep-alive connections, one per
 //! worker thread so that a request uses a connection driven by its own event loop), and as its
-//! counters are read back (`BackendStats`).
+//! counters are read back (`BackendStats`, from `counters`). Each counter is kept per `Slot`
+//! (the backend's place in the route when the request reached it), so that the admin address's
+//! metrics give a canary's traffic apart from the same instances' traffic once promoted.
 //!
 //! Everything a request touches here is an atomic or a very short critical section (a worker's
 //! pool lock is taken by that worker only, and by `drain` and the pool's sweep now and then), so
@@ -13,11 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::counters::{BackendStats, Slot, SlotCounters, SlotStats};
 use super::head::Head;
 use super::histogram::{quantile, Histogram};
 use super::pool::{Pool, Taken};
@@ -31,36 +33,6 @@ pub struct Backend {
     /// Release version the instance runs.
     pub version: String,
     pub addr: SocketAddr,
-}
-
-/// Counters of one backend, as shown by `status` and read by the canary analysis.
-///
-/// `requests`, `errors_5xx`, `failed_connects` and the latency count the traffic the route sent
-/// and are what a canary is judged on; what a client pinned to a side with the canary header and
-/// what clients broke off themselves are counted apart, shown and never judged.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct BackendStats {
-    pub id: String,
-    pub version: String,
-    pub requests: u64,
-    pub errors_5xx: u64,
-    pub failed_connects: u64,
-    /// Requests whose client broke them off: an upload aborted or malformed, a client too slow.
-    pub client_aborts: u64,
-    /// Requests sent here by the canary header (testers), and their 5xx and broken exchanges.
-    pub pinned_requests: u64,
-    pub pinned_errors_5xx: u64,
-    pub in_flight: u64,
-    /// Keep-alive connections to the instance waiting for a request.
-    pub idle_connections: u64,
-    /// p50/p99 latency over the kept window, in microseconds.
-    pub p50_us: u64,
-    pub p99_us: u64,
-    /// The latency histogram's bucket counts: two readings subtract into the histogram of the
-    /// time between them (see [`quantile`]). Not sent over the control socket.
-    #[serde(skip)]
-    pub latency: Vec<u64>,
 }
 
 /// Why a request could not be answered by this backend.
@@ -105,14 +77,10 @@ struct Shard {
     /// A child of `cut`: the requests of one worker wait on it, so that they do not all register
     /// with (and contend for) one token.
     cut: CancellationToken,
-    requests: AtomicU64,
-    errors_5xx: AtomicU64,
-    failed_connects: AtomicU64,
-    client_aborts: AtomicU64,
-    pinned_requests: AtomicU64,
-    pinned_errors_5xx: AtomicU64,
     in_flight: AtomicU64,
-    latency: Histogram,
+    /// By [`Slot`]: a request adds to its slot's counters only, as many atomic adds as before
+    /// slots were told apart (the request count is the sum of the classes).
+    slots: [SlotCounters; 2],
 }
 
 /// How a request came to this backend, for the counters: the canary analysis judges only the
@@ -130,14 +98,8 @@ impl BackendState {
             .map(|_| Shard {
                 pool: Mutex::default(),
                 cut: cut.child_token(),
-                requests: AtomicU64::new(0),
-                errors_5xx: AtomicU64::new(0),
-                failed_connects: AtomicU64::new(0),
-                client_aborts: AtomicU64::new(0),
-                pinned_requests: AtomicU64::new(0),
-                pinned_errors_5xx: AtomicU64::new(0),
                 in_flight: AtomicU64::new(0),
-                latency: Histogram::default(),
+                slots: Default::default(),
             })
             .collect();
         BackendState {
@@ -154,15 +116,15 @@ impl BackendState {
         &self.shards[worker % self.shards.len()]
     }
 
-    fn sum(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
-        self.shards
-            .iter()
-            .map(|shard| counter(shard).load(Ordering::SeqCst))
-            .sum()
+    fn counters(&self, worker: usize, slot: Slot) -> &SlotCounters {
+        &self.shard(worker).slots[slot as usize]
     }
 
     pub fn in_flight(&self) -> u64 {
-        self.sum(|s| &s.in_flight)
+        self.shards
+            .iter()
+            .map(|shard| shard.in_flight.load(Ordering::SeqCst))
+            .sum()
     }
 
     /// Counts one more request or tunnel in flight on `worker`'s count (see `route::InFlight`).
@@ -182,51 +144,84 @@ impl BackendState {
         }
     }
 
+    /// One slot's counters, added up over the workers.
+    fn slot_stats(&self, slot: Slot) -> SlotStats {
+        fn of(shard: &Shard, slot: Slot) -> &SlotCounters {
+            &shard.slots[slot as usize]
+        }
+        let sum = |counter: &dyn Fn(&SlotCounters) -> &AtomicU64| -> u64 {
+            self.shards
+                .iter()
+                .map(|shard| counter(of(shard, slot)).load(Ordering::Relaxed))
+                .sum()
+        };
+        let latency: Vec<&Histogram> = self.shards.iter().map(|s| &of(s, slot).latency).collect();
+        SlotStats {
+            classes: std::array::from_fn(|class| sum(&|c| &c.classes[class])),
+            quiet: sum(&|c| &c.quiet),
+            failed_connects: sum(&|c| &c.failed_connects),
+            client_aborts: sum(&|c| &c.client_aborts),
+            pinned_requests: sum(&|c| &c.pinned_requests),
+            pinned_errors_5xx: sum(&|c| &c.pinned_errors_5xx),
+            latency: Histogram::counts(&latency),
+        }
+    }
+
     pub fn stats(&self) -> BackendStats {
-        let latency: Vec<&Histogram> = self.shards.iter().map(|s| &s.latency).collect();
-        let counts = Histogram::counts(&latency);
+        let slots = Slot::ALL.map(|slot| self.slot_stats(slot));
+        let mut both = slots[0].clone();
+        both.add(&slots[1]);
         BackendStats {
             id: self.backend.id.clone(),
             version: self.backend.version.clone(),
-            requests: self.sum(|s| &s.requests),
-            errors_5xx: self.sum(|s| &s.errors_5xx),
-            failed_connects: self.sum(|s| &s.failed_connects),
-            client_aborts: self.sum(|s| &s.client_aborts),
-            pinned_requests: self.sum(|s| &s.pinned_requests),
-            pinned_errors_5xx: self.sum(|s| &s.pinned_errors_5xx),
+            requests: both.requests(),
+            errors_5xx: both.classes[4],
+            failed_connects: both.failed_connects,
+            client_aborts: both.client_aborts,
+            pinned_requests: both.pinned_requests,
+            pinned_errors_5xx: both.pinned_errors_5xx,
             in_flight: self.in_flight(),
             idle_connections: self.shards.iter().map(|s| lock(&s.pool).len() as u64).sum(),
-            p50_us: quantile(&counts, 0.50),
-            p99_us: quantile(&counts, 0.99),
-            latency: counts,
+            p50_us: quantile(&both.latency, 0.50),
+            p99_us: quantile(&both.latency, 0.99),
+            latency: both.latency,
+            slots,
+            routed_as: None,
         }
     }
 
     /// Records an answered request: its status class and time to the response head.
-    pub fn record(&self, worker: usize, routed: Routed, status: u16, latency: Duration) {
-        let shard = self.shard(worker);
+    pub fn record(
+        &self,
+        worker: usize,
+        routed: Routed,
+        slot: Slot,
+        status: u16,
+        latency: Duration,
+    ) {
+        let counters = self.counters(worker, slot);
         if routed == Routed::Pinned {
-            shard.pinned_requests.fetch_add(1, Ordering::Relaxed);
+            counters.pinned_requests.fetch_add(1, Ordering::Relaxed);
             if status >= 500 {
-                shard.pinned_errors_5xx.fetch_add(1, Ordering::Relaxed);
+                counters.pinned_errors_5xx.fetch_add(1, Ordering::Relaxed);
             }
             return;
         }
-        shard.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
-            shard.errors_5xx.fetch_add(1, Ordering::Relaxed);
-        }
-        shard.latency.record(latency);
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        counters.classes[class].fetch_add(1, Ordering::Relaxed);
+        counters.latency.record(latency);
     }
 
     /// Records a connection (TCP mode) on which neither side said a word: counted, not judged.
-    pub fn record_quiet(&self, worker: usize) {
-        self.shard(worker).requests.fetch_add(1, Ordering::Relaxed);
+    pub fn record_quiet(&self, worker: usize, slot: Slot) {
+        self.counters(worker, slot)
+            .quiet
+            .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records a connection to the instance that could not be made (TCP mode).
-    pub fn record_failed_connect(&self, worker: usize) {
-        self.shard(worker)
+    /// Records a connection to the instance that could not be made.
+    pub fn record_failed_connect(&self, worker: usize, slot: Slot) {
+        self.counters(worker, slot)
             .failed_connects
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -234,20 +229,24 @@ impl BackendState {
     /// Records a request that reached the instance but got no usable answer (it died, broke the
     /// connection, or answered another request): a server error as far as the canary analysis
     /// is concerned.
-    pub fn record_broken(&self, worker: usize, routed: Routed) {
-        let shard = self.shard(worker);
-        let (requests, errors) = match routed {
-            Routed::ByRoute => (&shard.requests, &shard.errors_5xx),
-            Routed::Pinned => (&shard.pinned_requests, &shard.pinned_errors_5xx),
-        };
-        requests.fetch_add(1, Ordering::Relaxed);
-        errors.fetch_add(1, Ordering::Relaxed);
+    pub fn record_broken(&self, worker: usize, routed: Routed, slot: Slot) {
+        let counters = self.counters(worker, slot);
+        match routed {
+            // A 5xx is a request: the count is the sum of the classes.
+            Routed::ByRoute => {
+                counters.classes[4].fetch_add(1, Ordering::Relaxed);
+            }
+            Routed::Pinned => {
+                counters.pinned_requests.fetch_add(1, Ordering::Relaxed);
+                counters.pinned_errors_5xx.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Records a request its client broke off (an upload aborted, a malformed body, too slow):
     /// shown, never judged against the instance.
-    pub fn record_client_abort(&self, worker: usize) {
-        self.shard(worker)
+    pub fn record_client_abort(&self, worker: usize, slot: Slot) {
+        self.counters(worker, slot)
             .client_aborts
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -345,6 +344,7 @@ impl BackendState {
     pub async fn send(
         &self,
         worker: usize,
+        slot: Slot,
         req: &mut Outgoing,
         fresh: bool,
     ) -> Result<(Head, Conn), SendError> {
@@ -358,7 +358,7 @@ impl BackendState {
                 None => match Conn::connect(self.backend.addr).await {
                     Ok(conn) => (conn, None),
                     Err(err) => {
-                        self.record_failed_connect(worker);
+                        self.record_failed_connect(worker, slot);
                         return Err(SendError::Connect(err));
                     }
                 },
@@ -393,7 +393,7 @@ impl BackendState {
                     return Err(SendError::Exchange(err.into_io()));
                 }
                 Err(ExchangeError::Unsent(err)) => {
-                    self.record_failed_connect(worker);
+                    self.record_failed_connect(worker, slot);
                     return Err(SendError::Connect(err));
                 }
                 Err(ExchangeError::Client(err)) => return Err(SendError::Client(err)),

@@ -179,17 +179,18 @@ async fn pick_and_send(
         let mut tried = 0u64;
         while let Some(index) = next_backend(&table, lane, [&first, &second], &mut tried) {
             let state = &table.backends[index];
+            let slot = table.slot_of(index);
             if let Some(entry) = entry {
                 entry.picked(&table, index);
             }
             let in_flight = InFlight::new(table.clone(), index, accepted.worker);
             let started = Instant::now();
-            match state.send(accepted.worker, &mut req, fresh).await {
+            match state.send(accepted.worker, slot, &mut req, fresh).await {
                 Ok((head, conn)) if answers_another(state, &head, &id.value) => {
                     // The instance wrote past the end of an earlier answer, and those bytes
                     // came back for this request: they are nobody's, and the connection goes.
                     drop(conn);
-                    state.record_broken(accepted.worker, routed);
+                    state.record_broken(accepted.worker, routed, slot);
                     tracing::warn!(
                         backend = %state.backend.id,
                         "the answer to request {:?} named request {:?}: the instance wrote more than its answers; connection closed",
@@ -211,6 +212,7 @@ async fn pick_and_send(
                     state.record(
                         accepted.worker,
                         routed,
+                        slot,
                         head.status.as_u16(),
                         started.elapsed(),
                     );
@@ -232,12 +234,12 @@ async fn pick_and_send(
                     );
                 }
                 Err(SendError::Client(err)) => {
-                    state.record_client_abort(accepted.worker);
+                    state.record_client_abort(accepted.worker, slot);
                     tracing::debug!(backend = %state.backend.id, "the client's request body failed: {err}");
                     return client_failed(&err);
                 }
                 Err(SendError::Exchange(err)) => {
-                    state.record_broken(accepted.worker, routed);
+                    state.record_broken(accepted.worker, routed, slot);
                     tracing::debug!(backend = %state.backend.id, "exchange failed: {err}");
                     if replays == 0 {
                         return status(

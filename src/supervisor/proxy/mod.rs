@@ -24,6 +24,7 @@
 //!   request's access-log line in the making), `state` (what the workers share with the handle);
 //! - `route` (the route, each worker's table, the pick), `split` (a canary's share), `backend`
 //!   (one instance: counters, pools), `downstream` (the accepted connections);
+//! - `counters` (a backend's counters by slot, and how they read back);
 //! - `access_log` (the file and its writer thread), `pool`, `upstream`, `request`, `head`,
 //!   `framing` (HTTP/1.1 to and from instances), `limits`, `pace`, `histogram`, `room`,
 //!   `proxy_protocol`; `fuzz` (hidden) feeds `head` and `framing`.
@@ -32,6 +33,7 @@ mod access_entry;
 mod access_log;
 mod backend;
 mod body;
+mod counters;
 mod downstream;
 mod forward;
 mod framing;
@@ -60,8 +62,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use access_log::LineLosses;
-pub use backend::{Backend, BackendStats};
-pub use histogram::quantile;
+pub use backend::Backend;
+pub use counters::{BackendStats, Slot, SlotStats};
+pub use histogram::{quantile, recut};
 pub use limits::ClientLimits;
 pub use route::Route;
 pub use split::{CanaryRoute, Side};
@@ -233,6 +236,12 @@ impl Proxy {
     /// Counters of every backend currently routed or still draining.
     pub fn stats(&self) -> Vec<BackendStats> {
         self.state.stats()
+    }
+
+    /// What backends no longer known served, by release, for the releases still running (see
+    /// [`Proxy::stats`]): with it, a release's totals never go down while it runs.
+    pub fn retired(&self) -> Vec<(String, [SlotStats; 2])> {
+        self.state.retired()
     }
 
     /// Waits until `backend_id` has no request or connection in flight, or `timeout` passes;

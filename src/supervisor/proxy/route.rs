@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use super::access_log::AccessLog;
 use super::backend::{Backend, BackendState};
+use super::counters::Slot;
 use super::split::{CanaryRoute, Side, Split};
 use crate::protocol::app::Balance;
 
@@ -44,6 +45,16 @@ pub(super) struct Table {
 impl Table {
     pub fn routes(&self, state: &Arc<BackendState>) -> bool {
         self.backends.iter().any(|s| Arc::ptr_eq(s, state))
+    }
+
+    /// Which slot the backend at `index` stands in, for its counters.
+    #[inline]
+    pub fn slot_of(&self, index: usize) -> Slot {
+        if index < self.stable_count {
+            Slot::Stable
+        } else {
+            Slot::Canary
+        }
     }
 }
 

@@ -18,7 +18,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use super::access_log::{AccessLog, LineLosses};
-use super::backend::{Backend, BackendState, BackendStats};
+use super::backend::{Backend, BackendState};
+use super::counters::{BackendStats, SlotStats};
 use super::downstream::Downstream;
 use super::limits::{AtomicClientLimits, ClientLimits};
 use super::route::{self, Hold, Lane, Route, Table};
@@ -32,6 +33,11 @@ pub(super) struct ProxyState {
     /// Every backend routed now or still draining: the counters `stats` reports. Locked only by
     /// `set_route`, `stats` and `drain`, never by a request.
     known: Mutex<Vec<Arc<BackendState>>>,
+    /// The counters of backends forgotten while others of their release are still known (an
+    /// instance replaced, a canary cut): a release's totals never go down while it runs, so that
+    /// the admin address's counters stay counters. Kept with `known`'s lock held; a release's
+    /// entry goes with its last backend.
+    retired: Mutex<Vec<(String, [SlotStats; 2])>>,
     /// Worker threads: each backend keeps one pool of idle connections per worker.
     workers: usize,
     /// The open downstream (client) connections, for `close`.
@@ -71,6 +77,7 @@ impl ProxyState {
                 })
                 .collect(),
             known: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
             workers,
             downstream: Arc::new(Downstream::new(workers)),
             proxy_protocol: AtomicBool::new(false),
@@ -134,6 +141,7 @@ impl ProxyState {
     /// Makes `route` (with `access_log`) every worker's table; the caller holds `settings`.
     fn make_tables(&self, route: Route, access_log: Option<Arc<AccessLog>>) {
         let mut known = lock(&self.known);
+        let mut gone = Vec::new();
         let mut state_of = |backend: Arc<Backend>| {
             // Same instance (id and address) keeps its counters and its idle connections; one
             // cut by a drain starts afresh, or its requests would be cut at once.
@@ -145,7 +153,11 @@ impl ProxyState {
             match existing {
                 Some(state) => state.clone(),
                 None => {
-                    known.retain(|s| s.backend.id != backend.id || s.in_flight() > 0);
+                    let (replaced, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut *known)
+                        .into_iter()
+                        .partition(|s| s.backend.id == backend.id && s.in_flight() == 0);
+                    *known = kept;
+                    gone.extend(replaced);
                     let state = Arc::new(BackendState::new(backend, self.workers));
                     known.push(state.clone());
                     state
@@ -158,6 +170,8 @@ impl ProxyState {
         if let Some(canary) = &route.canary {
             backends.extend(canary.backends.iter().cloned().map(&mut state_of));
         }
+        // Once the new ones are known: an instance replaced keeps its release's totals.
+        self.retire(&known, gone);
         for lane in &self.lanes {
             lane.table.store(Arc::new(Table {
                 backends: backends.clone(),
@@ -173,9 +187,47 @@ impl ProxyState {
         self.route_changed.notify_waiters();
     }
 
-    /// Counters of every backend currently routed or still draining.
+    /// Counters of every backend currently routed or still draining, with its slot now.
     pub fn stats(&self) -> Vec<BackendStats> {
-        lock(&self.known).iter().map(|s| s.stats()).collect()
+        let table = self.lane(0).table.load();
+        let slot_of = |state: &Arc<BackendState>| {
+            let index = table.backends.iter().position(|s| Arc::ptr_eq(s, state))?;
+            Some(table.slot_of(index))
+        };
+        lock(&self.known)
+            .iter()
+            .map(|s| BackendStats {
+                routed_as: slot_of(s),
+                ..s.stats()
+            })
+            .collect()
+    }
+
+    /// What the backends forgotten so far served, by release, for the releases still known.
+    pub fn retired(&self) -> Vec<(String, [SlotStats; 2])> {
+        let _known = lock(&self.known);
+        lock(&self.retired).clone()
+    }
+
+    /// Adds the counters of `gone` (just taken out of `known`) to their releases' retired
+    /// totals, and drops the totals of releases no backend in `known` runs any more.
+    fn retire(&self, known: &[Arc<BackendState>], gone: Vec<Arc<BackendState>>) {
+        let mut retired = lock(&self.retired);
+        for state in gone {
+            let stats = state.stats();
+            let version = &state.backend.version;
+            let at = match retired.iter().position(|(v, _)| v == version) {
+                Some(at) => at,
+                None => {
+                    retired.push((version.clone(), Default::default()));
+                    retired.len() - 1
+                }
+            };
+            for (total, slot) in retired[at].1.iter_mut().zip(&stats.slots) {
+                total.add(slot);
+            }
+        }
+        retired.retain(|(version, _)| known.iter().any(|s| s.backend.version == *version));
     }
 
     /// Waits until `backend_id` has nothing in flight or `timeout` passes, then cuts what is
@@ -204,7 +256,11 @@ impl ProxyState {
         state.close_idle();
         let routed = self.lane(0).table.load().routes(&state);
         if !routed {
-            lock(&self.known).retain(|s| !Arc::ptr_eq(s, &state));
+            let mut known = lock(&self.known);
+            if let Some(at) = known.iter().position(|s| Arc::ptr_eq(s, &state)) {
+                let gone = known.remove(at);
+                self.retire(&known, vec![gone]);
+            }
         }
         cut
     }

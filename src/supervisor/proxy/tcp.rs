@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::backend::{BackendState, Routed};
+use super::counters::Slot;
 use super::downstream;
 use super::route::{next_backend, sides, Hold, InFlight};
 use super::split::Side;
@@ -63,18 +64,19 @@ pub(super) async fn pipe(
             }
         };
         let state = &table.backends[index];
+        let slot = table.slot_of(index);
         let started = Instant::now();
         let mut backend = match upstream::Conn::connect(state.backend.addr).await {
             Ok(conn) => conn,
             Err(err) => {
-                state.record_failed_connect(worker);
+                state.record_failed_connect(worker, slot);
                 tracing::debug!(backend = %state.backend.id, "connect failed, trying another: {err}");
                 continue;
             }
         };
         let _in_flight = InFlight::new(table.clone(), index, worker);
         tokio::select! {
-            result = relay(&mut client, &mut backend.io, state, worker, started) => {
+            result = relay(&mut client, &mut backend.io, state, (worker, slot), started) => {
                 if let Err(err) = result {
                     tracing::debug!(backend = %state.backend.id, "connection ended: {err}");
                 }
@@ -96,7 +98,7 @@ async fn relay(
     client: &mut TcpStream,
     instance: &mut TcpStream,
     state: &BackendState,
-    worker: usize,
+    (worker, slot): (usize, Slot),
     connected: Instant,
 ) -> std::io::Result<()> {
     let (mut asking, mut answer) = (vec![0u8; FIRST_READ], vec![0u8; FIRST_READ]);
@@ -114,22 +116,22 @@ async fn relay(
                 }
                 asked.get_or_insert_with(Instant::now);
                 if let Err(err) = instance.write_all(&asking[..n]).await {
-                    state.record_broken(worker, Routed::ByRoute);
+                    state.record_broken(worker, Routed::ByRoute, slot);
                     return Err(err);
                 }
             }
             read = instance.read(&mut answer) => match read {
                 Ok(n) if n > 0 => {
                     let since = asked.unwrap_or(connected);
-                    state.record(worker, Routed::ByRoute, 200, since.elapsed());
+                    state.record(worker, Routed::ByRoute, slot, 200, since.elapsed());
                     client.write_all(&answer[..n]).await?;
                     break;
                 }
                 ended => {
                     if asked.is_some() {
-                        state.record_broken(worker, Routed::ByRoute);
+                        state.record_broken(worker, Routed::ByRoute, slot);
                     } else {
-                        state.record_quiet(worker);
+                        state.record_quiet(worker, slot);
                     }
                     return ended.map(drop);
                 }

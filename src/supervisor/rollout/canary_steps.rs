@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::supervisor::events::Counted;
 use crate::supervisor::proxy::BackendStats;
 
 use super::analysis::{self, Stage, Verdict, Window};
@@ -26,13 +27,27 @@ pub async fn run(rollout: &Rollout) -> Result<(), String> {
         let step = format!("canary step {}/{total} at {share}", i + 1);
         rollout.link.canary(Some(share)).await?;
         rollout
+            .canary
+            .send_modify(|trace| trace.step(&rollout.version, i as u32 + 1, total as u32, share));
+        rollout
             .say(format!(
                 "{step}: {share} of new clients go to {} for {}",
                 rollout.version,
                 humantime::format_duration(spec.pause)
             ))
             .await;
-        match judge_step(rollout, &step).await? {
+        let judged = judge_step(rollout, &step).await;
+        let verdict = match &judged {
+            Ok(None) => "pass",
+            Ok(Some(CanaryDecision::Promote)) => "promoted",
+            Ok(Some(CanaryDecision::Abort)) => "aborted",
+            Err(_) => "fail",
+        };
+        rollout
+            .app
+            .events
+            .count(Counted::CanaryStep, &rollout.app.name, verdict);
+        match judged? {
             Some(CanaryDecision::Promote) => {
                 rollout.say("promoted by the operator".to_owned()).await;
                 return Ok(());
@@ -73,6 +88,10 @@ async fn judge_step(rollout: &Rollout, step: &str) -> Result<Option<CanaryDecisi
         }
         let now = rollout.app.proxy.stats();
         let (stable, canary) = baseline.windows(&now, &rollout.version, spec.min_requests);
+        let read_at = Instant::now();
+        rollout
+            .canary
+            .send_modify(|trace| trace.record(read_at, &stable, &canary));
         let stage = Stage::of(spec, started.elapsed());
         match analysis::judge(&stable, &canary, spec, stage) {
             Verdict::Fail(why) => return Err(format!("{step}: {why}")),

@@ -16,9 +16,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::protocol::app::Strategy;
 use crate::protocol::canary::Share;
 use crate::protocol::{AppSpec, Progress};
+use crate::supervisor::events::Events;
 use crate::supervisor::instance::InstanceHandle;
 use crate::supervisor::proxy::Proxy;
 use crate::supervisor::store::{AppRecord, Store};
+
+use super::canary_trace::CanaryTrace;
 
 /// What an app task and its rollout share; immutable apart from the proxy's own insides.
 #[derive(Debug)]
@@ -31,6 +34,8 @@ pub struct AppContext {
     pub store: Arc<Store>,
     /// The proxy serves on a socket systemd passed: it is given back, not closed, on a stop.
     pub systemd_socket: bool,
+    /// The supervisor's event counters (rollouts, canary steps), for its metrics.
+    pub events: Arc<Events>,
 }
 
 /// Why a rollout runs; it changes the words, what is marked bad on success, nothing else.
@@ -102,6 +107,8 @@ pub struct Rollout {
     pub progress: mpsc::Sender<Progress>,
     /// The step in progress, as `status` shows it.
     pub phase: watch::Sender<String>,
+    /// A canary's steps and readings, as `status` and the dashboard show them.
+    pub canary: watch::Sender<CanaryTrace>,
     /// `cutover promote` and `cutover abort`, for a canary.
     pub decisions: tokio::sync::Mutex<mpsc::Receiver<CanaryDecision>>,
 }

@@ -91,6 +91,7 @@ mod tests {
             instances: vec![],
             deploy: None,
             next_instance: 0,
+            rollouts: Vec::new(),
         }
     }
 

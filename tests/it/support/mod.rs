@@ -1,18 +1,20 @@
 //! The test harness: the real `cutover` binary, temp dirs, free ports and deadline-bound waits.
 //! Its children hold a real supervisor (`supervisor`, asked through `control_socket`) and the
 //! apps it runs (`app`), the one way to send an HTTP request (`request`), processes seen through
-//! /proc (`procs`), signing keys made by the real minisign (`minisign`), and the servers and
-//! tools tests stand up.
+//! /proc (`procs`), signing keys made by the real minisign (`minisign`), a headless chromium
+//! (`browser`), and the servers and tools tests stand up.
 
 #![allow(dead_code)]
 
 pub mod app;
 pub mod archive;
+pub mod browser;
 pub mod control_socket;
 pub mod fleet;
 pub mod github;
 pub mod http_server;
 pub mod load;
+pub mod metrics;
 pub mod minisign;
 pub mod ports;
 pub mod procs;

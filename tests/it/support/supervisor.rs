@@ -161,6 +161,23 @@ impl Supervisor {
         }
     }
 
+    /// Starts `cutover supervise` on this state dir with `setup`, expecting it to refuse to
+    /// start: its exit status and everything it logged.
+    pub fn start_refused(
+        &self,
+        setup: impl FnOnce(&mut Command),
+    ) -> (std::process::ExitStatus, String) {
+        let before = self.log().len();
+        let mut child = self.spawn(&self.socket, &[], setup);
+        let mut status = None;
+        wait_until("the supervisor to refuse to start", ROLLOUT, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        let log = self.log();
+        (status.expect("exited"), log[before..].to_owned())
+    }
+
     /// Pid of the running supervisor process.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the supervisor runs").id()
@@ -214,8 +231,13 @@ impl Supervisor {
     /// Starts `cutover supervise --take-over` on the same state dir and socket, and waits until
     /// the running supervisor has handed over and exited; this one is the supervisor from then on.
     pub fn take_over(&mut self) {
+        self.take_over_with(|_| {});
+    }
+
+    /// [`Supervisor::take_over`], with the successor's command set up by `setup` first.
+    pub fn take_over_with(&mut self, setup: impl FnOnce(&mut Command)) {
         let old_pid = self.pid();
-        let successor = self.spawn(&self.socket, &["--take-over"], |_| {});
+        let successor = self.spawn(&self.socket, &["--take-over"], setup);
         let mut old = self.child.replace(successor).expect("the supervisor runs");
         wait_until("the old supervisor to hand over and exit", ROLLOUT, || {
             self.assert_running();
