@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use http::header::HeaderValue;
 use http::{Method, Uri};
 
-use super::access_log::Line;
+use super::access_line::Line;
 use super::route::Table;
 
 /// The status of a request whose client went away before it was answered (nginx's 499).

@@ -25,11 +25,12 @@
 //! - `route` (the route, each worker's table, the pick), `split` (a canary's share), `backend`
 //!   (one instance: counters, pools), `downstream` (the accepted connections);
 //! - `counters` (a backend's counters by slot, and how they read back);
-//! - `access_log` (the file and its writer thread), `pool`, `upstream`, `request`, `head`,
-//!   `framing` (HTTP/1.1 to and from instances), `limits`, `pace`, `histogram`, `room`,
-//!   `proxy_protocol`; `fuzz` (hidden) feeds `head` and `framing`.
+//! - `access_log` (the file and its writer thread), `access_line` (one line's JSON), `pool`,
+//!   `upstream`, `request`, `head`, `framing` (HTTP/1.1 to and from instances), `limits`,
+//!   `pace`, `histogram`, `room`, `proxy_protocol`; `fuzz` (hidden) feeds `head` and `framing`.
 
 mod access_entry;
+mod access_line;
 mod access_log;
 mod backend;
 mod body;
