@@ -148,7 +148,7 @@ fn write_traffic(page: &mut Exposition, traffic: &BTreeMap<(String, String, Slot
             count,
         );
     }
-    let counters: [Family; 5] = [
+    let counters: [Family; 6] = [
         (
             "cutover_requests_in_flight",
             "Requests (and TCP-mode connections) in progress at the release's instances.",
@@ -158,6 +158,11 @@ fn write_traffic(page: &mut Exposition, traffic: &BTreeMap<(String, String, Slot
             "cutover_upstream_connect_failures_total",
             "Connections to the release's instances that could not be made (the request went to another instance).",
             |t| t.counts.failed_connects,
+        ),
+        (
+            "cutover_response_bytes_total",
+            "Body bytes of the release's answers sent on to clients (HTTP mode; heads not counted).",
+            |t| t.counts.response_bytes,
         ),
         (
             "cutover_client_aborts_total",

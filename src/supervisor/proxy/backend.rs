@@ -163,6 +163,7 @@ impl BackendState {
             client_aborts: sum(&|c| &c.client_aborts),
             pinned_requests: sum(&|c| &c.pinned_requests),
             pinned_errors_5xx: sum(&|c| &c.pinned_errors_5xx),
+            response_bytes: sum(&|c| &c.response_bytes),
             latency: Histogram::counts(&latency),
         }
     }
@@ -210,6 +211,15 @@ impl BackendState {
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         counters.classes[class].fetch_add(1, Ordering::Relaxed);
         counters.latency.record(latency);
+    }
+
+    /// Adds the body bytes of one answer sent on to its client (once per response, at its end).
+    pub fn record_sent(&self, worker: usize, slot: Slot, bytes: u64) {
+        if bytes > 0 {
+            self.counters(worker, slot)
+                .response_bytes
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Records a connection (TCP mode) on which neither side said a word: counted, not judged.

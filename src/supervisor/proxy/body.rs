@@ -14,6 +14,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::access_entry::Entry;
+use super::counters::Slot;
 use super::downstream::Active;
 use super::framing::{Decoder, Framing, Step};
 use super::route::InFlight;
@@ -62,9 +63,11 @@ impl ResponseBody {
         framing: Framing,
         keep_alive: bool,
         worker: usize,
-        in_flight: InFlight,
+        (in_flight, slot): (InFlight, Slot),
     ) -> ResponseBody {
         ResponseBody::Proxied(Proxied {
+            slot,
+            sent: 0,
             conn: Some(conn),
             decoder: Decoder::new(framing),
             keep_alive,
@@ -87,6 +90,10 @@ pub(crate) struct Proxied {
     /// The worker whose pool the connection goes back to.
     worker: usize,
     in_flight: InFlight,
+    /// The slot the request was sent as, and the body bytes passed on so far: counted on the
+    /// backend once, when the body is dropped.
+    slot: Slot,
+    sent: u64,
     /// Made only when the body has to wait for the instance (a stream, a slow body): most bodies
     /// are complete in the first read and never need it, which saves an allocation per request.
     cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -104,6 +111,7 @@ impl Proxied {
             };
             match self.decoder.step(&mut conn.buf) {
                 Ok(Step::Data(data)) => {
+                    self.sent += data.len() as u64;
                     if let Some(entry) = &mut self.entry {
                         entry.sent(data.len());
                     }
@@ -193,6 +201,9 @@ impl Body for ResponseBody {
 
 impl Drop for Proxied {
     fn drop(&mut self) {
+        self.in_flight
+            .state()
+            .record_sent(self.worker, self.slot, self.sent);
         // hyper stops polling a body of known length once it has all of it, so the end is seen
         // here rather than in poll_frame. A body dropped before its end (the client went away)
         // leaves its connection mid-response: that one is closed, not pooled; so is one with

@@ -75,6 +75,8 @@ pub struct SlotStats {
     pub client_aborts: u64,
     pub pinned_requests: u64,
     pub pinned_errors_5xx: u64,
+    /// Body bytes of the instances' answers sent on to clients (HTTP mode).
+    pub response_bytes: u64,
     /// The latency histogram's bucket counts (of answered requests).
     pub latency: Vec<u64>,
 }
@@ -94,6 +96,7 @@ impl SlotStats {
         self.client_aborts += other.client_aborts;
         self.pinned_requests += other.pinned_requests;
         self.pinned_errors_5xx += other.pinned_errors_5xx;
+        self.response_bytes += other.response_bytes;
         if self.latency.len() < other.latency.len() {
             self.latency.resize(other.latency.len(), 0);
         }
@@ -112,5 +115,6 @@ pub(super) struct SlotCounters {
     pub(super) client_aborts: AtomicU64,
     pub(super) pinned_requests: AtomicU64,
     pub(super) pinned_errors_5xx: AtomicU64,
+    pub(super) response_bytes: AtomicU64,
     pub(super) latency: Histogram,
 }

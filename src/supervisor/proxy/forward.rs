@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use super::access_entry::{Begin, Entry};
 use super::backend::{BackendState, Routed, SendError};
 use super::body::ResponseBody;
+use super::counters::Slot;
 use super::downstream::{self, OpenCount, OpenGuard};
 use super::framing::Framing;
 use super::head::{Forwarding, Head, X_REQUEST_ID};
@@ -216,7 +217,8 @@ async fn pick_and_send(
                         head.status.as_u16(),
                         started.elapsed(),
                     );
-                    let mut response = respond(head, conn, &accepted, in_flight, client_upgrade);
+                    let mut response =
+                        respond(head, conn, &accepted, (in_flight, slot), client_upgrade);
                     if let Some(cookie) = cookie {
                         response.headers_mut().append(header::SET_COOKIE, cookie);
                     }
@@ -292,7 +294,7 @@ fn respond(
     head: Head,
     conn: upstream::Conn,
     accepted: &Accepted,
-    in_flight: InFlight,
+    (in_flight, slot): (InFlight, Slot),
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::empty());
@@ -329,7 +331,7 @@ fn respond(
         head.framing,
         head.keep_alive,
         accepted.worker,
-        in_flight,
+        (in_flight, slot),
     );
     response
 }

@@ -56,9 +56,11 @@ fn scraped_counts_are_the_requests_sent_by_class_and_pass_promtool() {
 
     let before = scrape(admin);
     let mut sent: BTreeMap<String, f64> = BTreeMap::new();
+    let mut body_bytes = 0.0;
     // A path with slashes and a query: none of it may become a label.
     for path in ["/"; 16].into_iter().chain(["/missing/a/b?c=/d"; 3]) {
         let answer = request::get(app.listen, path).expect("an answer through the proxy");
+        body_bytes += answer.body.len() as f64;
         *sent
             .entry(format!("{}xx", answer.status / 100))
             .or_default() += 1.0;
@@ -106,6 +108,14 @@ fn scraped_counts_are_the_requests_sent_by_class_and_pass_promtool() {
         ],
         "Prometheus' standard buckets"
     );
+
+    // Counted when each body is let go of, just after its last byte went out.
+    let bytes = "cutover_response_bytes_total";
+    let bytes_before = value(&before, bytes, &V1_STABLE);
+    wait_until("every answer's body bytes counted", ROLLOUT, || {
+        value(&scrape(admin), bytes, &V1_STABLE) - bytes_before == body_bytes
+    });
+    assert!(body_bytes > 0.0);
 
     let deploys = [("app", "shop"), ("outcome", "succeeded")];
     assert_eq!(value(&after, "cutover_deploys_total", &deploys), 1.0);
