@@ -19,6 +19,7 @@ pub mod handler;
 pub mod manifest;
 pub mod node;
 pub mod plan;
+pub mod query_size;
 pub mod rollout;
 pub mod serf;
 pub mod status;

@@ -13,6 +13,8 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
 
+use super::query_size;
+
 /// How long a plain RPC (members, tags, event) may take before it counts as failed.
 const RPC_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -162,7 +164,32 @@ impl Serf {
     /// `serf query -format=json` always waits out the whole timeout, which would add seconds to
     /// every step of a rollout; the text format streams each ack and response as it arrives, so
     /// cutover reads that and stops as soon as the last expected answer is in.
+    ///
+    /// Names that do not fit in one query beside the payload (`query_size`) go out as several
+    /// queries at once, whose answers are put together; the first failure fails the whole.
     pub async fn query(
+        &self,
+        name: &str,
+        payload: &str,
+        nodes: &[String],
+        timeout: Duration,
+    ) -> Result<QueryResult, SerfError> {
+        let groups = query_size::groups(name, payload, nodes);
+        let asked = groups
+            .iter()
+            .map(|g| self.query_group(name, payload, g, timeout));
+        let mut whole = QueryResult::default();
+        for result in futures_util::future::join_all(asked).await {
+            let part = result?;
+            whole.acks.extend(part.acks);
+            whole.responses.extend(part.responses);
+            whole.dispatched |= part.dispatched;
+        }
+        Ok(whole)
+    }
+
+    /// One `serf query` for `nodes`, whose names fit in it.
+    async fn query_group(
         &self,
         name: &str,
         payload: &str,

@@ -188,3 +188,35 @@ fn with_trusted_keys_events_and_queries_refuse_an_unsigned_manifest() {
     });
     assert!(!marker.exists(), "no hook of an untrusted manifest runs");
 }
+
+#[test]
+fn a_query_for_more_node_names_than_fit_in_one_kib_is_split_and_every_node_answers() {
+    let fleet = Fleet::start(2, false, |_| Vec::new());
+    // 60 names of 30 characters and the two real nodes: far past Serf's 1 KiB for one query.
+    let mut nodes: Vec<String> = (0..60)
+        .map(|i| format!("web-{i:04}.rack-7.dc1.example.com"))
+        .collect();
+    nodes.extend(["n1".to_owned(), "n2".to_owned()]);
+    let agent = fleet.nodes[0].agent();
+
+    // Serf itself refuses them in one query.
+    let mut args = vec!["query".to_owned(), "-timeout=3s".to_owned()];
+    args.extend(nodes.iter().map(|n| format!("-node={n}")));
+    args.extend(["cutover-status".to_owned(), String::new()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let one = agent.cli(&args);
+    assert!(
+        text(&one).contains("exceeds limit"),
+        "serf took them all in one query: {}",
+        text(&one)
+    );
+
+    let serf = cutover::fleet::serf::Serf::new("serf".into(), Some(agent.rpc.clone()), None);
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let result = runtime
+        .block_on(serf.query("cutover-status", "", &nodes, Duration::from_secs(3)))
+        .expect("the query in groups");
+    let mut answered: Vec<&String> = result.responses.keys().collect();
+    answered.sort();
+    assert_eq!(answered, ["n1", "n2"], "{result:?}");
+}
