@@ -361,7 +361,7 @@ pub fn fleet_status(args: FleetStatusArgs, json: bool, _global: &GlobalArgs) -> 
     let serf = args.serf.serf();
     block_on(async move {
         match status::collect(&serf, &args.tags, args.query_timeout).await {
-            Ok(rows) if json => super::remote::print_json(&rows_json(&rows)),
+            Ok(rows) if json => super::remote::print_json(&status::rows_json(&rows)),
             Ok(rows) => {
                 print!("{}", status::render(&rows));
                 ExitCode::SUCCESS
@@ -372,24 +372,6 @@ pub fn fleet_status(args: FleetStatusArgs, json: bool, _global: &GlobalArgs) -> 
             }
         }
     })
-}
-
-/// The table's rows as JSON objects with the table's column names (only protocol and store
-/// types derive Serialize; this is the CLI's own shape).
-fn rows_json(rows: &[status::Row]) -> serde_json::Value {
-    rows.iter()
-        .map(|row| {
-            serde_json::json!({
-                "node": row.node,
-                "status": row.status,
-                "app": row.app,
-                "version": row.version,
-                "health": row.health,
-                "phase": row.phase,
-                "staged": row.staged,
-            })
-        })
-        .collect()
 }
 
 fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {

@@ -156,3 +156,21 @@ pub fn render(rows: &[Row]) -> String {
     }
     out
 }
+
+/// The table's rows as JSON objects with the table's column names (only protocol and store
+/// types derive Serialize; this is the CLI's own shape).
+pub fn rows_json(rows: &[Row]) -> serde_json::Value {
+    rows.iter()
+        .map(|row| {
+            serde_json::json!({
+                "node": row.node,
+                "status": row.status,
+                "app": row.app,
+                "version": row.version,
+                "health": row.health,
+                "phase": row.phase,
+                "staged": row.staged,
+            })
+        })
+        .collect()
+}

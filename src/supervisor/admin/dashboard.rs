@@ -117,19 +117,7 @@ async fn ask(apps: &Apps, request: Ask) -> Answer {
 async fn fleet_json() -> Value {
     match status::collect(&Serf::from_env(), &[], FLEET_QUERY_TIMEOUT).await {
         Ok(rows) => {
-            let rows: Vec<Value> = rows
-                .iter()
-                .map(|row| {
-                    json!({
-                        "node": row.node,
-                        "status": row.status,
-                        "app": row.app,
-                        "version": row.version,
-                        "health": row.health,
-                        "phase": row.phase,
-                    })
-                })
-                .collect();
+            let rows = status::rows_json(&rows);
             json!({ "serf": true, "rows": rows })
         }
         Err(e) => json!({ "serf": false, "error": e.to_string() }),

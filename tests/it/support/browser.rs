@@ -206,19 +206,10 @@ fn chromium() -> PathBuf {
         .expect("chromium (Debian package chromium; tests/run.sh installs it)")
 }
 
-/// Live processes whose command line names `profile`.
+/// Live processes that name `profile` (chromium's, in their command lines).
 fn strays(profile: &Path) -> Vec<u32> {
-    let needle = profile.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (cmdline.contains(&needle) && super::procs::alive(pid)).then_some(pid)
-        })
+    super::procs::mentioning(profile)
+        .into_iter()
+        .map(|(pid, _)| pid)
         .collect()
 }
