@@ -248,9 +248,13 @@ async fn send_while_reading(
 /// as the socket's pending error). An instance that read the request and then died sends no
 /// reset for it.
 ///
-/// The reset can still be on its way when the close is read (the instance's FIN went out before
-/// the request reached it, the reset comes after): on a pooled connection, where that race is
-/// run, the socket is looked at again for a few milliseconds before the request counts as seen.
+/// The reset can still be on its way when the close is read (under load, far longer than any
+/// fixed wait). The FIN itself tells without waiting: it acknowledges every byte its sender's
+/// kernel had received, so a request byte still unacknowledged once the FIN is read never
+/// reached the instance before it closed. (Had the bytes arrived unread before the close, the
+/// instance's kernel would have sent a reset instead of a FIN.) On a pooled connection every
+/// earlier byte was acknowledged by the answers that came back, so the unacknowledged bytes are
+/// this request's.
 async fn closed_before(
     err: ExchangeError,
     io: &TcpStream,
@@ -261,24 +265,36 @@ async fn closed_before(
         return err;
     };
     let epipe = |e: &io::Error| e.raw_os_error() == Some(libc::EPIPE);
-    if write_err.is_some_and(epipe) {
-        return ExchangeError::Closed { refused: true };
-    }
-    let tries = if pooled { RESET_WAIT_TRIES } else { 1 };
-    for try_ in 0..tries {
-        if try_ > 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if matches!(io.take_error(), Ok(Some(e)) if epipe(&e)) {
-            return ExchangeError::Closed { refused: true };
-        }
-    }
-    ExchangeError::Closed { refused: false }
+    let reset = || matches!(io.take_error(), Ok(Some(e)) if epipe(&e));
+    // The reset purges what was unacknowledged, so it is looked for again after the count.
+    let refused = write_err.is_some_and(epipe)
+        || reset()
+        || (pooled && unacknowledged(io).unwrap_or(false))
+        || reset();
+    ExchangeError::Closed { refused }
 }
 
-/// How many times (a millisecond apart) a pooled connection closed before its answer is looked at
-/// for the reset that says the instance never saw the request.
-const RESET_WAIT_TRIES: u32 = 5;
+/// Whether some bytes written on `io` are not acknowledged by its peer yet (unsent, or sent and
+/// not acknowledged), from the kernel's `TCP_INFO`; `None` if it cannot be read.
+fn unacknowledged(io: &TcpStream) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `tcp_info` is plain data (all integers), so all zeroes is a valid value; the kernel
+    // writes at most `len` bytes into it and says how many it wrote.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` outlive the call, and `len` is `info`'s size.
+    let rc = unsafe {
+        libc::getsockopt(
+            io.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // `tcpi_notsent_bytes` came with Linux 4.6; an older kernel's shorter answer leaves it 0.
+    (rc == 0).then_some(info.tcpi_unacked > 0 || info.tcpi_notsent_bytes > 0)
+}
 
 /// Why a request body could not be sent whole.
 enum BodyError {
