@@ -66,14 +66,22 @@ fn render(report: &StatusReport) -> String {
 fn render_app(app: &AppStatus) -> String {
     let mut out = remote::table(
         "",
-        &["APP", "LISTEN", "LIVE", "PHASE"],
+        &["APP", "LISTEN", "ROUTES", "LIVE", "PHASE"],
         &[vec![
             app.name.clone(),
             app.listen.clone(),
+            app.routes.clone(),
             or_dash(app.live_version.as_ref()),
             app.phase.clone(),
         ]],
     );
+    if !app.shares_address_with.is_empty() {
+        out.push_str(&format!(
+            "  {} shared with {}\n",
+            app.listen,
+            app.shares_address_with.join(", ")
+        ));
+    }
     if app.instances.is_empty() {
         out.push_str("  no instances\n");
         return out;
@@ -138,6 +146,8 @@ mod tests {
             apps: vec![AppStatus {
                 name: "shop".into(),
                 listen: "127.0.0.1:8080".into(),
+                routes: "shop.example.com/api".into(),
+                shares_address_with: vec!["blog".into()],
                 live_version: Some("1.4.2".into()),
                 phase: "idle".into(),
                 instances: vec![InstanceStatus {
@@ -168,7 +178,9 @@ mod tests {
         let text = render(&report);
         assert!(
             text.starts_with(
-                "APP   LISTEN          LIVE   PHASE\nshop  127.0.0.1:8080  1.4.2  idle\n"
+                "APP   LISTEN          ROUTES                LIVE   PHASE\n\
+                 shop  127.0.0.1:8080  shop.example.com/api  1.4.2  idle\n\
+                 \x20 127.0.0.1:8080 shared with blog\n"
             ),
             "{text}"
         );

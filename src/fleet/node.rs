@@ -286,6 +286,8 @@ mod tests {
             apps: vec![AppStatus {
                 name: "shop".to_owned(),
                 listen: "127.0.0.1:8080".to_owned(),
+                routes: "any host".to_owned(),
+                shares_address_with: Vec::new(),
                 live_version: Some("2".to_owned()),
                 phase: "idle".to_owned(),
                 instances: vec![

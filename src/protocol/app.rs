@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use super::canary::CanarySpec;
+use super::routes::Routes;
 
 /// One long-running application, as described by a manifest's `app:` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,8 +31,17 @@ pub struct AppSpec {
     /// can take its port. Only for apps that support socket activation.
     #[serde(default)]
     pub socket_activation: bool,
-    /// Public address the supervisor's proxy owns, e.g. `0.0.0.0:8080`.
+    /// Public address the supervisor's proxy owns, e.g. `0.0.0.0:8080`. Apps may share one,
+    /// routed by `hosts` and `path_prefix`.
     pub listen: String,
+    /// The hosts this app takes on `listen`: exact names and `*.example.com` wildcards. None:
+    /// any host (the address's catch-all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Only requests whose path is this prefix or under it (`/api`: `/api`, `/api/...`); the
+    /// path reaches the instance unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
     /// Number of instances to run side by side.
     #[serde(default = "defaults::instances")]
     pub instances: u32,
@@ -154,7 +164,18 @@ impl AppSpec {
         if self.strategy == Strategy::Canary {
             self.canary.check()?;
         }
+        if self.mode == Mode::Tcp && !self.routes()?.is_catch_all() {
+            return Err(format!(
+                "hosts and path_prefix of {} are for mode: http (a TCP connection names no host); remove them or use mode: http",
+                self.name
+            ));
+        }
         Ok(listen)
+    }
+
+    /// The requests this app takes on its address (`hosts`, `path_prefix`), parsed.
+    pub fn routes(&self) -> Result<Routes, String> {
+        Routes::parse(&self.name, &self.hosts, self.path_prefix.as_deref())
     }
 
     /// `listen` as an address. [`AppSpec::check`] says so first; this is for a section checked

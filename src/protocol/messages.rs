@@ -140,6 +140,13 @@ pub struct StatusReport {
 pub struct AppStatus {
     pub name: String,
     pub listen: String,
+    /// The hosts and path the proxy routes to the app on `listen` (`any host` when it takes
+    /// every request there), as `cutover status` shows them.
+    #[serde(default)]
+    pub routes: String,
+    /// The other apps served on the same `listen` address, routed by host and path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares_address_with: Vec<String>,
     pub live_version: Option<String>,
     /// What the app task is doing: `idle`, `deploying 1.4.2: waiting for health`, …
     pub phase: String,

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod handover;
 pub mod layout;
 pub mod messages;
+pub mod routes;
 
 pub use app::AppSpec;
 pub use messages::*;

@@ -18,9 +18,9 @@ use crate::protocol::{
 use crate::supervisor::app::{AppHandle, AppTask, Control};
 use crate::supervisor::events::Events;
 use crate::supervisor::listeners::{same_address, Inherited, Listeners};
-use crate::supervisor::proxy::Proxy;
 use crate::supervisor::recovery;
 use crate::supervisor::rollout::{deploy, AppContext, CanaryDecision};
+use crate::supervisor::sharing;
 use crate::supervisor::store::{AppRecord, Store, StoreError};
 use crate::supervisor::strays::Strays;
 
@@ -112,12 +112,15 @@ impl Apps {
                 (record.spec.stop_signal.clone(), record.spec.stop_timeout),
             );
             // The stored `listen` passed `AppSpec::check` when it was deployed.
-            let bound = match record.spec.listen_addr() {
-                Ok(listen) => bind(&name, listen, &inherited)
-                    .await
-                    .map(|(proxy, systemd_socket)| (listen, proxy, systemd_socket))
-                    .map_err(|e| e.message),
-                Err(why) => Err(why),
+            let bound = match (record.spec.listen_addr(), record.spec.routes()) {
+                (Ok(listen), Ok(routes)) => {
+                    let sharing = sharing::neighbour(tasks.values(), listen);
+                    sharing::bind(&name, listen, routes, &inherited, sharing)
+                        .await
+                        .map(|(proxy, systemd_socket)| (listen, proxy, systemd_socket))
+                        .map_err(|e| e.message)
+                }
+                (Err(why), _) | (_, Err(why)) => Err(why),
             };
             let (listen, proxy, systemd_socket) = match bound {
                 Ok(bound) => bound,
@@ -207,6 +210,8 @@ impl Apps {
     /// Stops health checks and proxies and persists the state, but leaves app processes running
     /// so that a restarted supervisor re-adopts them. Client connections are let go of without
     /// failing a request (see [`Proxy::close`]), within [`CLIENT_CLOSE_TIMEOUT`].
+    ///
+    /// [`Proxy::close`]: crate::supervisor::proxy::Proxy::close
     pub async fn shutdown(self) {
         let released = self.release().await;
         close_all(&released.apps, Leave::Promptly).await;
@@ -238,7 +243,8 @@ impl Apps {
     /// its address: systemd keeps the address bound, so closing it would free nothing and leave
     /// the next bind failing.
     async fn give_back_socket(&self, app: &AppContext) {
-        if !app.systemd_socket {
+        // Apps still on the address keep serving it.
+        if !app.systemd_socket || app.proxy.routes().len() > 1 {
             return;
         }
         match app.proxy.listener() {
@@ -271,12 +277,13 @@ impl Apps {
                 });
             }
         }
+        sharing::check_beside(&self.registry.store.snapshot(), &request.app)?;
         let task = {
             let mut tasks = self.registry.tasks.lock().await;
             match tasks.get(&name) {
                 Some(task) if !task.controls.is_closed() => task.clone(),
                 _ => {
-                    let task = self.create(&request).await?;
+                    let task = self.create(&request, &tasks).await?;
                     tasks.insert(name.clone(), task.clone());
                     task
                 }
@@ -291,11 +298,22 @@ impl Apps {
         send(&name, &task, control, answer).await
     }
 
-    /// The first deploy of an app: bind its public address, then start its task.
-    async fn create(&self, request: &DeployRequest) -> Result<AppHandle, ErrorReply> {
+    /// The first deploy of an app: take its place on its public address (beside the apps that
+    /// serve there in `tasks`, or bound anew), then start its task.
+    async fn create(
+        &self,
+        request: &DeployRequest,
+        tasks: &BTreeMap<String, AppHandle>,
+    ) -> Result<AppHandle, ErrorReply> {
         let listen = deploy::validate(request, None)?;
+        let routes = request.app.routes().map_err(|message| ErrorReply {
+            kind: ErrorKind::BadRequest,
+            message,
+        })?;
+        let name = &request.app.name;
+        let sharing = sharing::neighbour(tasks.values(), listen);
         let (proxy, systemd_socket) =
-            bind(&request.app.name, listen, &self.registry.inherited).await?;
+            sharing::bind(name, listen, routes, &self.registry.inherited, sharing).await?;
         proxy.start_accepting();
         let record = AppRecord::new(request.app.clone(), request.dest.clone());
         let context = Arc::new(AppContext {
@@ -409,26 +427,4 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The proxy for an app's public address: on the socket passed for it (accepting once
-/// `start_accepting` is called), else bound anew; and whether systemd passed that socket.
-async fn bind(
-    name: &str,
-    addr: SocketAddr,
-    inherited: &std::sync::Mutex<Listeners>,
-) -> Result<(Proxy, bool), ErrorReply> {
-    let passed = lock(inherited).take_app(name, addr);
-    if let Some(passed) = passed {
-        let proxy = Proxy::from_listener_held(passed.listener).map_err(|e| ErrorReply {
-            kind: ErrorKind::Internal,
-            message: format!("cannot serve on the socket passed for {addr}: {e}"),
-        })?;
-        return Ok((proxy, passed.systemd));
-    }
-    let proxy = Proxy::bind(addr).await.map_err(|e| ErrorReply {
-        kind: ErrorKind::BadRequest,
-        message: format!("cannot listen on {addr}: {e}; free that address or pick another"),
-    })?;
-    Ok((proxy, false))
 }

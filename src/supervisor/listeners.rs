@@ -197,6 +197,16 @@ impl Listeners {
         Some(taken)
     }
 
+    /// The socket passed named after app `name` and bound to `addr`, if any: an app that joins
+    /// an address already served lets go of its own copy of the socket.
+    pub fn take_named(&mut self, name: &str, addr: SocketAddr) -> Option<Inherited> {
+        let position = self
+            .tcp
+            .iter()
+            .position(|s| s.name.as_deref() == Some(name) && s.addr == addr)?;
+        Some(self.tcp.remove(position))
+    }
+
     /// The TCP sockets no app took (yet): kept for apps deployed later, and handed over.
     pub fn take_unclaimed(&mut self) -> Vec<Inherited> {
         std::mem::take(&mut self.tcp)

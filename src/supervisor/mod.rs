@@ -22,6 +22,7 @@ pub mod process;
 pub mod proxy;
 pub mod recovery;
 pub mod rollout;
+pub mod sharing;
 pub mod socket;
 pub mod store;
 pub mod strays;

@@ -7,6 +7,7 @@ mod access_log;
 mod canary;
 mod dashboard;
 mod hold;
+mod hosts;
 mod json_log;
 mod limits;
 mod metrics;

@@ -240,6 +240,13 @@ impl AppTask {
             healthy
         };
         let spec = &self.record.spec;
+        let routes = spec
+            .routes()
+            .and_then(|r| self.context.proxy.set_routes(&spec.name, r));
+        if let Err(why) = routes {
+            // Checked before the deploy began: only an app deployed meanwhile can take them.
+            tracing::error!(app = %self.context.name, "keeps its previous hosts and paths: {why}");
+        }
         self.context.proxy.set_proxy_protocol(spec.proxy_protocol);
         self.context.proxy.set_tcp(spec.mode == Mode::Tcp);
         self.context.proxy.set_hold(spec.hold_requests);

@@ -41,9 +41,20 @@ impl AppTask {
                 }
             })
             .collect();
+        let name = &self.context.name;
+        let on_address = self.context.proxy.routes();
         AppStatus {
-            name: self.context.name.clone(),
+            name: name.clone(),
             listen: self.record.spec.listen.clone(),
+            routes: on_address
+                .iter()
+                .find(|(app, _)| app == name)
+                .map_or_else(String::new, |(_, routes)| routes.to_string()),
+            shares_address_with: on_address
+                .into_iter()
+                .map(|(app, _)| app)
+                .filter(|app| app != name)
+                .collect(),
             live_version: self.record.live.clone(),
             phase: self.phase(),
             instances,

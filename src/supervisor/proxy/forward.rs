@@ -21,6 +21,7 @@ use super::framing::Framing;
 use super::head::{Forwarding, Head, X_REQUEST_ID};
 use super::request::{self, strip_hop_by_hop};
 use super::route::{next_backend, sides, Hold, InFlight};
+use super::site::SiteState;
 use super::split::{Choice, Side};
 use super::state::ProxyState;
 use super::upstream::{self, Outgoing};
@@ -51,7 +52,12 @@ pub(super) async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let id = request_id(req.headers());
     let mut entry = None;
-    let mut response = pick_and_send(proxy, accepted, req, &id, &mut entry).await;
+    // The worker's own copy of the sites table, kept while the request runs.
+    let sites = proxy.sites(accepted.worker).table.load_full();
+    let mut response = match sites.pick(req.uri(), req.headers()) {
+        Some(site) => pick_and_send(site, accepted, req, &id, &mut entry).await,
+        None => no_site(&req),
+    };
     if let Some(mut entry) = entry {
         entry.answered(response.status().as_u16());
         response.body_mut().log_to(entry);
@@ -97,10 +103,28 @@ pub(super) struct RequestId {
     pub from_client: bool,
 }
 
+/// The answer to a request no app on the address takes: what is wrong with it, if anything, else
+/// a 404 naming its host.
+fn no_site(req: &Request<Incoming>) -> Response<ResponseBody> {
+    if let Some((code, why)) = request::refused(req) {
+        let mut response = status(code, why);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    let host = crate::protocol::routes::request_host(req.uri(), req.headers()).unwrap_or("");
+    tracing::debug!(host, path = req.uri().path(), "no app takes the request");
+    status(
+        StatusCode::NOT_FOUND,
+        "404 not found: no app on this address takes this host and path\n",
+    )
+}
+
 /// Picks the instance and sends the request; every failure is an answer of the proxy's own.
 /// With the app's access log on, `entry` gets the request's line, told where the request went.
 async fn pick_and_send(
-    proxy: Arc<ProxyState>,
+    proxy: &SiteState,
     accepted: Accepted,
     mut req: Request<Incoming>,
     id: &RequestId,

@@ -1,45 +1,25 @@
-//! What a proxy's worker threads share with its `Proxy` handle: each worker's lane of the route,
-//! every backend routed or still draining (the counters `stats` reports), the open downstream
-//! connections, and the settings each new connection or request reads (PROXY protocol, TCP
-//! mode, client limits, hold). Also how a new route becomes every worker's table, the instances
-//! that stay keeping their counters and idle connections, and how a backend is drained.
+//! What a proxy's worker threads share with its handles, for one listening address: the open
+//! downstream connections, the settings each new connection reads (PROXY protocol, TCP mode,
+//! client limits), and the sites table, which tells the app (`site::SiteState`) a request is for
+//! by its host and path.
 //!
-//! A request reads its worker's lane only (`lane`, `rerouted`); the `known` lock is taken by
-//! `set_route`, `stats` and `drain`, and the `settings` lock by `set_route` and
-//! `set_access_log`, never by a request. The access log reaches the requests on the route's
-//! table, so a request with the log off tests one `Option` and takes no lock.
+//! Each worker reads its own copy of the table (as it does of each route), swapped whole when an
+//! app joins, leaves or changes its routes; the `sites` lock is taken only then. With one app
+//! taking any host and every path, the table says so and no request is looked at.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
 
-use super::access_log::{AccessLog, LineLosses};
-use super::backend::{Backend, BackendState};
-use super::counters::{BackendStats, SlotStats};
 use super::downstream::Downstream;
 use super::limits::{AtomicClientLimits, ClientLimits};
-use super::route::{self, Hold, Lane, Route, Table};
-use super::split::Split;
+use super::site::{lock, SiteState};
+use crate::protocol::routes::{collision_message, request_host, Routes};
 
-/// What every connection task shares with the `Proxy` handle.
+/// What every connection task shares with the address's handles.
 #[derive(Debug)]
 pub(super) struct ProxyState {
-    /// One per worker thread.
-    lanes: Box<[Lane]>,
-    /// Every backend routed now or still draining: the counters `stats` reports. Locked only by
-    /// `set_route`, `stats` and `drain`, never by a request.
-    known: Mutex<Vec<Arc<BackendState>>>,
-    /// The counters of backends forgotten while others of their release are still known (an
-    /// instance replaced, a canary cut): a release's totals never go down while it runs, so that
-    /// the admin address's counters stay counters. Kept with `known`'s lock held; a release's
-    /// entry goes with its last backend.
-    retired: Mutex<Vec<(String, [SlotStats; 2])>>,
-    /// Worker threads: each backend keeps one pool of idle connections per worker.
-    workers: usize,
     /// The open downstream (client) connections, for `close`.
     pub(super) downstream: Arc<Downstream>,
     /// Connections start with a PROXY protocol header (see `set_proxy_protocol`).
@@ -48,227 +28,198 @@ pub(super) struct ProxyState {
     pub(super) tcp: AtomicBool,
     /// What a client may hold and for how long (see `set_client_limits`).
     pub(super) limits: AtomicClientLimits,
-    /// How long a request waits for an instance while none is routed, in milliseconds (see
-    /// `set_hold`).
-    pub(super) hold_ms: AtomicU64,
-    /// Woken by every `set_route`, for the requests held while none is routed.
-    route_changed: Notify,
-    /// The key of the canary cookie's MAC (see `split`), random per proxy.
-    cookie_key: [u8; 32],
-    /// The route last set and the access log, which every new table gets.
-    settings: Mutex<Settings>,
+    /// One copy of the sites table per worker thread.
+    tables: Box<[SitesLane]>,
+    /// The sites as their handles set them; the tables and the settings above are made of them.
+    sites: Mutex<Vec<SiteEntry>>,
 }
 
-/// What a new table is made of besides the route's backends.
+/// One worker's copy of the sites table, on a cache line of its own.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(super) struct SitesLane {
+    pub table: ArcSwap<Sites>,
+}
+
+/// One app on the address, as its handle set it.
+#[derive(Debug, Clone)]
+struct SiteEntry {
+    app: String,
+    routes: Routes,
+    state: Arc<SiteState>,
+    wants: Wants,
+}
+
+/// The connection settings one app asks for; the address serves the most generous of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Wants {
+    pub proxy_protocol: bool,
+    pub tcp: bool,
+    pub limits: Option<ClientLimits>,
+}
+
+/// What a request picks its app from.
 #[derive(Debug, Default)]
-struct Settings {
-    route: Route,
-    access_log: Option<Arc<AccessLog>>,
+pub(super) struct Sites {
+    entries: Vec<(Routes, Arc<SiteState>)>,
+    /// The only app, when it takes any host and every path.
+    only: Option<Arc<SiteState>>,
+}
+
+impl Sites {
+    /// The app a request for `uri` with `headers` goes to: the best fit (see
+    /// `protocol::routes`); `None` when no app on the address takes it.
+    #[inline]
+    pub fn pick(&self, uri: &http::Uri, headers: &http::HeaderMap) -> Option<&Arc<SiteState>> {
+        if let Some(only) = &self.only {
+            return Some(only);
+        }
+        let host = request_host(uri, headers);
+        let path = uri.path();
+        self.entries
+            .iter()
+            .filter_map(|(routes, state)| Some((routes.fit(host, path)?, state)))
+            .max_by_key(|(fit, _)| *fit)
+            .map(|(_, state)| state)
+    }
+
+    /// The first app, for what carries no host (TCP mode, which never shares its address).
+    pub fn first(&self) -> Option<&Arc<SiteState>> {
+        self.entries.first().map(|(_, state)| state)
+    }
 }
 
 impl ProxyState {
-    /// The state of a proxy with `workers` worker threads, with an empty route.
+    /// The state of an address served by `workers` worker threads, with no app yet.
     pub fn new(workers: usize) -> ProxyState {
         ProxyState {
-            lanes: (0..workers)
-                .map(|_| Lane {
-                    table: ArcSwap::from_pointee(Table::default()),
-                    turn: AtomicUsize::new(0),
-                })
-                .collect(),
-            known: Mutex::new(Vec::new()),
-            retired: Mutex::new(Vec::new()),
-            workers,
             downstream: Arc::new(Downstream::new(workers)),
             proxy_protocol: AtomicBool::new(false),
             tcp: AtomicBool::new(false),
             limits: AtomicClientLimits::new(ClientLimits::default()),
-            hold_ms: AtomicU64::new(0),
-            route_changed: Notify::new(),
-            cookie_key: rand::random(),
-            settings: Mutex::default(),
+            tables: (0..workers)
+                .map(|_| SitesLane {
+                    table: ArcSwap::from_pointee(Sites::default()),
+                })
+                .collect(),
+            sites: Mutex::new(Vec::new()),
         }
     }
 
-    pub fn lane(&self, worker: usize) -> &Lane {
-        &self.lanes[worker % self.lanes.len()]
+    /// `worker`'s copy of the sites table.
+    #[inline]
+    pub fn sites(&self, worker: usize) -> &SitesLane {
+        &self.tables[worker % self.tables.len()]
     }
 
-    /// Waits, within a request's hold (`set_hold`), for a route to try again (see
-    /// `route::rerouted`).
-    pub async fn rerouted(
-        &self,
-        worker: usize,
-        seen: &Arc<Table>,
-        hold: &mut Hold,
-    ) -> Option<Arc<Table>> {
-        let hold_for = Duration::from_millis(self.hold_ms.load(Ordering::Relaxed));
-        route::rerouted(self.lane(worker), &self.route_changed, hold_for, seen, hold).await
+    /// Worker threads serving the address.
+    pub fn workers(&self) -> usize {
+        self.tables.len()
     }
 
-    /// Replaces every worker's table with `route`'s and wakes the held requests.
-    pub fn set_route(&self, route: Route) {
-        let mut settings = lock(&self.settings);
-        settings.route = route.clone();
-        self.make_tables(route, settings.access_log.clone());
-    }
-
-    /// Starts writing an access log at `path` for `app` (`None`: stops): from the next request
-    /// on, each gets a line. The same path as now changes nothing; a file that cannot be opened
-    /// leaves the log as it was.
-    pub fn set_access_log(&self, app: &str, path: Option<&Path>) -> std::io::Result<()> {
-        let mut settings = lock(&self.settings);
-        let now = settings.access_log.as_ref().map(|log| log.path());
-        if now == path {
-            return Ok(());
-        }
-        let log = match path {
-            Some(path) => Some(Arc::new(AccessLog::open(path, app, self.workers)?)),
-            None => None,
-        };
-        settings.access_log = log.clone();
-        self.make_tables(settings.route.clone(), log);
+    /// Adds `state` as `app`, taking `routes`, unless another app claims the same.
+    pub fn add_site(&self, app: &str, routes: Routes, state: Arc<SiteState>) -> Result<(), String> {
+        let mut sites = lock(&self.sites);
+        check_collisions(&sites, app, &routes, &state)?;
+        sites.push(SiteEntry {
+            app: app.to_owned(),
+            routes,
+            state,
+            wants: Wants::default(),
+        });
+        self.publish(&sites);
         Ok(())
     }
 
-    /// The access log's file and what it dropped or lost so far; `None` with the log off.
-    pub fn access_log_losses(&self) -> Option<(PathBuf, LineLosses)> {
-        let settings = lock(&self.settings);
-        let log = settings.access_log.as_ref()?;
-        Some((log.path().to_owned(), log.losses()))
+    /// Gives `state`'s app a new name and routes, unless another app claims the same routes.
+    pub fn set_routes(
+        &self,
+        state: &Arc<SiteState>,
+        app: &str,
+        routes: Routes,
+    ) -> Result<(), String> {
+        let mut sites = lock(&self.sites);
+        check_collisions(&sites, app, &routes, state)?;
+        if let Some(entry) = sites.iter_mut().find(|e| Arc::ptr_eq(&e.state, state)) {
+            entry.app = app.to_owned();
+            entry.routes = routes;
+        }
+        self.publish(&sites);
+        Ok(())
     }
 
-    /// Makes `route` (with `access_log`) every worker's table; the caller holds `settings`.
-    fn make_tables(&self, route: Route, access_log: Option<Arc<AccessLog>>) {
-        let mut known = lock(&self.known);
-        let mut gone = Vec::new();
-        let mut state_of = |backend: Arc<Backend>| {
-            // Same instance (id and address) keeps its counters and its idle connections; one
-            // cut by a drain starts afresh, or its requests would be cut at once.
-            let existing = known.iter().find(|s| {
-                s.backend.id == backend.id
-                    && s.backend.addr == backend.addr
-                    && !s.cut.is_cancelled()
-            });
-            match existing {
-                Some(state) => state.clone(),
-                None => {
-                    let (replaced, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut *known)
-                        .into_iter()
-                        .partition(|s| s.backend.id == backend.id && s.in_flight() == 0);
-                    *known = kept;
-                    gone.extend(replaced);
-                    let state = Arc::new(BackendState::new(backend, self.workers));
-                    known.push(state.clone());
-                    state
-                }
-            }
-        };
-        let mut backends: Vec<Arc<BackendState>> =
-            route.backends.into_iter().map(&mut state_of).collect();
-        let stable_count = backends.len();
-        if let Some(canary) = &route.canary {
-            backends.extend(canary.backends.iter().cloned().map(&mut state_of));
+    /// Changes what `state`'s app asks of connections; the address serves the most generous.
+    pub fn want(&self, state: &Arc<SiteState>, change: impl FnOnce(&mut Wants)) {
+        let mut sites = lock(&self.sites);
+        if let Some(entry) = sites.iter_mut().find(|e| Arc::ptr_eq(&e.state, state)) {
+            change(&mut entry.wants);
         }
-        // Once the new ones are known: an instance replaced keeps its release's totals.
-        self.retire(&known, gone);
-        for lane in &self.lanes {
-            lane.table.store(Arc::new(Table {
-                backends: backends.clone(),
-                stable_count,
-                balance: route.balance,
-                split: route
-                    .canary
-                    .as_ref()
-                    .map(|c| Split::new(c, &self.cookie_key)),
-                access_log: access_log.clone(),
-            }));
-        }
-        self.route_changed.notify_waiters();
+        self.publish(&sites);
     }
 
-    /// Counters of every backend currently routed or still draining, with its slot now.
-    pub fn stats(&self) -> Vec<BackendStats> {
-        let table = self.lane(0).table.load();
-        let slot_of = |state: &Arc<BackendState>| {
-            let index = table.backends.iter().position(|s| Arc::ptr_eq(s, state))?;
-            Some(table.slot_of(index))
-        };
-        lock(&self.known)
+    /// Takes `state`'s app off the address: its requests find no app from now on.
+    pub fn remove_site(&self, state: &Arc<SiteState>) {
+        let mut sites = lock(&self.sites);
+        sites.retain(|e| !Arc::ptr_eq(&e.state, state));
+        self.publish(&sites);
+    }
+
+    /// The apps on the address and their routes, in the order they came.
+    pub fn routes(&self) -> Vec<(String, Routes)> {
+        lock(&self.sites)
             .iter()
-            .map(|s| BackendStats {
-                routed_as: slot_of(s),
-                ..s.stats()
-            })
+            .map(|e| (e.app.clone(), e.routes.clone()))
             .collect()
     }
 
-    /// What the backends forgotten so far served, by release, for the releases still known.
-    pub fn retired(&self) -> Vec<(String, [SlotStats; 2])> {
-        let _known = lock(&self.known);
-        lock(&self.retired).clone()
-    }
-
-    /// Adds the counters of `gone` (just taken out of `known`) to their releases' retired
-    /// totals, and drops the totals of releases no backend in `known` runs any more.
-    fn retire(&self, known: &[Arc<BackendState>], gone: Vec<Arc<BackendState>>) {
-        let mut retired = lock(&self.retired);
-        for state in gone {
-            let stats = state.stats();
-            let version = &state.backend.version;
-            let at = match retired.iter().position(|(v, _)| v == version) {
-                Some(at) => at,
-                None => {
-                    retired.push((version.clone(), Default::default()));
-                    retired.len() - 1
-                }
-            };
-            for (total, slot) in retired[at].1.iter_mut().zip(&stats.slots) {
-                total.add(slot);
-            }
+    /// Makes `sites` every worker's table and the address's settings; the caller holds the lock.
+    fn publish(&self, sites: &[SiteEntry]) {
+        let only = match sites {
+            [one] if one.routes.is_catch_all() => Some(one.state.clone()),
+            _ => None,
+        };
+        for lane in self.tables.iter() {
+            lane.table.store(Arc::new(Sites {
+                entries: sites
+                    .iter()
+                    .map(|e| (e.routes.clone(), e.state.clone()))
+                    .collect(),
+                only: only.clone(),
+            }));
         }
-        retired.retain(|(version, _)| known.iter().any(|s| s.backend.version == *version));
-    }
-
-    /// Waits until `backend_id` has nothing in flight or `timeout` passes, then cuts what is
-    /// left; forgets the backend if it is no longer routed. Returns the number cut.
-    pub async fn drain(&self, backend_id: &str, timeout: Duration) -> u64 {
-        let state = lock(&self.known)
-            .iter()
-            .rev()
-            .find(|s| s.backend.id == backend_id)
-            .cloned();
-        let Some(state) = state else { return 0 };
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut cut = 0;
-        if !state.wait_idle(deadline).await {
-            cut = state.in_flight();
-            tracing::info!(
-                backend = %state.backend.id,
-                "drain deadline of {timeout:?} passed, cutting {cut} open connection(s)"
-            );
-            state.cut_all();
-            // Cut requests and tunnels end at their next poll; give them a moment to do so, so
-            // that the instance is really free when this returns.
-            let settle = tokio::time::Instant::now() + Duration::from_secs(2);
-            state.wait_idle(settle).await;
+        let wants = sites.iter().map(|e| e.wants);
+        self.proxy_protocol
+            .store(wants.clone().any(|w| w.proxy_protocol), Ordering::Relaxed);
+        self.tcp
+            .store(wants.clone().any(|w| w.tcp), Ordering::Relaxed);
+        if let Some(limits) = wants.filter_map(|w| w.limits).reduce(most_generous) {
+            self.limits.set(limits);
         }
-        state.close_idle();
-        let routed = self.lane(0).table.load().routes(&state);
-        if !routed {
-            let mut known = lock(&self.known);
-            if let Some(at) = known.iter().position(|s| Arc::ptr_eq(s, &state)) {
-                let gone = known.remove(at);
-                self.retire(&known, vec![gone]);
-            }
-        }
-        cut
     }
 }
 
-/// The registry lock: a panic while holding it leaves plain data behind, still usable.
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The limits that hold back neither app: the larger of each, the lower minimum rate.
+fn most_generous(a: ClientLimits, b: ClientLimits) -> ClientLimits {
+    ClientLimits {
+        max_connections: a.max_connections.max(b.max_connections),
+        idle_timeout: a.idle_timeout.max(b.idle_timeout),
+        body_timeout: a.body_timeout.max(b.body_timeout),
+        send_timeout: a.send_timeout.max(b.send_timeout),
+        min_rate: a.min_rate.min(b.min_rate),
+    }
+}
+
+/// Refuses `routes` for `app` (at `state`) where another app on the address claims the same.
+fn check_collisions(
+    sites: &[SiteEntry],
+    app: &str,
+    routes: &Routes,
+    state: &Arc<SiteState>,
+) -> Result<(), String> {
+    for other in sites.iter().filter(|e| !Arc::ptr_eq(&e.state, state)) {
+        if let Some(route) = routes.collision(&other.routes) {
+            return Err(collision_message(app, &other.app, &route));
+        }
+    }
+    Ok(())
 }

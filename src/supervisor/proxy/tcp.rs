@@ -36,6 +36,11 @@ pub(super) async fn pipe(
     mut client: TcpStream,
     downstream_conn: Arc<downstream::Conn>,
 ) {
+    // TCP mode never shares its address: the one app there.
+    let sites = proxy.sites(worker).table.load_full();
+    let Some(proxy) = sites.first() else {
+        return;
+    };
     let lane = proxy.lane(worker);
     let mut table = lane.table.load_full();
     let mut hold = Hold::default();

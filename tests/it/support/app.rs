@@ -13,7 +13,7 @@ use cutover::protocol::AppSpec;
 use sha2::{Digest, Sha256};
 
 use super::procs::Reaper;
-use super::request::{self, Answer};
+use super::request::{Answer, Request};
 use super::supervisor::{Supervisor, ROLLOUT};
 use super::{cutover_bin, free_port, wait_until};
 
@@ -27,6 +27,9 @@ pub struct App {
     pub faults: Vec<(String, String)>,
     /// Changes to the spec a deploy over the control socket sends.
     pub tweak: fn(&mut AppSpec),
+    /// The `Host` its requests name (one of its `hosts` when it shares an address);
+    /// `shop.example` unless set.
+    pub host: Option<String>,
     /// Declared before `home`: the processes go before their directory does.
     _reaper: Reaper,
     home: tempfile::TempDir,
@@ -44,6 +47,7 @@ impl App {
             listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
             faults: Vec::new(),
             tweak: |_| {},
+            host: None,
             home,
         }
     }
@@ -125,7 +129,11 @@ impl App {
 
     /// One GET through the app's public address; an error unless it is answered 200.
     pub fn get(&self) -> Result<Answer, String> {
-        let answer = request::get(self.listen, "/")?;
+        let mut request = Request::get("/");
+        if let Some(host) = &self.host {
+            request = request.header("host", host);
+        }
+        let answer = request.send(self.listen)?;
         match answer.status {
             200 => Ok(answer),
             _ => Err(format!("{answer:?}")),

@@ -115,7 +115,12 @@ pub struct Load {
 
 impl Load {
     pub fn start(addr: SocketAddr, clients: usize, path: &str) -> Load {
-        Load::run(addr, clients, path, None)
+        Load::run(addr, clients, path, None, None)
+    }
+
+    /// [`Load::start`] with every request naming `host` (an app among several on `addr`).
+    pub fn for_host(addr: SocketAddr, clients: usize, host: &str, path: &str) -> Load {
+        Load::run(addr, clients, path, None, Some(host.to_owned()))
     }
 
     /// `per_second` requests a second in all, each client on its own clock: light, steady
@@ -124,13 +129,21 @@ impl Load {
     /// requests sent on a clock, as independent users send them, do not.
     pub fn paced(addr: SocketAddr, clients: usize, per_second: u32, path: &str) -> Load {
         let every = Duration::from_secs(clients as u64) / per_second.max(1);
-        Load::run(addr, clients, path, Some(every))
+        Load::run(addr, clients, path, Some(every), None)
     }
 
-    fn run(addr: SocketAddr, clients: usize, path: &str, every: Option<Duration>) -> Load {
+    /// `host`: the `Host` every request names; the address itself unless given.
+    fn run(
+        addr: SocketAddr,
+        clients: usize,
+        path: &str,
+        every: Option<Duration>,
+        host: Option<String>,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(LoadReport::default()));
         let path = path.to_owned();
+        let host = host.unwrap_or_else(|| addr.to_string());
         let thread = {
             let (stop, report) = (stop.clone(), report.clone());
             std::thread::spawn(move || {
@@ -145,7 +158,7 @@ impl Load {
                         let pace = every.map(|every| (every, every * i as u32 / clients as u32));
                         tasks.push(tokio::spawn(client(
                             addr,
-                            path.clone(),
+                            (host.clone(), path.clone()),
                             pace,
                             stop.clone(),
                             report.clone(),
@@ -201,7 +214,7 @@ impl Drop for Load {
 /// the next).
 async fn client(
     addr: SocketAddr,
-    path: String,
+    (host, path): (String, String),
     pace: Option<(Duration, Duration)>,
     stop: Arc<AtomicBool>,
     shared: Arc<Mutex<LoadReport>>,
@@ -228,7 +241,7 @@ async fn client(
             }
         }
         let Some(s) = sender.as_mut() else { continue };
-        match one_request(s, addr, &path).await {
+        match one_request(s, &host, &path).await {
             Ok((status, body, close)) => {
                 // The server said this answer is the connection's last (a proxy letting its
                 // clients go at a restart): like any HTTP client, reconnect for the next request.
@@ -268,10 +281,10 @@ fn note_error(report: &mut LoadReport, message: String) {
 
 async fn one_request(
     sender: &mut Sender,
-    addr: SocketAddr,
+    host: &str,
     path: &str,
 ) -> Result<(u16, String, bool), String> {
-    let request = Request::get(path).header("host", &addr.to_string());
+    let request = Request::get(path).header("host", host);
     let answer = tokio::time::timeout(Duration::from_secs(30), request.try_send_on(sender))
         .await
         .map_err(|_| "no response within 30s".to_owned())??;

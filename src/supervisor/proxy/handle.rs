@@ -1,0 +1,220 @@
+//! `Proxy`: one app's handle on the proxy. It names the app's site on a listening address (its
+//! route, counters, access log, hold) and keeps the address (`front::Front`) alive, which
+//! other apps may share, routed by host and path. Dropping the last handle of an address closes
+//! it; dropping one of several takes only its app off the address.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::access_log::LineLosses;
+use super::counters::{BackendStats, SlotStats};
+use super::front::Front;
+use super::limits::ClientLimits;
+use super::route::Route;
+use super::site::SiteState;
+use super::workers;
+use crate::protocol::routes::Routes;
+
+/// A running proxy for one app; dropping it takes the app off its address, and the last app's
+/// drop closes the listener and stops its worker threads (with the connections still open on
+/// them) before it returns.
+#[derive(Debug)]
+pub struct Proxy {
+    pub local_addr: SocketAddr,
+    front: Arc<Front>,
+    site: Arc<SiteState>,
+}
+
+impl Proxy {
+    /// Binds `listen` and starts serving (with an empty route: requests get 503 until one is set)
+    /// on one worker thread per core, for an app that takes any host and every path.
+    pub async fn bind(listen: SocketAddr) -> std::io::Result<Proxy> {
+        Proxy::from_listener(Front::bind(listen)?)
+    }
+
+    /// Serves on a listener bound elsewhere (handed over by a previous supervisor, or bound
+    /// before dropping privileges), on one worker thread per core.
+    pub fn from_listener(listener: std::net::TcpListener) -> std::io::Result<Proxy> {
+        Proxy::with_workers(listener, workers::default_count(), false)
+    }
+
+    /// Like `from_listener`, but accepts nothing before `start_accepting`: a restarted
+    /// supervisor's clients wait in the socket's backlog until the route is set, rather than
+    /// getting 503s from an empty one.
+    pub fn from_listener_held(listener: std::net::TcpListener) -> std::io::Result<Proxy> {
+        Proxy::with_workers(listener, workers::default_count(), true)
+    }
+
+    /// Serves on `listener` with `workers` threads (at least one), each running its own event
+    /// loop and accepting from the same socket; `held`: not before `start_accepting`.
+    pub fn with_workers(
+        listener: std::net::TcpListener,
+        workers: usize,
+        held: bool,
+    ) -> std::io::Result<Proxy> {
+        let front = Arc::new(Front::start(listener, workers, held)?);
+        let site = Arc::new(SiteState::new(front.state.workers()));
+        front
+            .state
+            .add_site("", Routes::default(), site.clone())
+            .map_err(std::io::Error::other)?;
+        Ok(Proxy {
+            local_addr: front.local_addr,
+            front,
+            site,
+        })
+    }
+
+    /// Another app on this proxy's address, taking `routes` (with an empty route: its requests
+    /// get 503 until one is set); refused, naming both apps, where another app on the address
+    /// takes the same routes.
+    pub fn join(&self, app: &str, routes: Routes) -> Result<Proxy, String> {
+        let site = Arc::new(SiteState::new(self.front.state.workers()));
+        self.front.state.add_site(app, routes, site.clone())?;
+        Ok(Proxy {
+            local_addr: self.local_addr,
+            front: self.front.clone(),
+            site,
+        })
+    }
+
+    /// Names this handle's app and sets the requests it takes on the address; refused, naming
+    /// both apps, where another app on the address takes the same.
+    pub fn set_routes(&self, app: &str, routes: Routes) -> Result<(), String> {
+        self.front.state.set_routes(&self.site, app, routes)
+    }
+
+    /// Every app on the address, with its routes, in the order they came.
+    pub fn routes(&self) -> Vec<(String, Routes)> {
+        self.front.state.routes()
+    }
+
+    /// Starts the accept loops of a proxy made by `from_listener_held`; does nothing otherwise.
+    pub fn start_accepting(&self) {
+        self.front.start_accepting();
+    }
+
+    /// Stops accepting connections on the address (every app's); connections already open
+    /// finish their requests.
+    pub fn shutdown(&self) {
+        self.front.shutdown();
+    }
+
+    /// Stops accepting and returns once no worker accepts any more, so that another proxy can
+    /// serve a copy of the socket without this one taking its connections.
+    pub async fn stop_accepting(&self) {
+        self.front.stop_accepting().await;
+    }
+
+    /// A copy of the listening socket (the same socket under a new descriptor), to hand to the
+    /// next supervisor: the socket stays open, and connections wait in its backlog, as long as
+    /// any copy is open. Fails after `shutdown`.
+    pub fn listener(&self) -> std::io::Result<std::net::TcpListener> {
+        self.front.listener()
+    }
+
+    /// Stops accepting on the address, then lets go of every client connection without failing
+    /// a request: each gets `Connection: close` on its next response, idle ones are closed.
+    /// Returns when all are closed, or after `timeout` (shutting down the rest); the number still
+    /// open then. Every app on the address is closed with it.
+    pub async fn close(&self, timeout: Duration) -> u64 {
+        self.front.close(timeout).await
+    }
+
+    /// Replaces the route atomically: new requests go to the new backends from now on; requests
+    /// in flight on the old ones finish there.
+    pub fn set_route(&self, route: Route) {
+        self.site.set_route(route);
+    }
+
+    /// While no instance can take a new request (or TCP connection) — none is routed, or none
+    /// accepts connections — it waits up to `hold` for a route that has one, instead of being
+    /// answered 503 or 502 (closed) at once. Zero, the default: no waiting.
+    pub fn set_hold(&self, hold: Duration) {
+        let ms = hold.as_millis().min(u64::MAX as u128) as u64;
+        self.site.hold_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether every new connection must start with a PROXY protocol header (from a trusted load
+    /// balancer in front), whose client address then stands for the connection's peer. An
+    /// address shared by several apps expects it when any of them does.
+    pub fn set_proxy_protocol(&self, on: bool) {
+        self.front
+            .state
+            .want(&self.site, |wants| wants.proxy_protocol = on);
+    }
+
+    /// TCP mode: each new connection goes whole to one instance (counted as one request;
+    /// a failed connect is tried on another instance). Connections already open keep their mode.
+    pub fn set_tcp(&self, on: bool) {
+        self.front.state.want(&self.site, |wants| wants.tcp = on);
+    }
+
+    /// What a client may hold and for how long: the most connections open at once, and how
+    /// long an unused connection, a stalled request body or an untaken response may last (see
+    /// [`ClientLimits`]). The connection limit applies at once; the rest to new connections. An
+    /// address shared by several apps serves the most generous of their limits.
+    pub fn set_client_limits(&self, limits: ClientLimits) {
+        self.front
+            .state
+            .want(&self.site, |wants| wants.limits = Some(limits));
+    }
+
+    /// Sets only `idle_timeout` of the client limits (30 s unless set): a connection with no
+    /// request begun and none in progress is closed after one to two such periods.
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        let limits = self.front.state.limits.get();
+        self.set_client_limits(ClientLimits {
+            idle_timeout: timeout,
+            ..limits
+        });
+    }
+
+    /// HTTP mode: appends a JSON line per request to the access log at `path` (`app` names the
+    /// app in each line), written by a thread of its own, never in a request's way; `None`
+    /// stops it. Setting the path already in use changes nothing; an error (the file cannot be
+    /// opened) leaves the log as it was.
+    pub fn set_access_log(&self, app: &str, path: Option<&Path>) -> std::io::Result<()> {
+        self.site.set_access_log(app, path)
+    }
+
+    /// The access log's file and the lines it dropped or lost so far; `None` with the log off.
+    pub fn access_log_losses(&self) -> Option<(std::path::PathBuf, LineLosses)> {
+        self.site.access_log_losses()
+    }
+
+    /// Client connections open now on the address (every app's: a keep-alive connection may
+    /// carry requests for several).
+    pub fn client_connections(&self) -> usize {
+        self.front.state.downstream.count()
+    }
+
+    /// Counters of every backend currently routed or still draining.
+    pub fn stats(&self) -> Vec<BackendStats> {
+        self.site.stats()
+    }
+
+    /// What backends no longer known served, by release, for the releases still running (see
+    /// [`Proxy::stats`]): with it, a release's totals never go down while it runs.
+    pub fn retired(&self) -> Vec<(String, [SlotStats; 2])> {
+        self.site.retired()
+    }
+
+    /// Waits until `backend_id` has no request or connection in flight, or `timeout` passes;
+    /// returns the number still open (and then cut) at the deadline.
+    ///
+    /// A backend that is no longer routed is forgotten afterwards (its counters go with it).
+    pub async fn drain(&self, backend_id: &str, timeout: Duration) -> u64 {
+        self.site.drain(backend_id, timeout).await
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // The front itself goes with its last handle.
+        self.front.state.remove_site(&self.site);
+    }
+}

@@ -1,0 +1,160 @@
+//! Apps on one listen address: the proxy an app gets (it joins the one already serving its
+//! address, else takes the socket passed for it, else binds anew), and what apps sharing an
+//! address must agree on, checked before a deploy starts: routes that requests can tell apart,
+//! HTTP mode, and the same PROXY protocol setting.
+
+use std::net::SocketAddr;
+
+use crate::protocol::app::Mode;
+use crate::protocol::routes::{collision_message, Routes};
+use crate::protocol::{AppSpec, ErrorKind, ErrorReply};
+use crate::supervisor::app::AppHandle;
+use crate::supervisor::listeners::Listeners;
+use crate::supervisor::proxy::Proxy;
+use crate::supervisor::store::State;
+
+/// What `spec`'s app may not do beside `others` (the live specs of the other apps on its listen
+/// address), in one line naming both apps and the fix.
+pub fn check(spec: &AppSpec, others: &[&AppSpec]) -> Result<(), String> {
+    let routes = spec.routes()?;
+    for other in others {
+        let tcp = [spec, *other].into_iter().find(|s| s.mode == Mode::Tcp);
+        if let Some(tcp) = tcp {
+            return Err(format!(
+                "{} and {} both listen on {}, and {} is mode: tcp, which cannot share an address (a TCP connection names no host); give one of them another listen",
+                spec.name, other.name, spec.listen, tcp.name
+            ));
+        }
+        if spec.proxy_protocol != other.proxy_protocol {
+            return Err(format!(
+                "{} and {} both listen on {}, one with proxy_protocol and one without; a connection cannot be both, so set it alike on both",
+                spec.name, other.name, spec.listen
+            ));
+        }
+        if let Some(route) = routes.collision(&other.routes()?) {
+            return Err(collision_message(&spec.name, &other.name, &route));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses the deploy of `spec` where the other apps on its listen address (in the supervisor's
+/// `state`) could not live beside it (see [`check`]).
+pub fn check_beside(state: &State, spec: &AppSpec) -> Result<(), ErrorReply> {
+    let Ok(listen) = spec.listen_addr() else {
+        return Ok(()); // `deploy::validate` says what is wrong with it
+    };
+    let others: Vec<&AppSpec> = state
+        .apps
+        .iter()
+        .filter(|(name, record)| **name != spec.name && record.spec.listen_addr() == Ok(listen))
+        .map(|(_, record)| &record.spec)
+        .collect();
+    check(spec, &others).map_err(|message| ErrorReply {
+        kind: ErrorKind::BadRequest,
+        message,
+    })
+}
+
+/// The proxy of an app among `apps` already serving on `listen`, to share the address with, and
+/// whether systemd passed its socket.
+pub fn neighbour<'a>(
+    apps: impl IntoIterator<Item = &'a AppHandle>,
+    listen: SocketAddr,
+) -> Option<(&'a Proxy, bool)> {
+    apps.into_iter()
+        .map(|task| &task.context)
+        .find(|context| context.listen == listen)
+        .map(|context| (&context.proxy, context.systemd_socket))
+}
+
+/// The proxy for app `name` on `addr` taking `routes`: a place beside the apps already served
+/// there (`sharing`: one of their proxies, and whether systemd passed its socket), else the
+/// socket passed for it (accepting once `start_accepting` is called), else one bound anew; and
+/// whether systemd passed that socket.
+pub async fn bind(
+    name: &str,
+    addr: SocketAddr,
+    routes: Routes,
+    inherited: &std::sync::Mutex<Listeners>,
+    sharing: Option<(&Proxy, bool)>,
+) -> Result<(Proxy, bool), ErrorReply> {
+    let conflict = |message: String| ErrorReply {
+        kind: ErrorKind::BadRequest,
+        message,
+    };
+    if let Some((neighbour, systemd)) = sharing {
+        // A copy of the same socket handed over for this app is not needed: the address is
+        // served already.
+        let passed = lock(inherited).take_named(name, addr);
+        drop(passed);
+        let proxy = neighbour.join(name, routes).map_err(conflict)?;
+        return Ok((proxy, systemd));
+    }
+    let passed = lock(inherited).take_app(name, addr);
+    let (proxy, systemd) = match passed {
+        Some(passed) => {
+            let proxy = Proxy::from_listener_held(passed.listener).map_err(|e| ErrorReply {
+                kind: ErrorKind::Internal,
+                message: format!("cannot serve on the socket passed for {addr}: {e}"),
+            })?;
+            (proxy, passed.systemd)
+        }
+        None => {
+            let proxy = Proxy::bind(addr).await.map_err(|e| ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: format!("cannot listen on {addr}: {e}; free that address or pick another"),
+            })?;
+            (proxy, false)
+        }
+    };
+    proxy.set_routes(name, routes).map_err(conflict)?;
+    Ok((proxy, systemd))
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, extra: serde_json::Value) -> AppSpec {
+        let mut value = serde_json::json!({
+            "name": name, "run": "./app", "listen": "127.0.0.1:8080",
+        });
+        value
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn apps_on_one_address_must_be_told_apart_and_agree_on_the_connection() {
+        let shop = spec("shop", serde_json::json!({"hosts": ["shop.example.com"]}));
+        let blog = spec("blog", serde_json::json!({"hosts": ["blog.example.com"]}));
+        let any = spec("site", serde_json::json!({}));
+        assert_eq!(check(&shop, &[&blog, &any]), Ok(()));
+        let again = spec("shop2", serde_json::json!({"hosts": ["SHOP.example.com"]}));
+        let err = check(&again, &[&blog, &shop]).unwrap_err();
+        assert!(
+            err.starts_with("shop2 and shop both take shop.example.com"),
+            "{err}"
+        );
+        let err = check(&spec("other", serde_json::json!({})), &[&any]).unwrap_err();
+        assert!(err.contains("other and site both take any host"), "{err}");
+        let tcp = spec("db", serde_json::json!({"mode": "tcp"}));
+        let err = check(&shop, &[&tcp]).unwrap_err();
+        assert!(err.contains("db is mode: tcp"), "{err}");
+        let pp = spec(
+            "pp",
+            serde_json::json!({"hosts": ["pp.example.com"], "proxy_protocol": true}),
+        );
+        let err = check(&pp, &[&shop]).unwrap_err();
+        assert!(err.contains("set it alike on both"), "{err}");
+    }
+}
