@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::canary::CanarySpec;
 use super::routes::Routes;
+pub use super::tls::TlsSpec;
 
 /// One long-running application, as described by a manifest's `app:` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +115,13 @@ pub struct AppSpec {
     /// duration, bytes, request id, client) appended to `STATE/logs/<name>/access.log`.
     #[serde(default)]
     pub access_log: bool,
+    /// HTTPS on `listen`: the certificate for the app's hosts; HTTP/2 is offered by ALPN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// Plain HTTP on `listen` also takes HTTP/2 without TLS (h2c with prior knowledge), for
+    /// clients behind a TLS terminator of their own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub h2c: bool,
 }
 
 impl AppSpec {
@@ -163,6 +171,15 @@ impl AppSpec {
         }
         if self.strategy == Strategy::Canary {
             self.canary.check()?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.check(&self.name)?;
+        }
+        if self.mode == Mode::Tcp && (self.tls.is_some() || self.h2c) {
+            return Err(format!(
+                "tls and h2c of {} are for mode: http; remove them or use mode: http",
+                self.name
+            ));
         }
         if self.mode == Mode::Tcp && !self.routes()?.is_catch_all() {
             return Err(format!(

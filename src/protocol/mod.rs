@@ -10,6 +10,7 @@ pub mod handover;
 pub mod layout;
 pub mod messages;
 pub mod routes;
+pub mod tls;
 
 pub use app::AppSpec;
 pub use messages::*;

@@ -112,15 +112,14 @@ impl Apps {
                 (record.spec.stop_signal.clone(), record.spec.stop_timeout),
             );
             // The stored `listen` passed `AppSpec::check` when it was deployed.
-            let bound = match (record.spec.listen_addr(), record.spec.routes()) {
-                (Ok(listen), Ok(routes)) => {
+            let bound = match record.spec.listen_addr() {
+                Ok(listen) => {
                     let sharing = sharing::neighbour(tasks.values(), listen);
-                    sharing::bind(&name, listen, routes, &inherited, sharing)
-                        .await
+                    sharing::bind(&record.spec, listen, &inherited, sharing)
                         .map(|(proxy, systemd_socket)| (listen, proxy, systemd_socket))
                         .map_err(|e| e.message)
                 }
-                (Err(why), _) | (_, Err(why)) => Err(why),
+                Err(why) => Err(why),
             };
             let (listen, proxy, systemd_socket) = match bound {
                 Ok(bound) => bound,
@@ -306,14 +305,9 @@ impl Apps {
         tasks: &BTreeMap<String, AppHandle>,
     ) -> Result<AppHandle, ErrorReply> {
         let listen = deploy::validate(request, None)?;
-        let routes = request.app.routes().map_err(|message| ErrorReply {
-            kind: ErrorKind::BadRequest,
-            message,
-        })?;
-        let name = &request.app.name;
         let sharing = sharing::neighbour(tasks.values(), listen);
         let (proxy, systemd_socket) =
-            sharing::bind(name, listen, routes, &self.registry.inherited, sharing).await?;
+            sharing::bind(&request.app, listen, &self.registry.inherited, sharing)?;
         proxy.start_accepting();
         let record = AppRecord::new(request.app.clone(), request.dest.clone());
         let context = Arc::new(AppContext {

@@ -1,16 +1,16 @@
 //! Apps on one listen address: the proxy an app gets (it joins the one already serving its
 //! address, else takes the socket passed for it, else binds anew), and what apps sharing an
 //! address must agree on, checked before a deploy starts: routes that requests can tell apart,
-//! HTTP mode, and the same PROXY protocol setting.
+//! HTTP mode, and the same PROXY protocol and TLS settings.
 
 use std::net::SocketAddr;
 
 use crate::protocol::app::Mode;
-use crate::protocol::routes::{collision_message, Routes};
+use crate::protocol::routes::collision_message;
 use crate::protocol::{AppSpec, ErrorKind, ErrorReply};
 use crate::supervisor::app::AppHandle;
 use crate::supervisor::listeners::Listeners;
-use crate::supervisor::proxy::Proxy;
+use crate::supervisor::proxy::{load_certificate, Proxy};
 use crate::supervisor::store::State;
 
 /// What `spec`'s app may not do beside `others` (the live specs of the other apps on its listen
@@ -31,6 +31,17 @@ pub fn check(spec: &AppSpec, others: &[&AppSpec]) -> Result<(), String> {
                 spec.name, other.name, spec.listen
             ));
         }
+        if spec.tls.is_some() != other.tls.is_some() {
+            let (with, without) = if spec.tls.is_some() {
+                (spec, *other)
+            } else {
+                (*other, spec)
+            };
+            return Err(format!(
+                "{} and {} both listen on {}, and only {} has tls; an address is HTTPS or not, so give {} a tls section or another listen",
+                spec.name, other.name, spec.listen, with.name, without.name
+            ));
+        }
         if let Some(route) = routes.collision(&other.routes()?) {
             return Err(collision_message(&spec.name, &other.name, &route));
         }
@@ -41,6 +52,13 @@ pub fn check(spec: &AppSpec, others: &[&AppSpec]) -> Result<(), String> {
 /// Refuses the deploy of `spec` where the other apps on its listen address (in the supervisor's
 /// `state`) could not live beside it (see [`check`]).
 pub fn check_beside(state: &State, spec: &AppSpec) -> Result<(), ErrorReply> {
+    // A certificate that cannot be served stops the deploy before anything starts.
+    if let Some(tls) = &spec.tls {
+        load_certificate(&tls.cert, &tls.key).map_err(|why| ErrorReply {
+            kind: ErrorKind::BadRequest,
+            message: format!("tls of {}: {why}", spec.name),
+        })?;
+    }
     let Ok(listen) = spec.listen_addr() else {
         return Ok(()); // `deploy::validate` says what is wrong with it
     };
@@ -68,47 +86,54 @@ pub fn neighbour<'a>(
         .map(|context| (&context.proxy, context.systemd_socket))
 }
 
-/// The proxy for app `name` on `addr` taking `routes`: a place beside the apps already served
-/// there (`sharing`: one of their proxies, and whether systemd passed its socket), else the
-/// socket passed for it (accepting once `start_accepting` is called), else one bound anew; and
-/// whether systemd passed that socket.
-pub async fn bind(
-    name: &str,
+/// The proxy for `spec`'s app on `addr`, taking its routes and serving its certificate: a place
+/// beside the apps already served there (`sharing`: one of their proxies, and whether systemd
+/// passed its socket), else the socket passed for it, else one bound anew — either accepting
+/// only once `start_accepting` is called; and whether systemd passed that socket.
+pub fn bind(
+    spec: &AppSpec,
     addr: SocketAddr,
-    routes: Routes,
     inherited: &std::sync::Mutex<Listeners>,
     sharing: Option<(&Proxy, bool)>,
 ) -> Result<(Proxy, bool), ErrorReply> {
-    let conflict = |message: String| ErrorReply {
+    let bad = |message: String| ErrorReply {
         kind: ErrorKind::BadRequest,
         message,
     };
-    if let Some((neighbour, systemd)) = sharing {
+    let name = &spec.name;
+    let routes = spec.routes().map_err(bad)?;
+    let (proxy, systemd) = if let Some((neighbour, systemd)) = sharing {
         // A copy of the same socket handed over for this app is not needed: the address is
         // served already.
         let passed = lock(inherited).take_named(name, addr);
         drop(passed);
-        let proxy = neighbour.join(name, routes).map_err(conflict)?;
-        return Ok((proxy, systemd));
-    }
-    let passed = lock(inherited).take_app(name, addr);
-    let (proxy, systemd) = match passed {
-        Some(passed) => {
-            let proxy = Proxy::from_listener_held(passed.listener).map_err(|e| ErrorReply {
-                kind: ErrorKind::Internal,
-                message: format!("cannot serve on the socket passed for {addr}: {e}"),
-            })?;
-            (proxy, passed.systemd)
-        }
-        None => {
-            let proxy = Proxy::bind(addr).await.map_err(|e| ErrorReply {
-                kind: ErrorKind::BadRequest,
-                message: format!("cannot listen on {addr}: {e}; free that address or pick another"),
-            })?;
-            (proxy, false)
-        }
+        (neighbour.join(name, routes).map_err(bad)?, systemd)
+    } else {
+        let passed = lock(inherited).take_app(name, addr);
+        let (proxy, systemd) = match passed {
+            Some(passed) => {
+                let proxy = Proxy::from_listener_held(passed.listener).map_err(|e| ErrorReply {
+                    kind: ErrorKind::Internal,
+                    message: format!("cannot serve on the socket passed for {addr}: {e}"),
+                })?;
+                (proxy, passed.systemd)
+            }
+            None => {
+                let proxy = Proxy::bind_held(addr).map_err(|e| {
+                    bad(format!(
+                        "cannot listen on {addr}: {e}; free that address or pick another"
+                    ))
+                })?;
+                (proxy, false)
+            }
+        };
+        proxy.set_routes(name, routes).map_err(bad)?;
+        (proxy, systemd)
     };
-    proxy.set_routes(name, routes).map_err(conflict)?;
+    proxy
+        .set_tls(name, spec.tls.as_ref())
+        .map_err(|why| bad(format!("tls of {name}: {why}")))?;
+    proxy.set_h2c(spec.h2c);
     Ok((proxy, systemd))
 }
 

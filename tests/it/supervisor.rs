@@ -16,6 +16,7 @@ mod restart;
 mod strangers;
 mod strays;
 mod tcp;
+mod tls;
 mod websocket;
 
 use std::fs;

@@ -247,6 +247,11 @@ impl AppTask {
             // Checked before the deploy began: only an app deployed meanwhile can take them.
             tracing::error!(app = %self.context.name, "keeps its previous hosts and paths: {why}");
         }
+        if let Err(why) = self.context.proxy.set_tls(&spec.name, spec.tls.as_ref()) {
+            // Loaded before the deploy began: the files changed since.
+            tracing::error!(app = %self.context.name, "keeps its previous certificate: {why}");
+        }
+        self.context.proxy.set_h2c(spec.h2c);
         self.context.proxy.set_proxy_protocol(spec.proxy_protocol);
         self.context.proxy.set_tcp(spec.mode == Mode::Tcp);
         self.context.proxy.set_hold(spec.hold_requests);

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -19,15 +19,12 @@ use super::counters::Slot;
 use super::downstream::{self, OpenCount, OpenGuard};
 use super::framing::Framing;
 use super::head::{Forwarding, Head, X_REQUEST_ID};
-use super::request::{self, strip_hop_by_hop};
+use super::request::{self, request_id, strip_hop_by_hop, RequestId};
 use super::route::{next_backend, sides, Hold, InFlight};
 use super::site::SiteState;
 use super::split::{Choice, Side};
 use super::state::ProxyState;
 use super::upstream::{self, Outgoing};
-
-/// A longer incoming `X-Request-Id` is replaced by a new one rather than passed on.
-const MAX_REQUEST_ID: usize = 200;
 
 /// The accepted (downstream) connection a request came on, as each of its requests sees it:
 /// computed once per connection rather than per request.
@@ -43,6 +40,10 @@ pub(super) struct Accepted {
     /// closing the proxy waits for the tunnel until its deadline (a hand-over: the app's drain
     /// timeout).
     pub conn: Arc<downstream::Conn>,
+    /// Over TLS: `X-Forwarded-Proto: https`, and the app's HSTS on its answers.
+    pub tls: bool,
+    /// HTTP/2: many requests at once on the connection, which ends with GOAWAY.
+    pub multiplexed: bool,
 }
 
 pub(super) async fn handle(
@@ -54,10 +55,18 @@ pub(super) async fn handle(
     let mut entry = None;
     // The worker's own copy of the sites table, kept while the request runs.
     let sites = proxy.sites(accepted.worker).table.load_full();
-    let mut response = match sites.pick(req.uri(), req.headers()) {
+    let site = sites.pick(req.uri(), req.headers());
+    let hsts = site.filter(|_| accepted.tls).and_then(|site| site.hsts());
+    let mut response = match site {
         Some(site) => pick_and_send(site, accepted, req, &id, &mut entry).await,
         None => no_site(&req),
     };
+    if let Some(hsts) = hsts {
+        response
+            .headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(hsts);
+    }
     if let Some(mut entry) = entry {
         entry.answered(response.status().as_u16());
         response.body_mut().log_to(entry);
@@ -68,39 +77,6 @@ pub(super) async fn handle(
         .entry(&X_REQUEST_ID)
         .or_insert(id.value);
     Ok(response)
-}
-
-/// The request's id: the one it came with (a load balancer in front set it), else a new one.
-fn request_id(headers: &HeaderMap) -> RequestId {
-    match headers.get(&X_REQUEST_ID) {
-        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID => RequestId {
-            value: id.clone(),
-            from_client: true,
-        },
-        _ => RequestId {
-            value: new_request_id(),
-            from_client: false,
-        },
-    }
-}
-
-/// 16 random hex digits.
-fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let random = rand::random::<u64>();
-    let mut digits = [0u8; 16];
-    for (i, digit) in digits.iter_mut().enumerate() {
-        *digit = HEX[(random >> (60 - 4 * i)) as usize & 0xf];
-    }
-    HeaderValue::from_bytes(&digits).expect("hex digits are a valid header value")
-}
-
-/// The id a request goes to the instance with.
-#[derive(Debug)]
-pub(super) struct RequestId {
-    pub value: HeaderValue,
-    /// The request carries it already; else any `X-Request-Id` it has is replaced by this one.
-    pub from_client: bool,
 }
 
 /// The answer to a request no app on the address takes: what is wrong with it, if anything, else
@@ -192,6 +168,7 @@ async fn pick_and_send(
             client_ip: &accepted.client_ip,
             request_id: &id.value,
             id_from_client: id.from_client,
+            https: accepted.tls,
         },
     );
     req.pace_body(accepted.conn.limits.body());
@@ -428,17 +405,4 @@ fn status(code: StatusCode, text: &'static str) -> Response<ResponseBody> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_new_request_id_is_16_random_hex_digits() {
-        let (a, b) = (new_request_id(), new_request_id());
-        assert_eq!(a.len(), 16);
-        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit), "{a:?}");
-        assert_ne!(a, b);
-    }
 }

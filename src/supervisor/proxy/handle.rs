@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::access_log::LineLosses;
@@ -14,8 +14,11 @@ use super::counters::{BackendStats, SlotStats};
 use super::front::Front;
 use super::limits::ClientLimits;
 use super::route::Route;
-use super::site::SiteState;
+use super::site::{lock, SiteState};
+use super::state::ProxyState;
+use super::tls::{self, Stamp};
 use super::workers;
+use crate::protocol::app::TlsSpec;
 use crate::protocol::routes::Routes;
 
 /// A running proxy for one app; dropping it takes the app off its address, and the last app's
@@ -33,6 +36,12 @@ impl Proxy {
     /// on one worker thread per core, for an app that takes any host and every path.
     pub async fn bind(listen: SocketAddr) -> std::io::Result<Proxy> {
         Proxy::from_listener(Front::bind(listen)?)
+    }
+
+    /// Binds `listen` like `bind`, but accepts nothing before `start_accepting`: what must hold
+    /// for the first connection (a certificate) is set first.
+    pub fn bind_held(listen: SocketAddr) -> std::io::Result<Proxy> {
+        Proxy::from_listener_held(Front::bind(listen)?)
     }
 
     /// Serves on a listener bound elsewhere (handed over by a previous supervisor, or bound
@@ -147,6 +156,48 @@ impl Proxy {
             .want(&self.site, |wants| wants.proxy_protocol = on);
     }
 
+    /// Plain HTTP connections that open with HTTP/2's preface are served HTTP/2 (h2c with prior
+    /// knowledge). An address shared by several apps does so when any of them asks.
+    pub fn set_h2c(&self, on: bool) {
+        self.front.state.want(&self.site, |wants| wants.h2c = on);
+    }
+
+    /// Serves the app's hosts over TLS with the certificate `tls` names (`None`: no TLS), read
+    /// now — an error (a file missing or unreadable, a key that does not go with the
+    /// certificate) leaves the one before in place — then read again whenever its files change
+    /// (checked every [`CERT_CHECK`]), for `app` in the log. Setting what is set already
+    /// changes nothing.
+    pub fn set_tls(&self, app: &str, tls: Option<&TlsSpec>) -> Result<(), String> {
+        let mut current = lock(&self.site.tls);
+        if current.as_ref() == tls {
+            return Ok(());
+        }
+        let Some(spec) = tls else {
+            self.site.tls_generation.fetch_add(1, Ordering::SeqCst);
+            self.front.state.set_cert(&self.site, None);
+            self.site.set_hsts(None);
+            *current = None;
+            return Ok(());
+        };
+        let stamp = Stamp::of(&[&spec.cert, &spec.key]);
+        let cert = tls::load(&spec.cert, &spec.key)?;
+        let generation = self.site.tls_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.front.state.set_cert(&self.site, Some(cert));
+        self.site.set_hsts(spec.hsts);
+        *current = Some(spec.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let watch = CertWatch {
+                app: app.to_owned(),
+                spec: spec.clone(),
+                site: Arc::downgrade(&self.site),
+                state: Arc::downgrade(&self.front.state),
+                generation,
+            };
+            runtime.spawn(watch.run(stamp));
+        }
+        Ok(())
+    }
+
     /// TCP mode: each new connection goes whole to one instance (counted as one request;
     /// a failed connect is tried on another instance). Connections already open keep their mode.
     pub fn set_tcp(&self, on: bool) {
@@ -209,6 +260,52 @@ impl Proxy {
     /// A backend that is no longer routed is forgotten afterwards (its counters go with it).
     pub async fn drain(&self, backend_id: &str, timeout: Duration) -> u64 {
         self.site.drain(backend_id, timeout).await
+    }
+}
+
+/// How often a certificate's files are looked at for a change.
+pub const CERT_CHECK: Duration = Duration::from_secs(1);
+
+/// Reads an app's certificate again when its files change, until the app is gone or its `tls`
+/// is set anew.
+struct CertWatch {
+    app: String,
+    spec: TlsSpec,
+    site: Weak<SiteState>,
+    state: Weak<ProxyState>,
+    generation: u64,
+}
+
+impl CertWatch {
+    async fn run(self, mut loaded: Stamp) {
+        let paths = [self.spec.cert.as_path(), self.spec.key.as_path()];
+        // The files as they were when a read failed: said once, tried again when they change.
+        let mut failed = None;
+        loop {
+            tokio::time::sleep(CERT_CHECK).await;
+            let (Some(site), Some(state)) = (self.site.upgrade(), self.state.upgrade()) else {
+                return;
+            };
+            if site.tls_generation.load(Ordering::SeqCst) != self.generation {
+                return;
+            }
+            let now = Stamp::of(&paths);
+            if now == loaded || Some(&now) == failed.as_ref() {
+                continue;
+            }
+            match tls::load(&self.spec.cert, &self.spec.key) {
+                Ok(cert) => {
+                    state.set_cert(&site, Some(cert));
+                    tracing::info!(app = %self.app, "reloaded the certificate {}", self.spec.cert.display());
+                    loaded = now;
+                    failed = None;
+                }
+                Err(why) => {
+                    tracing::warn!(app = %self.app, "{why}; new connections keep the certificate read before");
+                    failed = Some(now);
+                }
+            }
+        }
     }
 }
 

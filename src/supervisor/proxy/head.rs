@@ -31,6 +31,8 @@ pub(super) struct Forwarding<'a> {
     pub request_id: &'a HeaderValue,
     /// The request carries that id already; else an `X-Request-Id` it has is replaced.
     pub id_from_client: bool,
+    /// The client's connection is TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// The request head as sent to the instance: the client's headers (`Content-Length` out for a
@@ -84,7 +86,8 @@ pub(super) fn encode_request(
         ),
     }
     if !has_proto {
-        line(X_FORWARDED_PROTO.as_str().as_bytes(), b"http");
+        let proto: &[u8] = if forwarding.https { b"https" } else { b"http" };
+        line(X_FORWARDED_PROTO.as_str().as_bytes(), proto);
     }
     if let Some(host) = host.filter(|_| !has_host) {
         line(X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
@@ -261,6 +264,7 @@ mod tests {
             client_ip: &HeaderValue::from_static("127.0.0.1"),
             request_id: &HeaderValue::from_static("00ab"),
             id_from_client,
+            https: false,
         };
         String::from_utf8(encode_request(&parts, false, &forwarding)).unwrap()
     }

@@ -1,12 +1,13 @@
 //! What the proxy makes of a client's request before an instance sees it: the requests it refuses
 //! outright (no or two `Host`, `CONNECT`), the hop-by-hop headers it removes, and the form the
-//! request goes on in (origin-form, HTTP/1.1). The forwarding headers are written with the head
-//! (`head::encode_request`), which also leaves out their underscore spellings.
+//! request goes on in (origin-form, HTTP/1.1, `Host` from HTTP/2's authority), and its id
+//! (`X-Request-Id`). The forwarding headers are written with the head (`head::encode_request`),
+//! which also leaves out their underscore spellings.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-use super::head;
+use super::head::{self, X_REQUEST_ID};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -70,6 +71,17 @@ pub(super) fn is_replayable<B>(req: &Request<B>) -> bool {
 /// answered itself (an instance asked again could refuse it and leave the body unread on the
 /// connection). The `X-Forwarded-*` and `X-Request-Id` headers are written by `Outgoing::new`.
 pub(super) fn prepare<B>(req: &mut Request<B>, upgrade: bool) {
+    // HTTP/2 names the host in `:authority` only (and HTTP/1.1's absolute form may): the
+    // instance reads it from `Host`.
+    if !req.headers().contains_key(header::HOST) {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| HeaderValue::from_str(a.as_str()));
+        if let Some(Ok(host)) = authority {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
     // Origin-form on the wire to the instance, whatever form the client used.
     if req.uri().scheme().is_some() {
         if let Some(path) = req.uri().path_and_query() {
@@ -130,9 +142,53 @@ fn end_to_end(name: &HeaderName) -> bool {
     [&header::HOST, &header::CONTENT_LENGTH, &head::X_REQUEST_ID].contains(&name)
 }
 
+/// A longer incoming `X-Request-Id` is replaced by a new one rather than passed on.
+const MAX_REQUEST_ID: usize = 200;
+
+/// The request's id: the one it came with (a load balancer in front set it), else a new one.
+pub(super) fn request_id(headers: &HeaderMap) -> RequestId {
+    match headers.get(&X_REQUEST_ID) {
+        Some(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID => RequestId {
+            value: id.clone(),
+            from_client: true,
+        },
+        _ => RequestId {
+            value: new_request_id(),
+            from_client: false,
+        },
+    }
+}
+
+/// 16 random hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = rand::random::<u64>();
+    let mut digits = [0u8; 16];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[(random >> (60 - 4 * i)) as usize & 0xf];
+    }
+    HeaderValue::from_bytes(&digits).expect("hex digits are a valid header value")
+}
+
+/// The id a request goes to the instance with.
+#[derive(Debug)]
+pub(super) struct RequestId {
+    pub value: HeaderValue,
+    /// The request carries it already; else any `X-Request-Id` it has is replaced by this one.
+    pub from_client: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_request_id_is_16_random_hex_digits() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_eq!(a.len(), 16);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit), "{a:?}");
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn upgrade_needs_both_headers() {

@@ -24,12 +24,15 @@ use super::pace::Pace;
 impl Conn {
     /// Drives `conn`, served by `worker`, to its end; once the close began, shuts it down
     /// (gracefully: a response in progress still goes out) when its client stays idle for
-    /// [`IDLE_GRACE`] or at the deadline. `None`: dropped, after it stayed unused, was closed
-    /// for room or its client stopped taking its response.
+    /// [`IDLE_GRACE`] or at the deadline — at once when it is `multiplexed` (HTTP/2, whose
+    /// GOAWAY lets the streams in progress finish and tells the client to open a new connection
+    /// for the next). `None`: dropped, after it stayed unused, was closed for room or its client
+    /// stopped taking its response.
     pub(super) async fn serve<C, T, E>(
         self: &Arc<Self>,
         worker: usize,
         conn: C,
+        multiplexed: bool,
         graceful_shutdown: impl Fn(&mut C),
     ) -> Option<Result<T, E>>
     where
@@ -68,6 +71,10 @@ impl Conn {
                 tracing::debug!("client connection cut: {why}");
                 return None;
             }
+            Ended::Closing if multiplexed => {
+                graceful_shutdown(&mut conn);
+                return Some(conn.await);
+            }
             Ended::Closing => {}
         }
         loop {
@@ -83,12 +90,14 @@ impl Conn {
         Some(conn.await)
     }
 
-    /// Notes a request, and marks its response as the connection's last once the close began.
-    /// `active` goes with the response body: the request is in progress until it is sent.
+    /// Notes a request, and marks its response as the connection's last once the close began
+    /// (HTTP/1.1; a `multiplexed` connection is told by GOAWAY). `active` goes with the response
+    /// body: the request is in progress until it is sent.
     pub(super) fn answer(
         &self,
         mut response: Response<ResponseBody>,
         active: Active,
+        multiplexed: bool,
     ) -> Response<ResponseBody> {
         response.body_mut().hold(active);
         let closing = self.downstream.closing_flag.load(Ordering::SeqCst);
@@ -97,7 +106,10 @@ impl Conn {
             self.answered.notify_waiters();
         }
         // A 101 hands the connection to a tunnel: its own `Connection: upgrade` must stay.
-        if closing && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        if multiplexed {
+            // HTTP/2 has no `Connection` field: its connection-level signals are frames.
+            response.headers_mut().remove(CONNECTION);
+        } else if closing && response.status() != StatusCode::SWITCHING_PROTOCOLS {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::HeaderValue;
 use tokio::sync::Notify;
 
 use super::access_log::{AccessLog, LineLosses};
@@ -21,6 +22,7 @@ use super::backend::{Backend, BackendState};
 use super::counters::{BackendStats, SlotStats};
 use super::route::{self, Hold, Lane, Route, Table};
 use super::split::Split;
+use crate::protocol::app::TlsSpec;
 
 /// What the requests for one app share with its `Proxy` handle.
 #[derive(Debug)]
@@ -46,6 +48,12 @@ pub(super) struct SiteState {
     cookie_key: [u8; 32],
     /// The route last set and the access log, which every new table gets.
     settings: Mutex<Settings>,
+    /// `Strict-Transport-Security` for the app's answers over TLS (`tls.hsts`).
+    hsts: ArcSwapOption<HeaderValue>,
+    /// The app's `tls` section as last set, and how many times it was set: a certificate
+    /// watcher ends when the count moved on.
+    pub(super) tls: Mutex<Option<TlsSpec>>,
+    pub(super) tls_generation: AtomicU64,
 }
 
 /// What a new table is made of besides the route's backends.
@@ -72,7 +80,23 @@ impl SiteState {
             route_changed: Notify::new(),
             cookie_key: rand::random(),
             settings: Mutex::default(),
+            hsts: ArcSwapOption::empty(),
+            tls: Mutex::new(None),
+            tls_generation: AtomicU64::new(0),
         }
+    }
+
+    /// The `Strict-Transport-Security` value for the app's answers over TLS, if it has one.
+    #[inline]
+    pub fn hsts(&self) -> Option<HeaderValue> {
+        self.hsts.load().as_deref().cloned()
+    }
+
+    /// Sets the app's HSTS max-age (`None`: no header).
+    pub fn set_hsts(&self, max_age: Option<Duration>) {
+        let value = max_age
+            .and_then(|age| HeaderValue::from_str(&format!("max-age={}", age.as_secs())).ok());
+        self.hsts.store(value.map(Arc::new));
     }
 
     pub fn lane(&self, worker: usize) -> &Lane {

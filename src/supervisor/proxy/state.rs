@@ -1,6 +1,6 @@
 //! What a proxy's worker threads share with its handles, for one listening address: the open
 //! downstream connections, the settings each new connection reads (PROXY protocol, TCP mode,
-//! client limits), and the sites table, which tells the app (`site::SiteState`) a request is for
+//! TLS and its certificates, h2c, client limits), and the sites table, which tells the app (`site::SiteState`) a request is for
 //! by its host and path.
 //!
 //! Each worker reads its own copy of the table (as it does of each route), swapped whole when an
@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use rustls::sign::CertifiedKey;
 
 use super::downstream::Downstream;
 use super::limits::{AtomicClientLimits, ClientLimits};
 use super::site::{lock, SiteState};
+use super::tls::{CertTable, Tls};
 use crate::protocol::routes::{collision_message, request_host, Routes};
 
 /// What every connection task shares with the address's handles.
@@ -28,6 +30,11 @@ pub(super) struct ProxyState {
     pub(super) tcp: AtomicBool,
     /// What a client may hold and for how long (see `set_client_limits`).
     pub(super) limits: AtomicClientLimits,
+    /// The address's TLS configuration, used while `tls_on`: some app has a certificate.
+    pub(super) tls: Tls,
+    pub(super) tls_on: AtomicBool,
+    /// Plain connections that open with HTTP/2's preface are served HTTP/2 (see `set_h2c`).
+    pub(super) h2c: AtomicBool,
     /// One copy of the sites table per worker thread.
     tables: Box<[SitesLane]>,
     /// The sites as their handles set them; the tables and the settings above are made of them.
@@ -48,6 +55,7 @@ struct SiteEntry {
     routes: Routes,
     state: Arc<SiteState>,
     wants: Wants,
+    cert: Option<Arc<CertifiedKey>>,
 }
 
 /// The connection settings one app asks for; the address serves the most generous of them.
@@ -55,6 +63,7 @@ struct SiteEntry {
 pub(super) struct Wants {
     pub proxy_protocol: bool,
     pub tcp: bool,
+    pub h2c: bool,
     pub limits: Option<ClientLimits>,
 }
 
@@ -97,6 +106,9 @@ impl ProxyState {
             proxy_protocol: AtomicBool::new(false),
             tcp: AtomicBool::new(false),
             limits: AtomicClientLimits::new(ClientLimits::default()),
+            tls: Tls::new(),
+            tls_on: AtomicBool::new(false),
+            h2c: AtomicBool::new(false),
             tables: (0..workers)
                 .map(|_| SitesLane {
                     table: ArcSwap::from_pointee(Sites::default()),
@@ -126,6 +138,7 @@ impl ProxyState {
             routes,
             state,
             wants: Wants::default(),
+            cert: None,
         });
         self.publish(&sites);
         Ok(())
@@ -153,6 +166,16 @@ impl ProxyState {
         let mut sites = lock(&self.sites);
         if let Some(entry) = sites.iter_mut().find(|e| Arc::ptr_eq(&e.state, state)) {
             change(&mut entry.wants);
+        }
+        self.publish(&sites);
+    }
+
+    /// Makes `cert` the certificate of `state`'s app (`None`: it has none); the address speaks
+    /// TLS to new connections while any app on it has one.
+    pub fn set_cert(&self, state: &Arc<SiteState>, cert: Option<Arc<CertifiedKey>>) {
+        let mut sites = lock(&self.sites);
+        if let Some(entry) = sites.iter_mut().find(|e| Arc::ptr_eq(&e.state, state)) {
+            entry.cert = cert;
         }
         self.publish(&sites);
     }
@@ -187,7 +210,15 @@ impl ProxyState {
                 only: only.clone(),
             }));
         }
+        let certs: Vec<_> = sites
+            .iter()
+            .filter_map(|e| Some((e.routes.hosts.clone(), e.cert.clone()?)))
+            .collect();
+        self.tls_on.store(!certs.is_empty(), Ordering::Relaxed);
+        self.tls.set(CertTable { entries: certs });
         let wants = sites.iter().map(|e| e.wants);
+        self.h2c
+            .store(wants.clone().any(|w| w.h2c), Ordering::Relaxed);
         self.proxy_protocol
             .store(wants.clone().any(|w| w.proxy_protocol), Ordering::Relaxed);
         self.tcp

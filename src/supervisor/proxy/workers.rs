@@ -9,29 +9,23 @@
 //!
 //! An accept loop takes a connection only when there is room for it
 //! (`Downstream::wait_for_room`: the app's `max_connections`, the process's budget of
-//! descriptors); otherwise the connection waits in the kernel's backlog. The client's socket is
-//! [`Watched`], so that the connection's timer can tell a client that does not take its
-//! response.
+//! descriptors); otherwise the connection waits in the kernel's backlog; `connection` serves
+//! each one it takes.
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::downstream::{self, OpenCount, OpenGuard};
+use super::connection::{self, Protocols};
+use super::downstream::{OpenCount, OpenGuard};
 use super::state::ProxyState;
-use super::{forward, proxy_protocol, tcp};
 
 /// The worker threads of one proxy. Dropping it stops them and waits until they let go of the
 /// listening socket, so the address is free when the drop returns.
@@ -250,17 +244,7 @@ impl Worker {
     }
 
     async fn accept_loop(&self, listener: TcpListener, open_count: &Arc<OpenCount>) {
-        let mut http = hyper::server::conn::http1::Builder::new();
-        // No header read timeout: hyper arms one per request, which costs a timer (and often a
-        // wake-up of the runtime) each time. The app's `idle_timeout` closes slow and idle
-        // connections instead, with one timer per connection. No vectored writes: the head and
-        // a body chunk copied into one buffer and sent with one `write` cost less than a
-        // `writev` of the two (about 5 % more requests/s in the proxy bench).
-        http.timer(TokioTimer::new())
-            .keep_alive(true)
-            .header_read_timeout(None)
-            .writev(false);
-        let http = Arc::new(http);
+        let protocols = Protocols::new();
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
@@ -307,54 +291,19 @@ impl Worker {
             let downstream_conn = downstream.open(self.proxy.limits.get());
             let open_count = open_count.clone();
             let proxy = self.proxy.clone();
-            let http = http.clone();
+            let protocols = protocols.clone();
             let worker = self.index;
             tokio::spawn(async move {
                 let _guard = guard;
-                let mut stream = stream;
-                let mut client_ip = peer.ip();
-                if proxy.proxy_protocol.load(Ordering::Relaxed) {
-                    match proxy_protocol::read_header(&mut stream).await {
-                        Ok(Some(ip)) => client_ip = ip,
-                        Ok(None) => {}
-                        Err(err) => {
-                            tracing::debug!(%peer, "connection closed: {err}");
-                            return;
-                        }
-                    }
-                }
-                if proxy.tcp.load(Ordering::Relaxed) {
-                    tcp::pipe(proxy, worker, stream, downstream_conn).await;
-                    return;
-                }
-                let accepted = forward::Accepted {
-                    client_ip: hyper::header::HeaderValue::from_str(&client_ip.to_string())
-                        .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown")),
+                connection::serve(
+                    proxy,
                     worker,
+                    (stream, peer),
+                    downstream_conn,
                     open_count,
-                    conn: downstream_conn.clone(),
-                };
-                let service = {
-                    let downstream_conn = downstream_conn.clone();
-                    service_fn(move |req| {
-                        let active = downstream_conn.begin();
-                        let response = forward::handle(proxy.clone(), accepted.clone(), req);
-                        let downstream_conn = downstream_conn.clone();
-                        async move { response.await.map(|r| downstream_conn.answer(r, active)) }
-                    })
-                };
-                let stream = Watched {
-                    io: stream,
-                    conn: downstream_conn.clone(),
-                };
-                let conn = std::pin::pin!(http
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades());
-                let served =
-                    downstream_conn.serve(worker, conn, |conn| conn.as_mut().graceful_shutdown());
-                if let Some(Err(err)) = served.await {
-                    tracing::debug!(%peer, "client connection ended: {err}");
-                }
+                    protocols,
+                )
+                .await;
             });
         }
     }
@@ -368,66 +317,4 @@ fn per_connection(err: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
     )
-}
-
-/// A client's socket that notes, for `send_timeout`, when a write finds it full and when one
-/// goes out (`pace::SendState`): nothing else, so the hot path pays two relaxed atomics a write.
-struct Watched {
-    io: TcpStream,
-    conn: Arc<downstream::Conn>,
-}
-
-impl Watched {
-    fn noted(&self, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
-        match &written {
-            Poll::Ready(Ok(n)) => self.conn.send.wrote(*n),
-            Poll::Pending => self.conn.send.full(),
-            Poll::Ready(Err(_)) => {}
-        }
-        written
-    }
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.noted(written)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.noted(written)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
 }

@@ -22,6 +22,7 @@ pub mod request;
 pub mod s3;
 pub mod serf;
 pub mod supervisor;
+pub mod tls;
 pub mod tmpfs;
 
 pub use ports::free_port;
