@@ -14,10 +14,9 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::access_entry::Entry;
-use super::counters::Slot;
 use super::downstream::Active;
 use super::framing::{Decoder, Framing, Step};
-use super::route::InFlight;
+use super::route::{InFlight, Slot};
 use super::upstream::{make_room, Conn};
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -13,16 +13,15 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
 use super::access_entry::{Begin, Entry};
-use super::backend::{BackendState, Routed, SendError};
 use super::body::ResponseBody;
-use super::counters::Slot;
 use super::downstream::{self, OpenCount, OpenGuard};
 use super::framing::Framing;
 use super::head::{Forwarding, Head, X_REQUEST_ID};
 use super::request::{self, request_id, strip_hop_by_hop, RequestId};
-use super::route::{next_backend, sides, Hold, InFlight};
+use super::route::{
+    next_backend, sides, BackendState, Choice, Hold, InFlight, Routed, SendError, Side, Slot,
+};
 use super::site::SiteState;
-use super::split::{Choice, Side};
 use super::state::ProxyState;
 use super::upstream::{self, Outgoing};
 

@@ -10,10 +10,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::access_log::LineLosses;
-use super::counters::{BackendStats, SlotStats};
 use super::front::Front;
 use super::limits::ClientLimits;
-use super::route::Route;
+use super::route::{BackendStats, Route, SlotStats};
 use super::site::{lock, SiteState};
 use super::state::ProxyState;
 use super::tls::{self, Stamp};

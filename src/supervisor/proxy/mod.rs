@@ -2,8 +2,8 @@
 //! request is for (by host and path, when apps share the address), and spreads it over the
 //! healthy instances of that app's route, which the deploy swaps atomically.
 //!
-//! HTTP/1.1 with keep-alive and WebSocket upgrades; a failed connect is retried on another
-//! instance; per-instance counters (requests, 5xx, latency) and in-flight tracking for draining.
+//! HTTP/1.1 (keep-alive, WebSocket upgrades) and HTTP/2 to clients, over TLS or not; HTTP/1.1
+//! to instances. A failed connect is retried on another instance; per-instance counters (requests, 5xx, latency) and in-flight tracking for draining.
 //!
 //! The route is read lock-free on every request (`arc-swap`), and an instance is chosen per
 //! request, not per connection: after a swap, clients' existing keep-alive connections move to the
@@ -17,26 +17,31 @@
 //! `upstream` and `body`, run inside the same task).
 //!
 //! The files stand in layers, from the top down: each uses only the lines below it and, on its
-//! own line, the files after it (this file only declares them, re-exports what the supervisor
-//! uses and holds the `Proxy` handle):
+//! own line, the files after it (this file only declares them and re-exports what the
+//! supervisor uses):
 //!
-//! - `workers` (threads, accept loops), `forward` (one HTTP request), `tcp` (TCP mode);
-//! - `serve` (one downstream connection), `body` (a response on its way), `access_entry` (a
-//!   request's access-log line in the making), `state` (what the workers share with the handle);
-//! - `route` (the route, each worker's table, the pick), `split` (a canary's share), `backend`
-//!   (one instance: counters, pools), `downstream` (the accepted connections);
-//! - `counters` (a backend's counters by slot, and how they read back);
+//! - `handle` (the `Proxy` one app holds: its site on an address) → `front` (the listening
+//!   address, shared by the apps routed on it) → `workers` (threads, accept loops);
+//! - `connection` (one accepted connection: PROXY header, TLS, HTTP/1.1 or HTTP/2), `forward`
+//!   (one HTTP request), `tcp` (TCP mode);
+//! - `serve` (one downstream connection's timer and close), `body` (a response on its way),
+//!   `access_entry` (a request's access-log line in the making), `state` (what an address's
+//!   workers share: the sites table a request picks its app from by host and path, the
+//!   connection settings, TLS), `site` (one app on it: its route in each worker's lane, its
+//!   backends and counters, its hold), `tls` (certificates and the SNI table);
+//! - `route/` (routes and picking: the route and each worker's table, the pick of an instance,
+//!   a canary's `split`, a `backend` with its counters), `downstream` (the accepted
+//!   connections);
 //! - `access_log` (the file and its writer thread), `access_line` (one line's JSON), `pool`,
 //!   `upstream`, `request`, `head`, `framing` (HTTP/1.1 to and from instances), `limits`,
-//!   `pace`, `histogram`, `room`, `proxy_protocol`; `fuzz` (hidden) feeds `head` and `framing`.
+//!   `pace`, `histogram` (latency buckets, for the counters and the canary's p99), `room`,
+//!   `proxy_protocol`; `fuzz` (hidden) feeds `head` and `framing`.
 
 mod access_entry;
 mod access_line;
 mod access_log;
-mod backend;
 mod body;
 mod connection;
-mod counters;
 mod downstream;
 mod forward;
 mod framing;
@@ -55,7 +60,6 @@ mod room;
 mod route;
 mod serve;
 mod site;
-mod split;
 mod state;
 mod tcp;
 mod tls;
@@ -63,11 +67,8 @@ mod upstream;
 mod workers;
 
 pub use access_log::LineLosses;
-pub use backend::Backend;
-pub use counters::{BackendStats, Slot, SlotStats};
 pub use handle::Proxy;
 pub use histogram::{quantile, recut};
 pub use limits::ClientLimits;
-pub use route::Route;
-pub use split::{CanaryRoute, Side};
+pub use route::{Backend, BackendStats, CanaryRoute, Route, Side, Slot, SlotStats};
 pub use tls::load as load_certificate;

@@ -18,10 +18,9 @@ use http::HeaderValue;
 use tokio::sync::Notify;
 
 use super::access_log::{AccessLog, LineLosses};
-use super::backend::{Backend, BackendState};
-use super::counters::{BackendStats, SlotStats};
-use super::route::{self, Hold, Lane, Route, Table};
-use super::split::Split;
+use super::route::{
+    self, Backend, BackendState, BackendStats, Hold, Lane, Route, SlotStats, Split, Table,
+};
 use crate::protocol::app::TlsSpec;
 
 /// What the requests for one app share with its `Proxy` handle.

@@ -16,11 +16,8 @@ use http::HeaderMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::backend::{BackendState, Routed};
-use super::counters::Slot;
 use super::downstream;
-use super::route::{next_backend, sides, Hold, InFlight};
-use super::split::Side;
+use super::route::{next_backend, sides, BackendState, Hold, InFlight, Routed, Side, Slot};
 use super::state::ProxyState;
 use super::upstream;
 

@@ -11,11 +11,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use super::access_log::AccessLog;
 use super::backend::{Backend, BackendState};
 use super::counters::Slot;
 use super::split::{CanaryRoute, Side, Split};
 use crate::protocol::app::Balance;
+use crate::supervisor::proxy::access_log::AccessLog;
 
 /// The set of instances that take new requests. Swapped as a whole.
 #[derive(Debug, Clone, Default)]
@@ -31,7 +31,7 @@ pub struct Route {
 /// canary's instances follow the stable ones in `backends` (from index `stable_count` on), so
 /// that an in-flight mark can name any backend by its index.
 #[derive(Debug, Default)]
-pub(super) struct Table {
+pub(crate) struct Table {
     pub backends: Vec<Arc<BackendState>>,
     /// How many of `backends` are the stable release's; the rest are the canary's.
     pub stable_count: usize,
@@ -63,7 +63,7 @@ impl Table {
 /// another core does.
 #[derive(Debug)]
 #[repr(align(128))]
-pub(super) struct Lane {
+pub(crate) struct Lane {
     pub table: ArcSwap<Table>,
     /// Round-robin turn; also breaks ties for least-connections.
     pub turn: AtomicUsize,
@@ -71,7 +71,7 @@ pub(super) struct Lane {
 
 /// The ranges of `table.backends` a request on `side` tries, in order: its own side's
 /// instances, then the other side's (during a canary; else the second is empty).
-pub(super) fn sides(table: &Table, side: Side) -> [Range<usize>; 2] {
+pub(crate) fn sides(table: &Table, side: Side) -> [Range<usize>; 2] {
     let (stable, canary) = (
         0..table.stable_count,
         table.stable_count..table.backends.len(),
@@ -84,7 +84,7 @@ pub(super) fn sides(table: &Table, side: Side) -> [Range<usize>; 2] {
 
 /// The next backend to try, taking the round-robin turn: from the first range (the request's
 /// side), else the second; marks it in `tried`. `None` once every one of both was tried.
-pub(super) fn next_backend(
+pub(crate) fn next_backend(
     table: &Table,
     lane: &Lane,
     sides: [&Range<usize>; 2],
@@ -100,7 +100,7 @@ pub(super) fn next_backend(
 
 /// The next instance of `table.backends[range]` to try, skipping those in `tried` (a bit per
 /// index of `table.backends`).
-pub(super) fn pick(table: &Table, range: Range<usize>, turn: usize, tried: u64) -> Option<usize> {
+pub(crate) fn pick(table: &Table, range: Range<usize>, turn: usize, tried: u64) -> Option<usize> {
     let n = range.len();
     let untried = |i: &usize| tried & (1u64 << (i % 64)) == 0;
     let mut order = (0..n).map(|k| range.start + (turn + k) % n).filter(untried);
@@ -116,7 +116,7 @@ pub(super) fn pick(table: &Table, range: Range<usize>, turn: usize, tried: u64) 
 /// address changes no route), the same one. `None`: no hold, or it ran out. Only for a request
 /// that no instance could take yet (none routed, or none accepting connections): nothing of it
 /// has been sent, so it can go again.
-pub(super) async fn rerouted(
+pub(crate) async fn rerouted(
     lane: &Lane,
     route_changed: &Notify,
     hold_for: Duration,
@@ -155,7 +155,7 @@ const HOLD_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// One request's wait for an instance (see `ProxyState::rerouted`).
 #[derive(Debug, Default)]
-pub(super) struct Hold {
+pub(crate) struct Hold {
     /// Set by the first wait: when the request stops waiting.
     until: Option<tokio::time::Instant>,
     /// The last pause before trying the same route again.
@@ -166,7 +166,7 @@ pub(super) struct Hold {
 /// It holds the backend through the worker's own copy of the route (`table`), whose reference
 /// count only that worker writes.
 #[derive(Debug)]
-pub(super) struct InFlight {
+pub(crate) struct InFlight {
     table: Arc<Table>,
     index: usize,
     worker: usize,

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 
 use serde::{Deserialize, Serialize};
 
-use super::histogram::Histogram;
+use crate::supervisor::proxy::histogram::Histogram;
 
 /// Counters of one backend, as shown by `status` and read by the canary analysis.
 ///
@@ -108,13 +108,13 @@ impl SlotStats {
 
 /// One worker's counters of one slot of a backend.
 #[derive(Debug, Default)]
-pub(super) struct SlotCounters {
-    pub(super) classes: [AtomicU64; 5],
-    pub(super) quiet: AtomicU64,
-    pub(super) failed_connects: AtomicU64,
-    pub(super) client_aborts: AtomicU64,
-    pub(super) pinned_requests: AtomicU64,
-    pub(super) pinned_errors_5xx: AtomicU64,
-    pub(super) response_bytes: AtomicU64,
-    pub(super) latency: Histogram,
+pub(crate) struct SlotCounters {
+    pub(crate) classes: [AtomicU64; 5],
+    pub(crate) quiet: AtomicU64,
+    pub(crate) failed_connects: AtomicU64,
+    pub(crate) client_aborts: AtomicU64,
+    pub(crate) pinned_requests: AtomicU64,
+    pub(crate) pinned_errors_5xx: AtomicU64,
+    pub(crate) response_bytes: AtomicU64,
+    pub(crate) latency: Histogram,
 }

@@ -50,7 +50,7 @@ impl Side {
 
 /// The request-time half of a `CanaryRoute`: parsed once per route change.
 #[derive(Debug)]
-pub(super) struct Split {
+pub(crate) struct Split {
     ppm: u64,
     cookie: String,
     header: Option<HeaderName>,
@@ -63,7 +63,7 @@ pub(super) struct Split {
 
 /// Where a request goes during a canary, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Choice {
+pub(crate) struct Choice {
     pub side: Side,
     /// The cookie to set: the client had no valid one yet.
     pub cookie: Option<HeaderValue>,

@@ -20,10 +20,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::counters::{BackendStats, Slot, SlotCounters, SlotStats};
-use super::head::Head;
-use super::histogram::{quantile, Histogram};
-use super::pool::{Pool, Taken};
-use super::upstream::{self, Conn, ExchangeError, Outgoing};
+use crate::supervisor::proxy::head::Head;
+use crate::supervisor::proxy::histogram::{quantile, Histogram};
+use crate::supervisor::proxy::pool::{Pool, Taken};
+use crate::supervisor::proxy::upstream::{self, Conn, ExchangeError, Outgoing};
 
 /// One instance as the proxy sees it. Shared between the route and its counters.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub struct Backend {
 
 /// Why a request could not be answered by this backend.
 #[derive(Debug)]
-pub(super) enum SendError {
+pub(crate) enum SendError {
     /// No connection could be made; the request was not sent and can go to another instance.
     Connect(std::io::Error),
     /// The request was sent (at least in part) and the exchange failed.
@@ -50,7 +50,7 @@ pub(super) enum SendError {
 }
 
 #[derive(Debug)]
-pub(super) struct BackendState {
+pub(crate) struct BackendState {
     pub backend: Arc<Backend>,
     /// Woken when nothing is in flight any more.
     idle: Notify,
@@ -86,7 +86,7 @@ struct Shard {
 /// How a request came to this backend, for the counters: the canary analysis judges only the
 /// traffic the route sent, not what a client pinned to a side with the tester header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Routed {
+pub(crate) enum Routed {
     ByRoute,
     Pinned,
 }
