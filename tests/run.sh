@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need when it is missing, then runs
 # the whole suite. Needs only the Rust toolchain to start; installs rsync, serf, minisign, systemd
-# (for systemd-socket-activate), prometheus (for promtool), chromium and chromium-driver from
-# Debian and moto_server (a real S3-compatible server) from PyPI.
+# (for systemd-socket-activate), prometheus (for promtool), chromium, chromium-driver and openssl
+# from Debian and moto_server (a real S3-compatible server) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 # A real browser for the dashboard's test: headless chromium, driven through chromedriver.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# openssl makes the test CA and the certificates of the HTTPS tests.
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}" >&2
   as_root apt-get update -qq
