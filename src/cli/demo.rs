@@ -54,6 +54,17 @@ pub struct DemoAppArgs {
     /// Share of connections asking `GET /` that are reset unanswered, from 0.0 to 1.0
     #[arg(long, env = "DEMO_DROP_RATE", default_value_t = 0.0)]
     pub drop_rate: f64,
+    /// Speak HTTP/2 without TLS only (prior knowledge), as a gRPC server does
+    #[arg(long, env = "DEMO_H2C", value_parser = clap::builder::FalseyValueParser::new())]
+    pub h2c: bool,
+    /// The gRPC status the echo method `/cutover.demo.Echo/Say` answers with (0: OK)
+    #[arg(
+        long,
+        env = "DEMO_GRPC_STATUS",
+        value_name = "CODE",
+        default_value_t = 0
+    )]
+    pub grpc_status: u32,
 }
 
 /// Runs the tour; exit 0 only when both deploys went through and no request failed. The tour
@@ -94,6 +105,8 @@ pub fn run_app(args: DemoAppArgs) -> ExitCode {
         boot_delay: std::time::Duration::from_millis(args.boot_delay),
         delay: std::time::Duration::from_millis(args.delay),
         drop_rate: args.drop_rate,
+        h2c: args.h2c,
+        grpc_status: args.grpc_status,
     };
     ExitCode::from(crate::demo::app::run(config))
 }

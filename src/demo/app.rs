@@ -3,7 +3,8 @@
 //!
 //! Routes: `GET /` (hello with version and pid), `/healthz`, `/slow?ms=N`,
 //! `/stream?chunks=N&interval_ms=M`, `/bytes?n=N` (a body of N bytes, as fast as it is taken),
-//! `/upload` (reads the whole request body, answers its length) and a WebSocket echo on `/ws`. Faults (fail at boot, never
+//! `/upload` (reads the whole request body, answers its length), a WebSocket echo on `/ws` and a
+//! gRPC echo (`grpc`; with `--h2c` the app speaks HTTP/2 only, as gRPC servers do). Faults (fail at boot, never
 //! healthy, crash after a while, an error rate, a slow boot) come from flags or the environment so
 //! that a manifest's `env:` can switch them on. SIGTERM stops accepting, lets in-flight requests
 //! finish and exits 0, as a well-behaved app should.
@@ -19,13 +20,13 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::websocket;
+use super::{grpc, websocket};
 
 /// How the demo app behaves; built from `cutover demo-app` flags.
 #[derive(Debug, Clone)]
@@ -48,6 +49,10 @@ pub struct Config {
     /// Share of the connections whose first request is `GET /` that are closed with it unread
     /// (so the kernel resets them), unanswered: a release whose workers die mid-request.
     pub drop_rate: f64,
+    /// Serve HTTP/2 without TLS only (prior knowledge), as a gRPC server does.
+    pub h2c: bool,
+    /// The status of the gRPC echo method's answers (0: OK; 13: INTERNAL, a failing release).
+    pub grpc_status: u32,
 }
 
 /// Exit codes of the demo app, so tests can tell its failure modes apart.
@@ -184,6 +189,20 @@ async fn connection(app: Arc<App>, stream: tokio::net::TcpStream) {
         let app = app.clone();
         service_fn(move |req| handle(app.clone(), req))
     };
+    if app.config.h2c {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stopped(&mut shutdown) => {}
+        }
+        // GOAWAY: the streams in progress finish.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+        return;
+    }
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(stream), service)
@@ -229,6 +248,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>,
             Err(err) => text(StatusCode::BAD_REQUEST, format!("body failed: {err}\n")),
         },
         "/ws" => upgrade_to_websocket(app.clone(), req),
+        grpc::SAY => grpc::say(req, app.config.grpc_status).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     Ok(response)

@@ -122,6 +122,10 @@ pub struct AppSpec {
     /// clients behind a TLS terminator of their own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub h2c: bool,
+    /// What the proxy speaks to the instances: `http1` (the default) or `h2c` (HTTP/2 without
+    /// TLS, for gRPC: trailers pass, and `grpc-status` counts in the canary analysis).
+    #[serde(default, skip_serializing_if = "Upstream::is_http1")]
+    pub upstream: Upstream,
 }
 
 impl AppSpec {
@@ -175,9 +179,9 @@ impl AppSpec {
         if let Some(tls) = &self.tls {
             tls.check(&self.name)?;
         }
-        if self.mode == Mode::Tcp && (self.tls.is_some() || self.h2c) {
+        if self.mode == Mode::Tcp && (self.tls.is_some() || self.h2c || !self.upstream.is_http1()) {
             return Err(format!(
-                "tls and h2c of {} are for mode: http; remove them or use mode: http",
+                "tls, h2c and upstream of {} are for mode: http; remove them or use mode: http",
                 self.name
             ));
         }
@@ -243,6 +247,24 @@ impl Default for HealthSpec {
             min_healthy_time: Duration::ZERO,
             deadline: defaults::health_deadline(),
         }
+    }
+}
+
+/// The protocol the proxy speaks to an app's instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Upstream {
+    /// HTTP/1.1, connections kept alive and pooled.
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS (prior knowledge): one multiplexed connection per instance and proxy
+    /// worker. Health checks with a `path` speak it too.
+    H2c,
+}
+
+impl Upstream {
+    pub fn is_http1(&self) -> bool {
+        *self == Upstream::Http1
     }
 }
 

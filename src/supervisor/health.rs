@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -23,17 +23,25 @@ use crate::protocol::app::HealthSpec;
 /// What to probe.
 #[derive(Debug, Clone)]
 pub enum Probe {
-    Http { addr: SocketAddr, path: String },
-    Tcp { addr: SocketAddr },
+    /// `h2c`: over HTTP/2 without TLS, for an app whose instances speak nothing else.
+    Http {
+        addr: SocketAddr,
+        path: String,
+        h2c: bool,
+    },
+    Tcp {
+        addr: SocketAddr,
+    },
 }
 
 impl Probe {
     /// The probe a `health:` section asks for, against an instance listening on `addr`.
-    pub fn for_spec(spec: &HealthSpec, addr: SocketAddr) -> Probe {
+    pub fn for_spec(spec: &HealthSpec, addr: SocketAddr, h2c: bool) -> Probe {
         match &spec.path {
             Some(path) => Probe::Http {
                 addr,
                 path: path.clone(),
+                h2c,
             },
             None => Probe::Tcp { addr },
         }
@@ -258,7 +266,7 @@ async fn check(probe: &Probe, timeout: Duration) -> Result<(), Failure> {
     let attempt = async {
         match probe {
             Probe::Tcp { addr } => connect(*addr).await.map(drop),
-            Probe::Http { addr, path } => http_get(*addr, path).await,
+            Probe::Http { addr, path, h2c } => http_get(*addr, path, *h2c).await,
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -299,21 +307,43 @@ fn connect_failure(addr: SocketAddr, err: &std::io::Error) -> Failure {
     }
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> Result<(), Failure> {
+async fn http_get(addr: SocketAddr, path: &str, h2c: bool) -> Result<(), Failure> {
     let stream = connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|err| format!("GET {path}: {err}"))?;
-    // The connection is driven here and dropped with the check: one connection per check, so
-    // a check also proves the app still accepts connections.
-    let driver = tokio::spawn(conn);
-    let request = http::Request::get(path)
-        .header(http::header::HOST, addr.to_string())
+    let request = http::Request::get(format!("http://{addr}{path}"))
         .header(http::header::USER_AGENT, "cutover-health")
         .body(Empty::<Bytes>::new())
         .map_err(|err| format!("GET {path}: invalid path: {err}"))?;
-    let outcome = sender.send_request(request).await;
-    driver.abort();
+    // The connection is driven here and dropped with the check: one connection per check, so
+    // a check also proves the app still accepts connections.
+    let outcome = if h2c {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .map_err(|err| format!("GET {path} (HTTP/2): {err}"))?;
+        let driver = tokio::spawn(conn);
+        let outcome = sender.send_request(request).await;
+        driver.abort();
+        outcome
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| format!("GET {path}: {err}"))?;
+        let driver = tokio::spawn(conn);
+        let (mut parts, body) = request.into_parts();
+        // Origin-form with a Host, as HTTP/1.1 servers expect.
+        parts.uri = path
+            .parse()
+            .map_err(|err| format!("GET {path}: invalid path: {err}"))?;
+        parts.headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?,
+        );
+        let outcome = sender
+            .send_request(http::Request::from_parts(parts, body))
+            .await;
+        driver.abort();
+        outcome
+    };
     let response = outcome.map_err(|err| format!("GET {path}: {err}"))?;
     let status = response.status();
     if status.is_success() || status.is_redirection() {

@@ -52,6 +52,8 @@ pub struct InstancePlan {
     pub socket_activation: bool,
     pub spawn: SpawnSpec,
     pub health: HealthSpec,
+    /// Health checks with a path speak HTTP/2 without TLS (`upstream: h2c`).
+    pub health_h2c: bool,
     pub stop_signal: String,
     pub stop_timeout: Duration,
 }
@@ -233,7 +235,7 @@ impl InstanceTask {
         self.transition(Lifecycle::Starting {
             since: Instant::now(),
         });
-        let probe = Probe::for_spec(&self.plan.health, self.plan.addr);
+        let probe = Probe::for_spec(&self.plan.health, self.plan.addr, self.plan.health_h2c);
         let mut checker = Checker::start(probe, &self.plan.health);
         let mut checker_alive = true;
         loop {

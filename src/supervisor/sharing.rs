@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use crate::protocol::app::Mode;
+use crate::protocol::app::{Mode, Upstream};
 use crate::protocol::routes::collision_message;
 use crate::protocol::{AppSpec, ErrorKind, ErrorReply};
 use crate::supervisor::app::AppHandle;
@@ -134,6 +134,7 @@ pub fn bind(
         .set_tls(name, spec.tls.as_ref())
         .map_err(|why| bad(format!("tls of {name}: {why}")))?;
     proxy.set_h2c(spec.h2c);
+    proxy.set_upstream_h2c(spec.upstream == Upstream::H2c);
     Ok((proxy, systemd))
 }
 

@@ -6,6 +6,7 @@
 mod access_log;
 mod canary;
 mod dashboard;
+mod grpc;
 mod hold;
 mod hosts;
 mod json_log;

@@ -5,7 +5,7 @@
 
 use tokio::sync::mpsc;
 
-use crate::protocol::app::Mode;
+use crate::protocol::app::{Mode, Upstream};
 use crate::protocol::{
     AppSpec, DeployOutcome, ErrorKind, ErrorReply, Response, RolloutOutcome, RECENT_ROLLOUTS,
 };
@@ -252,6 +252,9 @@ impl AppTask {
             tracing::error!(app = %self.context.name, "keeps its previous certificate: {why}");
         }
         self.context.proxy.set_h2c(spec.h2c);
+        self.context
+            .proxy
+            .set_upstream_h2c(spec.upstream == Upstream::H2c);
         self.context.proxy.set_proxy_protocol(spec.proxy_protocol);
         self.context.proxy.set_tcp(spec.mode == Mode::Tcp);
         self.context.proxy.set_hold(spec.hold_requests);

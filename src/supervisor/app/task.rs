@@ -197,6 +197,7 @@ impl AppTask {
                 log_path: logs.join(format!("{}.log", record.id)),
             },
             health: spec.health.clone(),
+            health_h2c: spec.upstream == crate::protocol::app::Upstream::H2c,
             stop_signal: spec.stop_signal.clone(),
             stop_timeout: spec.stop_timeout,
         })

@@ -3,7 +3,8 @@
 //! its request counted as in flight until it is fully sent, and returns the instance's connection
 //! to the pool at its end. The trailer fields of a chunked body are passed on (the client gets
 //! those its `Trailer` header names). A request's access-log line, if the app keeps a log, goes
-//! with its body and is written when the body is done.
+//! with its body and is written when the body is done. An HTTP/2 instance's body (`Streamed`)
+//! is hyper's, passed on frame by frame.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +17,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use super::access_entry::Entry;
 use super::downstream::Active;
 use super::framing::{Decoder, Framing, Step};
-use super::route::{InFlight, Slot};
+use super::route::{InFlight, Routed, Slot};
 use super::upstream::{make_room, Conn};
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,6 +28,8 @@ pub(crate) enum ResponseBody {
     /// A response made by the proxy itself (503, 502), or a bodiless one.
     Static(Option<Bytes>),
     Proxied(Proxied),
+    /// An instance's body over HTTP/2 (`upstream: h2c`), frames and trailers as they come.
+    Streamed(Streamed),
 }
 
 impl ResponseBody {
@@ -46,14 +49,17 @@ impl ResponseBody {
                 entry.sent(bytes.as_ref().map_or(0, Bytes::len));
             }
             ResponseBody::Proxied(proxied) => proxied.entry = Some(entry),
+            ResponseBody::Streamed(streamed) => streamed.entry = Some(entry),
         }
     }
 
     /// Keeps `active` until an instance's body has been sent whole (a stream may run for long);
     /// the proxy's own short bodies let go of it at once.
     pub(super) fn hold(&mut self, active: Active) {
-        if let ResponseBody::Proxied(proxied) = self {
-            proxied.active = Some(active);
+        match self {
+            ResponseBody::Proxied(proxied) => proxied.active = Some(active),
+            ResponseBody::Streamed(streamed) => streamed.active = Some(active),
+            ResponseBody::Static(_) => {}
         }
     }
 
@@ -175,6 +181,7 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Static(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Proxied(proxied) => proxied.poll_frame(cx),
+            ResponseBody::Streamed(streamed) => streamed.poll_frame(cx),
         }
     }
 
@@ -182,6 +189,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Static(bytes) => bytes.is_none(),
             ResponseBody::Proxied(proxied) => proxied.decoder == Decoder::Done,
+            ResponseBody::Streamed(streamed) => streamed.body.is_end_stream(),
         }
     }
 
@@ -194,6 +202,7 @@ impl Body for ResponseBody {
                 Decoder::Done => SizeHint::with_exact(0),
                 _ => SizeHint::default(),
             },
+            ResponseBody::Streamed(streamed) => streamed.body.size_hint(),
         }
     }
 }
@@ -212,5 +221,115 @@ impl Drop for Proxied {
                 self.in_flight.state().give_back(self.worker, conn);
             }
         }
+    }
+}
+
+/// An instance's HTTP/2 body on its way to the client: it keeps its request in flight until it
+/// ends and counts its bytes. A gRPC answer is judged by its `grpc-status` (in the trailers, or
+/// in the head of an answer without a body): counted when the status is known, a server error
+/// (`UNKNOWN`, `DEADLINE_EXCEEDED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`) as a 5xx is.
+#[derive(Debug)]
+pub(crate) struct Streamed {
+    body: hyper::body::Incoming,
+    in_flight: InFlight,
+    worker: usize,
+    slot: Slot,
+    sent: u64,
+    /// A gRPC answer not counted yet: how it was routed and its time to the head.
+    grpc: Option<(Routed, std::time::Duration)>,
+    active: Option<Active>,
+    entry: Option<Box<Entry>>,
+}
+
+impl Streamed {
+    /// `grpc`: the answer is gRPC's and its status is not known yet (how it was routed, and its
+    /// time to the head), else it was counted by its HTTP status.
+    pub fn body(
+        body: hyper::body::Incoming,
+        (in_flight, slot): (InFlight, Slot),
+        worker: usize,
+        grpc: Option<(Routed, std::time::Duration)>,
+    ) -> ResponseBody {
+        ResponseBody::Streamed(Streamed {
+            body,
+            in_flight,
+            worker,
+            slot,
+            sent: 0,
+            grpc,
+            active: None,
+            entry: None,
+        })
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(frame) => frame,
+        };
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                    if let Some(entry) = &mut self.entry {
+                        entry.sent(data.len());
+                    }
+                }
+                if let Some(trailers) = frame.trailers_ref() {
+                    self.judge(grpc_status(trailers));
+                }
+            }
+            // Ended without a status: the instance broke the stream or forgot the trailers.
+            None => self.judge(Some(2)),
+            Some(Err(_)) => self.judge(Some(14)),
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    /// Counts a gRPC answer by its status (none: an ordinary answer, already counted).
+    fn judge(&mut self, status: Option<u32>) {
+        let (Some((routed, latency)), Some(status)) = (self.grpc, status) else {
+            return;
+        };
+        self.grpc = None;
+        self.in_flight.state().record(
+            self.worker,
+            routed,
+            self.slot,
+            grpc_as_http(status),
+            latency,
+        );
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        let state = self.in_flight.state();
+        state.record_sent(self.worker, self.slot, self.sent);
+        // The client went away before the status: not the instance's failure.
+        if let Some((routed, latency)) = self.grpc.take() {
+            state.record(self.worker, routed, self.slot, 499, latency);
+        }
+    }
+}
+
+/// The `grpc-status` of a head or trailers, if it has one.
+pub(crate) fn grpc_status(fields: &http::HeaderMap) -> Option<u32> {
+    fields
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The HTTP status class a gRPC status counts as: 0 is 200; the server's failures (2, 4, 13,
+/// 14, 15) are 500; the rest (a bad argument, not found, denied…) are the client's, 400.
+pub(crate) fn grpc_as_http(status: u32) -> u16 {
+    match status {
+        0 => 200,
+        2 | 4 | 13 | 14 | 15 => 500,
+        _ => 400,
     }
 }

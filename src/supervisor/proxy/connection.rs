@@ -93,7 +93,7 @@ pub(super) async fn serve(
         tcp::pipe(proxy, worker, stream, downstream_conn).await;
         return;
     }
-    let mut accepted = forward::Accepted {
+    let mut accepted = downstream::Accepted {
         client_ip: hyper::header::HeaderValue::from_str(&client_ip.to_string())
             .unwrap_or_else(|_| hyper::header::HeaderValue::from_static("unknown")),
         worker,
@@ -151,7 +151,7 @@ async fn opens_with_preface(stream: &TcpStream) -> io::Result<bool> {
 /// Serves HTTP (1.1 or 2, as `accepted` says) on `stream` until the connection ends.
 async fn http<S>(
     proxy: Arc<ProxyState>,
-    accepted: forward::Accepted,
+    accepted: downstream::Accepted,
     stream: S,
     peer: SocketAddr,
     protocols: Protocols,

@@ -358,3 +358,23 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The accepted (downstream) connection a request came on, as each of its requests sees it:
+/// computed once per connection rather than per request.
+#[derive(Debug, Clone)]
+pub(super) struct Accepted {
+    /// The client's address (or the one its PROXY protocol header gave), for `X-Forwarded-For`.
+    pub client_ip: http::HeaderValue,
+    /// The worker thread serving the connection: its requests use that worker's pools.
+    pub worker: usize,
+    /// The worker's open connections, which a WebSocket tunnel joins.
+    pub open_count: Arc<OpenCount>,
+    /// The connection as the proxy's downstream side counts it: a tunnel keeps it counted, so
+    /// closing the proxy waits for the tunnel until its deadline (a hand-over: the app's drain
+    /// timeout).
+    pub conn: Arc<Conn>,
+    /// Over TLS: `X-Forwarded-Proto: https`, and the app's HSTS on its answers.
+    pub tls: bool,
+    /// HTTP/2: many requests at once on the connection, which ends with GOAWAY.
+    pub multiplexed: bool,
+}

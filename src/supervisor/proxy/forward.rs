@@ -14,7 +14,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::access_entry::{Begin, Entry};
 use super::body::ResponseBody;
-use super::downstream::{self, OpenCount, OpenGuard};
+use super::downstream::{self, Accepted, OpenGuard};
+use super::forward_h2;
 use super::framing::Framing;
 use super::head::{Forwarding, Head, X_REQUEST_ID};
 use super::request::{self, request_id, strip_hop_by_hop, RequestId};
@@ -24,26 +25,6 @@ use super::route::{
 use super::site::SiteState;
 use super::state::ProxyState;
 use super::upstream::{self, Outgoing};
-
-/// The accepted (downstream) connection a request came on, as each of its requests sees it:
-/// computed once per connection rather than per request.
-#[derive(Debug, Clone)]
-pub(super) struct Accepted {
-    /// The client's address (or the one its PROXY protocol header gave), for `X-Forwarded-For`.
-    pub client_ip: HeaderValue,
-    /// The worker thread serving the connection: its requests use that worker's pools.
-    pub worker: usize,
-    /// The worker's open connections, which a WebSocket tunnel joins.
-    pub open_count: Arc<OpenCount>,
-    /// The connection as the proxy's downstream side counts it: a tunnel keeps it counted, so
-    /// closing the proxy waits for the tunnel until its deadline (a hand-over: the app's drain
-    /// timeout).
-    pub conn: Arc<downstream::Conn>,
-    /// Over TLS: `X-Forwarded-Proto: https`, and the app's HSTS on its answers.
-    pub tls: bool,
-    /// HTTP/2: many requests at once on the connection, which ends with GOAWAY.
-    pub multiplexed: bool,
-}
 
 pub(super) async fn handle(
     proxy: Arc<ProxyState>,
@@ -155,6 +136,18 @@ async fn pick_and_send(
             routed: Routed::ByRoute,
         },
     };
+    if proxy
+        .upstream_h2c
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        let choice = forward_h2::Choice {
+            side,
+            routed,
+            cookie,
+        };
+        let route = (table, hold);
+        return forward_h2::send(proxy, &accepted, req, id, entry, route, choice).await;
+    }
     let upgrade = request::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     request::prepare(&mut req, upgrade);

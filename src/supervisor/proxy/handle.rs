@@ -155,6 +155,12 @@ impl Proxy {
             .want(&self.site, |wants| wants.proxy_protocol = on);
     }
 
+    /// Sends the app's requests to its instances over HTTP/2 without TLS (`upstream: h2c`), one
+    /// multiplexed connection per instance and worker; else over HTTP/1.1.
+    pub fn set_upstream_h2c(&self, on: bool) {
+        self.site.upstream_h2c.store(on, Ordering::Relaxed);
+    }
+
     /// Plain HTTP connections that open with HTTP/2's preface are served HTTP/2 (h2c with prior
     /// knowledge). An address shared by several apps does so when any of them asks.
     pub fn set_h2c(&self, on: bool) {

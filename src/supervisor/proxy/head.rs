@@ -108,7 +108,7 @@ pub(super) fn encode_request(
 /// Whether a header is an underscore spelling of one the proxy vouches for (`X_Forwarded_For`):
 /// apps that read headers through CGI-style names (`HTTP_X_FORWARDED_FOR`) cannot tell the two
 /// apart, so a client could pass off its own as the proxy's. (nginx drops every underscore name.)
-fn forwarding_alias(name: &HeaderName) -> bool {
+pub(super) fn forwarding_alias(name: &HeaderName) -> bool {
     let name = name.as_str().as_bytes();
     if !name.contains(&b'_') {
         return false;

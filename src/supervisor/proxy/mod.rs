@@ -3,7 +3,7 @@
 //! healthy instances of that app's route, which the deploy swaps atomically.
 //!
 //! HTTP/1.1 (keep-alive, WebSocket upgrades) and HTTP/2 to clients, over TLS or not; HTTP/1.1
-//! to instances. A failed connect is retried on another instance; per-instance counters (requests, 5xx, latency) and in-flight tracking for draining.
+//! to instances, or HTTP/2 without TLS (gRPC: trailers pass). A failed connect is retried on another instance; per-instance counters (requests, 5xx, latency) and in-flight tracking for draining.
 //!
 //! The route is read lock-free on every request (`arc-swap`), and an instance is chosen per
 //! request, not per connection: after a swap, clients' existing keep-alive connections move to the
@@ -23,7 +23,8 @@
 //! - `handle` (the `Proxy` one app holds: its site on an address) → `front` (the listening
 //!   address, shared by the apps routed on it) → `workers` (threads, accept loops);
 //! - `connection` (one accepted connection: PROXY header, TLS, HTTP/1.1 or HTTP/2), `forward`
-//!   (one HTTP request), `tcp` (TCP mode);
+//!   (one HTTP request), `forward_h2` (its leg to instances over HTTP/2, `upstream: h2c`),
+//!   `tcp` (TCP mode);
 //! - `serve` (one downstream connection's timer and close), `body` (a response on its way),
 //!   `access_entry` (a request's access-log line in the making), `state` (what an address's
 //!   workers share: the sites table a request picks its app from by host and path, the
@@ -33,7 +34,8 @@
 //!   a canary's `split`, a `backend` with its counters), `downstream` (the accepted
 //!   connections);
 //! - `access_log` (the file and its writer thread), `access_line` (one line's JSON), `pool`,
-//!   `upstream`, `request`, `head`, `framing` (HTTP/1.1 to and from instances), `limits`,
+//!   `upstream`, `request`, `head`, `framing` (HTTP/1.1 to and from instances), `upstream_h2`
+//!   (an HTTP/2 connection to an instance), `limits`,
 //!   `pace`, `histogram` (latency buckets, for the counters and the canary's p99), `room`,
 //!   `proxy_protocol`; `fuzz` (hidden) feeds `head` and `framing`.
 
@@ -44,6 +46,7 @@ mod body;
 mod connection;
 mod downstream;
 mod forward;
+mod forward_h2;
 mod framing;
 mod front;
 #[doc(hidden)]
@@ -64,6 +67,7 @@ mod state;
 mod tcp;
 mod tls;
 mod upstream;
+mod upstream_h2;
 mod workers;
 
 pub use access_log::LineLosses;

@@ -9,7 +9,7 @@
 //! table, so a request with the log off tests one `Option` and takes no lock.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ pub(super) struct SiteState {
     /// How long a request waits for an instance while none is routed, in milliseconds (see
     /// `set_hold`).
     pub(super) hold_ms: AtomicU64,
+    /// Requests go to the instances over HTTP/2 without TLS (`upstream: h2c`).
+    pub(super) upstream_h2c: AtomicBool,
     /// Woken by every `set_route`, for the requests held while none is routed.
     route_changed: Notify,
     /// The key of the canary cookie's MAC (see `split`), random per site.
@@ -76,6 +78,7 @@ impl SiteState {
             retired: Mutex::new(Vec::new()),
             workers,
             hold_ms: AtomicU64::new(0),
+            upstream_h2c: AtomicBool::new(false),
             route_changed: Notify::new(),
             cookie_key: rand::random(),
             settings: Mutex::default(),

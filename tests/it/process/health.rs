@@ -23,7 +23,7 @@ fn spec(path: Option<&str>, healthy: u32, unhealthy: u32) -> HealthSpec {
 async fn http_check_passes_on_a_healthy_app() {
     let app = DemoApp::start("v1", &[]);
     let spec = spec(Some("/healthz"), 3, 2);
-    let mut checker = Checker::start(Probe::for_spec(&spec, app.addr()), &spec);
+    let mut checker = Checker::start(Probe::for_spec(&spec, app.addr(), false), &spec);
     checker
         .wait_healthy(Duration::from_secs(20))
         .await
@@ -32,10 +32,26 @@ async fn http_check_passes_on_a_healthy_app() {
 }
 
 #[tokio::test]
+async fn an_http2_only_app_passes_an_h2c_check_and_fails_an_http1_one() {
+    let app = DemoApp::start("v1", &["--h2c"]);
+    let spec = spec(Some("/healthz"), 2, 1);
+    let mut h2c = Checker::start(Probe::for_spec(&spec, app.addr(), true), &spec);
+    h2c.wait_healthy(Duration::from_secs(20))
+        .await
+        .expect("healthy over HTTP/2");
+    let mut http1 = Checker::start(Probe::for_spec(&spec, app.addr(), false), &spec);
+    let reason = http1
+        .wait_healthy(Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(reason.contains("GET /healthz"), "{reason}");
+}
+
+#[tokio::test]
 async fn http_check_fails_with_the_status_in_the_reason() {
     let app = DemoApp::start("v1", &["--never-healthy"]);
     let spec = spec(Some("/healthz"), 1, 2);
-    let mut checker = Checker::start(Probe::for_spec(&spec, app.addr()), &spec);
+    let mut checker = Checker::start(Probe::for_spec(&spec, app.addr(), false), &spec);
     let reason = checker
         .wait_healthy(Duration::from_secs(1))
         .await
@@ -59,7 +75,7 @@ async fn http_check_fails_with_the_status_in_the_reason() {
 async fn tcp_check_follows_the_listener() {
     let mut app = DemoApp::start("v1", &[]);
     let spec = spec(None, 1, 2);
-    let mut checker = Checker::start(Probe::for_spec(&spec, app.addr()), &spec);
+    let mut checker = Checker::start(Probe::for_spec(&spec, app.addr(), false), &spec);
     checker
         .wait_healthy(Duration::from_secs(20))
         .await
@@ -86,7 +102,7 @@ async fn a_slow_app_times_out_with_that_reason() {
     let app = DemoApp::start("v1", &[]);
     let mut spec = spec(Some("/slow?ms=1000"), 1, 1);
     spec.timeout = Duration::from_millis(200);
-    let mut checker = Checker::start(Probe::for_spec(&spec, app.addr()), &spec);
+    let mut checker = Checker::start(Probe::for_spec(&spec, app.addr(), false), &spec);
     let reason = checker
         .wait_healthy(Duration::from_secs(2))
         .await
@@ -100,7 +116,7 @@ async fn min_healthy_time_is_honoured() {
     let mut spec = spec(Some("/healthz"), 1, 2);
     spec.min_healthy_time = Duration::from_millis(800);
     let started = Instant::now();
-    let mut checker = Checker::start(Probe::for_spec(&spec, app.addr()), &spec);
+    let mut checker = Checker::start(Probe::for_spec(&spec, app.addr(), false), &spec);
     checker
         .wait_healthy(Duration::from_secs(20))
         .await

@@ -12,6 +12,7 @@ pub mod browser;
 pub mod control_socket;
 pub mod fleet;
 pub mod github;
+pub mod grpc;
 pub mod http_server;
 pub mod load;
 pub mod metrics;

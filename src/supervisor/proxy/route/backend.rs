@@ -24,6 +24,7 @@ use crate::supervisor::proxy::head::Head;
 use crate::supervisor::proxy::histogram::{quantile, Histogram};
 use crate::supervisor::proxy::pool::{Pool, Taken};
 use crate::supervisor::proxy::upstream::{self, Conn, ExchangeError, Outgoing};
+use crate::supervisor::proxy::upstream_h2::H2Conn;
 
 /// One instance as the proxy sees it. Shared between the route and its counters.
 #[derive(Debug)]
@@ -81,6 +82,8 @@ struct Shard {
     /// By [`Slot`]: a request adds to its slot's counters only, as many atomic adds as before
     /// slots were told apart (the request count is the sum of the classes).
     slots: [SlotCounters; 2],
+    /// The worker's HTTP/2 connection, for an app with `upstream: h2c`.
+    h2: H2Conn,
 }
 
 /// How a request came to this backend, for the counters: the canary analysis judges only the
@@ -98,6 +101,7 @@ impl BackendState {
             .map(|_| Shard {
                 pool: Mutex::default(),
                 cut: cut.child_token(),
+                h2: H2Conn::default(),
                 in_flight: AtomicU64::new(0),
                 slots: Default::default(),
             })
@@ -227,6 +231,11 @@ impl BackendState {
         self.counters(worker, slot)
             .quiet
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `worker`'s HTTP/2 connection to the instance (`upstream: h2c`).
+    pub fn h2(&self, worker: usize) -> &H2Conn {
+        &self.shard(worker).h2
     }
 
     /// Records a connection to the instance that could not be made.

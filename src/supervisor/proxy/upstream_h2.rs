@@ -1,0 +1,92 @@
+//! HTTP/2 without TLS to one instance (an app's `upstream: h2c`, for gRPC and other apps that
+//! speak HTTP/2 only): one multiplexed connection per instance and worker, made on first use and
+//! again once it closed; hyper's client drives it in the worker's runtime.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+/// One worker's connection to one instance, when one is open.
+#[derive(Debug, Default)]
+pub(crate) struct H2Conn(Mutex<Option<http2::SendRequest<Incoming>>>);
+
+/// Why a request got no answer over HTTP/2.
+#[derive(Debug)]
+pub(crate) enum H2Error {
+    /// Nothing of it was sent (no connection could be made, or it closed first): here it is
+    /// back, to go to another instance.
+    NotSent(String, Box<Request<Incoming>>),
+    /// It was sent, and the exchange broke.
+    Exchange(String),
+}
+
+impl H2Conn {
+    /// Sends `req` on the connection to `addr` (made now if there is none) and waits for the
+    /// answer's head; the body streams as the client takes it.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, H2Error> {
+        let mut sender = match self.open() {
+            Some(sender) => sender,
+            None => match connect(addr).await {
+                Ok(sender) => {
+                    *lock(&self.0) = Some(sender.clone());
+                    sender
+                }
+                Err(err) => return Err(H2Error::NotSent(err, Box::new(req))),
+            },
+        };
+        if let Err(err) = sender.ready().await {
+            lock(&self.0).take();
+            return Err(H2Error::NotSent(err.to_string(), Box::new(req)));
+        }
+        sender.try_send_request(req).await.map_err(|mut err| {
+            let why = err.error().to_string();
+            match err.take_message() {
+                Some(req) => {
+                    lock(&self.0).take();
+                    H2Error::NotSent(why, Box::new(req))
+                }
+                None => H2Error::Exchange(why),
+            }
+        })
+    }
+
+    fn open(&self) -> Option<http2::SendRequest<Incoming>> {
+        let mut conn = lock(&self.0);
+        if conn.as_ref().is_some_and(|c| c.is_closed()) {
+            *conn = None;
+        }
+        conn.clone()
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Result<http2::SendRequest<Incoming>, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with {addr}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.await {
+            tracing::debug!("HTTP/2 connection to {addr} ended: {err}");
+        }
+    });
+    Ok(sender)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
