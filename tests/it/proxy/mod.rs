@@ -4,6 +4,7 @@
 mod canary;
 mod close;
 mod hold;
+mod http2;
 mod idle;
 mod lifecycle;
 mod misframe;
