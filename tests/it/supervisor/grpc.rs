@@ -11,7 +11,7 @@ use cutover::protocol::{AppSpec, ErrorKind, ReleaseState};
 
 use crate::support::app::{self, App};
 use crate::support::control_socket::{error_of, state_of};
-use crate::support::grpc::{GrpcClient, GrpcLoad};
+use crate::support::grpc::{self, GrpcClient};
 use crate::support::supervisor::ROLLOUT;
 
 fn grpc(spec: &mut AppSpec) {
@@ -45,7 +45,7 @@ fn grpc_calls_pass_with_their_trailers_and_a_blue_green_deploy_fails_none() {
         "the proxy's request id: {reply:?}"
     );
 
-    let load = GrpcLoad::start(app.listen, 4);
+    let load = grpc::load(app.listen, 4);
     load.wait_for_more_answers(100, ROLLOUT);
     supervisor.deploy_ok(&app, "v2");
     load.wait_for_more_answers(100, ROLLOUT);
@@ -70,7 +70,7 @@ fn a_release_whose_calls_fail_with_grpc_status_13_is_backed_out_by_the_canary() 
     };
     app.faults = vec![("v2".to_owned(), "--grpc-status 13".to_owned())];
     let supervisor = app.serving(&["v1", "v2"]);
-    let load = GrpcLoad::start(app.listen, 4);
+    let load = grpc::load(app.listen, 4);
     load.wait_for_more_answers(100, ROLLOUT);
 
     let (kind, message) = error_of(supervisor.deploy(&app, "v2"));

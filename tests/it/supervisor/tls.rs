@@ -14,7 +14,7 @@ use crate::support::app::App;
 use crate::support::control_socket::error_of;
 use crate::support::load::LoadReport;
 use crate::support::supervisor::{Supervisor, ROLLOUT};
-use crate::support::tls::{der_of, get, Leaf, TestCa, TlsLoad};
+use crate::support::tls::{self, der_of, get, Leaf, TestCa};
 use crate::support::wait_until;
 
 /// `shop` on `shop.test` (HSTS one day) and `blog` on `*.blog.test`, each with its own
@@ -170,8 +170,8 @@ fn two_https_apps_on_one_address_get_their_own_certificate_by_sni_over_h2_and_ht
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 
     // Blue-green under HTTP/2 and HTTP/1.1 load: no request fails.
-    let h2_load = TlsLoad::start(site.client(false), &site.url("shop.test"), 4);
-    let h1_load = TlsLoad::start(site.client(true), &site.url("www.blog.test"), 2);
+    let h2_load = tls::load(site.client(false), &site.url("shop.test"), 4);
+    let h1_load = tls::load(site.client(true), &site.url("www.blog.test"), 2);
     h2_load.wait_for_more_ok(50, ROLLOUT);
     h1_load.wait_for_more_ok(20, ROLLOUT);
     site.supervisor.deploy_ok(&site.shop, "v2");
@@ -187,8 +187,8 @@ fn two_https_apps_on_one_address_get_their_own_certificate_by_sni_over_h2_and_ht
 #[test]
 fn a_certificate_replaced_on_disk_is_served_without_a_restart_and_no_request_fails() {
     let site = Site::start("r");
-    let load = TlsLoad::start(site.client(false), &site.url("shop.test"), 3);
-    let fresh = TlsLoad::start(site.client(true), &site.url("shop.test"), 1);
+    let load = tls::load(site.client(false), &site.url("shop.test"), 3);
+    let fresh = tls::load(site.client(true), &site.url("shop.test"), 1);
     load.wait_for_more_ok(30, ROLLOUT);
 
     // The renewed certificate is written beside the old files, then renamed over them (key
@@ -221,8 +221,8 @@ fn a_certificate_replaced_on_disk_is_served_without_a_restart_and_no_request_fai
 fn a_hand_over_with_tls_and_http2_connections_open_loses_no_request() {
     let mut site = Site::start("h");
     let pids = site.supervisor.live_pids(&site.shop);
-    let h2_load = TlsLoad::start(site.client(false), &site.url("shop.test"), 4);
-    let h1_load = TlsLoad::start(site.client(true), &site.url("www.blog.test"), 2);
+    let h2_load = tls::load(site.client(false), &site.url("shop.test"), 4);
+    let h1_load = tls::load(site.client(true), &site.url("www.blog.test"), 2);
     h2_load.wait_for_more_ok(30, ROLLOUT);
     for _ in 0..2 {
         site.supervisor.take_over();

@@ -1,7 +1,7 @@
 //! A small gRPC client of the test's own: unary calls of the demo app's echo method
 //! (`/cutover.demo.Echo/Say`) over HTTP/2 without TLS, framed as gRPC frames its messages
 //! (a compression flag, a 4-byte length), with the status read from the trailers; and a load of
-//! such calls that counts every failure.
+//! such calls that counts every failure (a [`Load`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::load::LoadReport;
-use super::wait_until;
+use super::load::{note_error, Load, LoadReport};
 
 pub const SAY: &str = "/cutover.demo.Echo/Say";
 
@@ -97,74 +96,11 @@ impl GrpcClient {
     }
 }
 
-/// `calls` concurrent callers on one connection (re-made after an error), counting OK answers
-/// (status 0) as ok, other statuses as failures by status, and broken calls as socket errors.
-pub struct GrpcLoad {
-    stop: Arc<AtomicBool>,
-    report: Arc<Mutex<LoadReport>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl GrpcLoad {
-    pub fn start(addr: SocketAddr, calls: usize) -> GrpcLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let report = Arc::new(Mutex::new(LoadReport::default()));
-        let thread = {
-            let (stop, report) = (stop.clone(), report.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("load runtime");
-                runtime.block_on(async move {
-                    let tasks: Vec<_> = (0..calls)
-                        .map(|i| {
-                            let (stop, report) = (stop.clone(), report.clone());
-                            tokio::spawn(caller(addr, i, stop, report))
-                        })
-                        .collect();
-                    for task in tasks {
-                        let _ = task.await;
-                    }
-                });
-            })
-        };
-        GrpcLoad {
-            stop,
-            report,
-            thread: Some(thread),
-        }
-    }
-
-    pub fn snapshot(&self) -> LoadReport {
-        self.report.lock().unwrap().clone()
-    }
-
-    /// Waits until at least `n` more calls answered than at the call (any status).
-    pub fn wait_for_more_answers(&self, n: u64, deadline: Duration) {
-        let answered = |r: &LoadReport| r.ok + r.failed.values().sum::<u64>();
-        let start = answered(&self.snapshot());
-        wait_until(&format!("{n} more gRPC answers"), deadline, || {
-            answered(&self.snapshot()) >= start + n
-        });
-    }
-
-    pub fn stop(mut self) -> LoadReport {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        self.snapshot()
-    }
-}
-
-impl Drop for GrpcLoad {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+/// `calls` concurrent callers, each on a connection of its own (re-made after an error),
+/// counting OK answers (status 0, the message echoed) as ok, other statuses as failures by
+/// status, and broken calls as socket errors.
+pub fn load(addr: SocketAddr, calls: usize) -> Load {
+    Load::spawn(calls, move |i, stop, report| caller(addr, i, stop, report))
 }
 
 async fn caller(addr: SocketAddr, i: usize, stop: Arc<AtomicBool>, report: Arc<Mutex<LoadReport>>) {
@@ -192,12 +128,5 @@ async fn caller(addr: SocketAddr, i: usize, stop: Arc<AtomicBool>, report: Arc<M
                 client = None;
             }
         }
-    }
-}
-
-fn note_error(report: &mut LoadReport, err: String) {
-    report.socket_errors += 1;
-    if report.error_samples.len() < 10 {
-        report.error_samples.push(err);
     }
 }

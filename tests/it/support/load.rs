@@ -140,10 +140,25 @@ impl Load {
         every: Option<Duration>,
         host: Option<String>,
     ) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let report = Arc::new(Mutex::new(LoadReport::default()));
         let path = path.to_owned();
         let host = host.unwrap_or_else(|| addr.to_string());
+        Load::spawn(clients, move |i, stop, report| {
+            // Clocks spread over the period, not ticking all at once.
+            let pace = every.map(|every| (every, every * i as u32 / clients as u32));
+            client(addr, (host.clone(), path.clone()), pace, stop, report)
+        })
+    }
+
+    /// `clients` tasks made by `client` (given its index, the stop flag and the shared report,
+    /// which it adds to as it goes), run on a runtime of their own until stopped: the one way a
+    /// load runs, whatever it sends.
+    pub fn spawn<F, Fut>(clients: usize, client: F) -> Load
+    where
+        F: Fn(usize, Arc<AtomicBool>, Arc<Mutex<LoadReport>>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(LoadReport::default()));
         let thread = {
             let (stop, report) = (stop.clone(), report.clone());
             std::thread::spawn(move || {
@@ -151,19 +166,11 @@ impl Load {
                     .enable_all()
                     .build()
                     .expect("load runtime");
-                runtime.block_on(async move {
-                    let mut tasks = Vec::new();
-                    for i in 0..clients {
-                        // Clocks spread over the period, not ticking all at once.
-                        let pace = every.map(|every| (every, every * i as u32 / clients as u32));
-                        tasks.push(tokio::spawn(client(
-                            addr,
-                            (host.clone(), path.clone()),
-                            pace,
-                            stop.clone(),
-                            report.clone(),
-                        )));
-                    }
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, async move {
+                    let tasks: Vec<_> = (0..clients)
+                        .map(|i| tokio::task::spawn_local(client(i, stop.clone(), report.clone())))
+                        .collect();
                     for task in tasks {
                         let _ = task.await;
                     }
@@ -187,6 +194,15 @@ impl Load {
         let start = self.snapshot().ok;
         wait_until(&format!("{n} more successful requests"), deadline, || {
             self.snapshot().ok >= start + n
+        });
+    }
+
+    /// Waits until at least `n` more requests were answered, well or not, than at the call.
+    pub fn wait_for_more_answers(&self, n: u64, deadline: Duration) {
+        let answered = |r: &LoadReport| r.ok + r.failed.values().sum::<u64>();
+        let start = answered(&self.snapshot());
+        wait_until(&format!("{n} more answers"), deadline, || {
+            answered(&self.snapshot()) >= start + n
         });
     }
 
@@ -272,7 +288,7 @@ async fn client(
     shared.lock().unwrap().merge(&local);
 }
 
-fn note_error(report: &mut LoadReport, message: String) {
+pub fn note_error(report: &mut LoadReport, message: String) {
     report.socket_errors += 1;
     if report.error_samples.len() < 10 {
         report.error_samples.push(message);

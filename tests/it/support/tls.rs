@@ -1,16 +1,14 @@
 //! Certificates made by the real `openssl` (a test CA and leaves it signs), HTTPS clients that
 //! trust only that CA and validate the chain as a browser does (reqwest on rustls), and a load of
-//! such clients that counts every failure.
+//! such clients that counts every failure (a [`Load`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::load::LoadReport;
-use super::wait_until;
+use super::load::{note_error, Load, LoadReport};
 
 /// A certificate authority of the test's own, in `dir`.
 pub struct TestCa {
@@ -171,78 +169,17 @@ pub fn der_of(pem: &Path) -> Vec<u8> {
 
 /// `clients` tasks sending `GET url` back to back on one shared client (so over HTTP/2 they
 /// share its connection, as a browser's tabs do), counting answers by version and failures.
-pub struct TlsLoad {
-    stop: Arc<AtomicBool>,
-    report: Arc<Mutex<LoadReport>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl TlsLoad {
-    pub fn start(client: reqwest::Client, url: &str, clients: usize) -> TlsLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let report = Arc::new(Mutex::new(LoadReport::default()));
-        let url = url.to_owned();
-        let thread = {
-            let (stop, report) = (stop.clone(), report.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("load runtime");
-                runtime.block_on(async move {
-                    let tasks: Vec<_> = (0..clients)
-                        .map(|_| {
-                            let (client, url) = (client.clone(), url.clone());
-                            let (stop, report) = (stop.clone(), report.clone());
-                            tokio::spawn(async move {
-                                while !stop.load(Ordering::Relaxed) {
-                                    let result = get(&client, &url).await;
-                                    note(&mut report.lock().unwrap(), result);
-                                }
-                            })
-                        })
-                        .collect();
-                    for task in tasks {
-                        let _ = task.await;
-                    }
-                });
-            })
-        };
-        TlsLoad {
-            stop,
-            report,
-            thread: Some(thread),
+pub fn load(client: reqwest::Client, url: &str, clients: usize) -> Load {
+    let url = url.to_owned();
+    Load::spawn(clients, move |_, stop, report| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                let result = get(&client, &url).await;
+                note(&mut report.lock().unwrap(), result);
+            }
         }
-    }
-
-    pub fn snapshot(&self) -> LoadReport {
-        self.report.lock().unwrap().clone()
-    }
-
-    /// Waits until at least `n` more requests succeeded than at the call.
-    pub fn wait_for_more_ok(&self, n: u64, deadline: Duration) {
-        let start = self.snapshot().ok;
-        wait_until(&format!("{n} more HTTPS answers"), deadline, || {
-            self.snapshot().ok >= start + n
-        });
-    }
-
-    pub fn stop(mut self) -> LoadReport {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        self.snapshot()
-    }
-}
-
-impl Drop for TlsLoad {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    })
 }
 
 type Answer = Result<(u16, reqwest::Version, String, Option<Vec<u8>>), String>;
@@ -262,10 +199,7 @@ fn note(report: &mut LoadReport, result: Answer) {
             *report.failed.entry(status).or_default() += 1;
             sample(report, format!("{status}: {body}"));
         }
-        Err(err) => {
-            report.socket_errors += 1;
-            sample(report, err);
-        }
+        Err(err) => note_error(report, err),
     }
 }
 
