@@ -173,7 +173,7 @@ impl AppSpec {
             self.canary.check()?;
         }
         if let Some(tls) = &self.tls {
-            tls.check(&self.name)?;
+            tls.check(&self.name, &self.hosts)?;
         }
         if self.mode == Mode::Tcp && (self.tls.is_some() || self.h2c) {
             return Err(format!(
