@@ -1,7 +1,8 @@
 //! Certificates ordered over ACME from a real CA, Let's Encrypt's Pebble: HTTP-01 and
 //! TLS-ALPN-01 answered by the supervisor, the certificate renewed under HTTPS load without a
 //! failed request, stored certificates served at once after a restart (with Pebble gone, so no
-//! order could help), and a CA that cannot be reached said in one line while the app runs on.
+//! order could help) and after a hand-over under load (nothing ordered again), and a CA that
+//! cannot be reached said in one line while the app runs on.
 //! Clients trust only Pebble's root and validate the chain as a browser does.
 
 use std::net::SocketAddr;
@@ -216,4 +217,44 @@ fn a_ca_that_cannot_be_reached_is_said_in_one_line_and_the_app_runs_on() {
     assert!(supervisor.log().contains("ordering a certificate for shop.example.com failed (attempt 1): cannot create an account at the ACME directory"));
     let status = supervisor.status(&app);
     assert_eq!(status.live_version.as_deref(), Some("v1"));
+}
+
+#[test]
+fn a_hand_over_under_https_load_keeps_the_certificate_and_orders_nothing_new() {
+    let http_port = free_port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let pebble = Pebble::start(PebbleSetup {
+        http_port,
+        tls_port: listen.port(),
+        validity: None,
+    });
+    let mut app = app(
+        "acme-handover",
+        Some(&pebble),
+        &pebble.directory,
+        Challenge::Http01,
+        http_port,
+    );
+    app.listen = listen;
+    let mut supervisor = Supervisor::start_in(app.home());
+    supervisor.deploy_ok(&app, "v1");
+    let issued = wait_for_cert(&pebble, listen);
+    let url = format!("https://{HOST}:{}/", listen.port());
+    let load = TlsLoad::start(pebble.client(listen, HOST), &url, 4);
+    load.wait_for_more_ok(20, ROLLOUT);
+    supervisor.take_over();
+    load.wait_for_more_ok(20, ROLLOUT);
+    let report = load.stop();
+    assert_eq!(report.failures(), 0, "{report:?}");
+    assert_eq!(served_cert(&pebble, listen).expect("HTTPS"), issued);
+    let log = supervisor.log();
+    assert_eq!(log.matches("new certificate for").count(), 1, "{log}");
+    assert_eq!(log.matches("created an ACME account").count(), 1, "{log}");
+    assert!(
+        supervisor
+            .status(&app)
+            .certificate
+            .is_some_and(|said| said.starts_with("acme, valid until ")),
+        "status after the hand-over"
+    );
 }
