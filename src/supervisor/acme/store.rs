@@ -111,3 +111,33 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     std::fs::rename(&temp, path)?;
     std::fs::File::open(dir)?.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_host_stands_alone_a_bad_file_is_named_and_a_missing_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["good.example".to_owned()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        save(
+            dir.path(),
+            "good.example",
+            &cert.pem(),
+            &key.serialize_pem(),
+        )
+        .unwrap();
+        save(dir.path(), "bad.example", "not a certificate", "nor a key").unwrap();
+        let good = load(dir.path(), "good.example").unwrap().expect("stored");
+        assert!(good.not_after > good.not_before);
+        let err = load(dir.path(), "bad.example").unwrap_err();
+        assert!(err.contains("bad.example"), "{err}");
+        assert!(load(dir.path(), "none.example").unwrap().is_none());
+        use std::os::unix::fs::PermissionsExt;
+        let (_, key_path) = cert_paths(dir.path(), "good.example");
+        let mode = std::fs::metadata(key_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
