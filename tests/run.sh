@@ -22,6 +22,8 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # openssl makes the test CA and the certificates of the HTTPS tests.
 command -v openssl >/dev/null || missing+=(openssl)
+# The ACME tests' CA (Let's Encrypt's Pebble, with pebble-challtestsrv for its DNS).
+command -v pebble >/dev/null || missing+=(pebble)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}" >&2
   as_root apt-get update -qq

@@ -126,6 +126,9 @@ fn render_app(app: &AppStatus) -> String {
         ],
         &rows,
     ));
+    if let Some(certificate) = &app.certificate {
+        out.push_str(&format!("  certificate: {certificate}\n"));
+    }
     if let Some(log) = &app.access_log {
         out.push_str(&format!(
             "  access log {}: {} line(s) dropped (its writer fell behind), {} lost (failed writes)\n",
@@ -166,6 +169,7 @@ mod tests {
                     in_flight: 0,
                     p99_us: 1250,
                 }],
+                certificate: None,
                 access_log: Some(AccessLogStatus {
                     path: "/var/lib/cutover/logs/shop/access.log".into(),
                     dropped_lines: 12,

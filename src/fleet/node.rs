@@ -296,6 +296,7 @@ mod tests {
                     instance("1", "healthy", true),
                 ],
                 access_log: None,
+                certificate: None,
                 canary: None,
                 recent_rollouts: Vec::new(),
             }],

@@ -177,7 +177,7 @@ impl AppSpec {
             self.canary.check()?;
         }
         if let Some(tls) = &self.tls {
-            tls.check(&self.name)?;
+            tls.check(&self.name, &self.hosts)?;
         }
         if self.mode == Mode::Tcp && (self.tls.is_some() || self.h2c || !self.upstream.is_http1()) {
             return Err(format!(

@@ -161,6 +161,9 @@ pub struct AppStatus {
     /// With `access_log: true`: its file and the lines it could not write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogStatus>,
+    /// With `tls.acme`: `acme, valid until …` or `acme, ordering: <the last failure>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 /// An app's access log as `cutover status` shows it.

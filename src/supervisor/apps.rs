@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use crate::protocol::{
     DeployRequest, ErrorKind, ErrorReply, Progress, Request, Response, StatusReport,
 };
+use crate::supervisor::acme::Manager;
 use crate::supervisor::app::{AppHandle, AppTask, Control};
 use crate::supervisor::events::Events;
 use crate::supervisor::listeners::{same_address, Inherited, Listeners};
@@ -48,6 +49,8 @@ pub struct AppsSetup {
     pub events: Arc<Events>,
     /// The admin address (`--metrics-listen`), which no app may listen on.
     pub admin: Option<SocketAddr>,
+    /// Certificates ordered over ACME, for the apps that ask.
+    pub acme: Manager,
 }
 
 /// How long a stopping supervisor lets its proxies' client connections finish (each is asked to
@@ -138,6 +141,7 @@ impl Apps {
                 store: store.clone(),
                 systemd_socket,
                 events: setup.events.clone(),
+                acme: setup.acme.clone(),
             });
             tasks.insert(
                 name,
@@ -318,6 +322,7 @@ impl Apps {
             store: self.registry.store.clone(),
             systemd_socket,
             events: self.registry.setup.events.clone(),
+            acme: self.registry.setup.acme.clone(),
         });
         tracing::info!(app = %request.app.name, "new app, listening on {}", request.app.listen);
         Ok(AppTask::new(context, record).spawn())

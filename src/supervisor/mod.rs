@@ -6,6 +6,7 @@
 //! [`run_with`] is the same with the sockets of systemd or of a previous supervisor
 //! (`listeners`, `handover`), and ends either on the shutdown future or by handing over.
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod apps;
@@ -113,9 +114,11 @@ pub async fn run_with(
         ),
         None => None,
     };
+    let acme = acme::Manager::default();
     let setup = AppsSetup {
         events: events.clone(),
         admin: admin_addr,
+        acme: acme.clone(),
     };
     let mut left_over: Option<apps::Released> = None;
     tokio::pin!(shutdown);
@@ -142,6 +145,8 @@ pub async fn run_with(
         if let Some(predecessor) = predecessor.take() {
             predecessor.serving().await;
         }
+        // Only now: a predecessor orders no more once it has handed over.
+        acme.allow(true);
         if let Some(released) = left_over.take() {
             // Back after a failed hand-over: the old proxies let their clients go.
             tokio::spawn(async move { apps::close_all(&released.apps, apps::Leave::Drain).await });
@@ -176,6 +181,7 @@ pub async fn run_with(
         };
         control::serve(control, apps.clone(), stop).await;
         admin_stop.cancel();
+        acme.allow(false);
         let Ok(Some(successor)) = stop_rx.await else {
             tracing::info!(
                 "shutting down: app processes keep running and are re-adopted on restart"

@@ -53,8 +53,12 @@ pub fn check(spec: &AppSpec, others: &[&AppSpec]) -> Result<(), String> {
 /// `state`) could not live beside it (see [`check`]).
 pub fn check_beside(state: &State, spec: &AppSpec) -> Result<(), ErrorReply> {
     // A certificate that cannot be served stops the deploy before anything starts.
-    if let Some(tls) = &spec.tls {
-        load_certificate(&tls.cert, &tls.key).map_err(|why| ErrorReply {
+    if let Some((cert, key)) = spec
+        .tls
+        .as_ref()
+        .and_then(|tls| Some((tls.cert.as_ref()?, tls.key.as_ref()?)))
+    {
+        load_certificate(cert, key).map_err(|why| ErrorReply {
             kind: ErrorKind::BadRequest,
             message: format!("tls of {}: {why}", spec.name),
         })?;

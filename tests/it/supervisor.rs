@@ -4,6 +4,7 @@
 //! real HTTP through the supervisor's proxy.
 
 mod access_log;
+mod acme;
 mod canary;
 mod dashboard;
 mod grpc;

@@ -251,6 +251,10 @@ impl AppTask {
             // Loaded before the deploy began: the files changed since.
             tracing::error!(app = %self.context.name, "keeps its previous certificate: {why}");
         }
+        let context = &self.context;
+        context
+            .acme
+            .follow(&context.state_dir, spec, &context.proxy);
         self.context.proxy.set_h2c(spec.h2c);
         self.context
             .proxy

@@ -58,6 +58,7 @@ impl AppTask {
             live_version: self.record.live.clone(),
             phase: self.phase(),
             instances,
+            certificate: self.context.acme.status(name),
             access_log: self
                 .context
                 .proxy

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::challenges::ACME_TLS_ALPN;
 use super::downstream::{self, OpenCount};
 use super::state::ProxyState;
 use super::{forward, proxy_protocol, tcp};
@@ -111,6 +112,12 @@ pub(super) async fn serve(
                 return tracing::debug!(%peer, "no TLS handshake within {HANDSHAKE_TIMEOUT:?}")
             }
         };
+        if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+            // A TLS-ALPN-01 check ends with the handshake (RFC 8737 section 3).
+            let mut stream = stream;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            return;
+        }
         accepted.tls = true;
         accepted.multiplexed = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         return http(proxy, accepted, stream, peer, protocols).await;

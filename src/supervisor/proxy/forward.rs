@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::access_entry::{Begin, Entry};
 use super::body::ResponseBody;
+use super::challenges::challenges;
 use super::downstream::{self, Accepted, OpenGuard};
 use super::forward_h2;
 use super::framing::Framing;
@@ -31,6 +32,10 @@ pub(super) async fn handle(
     accepted: Accepted,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    // An ACME HTTP-01 challenge is the supervisor's own, whatever app the host is routed to.
+    if let Some(answer) = challenges().http_answer(req.uri().path()) {
+        return Ok(challenge_answer(answer));
+    }
     let id = request_id(req.headers());
     let mut entry = None;
     // The worker's own copy of the sites table, kept while the request runs.
@@ -387,6 +392,16 @@ fn client_failed(err: &std::io::Error) -> Response<ResponseBody> {
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The key authorization a waiting HTTP-01 challenge asks for (RFC 8555 section 8.3).
+pub(super) fn challenge_answer(answer: String) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::Static(Some(answer.into())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     response
 }
 

@@ -4,10 +4,12 @@
 //! it; dropping one of several takes only its app off the address.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use rustls::sign::CertifiedKey;
 
 use super::access_log::LineLosses;
 use super::front::Front;
@@ -172,6 +174,10 @@ impl Proxy {
     /// certificate) leaves the one before in place — then read again whenever its files change
     /// (checked every [`CERT_CHECK`]), for `app` in the log. Setting what is set already
     /// changes nothing.
+    ///
+    /// With `tls.acme` the address speaks TLS at once, and the certificates come later through
+    /// [`Proxy::cert_slot`] (from `supervisor::acme`): until the first, a handshake for the
+    /// app's hosts gets another app's certificate on the address, or none and fails.
     pub fn set_tls(&self, app: &str, tls: Option<&TlsSpec>) -> Result<(), String> {
         let mut current = lock(&self.site.tls);
         if current.as_ref() == tls {
@@ -180,20 +186,33 @@ impl Proxy {
         let Some(spec) = tls else {
             self.site.tls_generation.fetch_add(1, Ordering::SeqCst);
             self.front.state.set_cert(&self.site, None);
+            self.front.state.clear_host_certs(&self.site);
+            self.front.state.want(&self.site, |wants| wants.tls = false);
             self.site.set_hsts(None);
             *current = None;
             return Ok(());
         };
-        let stamp = Stamp::of(&[&spec.cert, &spec.key]);
-        let cert = tls::load(&spec.cert, &spec.key)?;
+        let (Some(cert_path), Some(key_path)) = (&spec.cert, &spec.key) else {
+            // Ordered over ACME: what was served keeps serving until the first is published.
+            self.site.tls_generation.fetch_add(1, Ordering::SeqCst);
+            self.front.state.want(&self.site, |wants| wants.tls = true);
+            self.site.set_hsts(spec.hsts);
+            *current = Some(spec.clone());
+            return Ok(());
+        };
+        let stamp = Stamp::of(&[cert_path, key_path]);
+        let cert = tls::load(cert_path, key_path)?;
         let generation = self.site.tls_generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.front.state.set_cert(&self.site, Some(cert));
+        self.front.state.clear_host_certs(&self.site);
+        self.front.state.want(&self.site, |wants| wants.tls = true);
         self.site.set_hsts(spec.hsts);
         *current = Some(spec.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let watch = CertWatch {
                 app: app.to_owned(),
-                spec: spec.clone(),
+                cert: cert_path.clone(),
+                key: key_path.clone(),
                 site: Arc::downgrade(&self.site),
                 state: Arc::downgrade(&self.front.state),
                 generation,
@@ -201,6 +220,16 @@ impl Proxy {
             runtime.spawn(watch.run(stamp));
         }
         Ok(())
+    }
+
+    /// Where `supervisor::acme` publishes the certificates it orders for the app's current
+    /// `tls`: good until the app leaves the address or its `tls` is set anew.
+    pub fn cert_slot(&self) -> CertSlot {
+        CertSlot {
+            site: Arc::downgrade(&self.site),
+            state: Arc::downgrade(&self.front.state),
+            generation: self.site.tls_generation.load(Ordering::SeqCst),
+        }
     }
 
     /// TCP mode: each new connection goes whole to one instance (counted as one request;
@@ -275,7 +304,8 @@ pub const CERT_CHECK: Duration = Duration::from_secs(1);
 /// is set anew.
 struct CertWatch {
     app: String,
-    spec: TlsSpec,
+    cert: PathBuf,
+    key: PathBuf,
     site: Weak<SiteState>,
     state: Weak<ProxyState>,
     generation: u64,
@@ -283,7 +313,7 @@ struct CertWatch {
 
 impl CertWatch {
     async fn run(self, mut loaded: Stamp) {
-        let paths = [self.spec.cert.as_path(), self.spec.key.as_path()];
+        let paths = [self.cert.as_path(), self.key.as_path()];
         // The files as they were when a read failed: said once, tried again when they change.
         let mut failed = None;
         loop {
@@ -298,10 +328,10 @@ impl CertWatch {
             if now == loaded || Some(&now) == failed.as_ref() {
                 continue;
             }
-            match tls::load(&self.spec.cert, &self.spec.key) {
+            match tls::load(&self.cert, &self.key) {
                 Ok(cert) => {
                     state.set_cert(&site, Some(cert));
-                    tracing::info!(app = %self.app, "reloaded the certificate {}", self.spec.cert.display());
+                    tracing::info!(app = %self.app, "reloaded the certificate {}", self.cert.display());
                     loaded = now;
                     failed = None;
                 }
@@ -311,6 +341,37 @@ impl CertWatch {
                 }
             }
         }
+    }
+}
+
+/// One app's place for certificates ordered over ACME (see [`Proxy::cert_slot`]).
+#[derive(Debug, Clone)]
+pub struct CertSlot {
+    site: Weak<SiteState>,
+    state: Weak<ProxyState>,
+    generation: u64,
+}
+
+impl CertSlot {
+    /// Whether the app is still on its address with the `tls` this slot was made for.
+    pub fn alive(&self) -> bool {
+        self.site
+            .upgrade()
+            .is_some_and(|site| site.tls_generation.load(Ordering::SeqCst) == self.generation)
+            && self.state.strong_count() > 0
+    }
+
+    /// Serves `cert` for `host` from the next handshake on, in one swap (a handshake gets the
+    /// old certificate or the new one); false, and nothing done, when the slot is not alive.
+    pub fn publish(&self, host: &str, cert: Arc<CertifiedKey>) -> bool {
+        let (Some(site), Some(state)) = (self.site.upgrade(), self.state.upgrade()) else {
+            return false;
+        };
+        if site.tls_generation.load(Ordering::SeqCst) != self.generation {
+            return false;
+        }
+        state.set_host_cert(&site, host, Some(cert));
+        true
     }
 }
 

@@ -37,12 +37,14 @@
 //!   `upstream`, `request`, `head`, `framing` (HTTP/1.1 to and from instances), `upstream_h2`
 //!   (an HTTP/2 connection to an instance), `limits`,
 //!   `pace`, `histogram` (latency buckets, for the counters and the canary's p99), `room`,
-//!   `proxy_protocol`; `fuzz` (hidden) feeds `head` and `framing`.
+//!   `proxy_protocol`, `challenges` (the ACME challenges every address answers, written by
+//!   `supervisor::acme`); `fuzz` (hidden) feeds `head` and `framing`.
 
 mod access_entry;
 mod access_line;
 mod access_log;
 mod body;
+mod challenges;
 mod connection;
 mod downstream;
 mod forward;
@@ -71,7 +73,8 @@ mod upstream_h2;
 mod workers;
 
 pub use access_log::LineLosses;
-pub use handle::Proxy;
+pub use challenges::{challenges, Challenges, ACME_TLS_ALPN};
+pub use handle::{CertSlot, Proxy};
 pub use histogram::{quantile, recut};
 pub use limits::ClientLimits;
 pub use route::{Backend, BackendStats, CanaryRoute, Route, Side, Slot, SlotStats};

@@ -17,7 +17,7 @@ use super::downstream::Downstream;
 use super::limits::{AtomicClientLimits, ClientLimits};
 use super::site::{lock, SiteState};
 use super::tls::{CertTable, Tls};
-use crate::protocol::routes::{collision_message, request_host, Routes};
+use crate::protocol::routes::{collision_message, request_host, HostPattern, Routes};
 
 /// What every connection task shares with the address's handles.
 #[derive(Debug)]
@@ -56,6 +56,8 @@ struct SiteEntry {
     state: Arc<SiteState>,
     wants: Wants,
     cert: Option<Arc<CertifiedKey>>,
+    /// Certificates of single hosts (ordered over ACME), before `cert` for their names.
+    host_certs: Vec<(HostPattern, Arc<CertifiedKey>)>,
 }
 
 /// The connection settings one app asks for; the address serves the most generous of them.
@@ -65,6 +67,8 @@ pub(super) struct Wants {
     pub tcp: bool,
     pub h2c: bool,
     pub limits: Option<ClientLimits>,
+    /// The address speaks TLS even before the app has a certificate (one ordered over ACME).
+    pub tls: bool,
 }
 
 /// What a request picks its app from.
@@ -139,6 +143,7 @@ impl ProxyState {
             state,
             wants: Wants::default(),
             cert: None,
+            host_certs: Vec::new(),
         });
         self.publish(&sites);
         Ok(())
@@ -180,6 +185,36 @@ impl ProxyState {
         self.publish(&sites);
     }
 
+    /// Makes `cert` the certificate `state`'s app serves for `host` (an exact name): published
+    /// whole, so a handshake gets the old one or the new one; `None` takes it away.
+    pub fn set_host_cert(
+        &self,
+        state: &Arc<SiteState>,
+        host: &str,
+        cert: Option<Arc<CertifiedKey>>,
+    ) {
+        let Ok(pattern) = HostPattern::parse(host) else {
+            return;
+        };
+        let mut sites = lock(&self.sites);
+        if let Some(entry) = sites.iter_mut().find(|e| Arc::ptr_eq(&e.state, state)) {
+            entry.host_certs.retain(|(p, _)| *p != pattern);
+            if let Some(cert) = cert {
+                entry.host_certs.push((pattern, cert));
+            }
+        }
+        self.publish(&sites);
+    }
+
+    /// Forgets the certificates of single hosts of `state`'s app.
+    pub fn clear_host_certs(&self, state: &Arc<SiteState>) {
+        let mut sites = lock(&self.sites);
+        if let Some(entry) = sites.iter_mut().find(|e| Arc::ptr_eq(&e.state, state)) {
+            entry.host_certs.clear();
+        }
+        self.publish(&sites);
+    }
+
     /// Takes `state`'s app off the address: its requests find no app from now on.
     pub fn remove_site(&self, state: &Arc<SiteState>) {
         let mut sites = lock(&self.sites);
@@ -210,11 +245,21 @@ impl ProxyState {
                 only: only.clone(),
             }));
         }
-        let certs: Vec<_> = sites
-            .iter()
-            .filter_map(|e| Some((e.routes.hosts.clone(), e.cert.clone()?)))
+        let hosts = sites.iter().flat_map(|e| {
+            e.host_certs
+                .iter()
+                .map(|(host, cert)| (vec![host.clone()], cert.clone()))
+        });
+        let certs: Vec<_> = hosts
+            .chain(
+                sites
+                    .iter()
+                    .filter_map(|e| Some((e.routes.hosts.clone(), e.cert.clone()?))),
+            )
             .collect();
-        self.tls_on.store(!certs.is_empty(), Ordering::Relaxed);
+        let wants_tls = sites.iter().any(|e| e.wants.tls);
+        self.tls_on
+            .store(wants_tls || !certs.is_empty(), Ordering::Relaxed);
         self.tls.set(CertTable { entries: certs });
         let wants = sites.iter().map(|e| e.wants);
         self.h2c

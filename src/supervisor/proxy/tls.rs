@@ -1,6 +1,7 @@
 //! TLS on a proxy address: the apps' certificates read from their files, the table a handshake
 //! picks one from by SNI (swapped whole when an app's certificate or routes change), and the
-//! rustls configuration every connection of the address shares (ALPN: `h2`, then `http/1.1`).
+//! rustls configuration every connection of the address shares (ALPN: `h2`, then `http/1.1`,
+//! then `acme-tls/1`, whose ClientHello gets a waiting TLS-ALPN-01 certificate for its name).
 //!
 //! The certificate for a name is that of the app whose `hosts` fit it best, as a request's host
 //! picks its app (exact before wildcard before the catch-all); a client naming no host, or one
@@ -18,6 +19,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
+use super::challenges::{challenges, ACME_TLS_ALPN};
 use crate::protocol::routes::HostPattern;
 
 /// The address's TLS side: its acceptor and the table its certificates come from.
@@ -52,7 +54,7 @@ impl Tls {
             .expect("the provider's defaults are consistent")
             .with_no_client_auth()
             .with_cert_resolver(certs.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
         Tls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             certs,
@@ -67,6 +69,15 @@ impl Tls {
 
 impl ResolvesServerCert for SniCerts {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // TLS-ALPN-01 (RFC 8737): the CA offers only `acme-tls/1` and must get the challenge's
+        // certificate; it is never served HTTP (`connection` closes it after the handshake).
+        if let Some(mut alpn) = hello.alpn() {
+            if alpn.any(|p| p == ACME_TLS_ALPN) {
+                return hello
+                    .server_name()
+                    .and_then(|name| challenges().alpn_cert(name));
+            }
+        }
         let table = self.table.load();
         let best = hello.server_name().and_then(|name| {
             table

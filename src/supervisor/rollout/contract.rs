@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::protocol::app::Strategy;
 use crate::protocol::canary::Share;
 use crate::protocol::{AppSpec, Progress};
+use crate::supervisor::acme::Manager;
 use crate::supervisor::events::Events;
 use crate::supervisor::instance::InstanceHandle;
 use crate::supervisor::proxy::Proxy;
@@ -36,6 +37,8 @@ pub struct AppContext {
     pub systemd_socket: bool,
     /// The supervisor's event counters (rollouts, canary steps), for its metrics.
     pub events: Arc<Events>,
+    /// Orders the app's certificates when its `tls` says `acme`.
+    pub acme: Manager,
 }
 
 /// Why a rollout runs; it changes the words, what is marked bad on success, nothing else.

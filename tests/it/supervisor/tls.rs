@@ -38,8 +38,9 @@ fn tls_from_env(spec: &mut cutover::protocol::AppSpec) {
     let dir = std::env::var(&var).unwrap_or_else(|_| panic!("{var} is set by the test"));
     let dir = Path::new(&dir);
     spec.tls = Some(TlsSpec {
-        cert: dir.join(format!("{}.pem", spec.name)),
-        key: dir.join(format!("{}.key", spec.name)),
+        cert: Some(dir.join(format!("{}.pem", spec.name))),
+        key: Some(dir.join(format!("{}.key", spec.name))),
+        acme: None,
         hsts: spec
             .name
             .ends_with("shop")

@@ -17,6 +17,7 @@ pub mod http_server;
 pub mod load;
 pub mod metrics;
 pub mod minisign;
+pub mod pebble;
 pub mod ports;
 pub mod procs;
 pub mod request;

@@ -1,0 +1,260 @@
+//! Certificates ordered over ACME from a real CA, Let's Encrypt's Pebble: HTTP-01 and
+//! TLS-ALPN-01 answered by the supervisor, the certificate renewed under HTTPS load without a
+//! failed request, stored certificates served at once after a restart (with Pebble gone, so no
+//! order could help) and after a hand-over under load (nothing ordered again), and a CA that
+//! cannot be reached said in one line while the app runs on.
+//! Clients trust only Pebble's root and validate the chain as a browser does.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cutover::protocol::app::TlsSpec;
+use cutover::protocol::tls::{AcmeSpec, Challenge};
+
+use crate::support::app::App;
+use crate::support::pebble::{Pebble, PebbleSetup};
+use crate::support::supervisor::{Supervisor, ROLLOUT};
+use crate::support::tls::{self, get};
+use crate::support::{free_port, wait_until};
+
+const HOST: &str = "shop.example.com";
+
+/// How long Pebble may take to issue, on a loaded 2-core box.
+const ISSUE: Duration = Duration::from_secs(90);
+
+/// The app's `tls.acme`, set by each test before its deploy: a spec tweak is a plain `fn`, so it
+/// reads the section from the test process's environment (`CUTOVER_TEST_ACME_<APP>`, JSON).
+fn acme_from_env(spec: &mut cutover::protocol::AppSpec) {
+    let var = format!(
+        "CUTOVER_TEST_ACME_{}",
+        spec.name.to_uppercase().replace('-', "_")
+    );
+    let json = std::env::var(&var).unwrap_or_else(|_| panic!("{var} is set by the test"));
+    spec.hosts = vec![HOST.to_owned()];
+    spec.tls = Some(TlsSpec {
+        cert: None,
+        key: None,
+        acme: Some(serde_json::from_str(&json).expect("an AcmeSpec")),
+        hsts: None,
+    });
+}
+
+/// An app named `name` whose certificate comes from `directory` by `challenge`, answering
+/// HTTP-01 on `http_port`.
+fn app(
+    name: &str,
+    pebble: Option<&Pebble>,
+    directory: &str,
+    challenge: Challenge,
+    http_port: u16,
+) -> App {
+    let mut app = App::new(name);
+    let spec = AcmeSpec {
+        directory: directory.to_owned(),
+        contact: vec!["mailto:ops@example.com".to_owned()],
+        challenge,
+        eab: None,
+        ca: pebble.map(|p| p.api_ca.clone()),
+        http_listen: Some(format!("127.0.0.1:{http_port}")),
+    };
+    let var = format!(
+        "CUTOVER_TEST_ACME_{}",
+        name.to_uppercase().replace('-', "_")
+    );
+    std::env::set_var(var, serde_json::to_string(&spec).expect("JSON"));
+    app.tweak = acme_from_env;
+    app.place("v1");
+    app
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// The certificate a new HTTPS connection gets, once the answer is the app's.
+fn served_cert(pebble: &Pebble, addr: SocketAddr) -> Result<Vec<u8>, String> {
+    let client = pebble.client(addr, HOST);
+    let url = format!("https://{HOST}:{}/", addr.port());
+    let (status, _, body, cert) = runtime().block_on(get(&client, &url))?;
+    if status != 200 || !body.starts_with("hello from v1") {
+        return Err(format!("{status}: {body}"));
+    }
+    cert.ok_or_else(|| "no peer certificate".to_owned())
+}
+
+fn wait_for_cert(pebble: &Pebble, addr: SocketAddr) -> Vec<u8> {
+    let mut cert = None;
+    wait_until("a certificate from pebble", ISSUE, || {
+        cert = served_cert(pebble, addr).ok();
+        cert.is_some()
+    });
+    cert.expect("served")
+}
+
+fn ordered_and_served(name: &str, challenge: Challenge) {
+    let http_port = free_port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let pebble = Pebble::start(PebbleSetup {
+        http_port,
+        tls_port: listen.port(),
+        validity: None,
+    });
+    let mut app = app(name, Some(&pebble), &pebble.directory, challenge, http_port);
+    app.listen = listen;
+    let supervisor = Supervisor::start_in(app.home());
+    supervisor.deploy_ok(&app, "v1");
+    wait_for_cert(&pebble, app.listen);
+    let status = supervisor.status(&app);
+    let said = status.certificate.unwrap_or_default();
+    assert!(said.starts_with("acme, valid until "), "{said}");
+    let stored = supervisor
+        .state_dir
+        .join("certs")
+        .join(format!("{HOST}.pem"));
+    assert!(stored.exists(), "{} stored", stored.display());
+}
+
+#[test]
+fn an_app_gets_its_certificate_over_http_01_and_serves_it_to_clients_trusting_only_the_ca() {
+    ordered_and_served("acme-http", Challenge::Http01);
+}
+
+#[test]
+fn an_app_gets_its_certificate_over_tls_alpn_01_on_its_own_port() {
+    ordered_and_served("acme-alpn", Challenge::TlsAlpn01);
+}
+
+#[test]
+fn a_short_lived_certificate_is_renewed_under_load_without_a_failed_request() {
+    let http_port = free_port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let pebble = Pebble::start(PebbleSetup {
+        http_port,
+        tls_port: listen.port(),
+        // Renewed when a third is left: about 20 s after it is issued.
+        validity: Some(30),
+    });
+    let mut app = app(
+        "acme-renew",
+        Some(&pebble),
+        &pebble.directory,
+        Challenge::Http01,
+        http_port,
+    );
+    app.listen = listen;
+    let supervisor = Supervisor::start_in(app.home());
+    supervisor.deploy_ok(&app, "v1");
+    let first = wait_for_cert(&pebble, listen);
+    let url = format!("https://{HOST}:{}/", listen.port());
+    let load = tls::load(pebble.client(listen, HOST), &url, 4);
+    load.wait_for_more_ok(20, ROLLOUT);
+    wait_until("a renewed certificate", ISSUE, || {
+        served_cert(&pebble, listen).is_ok_and(|der| der != first)
+    });
+    load.wait_for_more_ok(20, ROLLOUT);
+    let report = load.stop();
+    assert_eq!(report.failures(), 0, "{report:?}");
+    assert!(supervisor
+        .log()
+        .contains("new certificate for shop.example.com"));
+}
+
+#[test]
+fn stored_certificates_are_served_at_once_after_a_restart_without_a_new_order() {
+    let http_port = free_port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut pebble = Pebble::start(PebbleSetup {
+        http_port,
+        tls_port: listen.port(),
+        validity: None,
+    });
+    let mut app = app(
+        "acme-restart",
+        Some(&pebble),
+        &pebble.directory,
+        Challenge::Http01,
+        http_port,
+    );
+    app.listen = listen;
+    let mut supervisor = Supervisor::start_in(app.home());
+    supervisor.deploy_ok(&app, "v1");
+    let issued = wait_for_cert(&pebble, listen);
+    // No CA any more: only what is stored can be served.
+    pebble.stop();
+    supervisor.restart();
+    let served = served_cert(&pebble, listen).expect("HTTPS right after the restart");
+    assert_eq!(served, issued, "the stored certificate");
+    let log = supervisor.log();
+    assert_eq!(log.matches("new certificate for").count(), 1, "{log}");
+    assert!(
+        log.contains("serving the stored certificate of shop.example.com"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_ca_that_cannot_be_reached_is_said_in_one_line_and_the_app_runs_on() {
+    let dead = free_port();
+    let app = app(
+        "acme-dead",
+        None,
+        &format!("https://127.0.0.1:{dead}/dir"),
+        Challenge::Http01,
+        free_port(),
+    );
+    let supervisor = Supervisor::start_in(app.home());
+    supervisor.deploy_ok(&app, "v1");
+    wait_until("the failure in status", ROLLOUT, || {
+        supervisor.status(&app).certificate.is_some_and(|said| {
+            said.starts_with("acme, ordering: cannot create an account at the ACME directory")
+        })
+    });
+    let said = supervisor.status(&app).certificate.expect("said");
+    assert!(!said.contains('\n'), "{said}");
+    assert!(supervisor.log().contains("ordering a certificate for shop.example.com failed (attempt 1): cannot create an account at the ACME directory"));
+    let status = supervisor.status(&app);
+    assert_eq!(status.live_version.as_deref(), Some("v1"));
+}
+
+#[test]
+fn a_hand_over_under_https_load_keeps_the_certificate_and_orders_nothing_new() {
+    let http_port = free_port();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let pebble = Pebble::start(PebbleSetup {
+        http_port,
+        tls_port: listen.port(),
+        validity: None,
+    });
+    let mut app = app(
+        "acme-handover",
+        Some(&pebble),
+        &pebble.directory,
+        Challenge::Http01,
+        http_port,
+    );
+    app.listen = listen;
+    let mut supervisor = Supervisor::start_in(app.home());
+    supervisor.deploy_ok(&app, "v1");
+    let issued = wait_for_cert(&pebble, listen);
+    let url = format!("https://{HOST}:{}/", listen.port());
+    let load = tls::load(pebble.client(listen, HOST), &url, 4);
+    load.wait_for_more_ok(20, ROLLOUT);
+    supervisor.take_over();
+    load.wait_for_more_ok(20, ROLLOUT);
+    let report = load.stop();
+    assert_eq!(report.failures(), 0, "{report:?}");
+    assert_eq!(served_cert(&pebble, listen).expect("HTTPS"), issued);
+    let log = supervisor.log();
+    assert_eq!(log.matches("new certificate for").count(), 1, "{log}");
+    assert_eq!(log.matches("created an ACME account").count(), 1, "{log}");
+    assert!(
+        supervisor
+            .status(&app)
+            .certificate
+            .is_some_and(|said| said.starts_with("acme, valid until ")),
+        "status after the hand-over"
+    );
+}
