@@ -1,4 +1,5 @@
-//! Benchmark: the proxy's front door over TLS and HTTP/2, cutover vs nginx with the same certificate and cipher.
+//! Benchmark: the proxy's front door over TLS and HTTP/2, cutover vs nginx with the same
+//! certificate and cipher (TLS keep-alive requests/s and p99, new handshakes/s, HTTP/2 requests/s).
 //!
 //! `cargo bench --bench front` makes a test CA and a leaf certificate for `localhost` and
 //! `127.0.0.1` (ECDSA P-256, PEM, PKCS#8 key) with the `openssl` CLI in the bench's temp dir,
