@@ -82,6 +82,15 @@ impl Nginx {
     /// `headers`: with the header work cutover's proxy does on every request
     /// (`X-Forwarded-For/-Proto/-Host`, the client's `Host`, an `X-Request-Id` both ways).
     pub fn start(dir: &Path, backends: &[String], headers: bool) -> Nginx {
+        Nginx::start_with(dir, backends, headers, None)
+    }
+
+    /// Like `start` with the header work, but serving HTTPS (and HTTP/2 by ALPN) with `tls`.
+    pub fn start_tls(dir: &Path, backends: &[String], tls: &NginxTls) -> Nginx {
+        Nginx::start_with(dir, backends, true, Some(tls))
+    }
+
+    fn start_with(dir: &Path, backends: &[String], headers: bool, tls: Option<&NginxTls>) -> Nginx {
         std::fs::create_dir_all(dir).expect("nginx dir");
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let prefix = dir.display();
@@ -96,6 +105,10 @@ impl Nginx {
         } else {
             ""
         };
+        let (listen_line, tls_lines) = match tls {
+            None => (format!("listen {listen};"), String::new()),
+            Some(tls) => tls.server_lines(listen),
+        };
         let conf = format!(
             "daemon off;\nmaster_process on;\nworker_processes 2;\npid {prefix}/nginx.pid;\n\
              error_log {prefix}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
@@ -103,7 +116,7 @@ impl Nginx {
              proxy_temp_path {prefix}/proxy;\n  fastcgi_temp_path {prefix}/fastcgi;\n  \
              uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n  \
              upstream backend {{ {servers}keepalive 64; }}\n  \
-             server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://backend;\n      \
+             server {{\n    {listen_line}\n{tls_lines}    location / {{\n      proxy_pass http://backend;\n      \
              proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      \
              {headers}    }}\n  }}\n}}\n"
         );
@@ -153,6 +166,51 @@ impl Nginx {
             !now.iter().any(|pid| old.contains(pid)) && now.len() == 2
         });
     }
+}
+
+/// What nginx needs to serve HTTPS: the certificate chain and key (PEM), and the one TLS 1.3
+/// cipher suite it may use (OpenSSL's name, e.g. `TLS_AES_128_GCM_SHA256`). TLS 1.3 only, HTTP/2
+/// offered by ALPN (`http2 on;` from nginx 1.25.1, `listen … ssl http2` before), and
+/// `keepalive_requests` raised so that neither wrk's nor h2load's connections are closed after
+/// nginx's default of 1,000 requests (cutover sets no such limit).
+pub struct NginxTls<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub ciphersuite: &'a str,
+}
+
+impl NginxTls<'_> {
+    fn server_lines(&self, listen: SocketAddr) -> (String, String) {
+        let listen_line = if nginx_version() >= (1, 25, 1) {
+            format!("listen {listen} ssl;\n    http2 on;")
+        } else {
+            format!("listen {listen} ssl http2;")
+        };
+        let lines = format!(
+            "    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;\n    \
+             ssl_conf_command Ciphersuites {};\n    keepalive_requests 1000000;\n",
+            self.cert.display(),
+            self.key.display(),
+            self.ciphersuite
+        );
+        (listen_line, lines)
+    }
+}
+
+/// The installed nginx's version (`nginx -v`), `(0, 0, 0)` when it cannot be told.
+pub fn nginx_version() -> (u32, u32, u32) {
+    let output = Command::new("nginx").arg("-v").output();
+    let text = output
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
+    let mut parts = text
+        .split("nginx/")
+        .nth(1)
+        .unwrap_or("")
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next())
 }
 
 impl Drop for Nginx {
