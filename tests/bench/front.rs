@@ -528,8 +528,9 @@ fn main() {
             canary: None,
         });
         let spec = TlsSpec {
-            cert: cert.clone(),
-            key: key.clone(),
+            cert: Some(cert.clone()),
+            key: Some(key.clone()),
+            acme: None,
             hsts: None,
         };
         proxy.set_tls("bench", Some(&spec)).expect("cutover's TLS");
