@@ -29,6 +29,10 @@ pub struct TlsSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub hsts: Option<Duration>,
+    /// A plain-HTTP address (`0.0.0.0:80`) where requests for the app's hosts are answered
+    /// `308 Permanent Redirect` to the same URL over HTTPS; none unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_from: Option<String>,
 }
 
 /// `tls.acme`: where certificates come from and how the CA checks the app holds its names.
@@ -128,7 +132,20 @@ impl TlsSpec {
                 "tls.hsts of {app} is 0, which tells browsers to forget HTTPS; remove it or give a max-age such as 365d"
             ));
         }
+        self.redirect_addr(app)?;
         Ok(())
+    }
+
+    /// `redirect_from` as an address, if set.
+    pub fn redirect_addr(&self, app: &str) -> Result<Option<std::net::SocketAddr>, String> {
+        self.redirect_from
+            .as_deref()
+            .map(|addr| {
+                addr.parse().map_err(|_| {
+                    format!("tls.redirect_from {addr:?} of {app} is not an address like 0.0.0.0:80")
+                })
+            })
+            .transpose()
     }
 }
 

@@ -133,6 +133,12 @@ impl Apps {
                     continue;
                 }
             };
+            let redirect = sharing::redirect(&record.spec, listen, tasks.values(), &inherited)
+                .unwrap_or_else(|e| {
+                    // The app serves on; only its plain-HTTP redirect is missing.
+                    tracing::error!(app = %name, "no HTTPS redirect: {}", e.message);
+                    None
+                });
             let context = Arc::new(AppContext {
                 name: name.clone(),
                 listen,
@@ -142,6 +148,7 @@ impl Apps {
                 systemd_socket,
                 events: setup.events.clone(),
                 acme: setup.acme.clone(),
+                redirect,
             });
             tasks.insert(
                 name,
@@ -313,6 +320,12 @@ impl Apps {
         let (proxy, systemd_socket) =
             sharing::bind(&request.app, listen, &self.registry.inherited, sharing)?;
         proxy.start_accepting();
+        let redirect = sharing::redirect(
+            &request.app,
+            listen,
+            tasks.values(),
+            &self.registry.inherited,
+        )?;
         let record = AppRecord::new(request.app.clone(), request.dest.clone());
         let context = Arc::new(AppContext {
             name: request.app.name.clone(),
@@ -323,6 +336,7 @@ impl Apps {
             systemd_socket,
             events: self.registry.setup.events.clone(),
             acme: self.registry.setup.acme.clone(),
+            redirect,
         });
         tracing::info!(app = %request.app.name, "new app, listening on {}", request.app.listen);
         Ok(AppTask::new(context, record).spawn())
@@ -404,6 +418,9 @@ pub async fn close_all(apps: &[Arc<AppContext>], leave: Leave) {
             _ => CLIENT_CLOSE_TIMEOUT,
         };
         async move {
+            if let Some(redirect) = &app.redirect {
+                redirect.close(timeout).await;
+            }
             let cut = app.proxy.close(timeout).await;
             if cut > 0 {
                 tracing::warn!(app = %app.name, "shut down {cut} client connection(s) still open after {timeout:?}");

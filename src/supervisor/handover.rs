@@ -20,6 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::apps::{self, Released};
 use super::listeners::Listeners;
+use super::sharing;
 use super::socket::{bind_socket, BindError};
 use crate::protocol::codec::{self, FrameError};
 use crate::protocol::handover::{Offer, Outcome, SocketInfo, TakeOver, HANDOVER_VERSION};
@@ -191,6 +192,18 @@ impl Successor {
             match app.proxy.listener() {
                 Ok(listener) => fds.push((info, listener.into())),
                 Err(e) => tracing::error!(app = %app.name, "cannot hand over its socket: {e}"),
+            }
+            if let Some(redirect) = &app.redirect {
+                let info = SocketInfo {
+                    name: Some(sharing::redirect_name(&app.name)),
+                    ..SocketInfo::default()
+                };
+                match redirect.listener() {
+                    Ok(listener) => fds.push((info, listener.into())),
+                    Err(e) => {
+                        tracing::error!(app = %app.name, "cannot hand over its redirect's socket: {e}")
+                    }
+                }
             }
         }
         for inherited in &released.unclaimed {

@@ -1,4 +1,4 @@
-//! Apps on one listen address: the proxy an app gets (it joins the one already serving its
+//! Apps on one listen address (and HTTPS redirects on a plain one): the proxy an app gets (it joins the one already serving its
 //! address, else takes the socket passed for it, else binds anew), and what apps sharing an
 //! address must agree on, checked before a deploy starts: routes that requests can tell apart,
 //! HTTP mode, and the same PROXY protocol and TLS settings.
@@ -63,6 +63,22 @@ pub fn check_beside(state: &State, spec: &AppSpec) -> Result<(), ErrorReply> {
             message: format!("tls of {}: {why}", spec.name),
         })?;
     }
+    let redirect = |spec: &AppSpec| spec.tls.as_ref().and_then(|t| t.redirect_from.clone());
+    if let Some(record) = state.apps.get(&spec.name) {
+        let (was, is) = (redirect(&record.spec), redirect(spec));
+        if was != is {
+            return Err(ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: format!(
+                    "tls.redirect_from of {} changes from {} to {}, which only a new start of the app takes: keep it, or `cutover stop {}` and deploy again",
+                    spec.name,
+                    was.as_deref().unwrap_or("none"),
+                    is.as_deref().unwrap_or("none"),
+                    spec.name
+                ),
+            });
+        }
+    }
     let Ok(listen) = spec.listen_addr() else {
         return Ok(()); // `deploy::validate` says what is wrong with it
     };
@@ -78,16 +94,87 @@ pub fn check_beside(state: &State, spec: &AppSpec) -> Result<(), ErrorReply> {
     })
 }
 
-/// The proxy of an app among `apps` already serving on `listen`, to share the address with, and
-/// whether systemd passed its socket.
+/// The proxy of an app among `apps` already serving on `listen` (its own address, or its HTTPS
+/// redirect's), to share the address with, and whether systemd passed its socket.
 pub fn neighbour<'a>(
     apps: impl IntoIterator<Item = &'a AppHandle>,
     listen: SocketAddr,
 ) -> Option<(&'a Proxy, bool)> {
     apps.into_iter()
         .map(|task| &task.context)
-        .find(|context| context.listen == listen)
-        .map(|context| (&context.proxy, context.systemd_socket))
+        .find_map(|context| {
+            if context.listen == listen {
+                return Some((&context.proxy, context.systemd_socket));
+            }
+            let redirect = context.redirect.as_ref()?;
+            (redirect.local_addr == listen).then_some((redirect, false))
+        })
+}
+
+/// The name the HTTPS redirect of `app` goes by on its address (in `status`, in messages, and on
+/// its socket across a hand-over).
+pub fn redirect_name(app: &str) -> String {
+    format!("{app}/redirect")
+}
+
+/// `spec`'s HTTPS redirect (see [`bind_redirect`]), beside what serves its address among `apps`
+/// if anything does.
+pub fn redirect<'a>(
+    spec: &AppSpec,
+    listen: SocketAddr,
+    apps: impl IntoIterator<Item = &'a AppHandle>,
+    inherited: &std::sync::Mutex<Listeners>,
+) -> Result<Option<Proxy>, ErrorReply> {
+    let addr = spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.redirect_addr(&spec.name).ok().flatten());
+    let sharing = addr.and_then(|addr| neighbour(apps, addr));
+    bind_redirect(spec, listen, inherited, sharing)
+}
+
+/// The HTTPS redirect of `spec`'s app (`tls.redirect_from`), if it has one, answering for its
+/// hosts with the port of its `listen`: beside what already serves that address (`sharing`),
+/// else on the socket handed over for it, else bound anew; accepting at once.
+fn bind_redirect(
+    spec: &AppSpec,
+    listen: SocketAddr,
+    inherited: &std::sync::Mutex<Listeners>,
+    sharing: Option<(&Proxy, bool)>,
+) -> Result<Option<Proxy>, ErrorReply> {
+    let bad = |message: String| ErrorReply {
+        kind: ErrorKind::BadRequest,
+        message,
+    };
+    let Some(tls) = &spec.tls else {
+        return Ok(None);
+    };
+    let Some(addr) = tls.redirect_addr(&spec.name).map_err(bad)? else {
+        return Ok(None);
+    };
+    let name = redirect_name(&spec.name);
+    let routes = spec.routes().map_err(bad)?;
+    let proxy = match sharing {
+        Some((neighbour, _)) => neighbour.join(&name, routes).map_err(bad)?,
+        None => {
+            let passed = lock(inherited).take_app(&name, addr);
+            let proxy = match passed {
+                Some(passed) => Proxy::from_listener_held(passed.listener),
+                None => Proxy::bind_held(addr),
+            }
+            .map_err(|e| {
+                bad(format!(
+                    "cannot listen on {addr} (tls.redirect_from of {}): {e}; free that address or pick another",
+                    spec.name
+                ))
+            })?;
+            proxy.set_routes(&name, routes).map_err(bad)?;
+            proxy
+        }
+    };
+    proxy.set_redirect_to_https(Some(listen.port()));
+    proxy.start_accepting();
+    Ok(Some(proxy))
 }
 
 /// The proxy for `spec`'s app on `addr`, taking its routes and serving its certificate: a place

@@ -532,6 +532,7 @@ fn main() {
             key: Some(key.clone()),
             acme: None,
             hsts: None,
+            redirect_from: None,
         };
         proxy.set_tls("bench", Some(&spec)).expect("cutover's TLS");
         proxy.start_accepting();

@@ -43,7 +43,10 @@ pub(super) async fn handle(
     let site = sites.pick(req.uri(), req.headers());
     let hsts = site.filter(|_| accepted.tls).and_then(|site| site.hsts());
     let mut response = match site {
-        Some(site) => pick_and_send(site, accepted, req, &id, &mut entry).await,
+        Some(site) => match site.redirect_port() {
+            Some(port) => to_https(&req, port),
+            None => pick_and_send(site, accepted, req, &id, &mut entry).await,
+        },
         None => no_site(&req),
     };
     if let Some(hsts) = hsts {
@@ -62,6 +65,30 @@ pub(super) async fn handle(
         .entry(&X_REQUEST_ID)
         .or_insert(id.value);
     Ok(response)
+}
+
+/// `308 Permanent Redirect` to the request's URL over HTTPS on `port` (`tls.redirect_from`): the
+/// same host (without the port it came with) and path with its query; a request naming no host
+/// cannot be sent anywhere and gets a 400.
+fn to_https(req: &Request<Incoming>, port: u16) -> Response<ResponseBody> {
+    let Some(host) = crate::protocol::routes::request_host(req.uri(), req.headers()) else {
+        let mut response = Response::new(ResponseBody::text(
+            "400 bad request: a redirect to HTTPS needs the Host it is for\n",
+        ));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = match port {
+        443 => format!("https://{host}{target}"),
+        port => format!("https://{host}:{port}{target}"),
+    };
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 /// The answer to a request no app on the address takes: what is wrong with it, if anything, else

@@ -157,6 +157,13 @@ impl Proxy {
             .want(&self.site, |wants| wants.proxy_protocol = on);
     }
 
+    /// Answers every request for the app on this address with `308 Permanent Redirect` to the
+    /// same URL over HTTPS on `port` (`tls.redirect_from`); `None`: serves them.
+    pub fn set_redirect_to_https(&self, port: Option<u16>) {
+        let port = port.map_or(super::site::NO_REDIRECT, u32::from);
+        self.site.redirect_port.store(port, Ordering::Relaxed);
+    }
+
     /// Sends the app's requests to its instances over HTTP/2 without TLS (`upstream: h2c`), one
     /// multiplexed connection per instance and worker; else over HTTP/1.1.
     pub fn set_upstream_h2c(&self, on: bool) {

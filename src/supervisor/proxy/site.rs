@@ -9,7 +9,7 @@
 //! table, so a request with the log off tests one `Option` and takes no lock.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ pub(super) struct SiteState {
     pub(super) hold_ms: AtomicU64,
     /// Requests go to the instances over HTTP/2 without TLS (`upstream: h2c`).
     pub(super) upstream_h2c: AtomicBool,
+    /// The HTTPS port requests are redirected to (`tls.redirect_from`), [`NO_REDIRECT`] if none.
+    pub(super) redirect_port: AtomicU32,
     /// Woken by every `set_route`, for the requests held while none is routed.
     route_changed: Notify,
     /// The key of the canary cookie's MAC (see `split`), random per site.
@@ -56,6 +58,9 @@ pub(super) struct SiteState {
     pub(super) tls: Mutex<Option<TlsSpec>>,
     pub(super) tls_generation: AtomicU64,
 }
+
+/// `redirect_port` when the site serves requests rather than redirecting them.
+pub(super) const NO_REDIRECT: u32 = u32::MAX;
 
 /// What a new table is made of besides the route's backends.
 #[derive(Debug, Default)]
@@ -79,6 +84,7 @@ impl SiteState {
             workers,
             hold_ms: AtomicU64::new(0),
             upstream_h2c: AtomicBool::new(false),
+            redirect_port: AtomicU32::new(NO_REDIRECT),
             route_changed: Notify::new(),
             cookie_key: rand::random(),
             settings: Mutex::default(),
@@ -86,6 +92,12 @@ impl SiteState {
             tls: Mutex::new(None),
             tls_generation: AtomicU64::new(0),
         }
+    }
+
+    /// The HTTPS port the site redirects every request to, if it is a redirect (`tls.redirect_from`).
+    #[inline]
+    pub fn redirect_port(&self) -> Option<u16> {
+        u16::try_from(self.redirect_port.load(Ordering::Relaxed)).ok()
     }
 
     /// The `Strict-Transport-Security` value for the app's answers over TLS, if it has one.

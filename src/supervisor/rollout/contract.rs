@@ -39,6 +39,8 @@ pub struct AppContext {
     pub events: Arc<Events>,
     /// Orders the app's certificates when its `tls` says `acme`.
     pub acme: Manager,
+    /// The app's HTTPS redirect on a plain-HTTP address (`tls.redirect_from`), if it has one.
+    pub redirect: Option<Proxy>,
 }
 
 /// Why a rollout runs; it changes the words, what is marked bad on success, nothing else.

@@ -36,6 +36,7 @@ fn acme_from_env(spec: &mut cutover::protocol::AppSpec) {
         key: None,
         acme: Some(serde_json::from_str(&json).expect("an AcmeSpec")),
         hsts: None,
+        redirect_from: None,
     });
 }
 

@@ -1,8 +1,9 @@
 //! HTTPS and HTTP/2 at the front door: certificates from files chosen by SNI among the apps on
 //! one address, HTTP/2 offered by ALPN (and h2c on request), a certificate replaced on disk
 //! while clients keep sending, blue-green deploys and hand-overs under HTTPS load, and a
-//! certificate that cannot be served refused before anything starts. The clients trust only the
-//! test's own CA (made by the real openssl) and validate the chain as a browser does.
+//! certificate that cannot be served refused before anything starts, and the redirect from a
+//! plain-HTTP address. The clients trust only the test's own CA (made by the real openssl) and
+//! validate the chain as a browser does.
 
 use std::path::Path;
 use std::time::Duration;
@@ -45,6 +46,11 @@ fn tls_from_env(spec: &mut cutover::protocol::AppSpec) {
             .name
             .ends_with("shop")
             .then(|| Duration::from_secs(86_400)),
+        redirect_from: std::env::var(format!(
+            "CUTOVER_TEST_REDIRECT_{}",
+            spec.name.to_uppercase()
+        ))
+        .ok(),
     });
 }
 
@@ -305,4 +311,50 @@ fn h2c_on_request_serves_http2_without_tls_beside_http1() {
         .expect("an HTTP/1.1 client");
     let (status, version, _, _) = rt.block_on(get(&h1, &url)).expect("HTTP/1.1");
     assert_eq!((status, version), (200, reqwest::Version::HTTP_11));
+}
+
+#[test]
+fn a_plain_http_address_redirects_the_apps_hosts_to_https_across_a_hand_over() {
+    let redirect = std::net::SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
+    std::env::set_var("CUTOVER_TEST_REDIRECT_XSHOP", redirect.to_string());
+    let mut site = Site::start("x");
+    let port = site.shop.listen.port();
+    let ask = |host: &str| {
+        crate::support::request::Request::get("/?item=7")
+            .header("host", host)
+            .send(redirect)
+            .unwrap_or_else(|e| panic!("GET for {host} on {redirect}: {e}"))
+    };
+    let answer = ask("shop.test:80");
+    assert_eq!(answer.status, 308, "{answer:?}");
+    let location = format!("https://shop.test:{port}/?item=7");
+    assert_eq!(
+        answer.header("location"),
+        Some(location.as_str()),
+        "{answer:?}"
+    );
+    // Only the hosts of the app that asked for it.
+    assert_eq!(ask("www.blog.test").status, 404);
+    // The redirected URL serves.
+    let rt = runtime();
+    let (status, _, body, _) = rt
+        .block_on(get(&site.client(false), &location))
+        .expect("HTTPS after the redirect");
+    assert_eq!(status, 200, "{body}");
+
+    site.supervisor.take_over();
+    let answer = ask("shop.test");
+    assert_eq!(answer.status, 308, "after the hand-over: {answer:?}");
+
+    // Moving the redirect takes a new start of the app: refused, in one line.
+    std::env::set_var("CUTOVER_TEST_REDIRECT_XSHOP", "127.0.0.1:1");
+    let (kind, message) = error_of(site.supervisor.deploy(&site.shop, "v2"));
+    assert_eq!(kind, ErrorKind::BadRequest, "{message}");
+    assert!(
+        message.contains("tls.redirect_from of xshop changes from"),
+        "{message}"
+    );
+    std::env::set_var("CUTOVER_TEST_REDIRECT_XSHOP", redirect.to_string());
+    site.supervisor.deploy_ok(&site.shop, "v2");
+    assert_eq!(ask("shop.test").status, 308);
 }
