@@ -20,7 +20,6 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::apps::{self, Released};
 use super::listeners::Listeners;
-use super::sharing;
 use super::socket::{bind_socket, BindError};
 use crate::protocol::codec::{self, FrameError};
 use crate::protocol::handover::{Offer, Outcome, SocketInfo, TakeOver, HANDOVER_VERSION};
@@ -184,24 +183,11 @@ impl Successor {
             fds.push((info, admin));
         }
         for app in &released.apps {
-            let info = SocketInfo {
-                name: Some(app.name.clone()),
-                systemd: app.systemd_socket,
-                admin: false,
-            };
-            match app.proxy.listener() {
-                Ok(listener) => fds.push((info, listener.into())),
-                Err(e) => tracing::error!(app = %app.name, "cannot hand over its socket: {e}"),
-            }
-            if let Some(redirect) = &app.redirect {
-                let info = SocketInfo {
-                    name: Some(sharing::redirect_name(&app.name)),
-                    ..SocketInfo::default()
-                };
-                match redirect.listener() {
+            for (info, proxy) in app.sockets() {
+                match proxy.listener() {
                     Ok(listener) => fds.push((info, listener.into())),
                     Err(e) => {
-                        tracing::error!(app = %app.name, "cannot hand over its redirect's socket: {e}")
+                        tracing::error!(app = %app.name, "cannot hand over {}: {e}", proxy.local_addr)
                     }
                 }
             }

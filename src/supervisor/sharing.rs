@@ -11,6 +11,7 @@ use crate::protocol::{AppSpec, ErrorKind, ErrorReply};
 use crate::supervisor::app::AppHandle;
 use crate::supervisor::listeners::Listeners;
 use crate::supervisor::proxy::{load_certificate, Proxy};
+use crate::supervisor::rollout::contract::redirect_name;
 use crate::supervisor::store::State;
 
 /// What `spec`'s app may not do beside `others` (the live specs of the other apps on its listen
@@ -109,12 +110,6 @@ pub fn neighbour<'a>(
             let redirect = context.redirect.as_ref()?;
             (redirect.local_addr == listen).then_some((redirect, false))
         })
-}
-
-/// The name the HTTPS redirect of `app` goes by on its address (in `status`, in messages, and on
-/// its socket across a hand-over).
-pub fn redirect_name(app: &str) -> String {
-    format!("{app}/redirect")
 }
 
 /// `spec`'s HTTPS redirect (see [`bind_redirect`]), beside what serves its address among `apps`

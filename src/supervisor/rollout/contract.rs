@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::app::Strategy;
 use crate::protocol::canary::Share;
+use crate::protocol::handover::SocketInfo;
 use crate::protocol::{AppSpec, Progress};
 use crate::supervisor::acme::Manager;
 use crate::supervisor::events::Events;
@@ -41,6 +42,37 @@ pub struct AppContext {
     pub acme: Manager,
     /// The app's HTTPS redirect on a plain-HTTP address (`tls.redirect_from`), if it has one.
     pub redirect: Option<Proxy>,
+}
+
+impl AppContext {
+    /// The listening sockets the app serves on, with the names a successor supervisor takes them
+    /// by: its `listen`, and its HTTPS redirect's ([`redirect_name`]).
+    pub fn sockets(&self) -> Vec<(SocketInfo, &Proxy)> {
+        let own = SocketInfo {
+            name: Some(self.name.clone()),
+            systemd: self.systemd_socket,
+            admin: false,
+        };
+        let redirect = self.redirect.as_ref().map(|redirect| {
+            let name = Some(redirect_name(&self.name));
+            (
+                SocketInfo {
+                    name,
+                    ..SocketInfo::default()
+                },
+                redirect,
+            )
+        });
+        std::iter::once((own, &self.proxy))
+            .chain(redirect)
+            .collect()
+    }
+}
+
+/// The name the HTTPS redirect of `app` goes by on its address (in `status`, in messages, and on
+/// its socket across a hand-over).
+pub fn redirect_name(app: &str) -> String {
+    format!("{app}/redirect")
 }
 
 /// Why a rollout runs; it changes the words, what is marked bad on success, nothing else.
