@@ -158,8 +158,9 @@ fn bind_redirect(
                 None => Proxy::bind_held(addr),
             }
             .map_err(|e| {
+                // `e` names the address (`Front::bind`).
                 bad(format!(
-                    "cannot listen on {addr} (tls.redirect_from of {}): {e}; free that address or pick another",
+                    "tls.redirect_from of {}: {e}; free that address or pick another",
                     spec.name
                 ))
             })?;
@@ -206,9 +207,8 @@ pub fn bind(
             }
             None => {
                 let proxy = Proxy::bind_held(addr).map_err(|e| {
-                    bad(format!(
-                        "cannot listen on {addr}: {e}; free that address or pick another"
-                    ))
+                    // `e` names the address (`Front::bind`).
+                    bad(format!("{e}; free that address or pick another"))
                 })?;
                 (proxy, false)
             }

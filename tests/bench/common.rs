@@ -1,6 +1,7 @@
 //! What the benchmarks share: free ports, waiting with a deadline, child processes, numbers from
-//! the environment, requests to a supervisor, and nginx as the baseline reverse proxy. Included by each bench with
-//! `mod common;`; not every bench uses every piece.
+//! the environment, requests to a supervisor, nginx as the baseline reverse proxy, and wrk's
+//! figures and their median. Included by each bench with `mod common;`; not every bench uses
+//! every piece.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -217,5 +218,90 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         terminate(self.child.id());
         let _ = self.child.wait();
+    }
+}
+
+/// A child process stopped with SIGTERM (then SIGKILL) when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One run's figures: a rate (requests/s or handshakes/s), latencies when the tool gives them,
+/// and what failed.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    pub rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: String,
+}
+
+/// `wrk -t2 -c50 -dSECS --latency URL`: its requests/s, p50 and p99, and what failed.
+pub fn wrk(url: &str, secs: u64) -> Figures {
+    let output = Command::new("wrk")
+        .args(["-t2", "-c50", &format!("-d{secs}s"), "--latency"])
+        .arg(url)
+        .output()
+        .expect("run wrk (Debian package `wrk`)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no `{prefix}` in wrk output:\n{text}"))
+    };
+    let errors = text
+        .lines()
+        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Figures {
+        rate: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50_ms: to_ms(&field("50%")),
+        p99_ms: to_ms(&field("99%")),
+        errors,
+    }
+}
+
+/// wrk prints latencies as `812.00us`, `1.23ms` or `1.01s`.
+pub fn to_ms(value: &str) -> f64 {
+    let split = value
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => number / 1000.0,
+        "ms" => number,
+        "s" => number * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
     }
 }

@@ -38,47 +38,18 @@ mod common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{env_number, free_port, has, wait_for, Nginx, NginxTls};
+use common::{env_number, free_port, has, median, wait_for, wrk, Figures, Guard, Nginx, NginxTls};
 use cutover::protocol::app::{Balance, TlsSpec};
 use cutover::supervisor::proxy::{Backend, Proxy, Route};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
-
-/// A child process stopped with SIGTERM (then SIGKILL) when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One run's figures: a rate (requests/s or handshakes/s), latencies when the tool gives them,
-/// and what failed.
-#[derive(Debug, Clone, Default)]
-struct Figures {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: String,
-}
 
 /// The three measurements, each run against every contender.
 #[derive(Clone, Copy, PartialEq)]
@@ -102,50 +73,6 @@ impl Part {
             Part::Handshakes => "handshakes/s",
             _ => "req/s",
         }
-    }
-}
-
-fn wrk(addr: SocketAddr, secs: u64) -> Figures {
-    let output = Command::new("wrk")
-        .args(["-t2", "-c50", &format!("-d{secs}s"), "--latency"])
-        .arg(format!("https://{addr}/"))
-        .output()
-        .expect("run wrk (Debian package `wrk`)");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let field = |prefix: &str| {
-        text.lines()
-            .map(str::trim)
-            .find(|line| line.starts_with(prefix))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("no `{prefix}` in wrk output:\n{text}"))
-    };
-    let errors = text
-        .lines()
-        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join("; ");
-    Figures {
-        rate: field("Requests/sec:").parse().unwrap_or(0.0),
-        p50_ms: to_ms(&field("50%")),
-        p99_ms: to_ms(&field("99%")),
-        errors,
-    }
-}
-
-/// wrk prints latencies as `812.00us`, `1.23ms` or `1.01s`.
-fn to_ms(value: &str) -> f64 {
-    let split = value
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: f64 = number.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => number / 1000.0,
-        "ms" => number,
-        "s" => number * 1000.0,
-        _ => f64::NAN,
     }
 }
 
@@ -418,16 +345,6 @@ fn make_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
-}
-
 fn medians(runs: &[Figures]) -> Figures {
     let of = |f: fn(&Figures) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
     Figures {
@@ -589,7 +506,7 @@ fn main() {
     // A short warm-up each, so connection pools and caches are filled before measuring.
     for (_, addr) in &targets {
         if parts.contains(&Part::Tls) {
-            wrk(*addr, 2);
+            wrk(&format!("https://{addr}/"), 2);
         }
         handshakes(*addr, 1, conns, &connector);
     }
@@ -603,7 +520,7 @@ fn main() {
         "part", "target", "rate", "", "p50 ms", "p99 ms"
     );
     let run = |part: Part, addr: SocketAddr| match part {
-        Part::Tls => wrk(addr, secs),
+        Part::Tls => wrk(&format!("https://{addr}/"), secs),
         Part::Handshakes => handshakes(addr, secs, conns, &connector),
         Part::H2 => h2load(addr, secs),
     };

@@ -26,100 +26,17 @@
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use common::{env_number, free_port, has, wait_for, Nginx};
+use common::{env_number, free_port, has, median, wait_for, wrk, Figures, Guard, Nginx};
 use cutover::protocol::app::Balance;
 use cutover::supervisor::proxy::{Backend, CanaryRoute, Proxy, Route};
-
-/// A child process stopped with SIGTERM (then SIGKILL) when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Requests per second and p99 latency (ms) as wrk reports them.
-#[derive(Debug)]
-struct Figures {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: String,
-}
-
-fn wrk(addr: SocketAddr, secs: u64) -> Figures {
-    let output = Command::new("wrk")
-        .args(["-t2", "-c50", &format!("-d{secs}s"), "--latency"])
-        .arg(format!("http://{addr}/"))
-        .output()
-        .expect("run wrk (Debian package `wrk`)");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let field = |prefix: &str| {
-        text.lines()
-            .map(str::trim)
-            .find(|line| line.starts_with(prefix))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("no `{prefix}` in wrk output:\n{text}"))
-    };
-    let errors = text
-        .lines()
-        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join("; ");
-    Figures {
-        rps: field("Requests/sec:").parse().unwrap_or(0.0),
-        p50_ms: to_ms(&field("50%")),
-        p99_ms: to_ms(&field("99%")),
-        errors,
-    }
-}
-
-/// wrk prints latencies as `812.00us`, `1.23ms` or `1.01s`.
-fn to_ms(value: &str) -> f64 {
-    let split = value
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: f64 = number.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => number / 1000.0,
-        "ms" => number,
-        "s" => number * 1000.0,
-        _ => f64::NAN,
-    }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
-}
 
 fn print_row(name: &str, f: &Figures) {
     println!(
         "{name:<11} {:>12.0} {:>10.2} {:>10.2}  {}",
-        f.rps,
+        f.rate,
         f.p50_ms,
         f.p99_ms,
         if f.errors.is_empty() {
@@ -230,7 +147,7 @@ fn main() {
     }
     // A short warm-up each, so connection pools and caches are filled before measuring.
     for (_, addr) in &targets {
-        wrk(*addr, 2);
+        wrk(&format!("http://{addr}/"), 2);
     }
     println!(
         "proxy bench: wrk -t2 -c50 -d{secs}s --latency, {rounds} alternating round(s), \
@@ -246,7 +163,7 @@ fn main() {
         for k in 0..targets.len() {
             let i = (round + k) % targets.len();
             let (name, addr) = targets[i];
-            let f = wrk(addr, secs);
+            let f = wrk(&format!("http://{addr}/"), secs);
             print_row(name, &f);
             runs[i].push(f);
         }
@@ -255,7 +172,7 @@ fn main() {
     let medians: Vec<Figures> = runs
         .iter()
         .map(|figures| Figures {
-            rps: median(&mut figures.iter().map(|f| f.rps).collect::<Vec<_>>()),
+            rate: median(&mut figures.iter().map(|f| f.rate).collect::<Vec<_>>()),
             p50_ms: median(&mut figures.iter().map(|f| f.p50_ms).collect::<Vec<_>>()),
             p99_ms: median(&mut figures.iter().map(|f| f.p99_ms).collect::<Vec<_>>()),
             errors: figures
@@ -278,7 +195,7 @@ fn main() {
     let mut all_met = true;
     if let Some(logged) = figures("cutover+log") {
         let ours = figures("cutover").expect("cutover always runs");
-        let rps_ratio = logged.rps / ours.rps;
+        let rps_ratio = logged.rate / ours.rate;
         let met = rps_ratio >= 0.9;
         all_met &= met;
         let lines = std::fs::read(&access_log_path)
@@ -297,7 +214,7 @@ fn main() {
     };
     for name in ["cutover", "canary"] {
         let ours = figures(name).expect("cutover always runs");
-        let rps_ratio = ours.rps / nginx.rps;
+        let rps_ratio = ours.rate / nginx.rate;
         let p99_ratio = ours.p99_ms / nginx.p99_ms;
         let met = rps_ratio >= 1.0 && p99_ratio <= 1.0;
         all_met &= met;
@@ -307,7 +224,7 @@ fn main() {
         let ours = figures("cutover").expect("cutover always runs");
         println!(
             "cutover/nginx-bare (for reference, nginx adding no header): req/s {:.2}x, p99 {:.2}x",
-            ours.rps / bare.rps,
+            ours.rate / bare.rate,
             ours.p99_ms / bare.p99_ms
         );
     }

@@ -61,7 +61,7 @@ struct SiteEntry {
 }
 
 /// The connection settings one app asks for; the address serves the most generous of them.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(super) struct Wants {
     pub proxy_protocol: bool,
     pub tcp: bool,
@@ -167,12 +167,17 @@ impl ProxyState {
     }
 
     /// Changes what `state`'s app asks of connections; the address serves the most generous.
+    /// Nothing is published when it asks what it asked already (every route update asks again).
     pub fn want(&self, state: &Arc<SiteState>, change: impl FnOnce(&mut Wants)) {
         let mut sites = lock(&self.sites);
-        if let Some(entry) = sites.iter_mut().find(|e| Arc::ptr_eq(&e.state, state)) {
-            change(&mut entry.wants);
+        let Some(entry) = sites.iter_mut().find(|e| Arc::ptr_eq(&e.state, state)) else {
+            return;
+        };
+        let before = entry.wants;
+        change(&mut entry.wants);
+        if entry.wants != before {
+            self.publish(&sites);
         }
-        self.publish(&sites);
     }
 
     /// Makes `cert` the certificate of `state`'s app (`None`: it has none); the address speaks
