@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the tests need when it is missing, then runs
 # the whole suite. Needs only the Rust toolchain to start; installs rsync, serf, minisign, systemd
-# (for systemd-socket-activate), prometheus (for promtool), chromium, chromium-driver and openssl
-# from Debian and moto_server (a real S3-compatible server) from PyPI.
+# (for systemd-socket-activate), prometheus (for promtool), chromium, chromium-driver, openssl,
+# pebble and curl from Debian and moto_server (a real S3-compatible server) from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,8 @@ command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v openssl >/dev/null || missing+=(openssl)
 # The ACME tests' CA (Let's Encrypt's Pebble, with pebble-challtestsrv for its DNS).
 command -v pebble >/dev/null || missing+=(pebble)
+# curl is the DNS-01 test's hook: it sets TXT records over pebble-challtestsrv's API.
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}" >&2
   as_root apt-get update -qq

@@ -44,9 +44,22 @@ pub struct AcmeSpec {
     /// Where the CA writes about the account (`mailto:ops@example.com`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contact: Vec<String>,
-    /// How the CA checks each name: `http-01` (port 80) or `tls-alpn-01` (the app's own port).
+    /// How the CA checks each name: `http-01` (port 80), `tls-alpn-01` (the app's own port) or
+    /// `dns-01` (a TXT record set by `dns_hook`; the only one a wildcard name can use).
     #[serde(default)]
     pub challenge: Challenge,
+    /// For `dns-01`: the command that publishes and removes the TXT record, run as
+    /// `dns_hook present|cleanup _acme-challenge.<name>. <value>`; an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_hook: Option<PathBuf>,
+    /// For `dns-01`: how long to wait after the hook published the record before the CA is
+    /// asked to look (for DNS that takes time to spread); none unless set.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dns_wait: Option<Duration>,
     /// External account binding, for CAs that ask for one (ZeroSSL, Google).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eab: Option<Eab>,
@@ -67,9 +80,20 @@ pub enum Challenge {
     Http01,
     #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
-    /// Needed for wildcard names; refused by `check` until it is built.
+    /// A TXT record under `_acme-challenge`, published by the app's `dns_hook`; the only
+    /// challenge a wildcard name can use.
     #[serde(rename = "dns-01")]
     Dns01,
+}
+
+impl std::fmt::Display for Challenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Challenge::Http01 => "http-01",
+            Challenge::TlsAlpn01 => "tls-alpn-01",
+            Challenge::Dns01 => "dns-01",
+        })
+    }
 }
 
 /// An external account binding: the key id and its HMAC key (base64url), as the CA gave them.
@@ -169,10 +193,24 @@ impl AcmeSpec {
                 self.directory
             ));
         }
-        if self.challenge == Challenge::Dns01 {
-            return Err(format!(
-                "tls.acme.challenge of {app} is dns-01, which cutover cannot answer yet; use http-01 or tls-alpn-01"
-            ));
+        match (&self.challenge, &self.dns_hook) {
+            (Challenge::Dns01, None) => {
+                return Err(format!(
+                    "tls.acme.challenge of {app} is dns-01 but no dns_hook publishes the TXT record; set dns_hook to a command run as `HOOK present|cleanup NAME VALUE`"
+                ))
+            }
+            (Challenge::Dns01, Some(hook)) if !hook.is_absolute() => {
+                return Err(format!(
+                    "tls.acme.dns_hook of {app} ({}) is not an absolute path; write it like /etc/cutover/dns-hook",
+                    hook.display()
+                ))
+            }
+            (Challenge::Http01 | Challenge::TlsAlpn01, Some(_)) => {
+                return Err(format!(
+                    "tls.acme.dns_hook of {app} is only run for the dns-01 challenge; set challenge: dns-01 or remove dns_hook"
+                ))
+            }
+            _ => {}
         }
         if hosts.is_empty() {
             return Err(format!(
@@ -180,9 +218,12 @@ impl AcmeSpec {
             ));
         }
         if let Some(wild) = hosts.iter().find(|h| h.contains('*')) {
-            return Err(format!(
-                "tls.acme of {app} cannot order {wild}: a wildcard needs the dns-01 challenge, which cutover cannot answer yet; list exact names under hosts or use cert and key"
-            ));
+            if self.challenge != Challenge::Dns01 {
+                return Err(format!(
+                    "tls.acme of {app} cannot order {wild} over {}: a wildcard needs the dns-01 challenge; set challenge: dns-01 with a dns_hook, or list exact names under hosts",
+                    self.challenge
+                ));
+            }
         }
         if let Some(contact) = self.contact.iter().find(|c| !c.starts_with("mailto:")) {
             return Err(format!(
@@ -207,7 +248,7 @@ mod tests {
     }
 
     #[test]
-    fn exactly_one_of_files_or_acme_and_no_wildcard_over_acme() {
+    fn exactly_one_of_files_or_acme_and_wildcards_only_over_dns_01() {
         let hosts = vec!["shop.example.com".to_owned()];
         let files = tls(serde_json::json!({"cert": "/c.pem", "key": "/c.key"}));
         assert_eq!(files.check("shop", &hosts), Ok(()));
@@ -228,7 +269,15 @@ mod tests {
             ),
             (
                 serde_json::json!({"acme": {"directory": "https://ca/dir", "challenge": "dns-01"}}),
-                "tls.acme.challenge of shop is dns-01",
+                "tls.acme.challenge of shop is dns-01 but no dns_hook",
+            ),
+            (
+                serde_json::json!({"acme": {"directory": "https://ca/dir", "challenge": "dns-01", "dns_hook": "hook"}}),
+                "tls.acme.dns_hook of shop (hook) is not an absolute path",
+            ),
+            (
+                serde_json::json!({"acme": {"directory": "https://ca/dir", "dns_hook": "/hook"}}),
+                "tls.acme.dns_hook of shop is only run for the dns-01 challenge",
             ),
         ];
         for (section, expected) in cases {
@@ -240,8 +289,13 @@ mod tests {
             .check("shop", &wild)
             .unwrap_err();
         assert!(
-            err.contains("a wildcard needs the dns-01 challenge"),
+            err.contains("over http-01: a wildcard needs the dns-01 challenge"),
             "{err}"
+        );
+        let dns = serde_json::json!({"directory": "https://ca/dir", "challenge": "dns-01", "dns_hook": "/hook"});
+        assert_eq!(
+            tls(serde_json::json!({"acme": dns})).check("shop", &wild),
+            Ok(())
         );
     }
 }

@@ -64,6 +64,23 @@ pub fn check_beside(state: &State, spec: &AppSpec) -> Result<(), ErrorReply> {
             message: format!("tls of {}: {why}", spec.name),
         })?;
     }
+    // So does a DNS-01 hook that could not be run.
+    let acme = spec.tls.as_ref().and_then(|tls| tls.acme.as_ref());
+    if let Some(hook) = acme.and_then(|acme| acme.dns_hook.as_ref()) {
+        use std::os::unix::fs::PermissionsExt;
+        let runnable =
+            std::fs::metadata(hook).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if !matches!(runnable, Ok(true)) {
+            return Err(ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: format!(
+                    "tls.acme.dns_hook of {} ({}) is not an executable file on this host; install it and chmod +x it",
+                    spec.name,
+                    hook.display()
+                ),
+            });
+        }
+    }
     let redirect = |spec: &AppSpec| spec.tls.as_ref().and_then(|t| t.redirect_from.clone());
     if let Some(record) = state.apps.get(&spec.name) {
         let (was, is) = (redirect(&record.spec), redirect(spec));

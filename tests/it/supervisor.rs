@@ -5,6 +5,7 @@
 
 mod access_log;
 mod acme;
+mod acme_ca;
 mod canary;
 mod dashboard;
 mod grpc;

@@ -1,26 +1,65 @@
 //! The ACME account of one directory: its HTTPS client (rustls with aws-lc-rs named, the public
-//! roots of webpki-roots plus the manifest's `ca`), and the account itself, created once and
-//! kept in `STATE/acme/` (see `store`), then restored from there.
+//! roots of webpki-roots plus the manifest's `ca`; it keeps the CA's last `Retry-After` on a
+//! 429 or 503, which instant-acme's errors do not carry), and the account itself, created once
+//! and kept in `STATE/acme/` (see `store`), then restored from there.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use instant_acme::{Account, AccountCredentials, BodyWrapper, ExternalAccountKey, NewAccount};
+use instant_acme::{
+    Account, AccountCredentials, BodyWrapper, BytesResponse, ExternalAccountKey, HttpClient,
+    NewAccount,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::store;
 use crate::protocol::tls::AcmeSpec;
 
+/// An account, and what its CA last said about coming back later.
+pub struct Opened {
+    pub account: Account,
+    pub come_back: ComeBack,
+}
+
+/// The latest `Retry-After` the CA sent with a 429 (rate limited) or 503.
+#[derive(Debug, Clone, Default)]
+pub struct ComeBack(Arc<Mutex<Option<SystemTime>>>);
+
+impl ComeBack {
+    /// How long from now the CA asked to be left alone, in whole seconds rounded up,
+    /// forgetting it; `None` if it did not.
+    pub fn take(&self) -> Option<Duration> {
+        let at = self.0.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        Some(Duration::from_secs(left.as_secs_f64().ceil() as u64))
+    }
+}
+
 /// The account for `spec.directory`: the stored one, else a new one (then stored).
-pub async fn open(state_dir: &Path, spec: &AcmeSpec) -> Result<Account, String> {
+pub async fn open(state_dir: &Path, spec: &AcmeSpec) -> Result<Opened, String> {
+    let come_back = ComeBack::default();
+    let account = account(state_dir, spec, &come_back).await?;
+    Ok(Opened { account, come_back })
+}
+
+async fn account(
+    state_dir: &Path,
+    spec: &AcmeSpec,
+    come_back: &ComeBack,
+) -> Result<Account, String> {
     let directory = &spec.directory;
     if let Some(json) = store::load_account(state_dir, directory)? {
         match serde_json::from_slice::<AccountCredentials>(&json) {
             Ok(credentials) => {
-                return Account::builder_with_http(http_client(spec)?)
+                return Account::builder_with_http(http_client(spec, come_back)?)
                     .from_credentials(credentials)
                     .await
                     .map_err(|e| format!("cannot reach the ACME directory {directory}: {e}"));
@@ -42,7 +81,7 @@ pub async fn open(state_dir: &Path, spec: &AcmeSpec) -> Result<Account, String> 
         }
         None => None,
     };
-    let (account, credentials) = Account::builder_with_http(http_client(spec)?)
+    let (account, credentials) = Account::builder_with_http(http_client(spec, come_back)?)
         .create(
             &NewAccount {
                 contact: &contact,
@@ -66,7 +105,7 @@ pub async fn open(state_dir: &Path, spec: &AcmeSpec) -> Result<Account, String> 
 }
 
 /// The client the account talks to its directory with.
-fn http_client(spec: &AcmeSpec) -> Result<Box<dyn instant_acme::HttpClient>, String> {
+fn http_client(spec: &AcmeSpec, come_back: &ComeBack) -> Result<Box<dyn HttpClient>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = &spec.ca {
@@ -94,5 +133,68 @@ fn http_client(spec: &AcmeSpec) -> Result<Box<dyn instant_acme::HttpClient>, Str
         .build();
     let client: Client<_, BodyWrapper<Bytes>> =
         Client::builder(TokioExecutor::new()).build(connector);
-    Ok(Box::new(client))
+    Ok(Box::new(Heeding {
+        client: Box::new(client),
+        come_back: come_back.clone(),
+    }))
+}
+
+/// A client that keeps the CA's `Retry-After` when it says "not now".
+struct Heeding {
+    client: Box<dyn HttpClient>,
+    come_back: ComeBack,
+}
+
+impl HttpClient for Heeding {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let answer = self.client.request(req);
+        let come_back = self.come_back.clone();
+        Box::pin(async move {
+            let answer = answer.await?;
+            let status = answer.parts.status;
+            if status == http::StatusCode::TOO_MANY_REQUESTS
+                || status == http::StatusCode::SERVICE_UNAVAILABLE
+            {
+                let at = answer.parts.headers.get(http::header::RETRY_AFTER);
+                if let Some(at) = at.and_then(|v| v.to_str().ok()).and_then(retry_after) {
+                    *come_back.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+                }
+            }
+            Ok(answer)
+        })
+    }
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 section 10.2.3).
+fn retry_after(value: &str) -> Option<SystemTime> {
+    let value = value.trim();
+    match u64::from_str(value) {
+        Ok(secs) => Some(SystemTime::now() + Duration::from_secs(secs)),
+        Err(_) => httpdate::HttpDate::from_str(value)
+            .ok()
+            .map(SystemTime::from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let soon = retry_after(" 120 ").expect("seconds");
+        let left = soon.duration_since(SystemTime::now()).expect("ahead");
+        assert!(left > Duration::from_secs(110) && left <= Duration::from_secs(120));
+        let date = retry_after("Fri, 31 Dec 1999 23:59:59 GMT").expect("a date");
+        assert_eq!(
+            date.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            946_684_799
+        );
+        assert_eq!(retry_after("soon"), None);
+    }
 }

@@ -1,13 +1,16 @@
-//! One order, for one host: the order, its authorization's challenge set up (see `challenges`)
-//! and announced, the wait for the CA, then a fresh key, the CSR (rcgen) and the chain.
+//! One order, for one host: the order (naming the certificate it replaces, where the CA takes
+//! ARI), its authorization's challenge set up (see `challenges` and `dns_hook`) and announced,
+//! the wait for the CA, then a fresh key, the CSR (rcgen) and the chain.
 
 use std::time::Duration;
 
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder,
+    OrderStatus, RetryPolicy,
 };
 
 use super::challenges::{Port, Ports, Posted};
+use super::dns_hook::{self, Published};
 use crate::protocol::tls::{AcmeSpec, Challenge};
 
 /// A certificate just issued: its chain and key, PEM.
@@ -36,20 +39,28 @@ impl From<String> for Failed {
 /// How long the CA may take to check a challenge, and to issue.
 const CA_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Orders a certificate for `host` on `account`, answering `spec.challenge`.
+/// Orders a certificate for `host` on `account`, answering `spec.challenge`; `replaces` names
+/// the certificate it succeeds (ARI, RFC 9773), when the CA suggested the renewal.
 pub async fn order(
     account: &Account,
     spec: &AcmeSpec,
     host: &str,
     ports: &Ports,
+    replaces: Option<CertificateIdentifier<'static>>,
 ) -> Result<Issued, Failed> {
     let identifiers = [Identifier::Dns(host.to_owned())];
+    let mut new_order = NewOrder::new(&identifiers);
+    if let Some(replaces) = replaces {
+        new_order = new_order.replaces(replaces);
+    }
     let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
+        .new_order(&new_order)
         .await
         .map_err(failed("the new order"))?;
-    // Held until the CA has checked: the table's entries and the challenge-only port.
+    // Held until the CA has checked: the table's entries, the challenge-only port, the TXT
+    // records.
     let mut posted: Vec<Posted> = Vec::new();
+    let mut records: Vec<Published> = Vec::new();
     let mut _port: Option<std::sync::Arc<Port>> = None;
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
@@ -63,10 +74,14 @@ pub async fn order(
                 )))
             }
         }
+        let name = match authz.identifier().identifier {
+            Identifier::Dns(name) => name.clone(),
+            other => return Err(Failed::from(format!("the CA asks about {other:?}"))),
+        };
         let kind = match spec.challenge {
             Challenge::Http01 => ChallengeType::Http01,
             Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
-            Challenge::Dns01 => return Err(Failed::from("dns-01 is not built".to_owned())),
+            Challenge::Dns01 => ChallengeType::Dns01,
         };
         let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
             Failed::from(format!(
@@ -80,7 +95,25 @@ pub async fn order(
                 _port = ports.hold(addr)?;
                 posted.push(Posted::http(&challenge.token, key_authorization.as_str()));
             }
-            _ => posted.push(Posted::alpn(host, key_authorization.digest().as_ref())?),
+            Challenge::TlsAlpn01 => {
+                posted.push(Posted::alpn(host, key_authorization.digest().as_ref())?)
+            }
+            Challenge::Dns01 => {
+                let hook = spec
+                    .dns_hook
+                    .as_deref()
+                    .ok_or_else(|| Failed::from("tls.acme.dns_hook is not set".to_owned()))?;
+                let record = dns_hook::record_name(&name);
+                records
+                    .push(dns_hook::present(hook, &record, &key_authorization.dns_value()).await?);
+                if let Some(wait) = spec.dns_wait {
+                    tracing::info!(
+                        "waiting {}s (tls.acme.dns_wait) for {record} to spread",
+                        wait.as_secs()
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
         challenge
             .set_ready()
@@ -91,11 +124,12 @@ pub async fn order(
         .initial_delay(Duration::from_millis(250))
         .backoff(1.5)
         .timeout(CA_DEADLINE);
-    let status = order
-        .poll_ready(&retries)
-        .await
-        .map_err(failed("the CA's check"))?;
+    let status = order.poll_ready(&retries).await;
     drop(posted);
+    for record in records {
+        record.cleanup().await;
+    }
+    let status = status.map_err(failed("the CA's check"))?;
     if status != OrderStatus::Ready {
         return Err(Failed::from(format!(
             "the order for {host} is {status:?} after the CA's check"

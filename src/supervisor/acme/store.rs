@@ -1,5 +1,6 @@
 //! What ACME leaves on disk, beside the state file: `STATE/certs/<host>.pem` and `<host>.key`
-//! (one pair per host, so one bad file never takes the others down) and the account's
+//! (one pair per host, so one bad file never takes the others down; `*.` of a wildcard is
+//! written `_wildcard.`) and the account's
 //! credentials in `STATE/acme/account-<hash of the directory>.json`; every file written
 //! atomically (temp file, fsync, rename, fsync of the directory), keys and credentials 0600.
 
@@ -25,6 +26,10 @@ pub struct Stored {
 /// The files of `host`'s certificate.
 pub fn cert_paths(state_dir: &Path, host: &str) -> (PathBuf, PathBuf) {
     let dir = state_dir.join("certs");
+    let host = match host.strip_prefix("*.") {
+        Some(base) => format!("_wildcard.{base}"),
+        None => host.to_owned(),
+    };
     (
         dir.join(format!("{host}.pem")),
         dir.join(format!("{host}.key")),

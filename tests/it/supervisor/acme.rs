@@ -6,42 +6,18 @@
 //! Clients trust only Pebble's root and validate the chain as a browser does.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use cutover::protocol::app::TlsSpec;
-use cutover::protocol::tls::{AcmeSpec, Challenge};
+use cutover::protocol::tls::Challenge;
 
+use crate::support::acme::{self, served_cert, HOST, ISSUE};
 use crate::support::app::App;
 use crate::support::pebble::{Pebble, PebbleSetup};
 use crate::support::supervisor::{Supervisor, ROLLOUT};
-use crate::support::tls::{self, get};
+use crate::support::tls;
 use crate::support::{free_port, wait_until};
 
-const HOST: &str = "shop.example.com";
-
-/// How long Pebble may take to issue, on a loaded 2-core box.
-const ISSUE: Duration = Duration::from_secs(90);
-
-/// The app's `tls.acme`, set by each test before its deploy: a spec tweak is a plain `fn`, so it
-/// reads the section from the test process's environment (`CUTOVER_TEST_ACME_<APP>`, JSON).
-fn acme_from_env(spec: &mut cutover::protocol::AppSpec) {
-    let var = format!(
-        "CUTOVER_TEST_ACME_{}",
-        spec.name.to_uppercase().replace('-', "_")
-    );
-    let json = std::env::var(&var).unwrap_or_else(|_| panic!("{var} is set by the test"));
-    spec.hosts = vec![HOST.to_owned()];
-    spec.tls = Some(TlsSpec {
-        cert: None,
-        key: None,
-        acme: Some(serde_json::from_str(&json).expect("an AcmeSpec")),
-        hsts: None,
-        redirect_from: None,
-    });
-}
-
-/// An app named `name` whose certificate comes from `directory` by `challenge`, answering
-/// HTTP-01 on `http_port`.
+/// An app named `name` whose certificate for [`HOST`] comes from `directory` by `challenge`,
+/// answering HTTP-01 on `http_port`.
 fn app(
     name: &str,
     pebble: Option<&Pebble>,
@@ -49,50 +25,16 @@ fn app(
     challenge: Challenge,
     http_port: u16,
 ) -> App {
-    let mut app = App::new(name);
-    let spec = AcmeSpec {
-        directory: directory.to_owned(),
-        contact: vec!["mailto:ops@example.com".to_owned()],
-        challenge,
-        eab: None,
-        ca: pebble.map(|p| p.api_ca.clone()),
-        http_listen: Some(format!("127.0.0.1:{http_port}")),
-    };
-    let var = format!(
-        "CUTOVER_TEST_ACME_{}",
-        name.to_uppercase().replace('-', "_")
-    );
-    std::env::set_var(var, serde_json::to_string(&spec).expect("JSON"));
-    app.tweak = acme_from_env;
-    app.place("v1");
-    app
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime")
-}
-
-/// The certificate a new HTTPS connection gets, once the answer is the app's.
-fn served_cert(pebble: &Pebble, addr: SocketAddr) -> Result<Vec<u8>, String> {
-    let client = pebble.client(addr, HOST);
-    let url = format!("https://{HOST}:{}/", addr.port());
-    let (status, _, body, cert) = runtime().block_on(get(&client, &url))?;
-    if status != 200 || !body.starts_with("hello from v1") {
-        return Err(format!("{status}: {body}"));
-    }
-    cert.ok_or_else(|| "no peer certificate".to_owned())
+    let ca = pebble.map(|p| p.api_ca.clone());
+    acme::app(
+        name,
+        &[HOST],
+        &acme::spec(directory, ca, challenge, http_port),
+    )
 }
 
 fn wait_for_cert(pebble: &Pebble, addr: SocketAddr) -> Vec<u8> {
-    let mut cert = None;
-    wait_until("a certificate from pebble", ISSUE, || {
-        cert = served_cert(pebble, addr).ok();
-        cert.is_some()
-    });
-    cert.expect("served")
+    acme::wait_for_cert(pebble, addr, HOST)
 }
 
 fn ordered_and_served(name: &str, challenge: Challenge) {
@@ -102,6 +44,7 @@ fn ordered_and_served(name: &str, challenge: Challenge) {
         http_port,
         tls_port: listen.port(),
         validity: None,
+        eab: None,
     });
     let mut app = app(name, Some(&pebble), &pebble.directory, challenge, http_port);
     app.listen = listen;
@@ -137,6 +80,7 @@ fn a_short_lived_certificate_is_renewed_under_load_without_a_failed_request() {
         tls_port: listen.port(),
         // Renewed when a third is left: about 20 s after it is issued.
         validity: Some(30),
+        eab: None,
     });
     let mut app = app(
         "acme-renew",
@@ -153,7 +97,7 @@ fn a_short_lived_certificate_is_renewed_under_load_without_a_failed_request() {
     let load = tls::load(pebble.client(listen, HOST), &url, 4);
     load.wait_for_more_ok(20, ROLLOUT);
     wait_until("a renewed certificate", ISSUE, || {
-        served_cert(&pebble, listen).is_ok_and(|der| der != first)
+        served_cert(&pebble, listen, HOST).is_ok_and(|der| der != first)
     });
     load.wait_for_more_ok(20, ROLLOUT);
     let report = load.stop();
@@ -171,6 +115,7 @@ fn stored_certificates_are_served_at_once_after_a_restart_without_a_new_order() 
         http_port,
         tls_port: listen.port(),
         validity: None,
+        eab: None,
     });
     let mut app = app(
         "acme-restart",
@@ -186,7 +131,7 @@ fn stored_certificates_are_served_at_once_after_a_restart_without_a_new_order() 
     // No CA any more: only what is stored can be served.
     pebble.stop();
     supervisor.restart();
-    let served = served_cert(&pebble, listen).expect("HTTPS right after the restart");
+    let served = served_cert(&pebble, listen, HOST).expect("HTTPS right after the restart");
     assert_eq!(served, issued, "the stored certificate");
     let log = supervisor.log();
     assert_eq!(log.matches("new certificate for").count(), 1, "{log}");
@@ -228,6 +173,7 @@ fn a_hand_over_under_https_load_keeps_the_certificate_and_orders_nothing_new() {
         http_port,
         tls_port: listen.port(),
         validity: None,
+        eab: None,
     });
     let mut app = app(
         "acme-handover",
@@ -247,7 +193,7 @@ fn a_hand_over_under_https_load_keeps_the_certificate_and_orders_nothing_new() {
     load.wait_for_more_ok(20, ROLLOUT);
     let report = load.stop();
     assert_eq!(report.failures(), 0, "{report:?}");
-    assert_eq!(served_cert(&pebble, listen).expect("HTTPS"), issued);
+    assert_eq!(served_cert(&pebble, listen, HOST).expect("HTTPS"), issued);
     let log = supervisor.log();
     assert_eq!(log.matches("new certificate for").count(), 1, "{log}");
     assert_eq!(log.matches("created an ACME account").count(), 1, "{log}");

@@ -6,9 +6,11 @@
 
 #![allow(dead_code)]
 
+pub mod acme;
 pub mod app;
 pub mod archive;
 pub mod browser;
+pub mod ca_front;
 pub mod control_socket;
 pub mod fleet;
 pub mod github;

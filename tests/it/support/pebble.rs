@@ -1,8 +1,9 @@
 //! Let's Encrypt's test CA, Pebble (Debian package `pebble`, 2.4), on 127.0.0.1 for one test:
 //! its own HTTPS certificate made by the test CA (`tls::TestCa`, the package ships none), its
-//! DNS answered by `pebble-challtestsrv` (every name is 127.0.0.1), its validation port for
-//! HTTP-01 and TLS-ALPN-01 set to the ports the test's supervisor answers on. Both processes
-//! are killed on drop.
+//! DNS answered by `pebble-challtestsrv` (every name is 127.0.0.1; TXT records set over its
+//! management API, as a DNS-01 hook does with a provider's), its validation port for HTTP-01
+//! and TLS-ALPN-01 set to the ports the test's supervisor answers on, and, when asked, external
+//! account binding required. Both processes are killed on drop.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ pub struct Pebble {
     pub api_ca: PathBuf,
     /// The root Pebble issues under, fetched from its management API.
     pub root_pem: Vec<u8>,
+    /// `pebble-challtestsrv`'s management API (`/set-txt`, `/clear-txt`).
+    pub dns_management: SocketAddr,
     pub log: PathBuf,
     children: Vec<Child>,
     _dir: tempfile::TempDir,
@@ -31,6 +34,9 @@ pub struct PebbleSetup {
     pub tls_port: u16,
     /// Issued certificates' lifetime in seconds (Pebble's default: five years).
     pub validity: Option<u64>,
+    /// An external account binding every new account must carry: key id and HMAC key
+    /// (base64url).
+    pub eab: Option<(String, String)>,
 }
 
 impl Pebble {
@@ -51,6 +57,10 @@ impl Pebble {
         });
         if let Some(seconds) = setup.validity {
             pebble["certificateValidityPeriod"] = seconds.into();
+        }
+        if let Some((kid, key)) = &setup.eab {
+            pebble["externalAccountBindingRequired"] = true.into();
+            pebble["externalAccountMACKeys"] = serde_json::json!({ kid: key });
         }
         let config = dir.path().join("pebble.json");
         std::fs::write(&config, serde_json::json!({ "pebble": pebble }).to_string())
@@ -87,11 +97,12 @@ impl Pebble {
             directory: format!("https://localhost:{api}/dir"),
             api_ca: ca.cert.clone(),
             root_pem: Vec::new(),
+            dns_management: SocketAddr::from(([127, 0, 0, 1], dns_mgmt)),
             log,
             children: vec![dns_server, server],
             _dir: dir,
         };
-        for port in [api, management, dns] {
+        for port in [api, management, dns, dns_mgmt] {
             wait_until(
                 &format!("pebble on port {port}"),
                 Duration::from_secs(20),
