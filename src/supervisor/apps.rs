@@ -118,7 +118,7 @@ impl Apps {
             let bound = match record.spec.listen_addr() {
                 Ok(listen) => {
                     let sharing = sharing::neighbour(tasks.values(), listen);
-                    sharing::bind(&record.spec, listen, &inherited, sharing)
+                    sharing::bind(&record.spec, listen, &inherited, &setup.acme, sharing)
                         .map(|(proxy, systemd_socket)| (listen, proxy, systemd_socket))
                         .map_err(|e| e.message)
                 }
@@ -133,12 +133,18 @@ impl Apps {
                     continue;
                 }
             };
-            let redirect = sharing::redirect(&record.spec, listen, tasks.values(), &inherited)
-                .unwrap_or_else(|e| {
-                    // The app serves on; only its plain-HTTP redirect is missing.
-                    tracing::error!(app = %name, "no HTTPS redirect: {}", e.message);
-                    None
-                });
+            let redirect = sharing::redirect(
+                &record.spec,
+                listen,
+                tasks.values(),
+                &inherited,
+                &setup.acme,
+            )
+            .unwrap_or_else(|e| {
+                // The app serves on; only its plain-HTTP redirect is missing.
+                tracing::error!(app = %name, "no HTTPS redirect: {}", e.message);
+                None
+            });
             let context = Arc::new(AppContext {
                 name: name.clone(),
                 listen,
@@ -317,15 +323,11 @@ impl Apps {
     ) -> Result<AppHandle, ErrorReply> {
         let listen = deploy::validate(request, None)?;
         let sharing = sharing::neighbour(tasks.values(), listen);
+        let (inherited, acme) = (&self.registry.inherited, &self.registry.setup.acme);
         let (proxy, systemd_socket) =
-            sharing::bind(&request.app, listen, &self.registry.inherited, sharing)?;
+            sharing::bind(&request.app, listen, inherited, acme, sharing)?;
         proxy.start_accepting();
-        let redirect = sharing::redirect(
-            &request.app,
-            listen,
-            tasks.values(),
-            &self.registry.inherited,
-        )?;
+        let redirect = sharing::redirect(&request.app, listen, tasks.values(), inherited, acme)?;
         let record = AppRecord::new(request.app.clone(), request.dest.clone());
         let context = Arc::new(AppContext {
             name: request.app.name.clone(),

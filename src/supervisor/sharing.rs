@@ -1,5 +1,6 @@
-//! Apps on one listen address (and HTTPS redirects on a plain one): the proxy an app gets (it joins the one already serving its
-//! address, else takes the socket passed for it, else binds anew), and what apps sharing an
+//! Apps on one listen address (and HTTPS redirects on a plain one): the proxy an app gets (it
+//! joins the one already serving its address, else takes the socket passed for it, else the
+//! challenge-only port ACME opened there, else binds anew), and what apps sharing an
 //! address must agree on, checked before a deploy starts: routes that requests can tell apart,
 //! HTTP mode, and the same PROXY protocol and TLS settings.
 
@@ -8,6 +9,7 @@ use std::net::SocketAddr;
 use crate::protocol::app::{Mode, Upstream};
 use crate::protocol::routes::collision_message;
 use crate::protocol::{AppSpec, ErrorKind, ErrorReply};
+use crate::supervisor::acme::Manager;
 use crate::supervisor::app::AppHandle;
 use crate::supervisor::listeners::Listeners;
 use crate::supervisor::proxy::{load_certificate, Proxy};
@@ -136,13 +138,14 @@ pub fn redirect<'a>(
     listen: SocketAddr,
     apps: impl IntoIterator<Item = &'a AppHandle>,
     inherited: &std::sync::Mutex<Listeners>,
+    acme: &Manager,
 ) -> Result<Option<Proxy>, ErrorReply> {
     let addr = spec
         .tls
         .as_ref()
         .and_then(|t| t.redirect_addr(&spec.name).ok().flatten());
     let sharing = addr.and_then(|addr| neighbour(apps, addr));
-    bind_redirect(spec, listen, inherited, sharing)
+    bind_redirect(spec, listen, inherited, acme, sharing)
 }
 
 /// The HTTPS redirect of `spec`'s app (`tls.redirect_from`), if it has one, answering for its
@@ -152,6 +155,7 @@ fn bind_redirect(
     spec: &AppSpec,
     listen: SocketAddr,
     inherited: &std::sync::Mutex<Listeners>,
+    acme: &Manager,
     sharing: Option<(&Proxy, bool)>,
 ) -> Result<Option<Proxy>, ErrorReply> {
     let bad = |message: String| ErrorReply {
@@ -172,7 +176,7 @@ fn bind_redirect(
             let passed = lock(inherited).take_app(&name, addr);
             let proxy = match passed {
                 Some(passed) => Proxy::from_listener_held(passed.listener),
-                None => Proxy::bind_held(addr),
+                None => bind_anew(addr, acme),
             }
             .map_err(|e| {
                 // `e` names the address (`Front::bind`).
@@ -198,6 +202,7 @@ pub fn bind(
     spec: &AppSpec,
     addr: SocketAddr,
     inherited: &std::sync::Mutex<Listeners>,
+    acme: &Manager,
     sharing: Option<(&Proxy, bool)>,
 ) -> Result<(Proxy, bool), ErrorReply> {
     let bad = |message: String| ErrorReply {
@@ -223,7 +228,7 @@ pub fn bind(
                 (proxy, passed.systemd)
             }
             None => {
-                let proxy = Proxy::bind_held(addr).map_err(|e| {
+                let proxy = bind_anew(addr, acme).map_err(|e| {
                     // `e` names the address (`Front::bind`).
                     bad(format!("{e}; free that address or pick another"))
                 })?;
@@ -239,6 +244,15 @@ pub fn bind(
     proxy.set_h2c(spec.h2c);
     proxy.set_upstream_h2c(spec.upstream == Upstream::H2c);
     Ok((proxy, systemd))
+}
+
+/// A proxy on `addr` no app serves yet: the challenge-only port ACME opened there for an
+/// order, if there is one, else a socket bound now.
+fn bind_anew(addr: SocketAddr, acme: &Manager) -> std::io::Result<Proxy> {
+    match acme.take_port(addr) {
+        Some(listener) => Proxy::from_listener_held(listener),
+        None => Proxy::bind_held(addr),
+    }
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,7 +1,9 @@
 //! Setting up what the CA checks, and taking it down again: HTTP-01 tokens and TLS-ALPN-01
 //! certificates (made here with rcgen, carrying the acmeIdentifier extension of RFC 8737) go
 //! into the proxy's process-wide table, which every address answers from; and the
-//! challenge-only HTTP port, opened when no proxy serves `http_listen` (404 for anything else).
+//! challenge-only HTTP port, opened when no proxy serves `http_listen` (404 for anything else)
+//! and given up to an app deployed on that address meanwhile (its proxy answers from the table
+//! too), the socket passed on open so that no connection is refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -81,6 +83,8 @@ pub struct Ports {
 #[derive(Debug)]
 pub struct Port {
     stop: CancellationToken,
+    /// The socket, for an app's proxy to take over.
+    listener: std::net::TcpListener,
 }
 
 impl Drop for Port {
@@ -106,19 +110,41 @@ impl Ports {
                 ))
             }
         };
+        let kept = listener.try_clone();
         listener
             .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            .and_then(|()| Ok((kept?, tokio::net::TcpListener::from_std(listener)?)))
             .map_err(|e| format!("cannot serve {addr} for HTTP-01 challenges: {e}"))
-            .map(|listener| {
+            .map(|(kept, listener)| {
                 let port = Arc::new(Port {
                     stop: CancellationToken::new(),
+                    listener: kept,
                 });
                 tokio::spawn(serve(listener, port.stop.clone()));
                 open.insert(addr, Arc::downgrade(&port));
                 tracing::info!("answering HTTP-01 challenges on {addr}");
                 Some(port)
             })
+    }
+}
+
+impl Ports {
+    /// The socket of the challenge-only port open at `addr`, if one is, for an app's proxy to
+    /// serve from now on: this port stops accepting (connections it took are answered still).
+    pub fn take(&self, addr: SocketAddr) -> Option<std::net::TcpListener> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let port = open.remove(&addr)?.upgrade()?;
+        port.stop.cancel();
+        match port.listener.try_clone() {
+            Ok(listener) => {
+                tracing::info!("the challenge-only port {addr} goes to the app deployed there");
+                Some(listener)
+            }
+            Err(e) => {
+                tracing::error!("cannot pass the challenge-only port {addr} on: {e}");
+                None
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! may order at all — only one of two supervisors in a hand-over does.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -100,6 +101,12 @@ impl Manager {
         };
         tokio::spawn(follower.run());
         apps.insert(app.clone(), followed);
+    }
+
+    /// The socket of the challenge-only port open at `addr` for an order under way, if any, for
+    /// the proxy of an app deployed there to serve instead (it answers challenges too).
+    pub fn take_port(&self, addr: SocketAddr) -> Option<std::net::TcpListener> {
+        self.inner.ports.take(addr)
     }
 
     /// What `cutover status` says of `app`'s certificates: `None` unless they come over ACME.

@@ -3,7 +3,8 @@
 //! provider's) for a wildcard certificate, a failing hook said in one line; an account that
 //! must carry an external account binding; and, through a front that adds what Pebble 2.4
 //! lacks (see `support::ca_front`), a renewal at the time the CA suggests (ARI) naming the
-//! certificate it replaces, and a rate-limited order tried again no sooner than Retry-After.
+//! certificate it replaces, a rate-limited order tried again no sooner than Retry-After, and
+//! the challenge-only port given up to an app deployed on its address while an order is open.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use crate::support::app::App;
 use crate::support::ca_front::CaFront;
 use crate::support::control_socket::error_of;
 use crate::support::pebble::{Pebble, PebbleSetup};
+use crate::support::request::get;
 use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::{free_port, wait_until};
 
@@ -234,4 +236,46 @@ fn a_rate_limited_order_is_tried_again_no_sooner_than_the_cas_retry_after() {
     let waited = orders[1].at - orders[0].at;
     // Without Retry-After the first backoff is 2 s.
     assert!(waited >= Duration::from_millis(5500), "{waited:?}");
+}
+
+#[test]
+fn an_app_deployed_on_the_challenge_port_while_an_order_is_open_takes_it_over() {
+    let http_port = free_port();
+    let pebble = pebble(http_port, free_port(), None);
+    let front = CaFront::start(&pebble);
+    front.hold_challenges();
+    let spec = acme::spec(
+        &front.directory,
+        Some(front.ca.clone()),
+        Challenge::Http01,
+        http_port,
+    );
+    let app = acme::app("acme-port", &[HOST], &spec);
+    let supervisor = Supervisor::start_in(app.home());
+    supervisor.deploy_ok(&app, "v1");
+    wait_until("the challenge announced", ISSUE, || front.held() > 0);
+    let port80 = SocketAddr::from(([127, 0, 0, 1], http_port));
+    let answer = get(port80, "/").expect("the challenge-only port");
+    assert_eq!(answer.status, 404);
+    assert!(
+        answer.body.contains("only answers ACME challenges"),
+        "{}",
+        answer.body
+    );
+    // A plain-HTTP app for every host deployed on that address, mid-order.
+    let mut plain = App::new("plain-80");
+    plain.listen = port80;
+    plain.place("v1");
+    supervisor.deploy_ok(&plain, "v1");
+    let answer = get(port80, "/").expect("the plain app");
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.starts_with("hello from v1"), "{}", answer.body);
+    // The CA looks now: the plain app's proxy answers the challenge.
+    front.release();
+    wait_for_cert(&pebble, app.listen, HOST);
+    assert_eq!(front.orders().len(), 1);
+    let log = supervisor.log();
+    assert!(log.contains(&format!(
+        "the challenge-only port {port80} goes to the app deployed there"
+    )));
 }

@@ -30,6 +30,8 @@ pub struct CaFront {
     /// The CA the front's HTTPS is signed by (what `tls.acme.ca` names).
     pub ca: PathBuf,
     shared: Arc<Mutex<Shared>>,
+    /// Whether challenge announcements wait.
+    hold: tokio::sync::watch::Sender<bool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -55,6 +57,8 @@ struct Shared {
     asked: Vec<String>,
     /// Whether the first certificate asked about is due at once.
     first_due: bool,
+    /// Challenge announcements waiting for [`CaFront::release`].
+    held: usize,
 }
 
 impl CaFront {
@@ -93,11 +97,13 @@ impl CaFront {
             .build()
             .expect("a client for pebble");
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let hold = tokio::sync::watch::Sender::new(false);
         let front = Front {
             port,
             pebble_port: pebble_addr.port(),
             upstream,
             shared: shared.clone(),
+            hold: hold.subscribe(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the CA front");
@@ -114,6 +120,7 @@ impl CaFront {
             directory: format!("https://localhost:{port}{}", pebble_url.path()),
             ca: ca.cert.clone(),
             shared,
+            hold,
             stop: Some(stop),
             thread: Some(thread),
             _dir: dir,
@@ -125,6 +132,21 @@ impl CaFront {
         let mut shared = self.shared.lock().unwrap();
         shared.refuse = count;
         shared.retry_after = seconds;
+    }
+
+    /// Holds every challenge announcement (the client's "ready") until [`CaFront::release`]: the
+    /// CA does not look, and the order stays open.
+    pub fn hold_challenges(&self) {
+        self.hold.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.hold.send_replace(false);
+    }
+
+    /// How many challenge announcements are waiting.
+    pub fn held(&self) -> usize {
+        self.shared.lock().unwrap().held
     }
 
     /// Makes the first certificate asked about due at once (a CA that wants it replaced).
@@ -159,6 +181,7 @@ struct Front {
     pebble_port: u16,
     upstream: reqwest::Client,
     shared: Arc<Mutex<Shared>>,
+    hold: tokio::sync::watch::Receiver<bool>,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -205,6 +228,11 @@ impl Front {
         let path = head.uri.path().to_owned();
         if let Some(id) = path.strip_prefix("/renewal-info/") {
             return self.renewal_info(id);
+        }
+        if path.starts_with("/chalZ/") && *self.hold.borrow() {
+            self.shared.lock().unwrap().held += 1;
+            let _ = self.hold.clone().wait_for(|hold| !*hold).await;
+            self.shared.lock().unwrap().held -= 1;
         }
         let mut replaces = None;
         if path == "/order-plz" {
