@@ -8,12 +8,12 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 
-use crate::supervisor::proxy::load_certificate;
+use crate::supervisor::proxy::{certificate_validity as validity, load_certificate};
 
 /// A certificate as stored for one host: what the proxy serves and when it stops being valid.
 #[derive(Debug, Clone)]
@@ -55,18 +55,6 @@ pub fn load(state_dir: &Path, host: &str) -> Result<Option<Stored>, String> {
         not_before,
         not_after,
     }))
-}
-
-/// A certificate's validity period, from its DER.
-pub fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let at = |t: x509_parser::time::ASN1Time| {
-        let secs = t.timestamp();
-        SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
-    };
-    let validity = cert.validity();
-    Ok((at(validity.not_before), at(validity.not_after)))
 }
 
 /// Stores `host`'s new certificate chain and key (PEM), the key first: a crash in between

@@ -1,7 +1,8 @@
 //! `/metrics`: the supervisor in the Prometheus text format, read when scraped from what it keeps
 //! anyway (no sampling loop): the proxies' per-instance counters added up by app, release and
-//! slot; each instance's health and restarts as its app task reports them; the event counters
-//! (rollouts, canary steps, hand-overs); the process's start time and memory.
+//! slot; each instance's health and restarts as its app task reports them; when each served
+//! certificate expires; the event counters (rollouts, canary steps, hand-overs); the process's
+//! start time and memory.
 //!
 //! Label values are app, release, slot and instance names and fixed words, never a path.
 //! Counters start from zero in each supervisor process: after a hand-over, `rate()` sees the
@@ -49,6 +50,7 @@ pub async fn render(site: &Site) -> String {
     let mut page = Exposition::default();
     let mut traffic: BTreeMap<(String, String, Slot), Traffic> = BTreeMap::new();
     let mut connections = Vec::new();
+    let mut certificates = Vec::new();
     for app in site.apps.contexts().await {
         for backend in app.proxy.stats() {
             for slot in Slot::ALL {
@@ -72,6 +74,7 @@ pub async fn render(site: &Site) -> String {
             }
         }
         connections.push((app.name.clone(), app.proxy.client_connections()));
+        certificates.push((app.name.clone(), app.proxy.certificate_expiry()));
     }
     write_traffic(&mut page, &traffic);
     page.family(
@@ -81,6 +84,21 @@ pub async fn render(site: &Site) -> String {
     );
     for (app, open) in &connections {
         page.sample("cutover_client_connections", &[("app", app)], *open as f64);
+    }
+    page.family(
+        "cutover_certificate_expiry_timestamp_seconds",
+        Kind::Gauge,
+        "When the certificate served for the host stops being valid (its notAfter), in seconds since the epoch; host * is an app without hosts.",
+    );
+    for (app, served) in &certificates {
+        for (host, not_after) in served {
+            let at = not_after.duration_since(UNIX_EPOCH).unwrap_or_default();
+            page.sample(
+                "cutover_certificate_expiry_timestamp_seconds",
+                &[("app", app), ("host", host)],
+                at.as_secs() as f64,
+            );
+        }
     }
     write_instances(&mut page, &status(site).await);
     write_events(&mut page, site);

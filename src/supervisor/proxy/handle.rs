@@ -284,6 +284,29 @@ impl Proxy {
         self.front.state.downstream.count()
     }
 
+    /// When each certificate the app serves stops being valid, by the host it is served for
+    /// (`*` for the app's own certificate when it has no hosts: it takes every name).
+    pub fn certificate_expiry(&self) -> Vec<(String, std::time::SystemTime)> {
+        let mut expiry = Vec::new();
+        for (hosts, cert) in self.front.state.certificates(&self.site) {
+            let Some(Ok((_, not_after))) = cert.cert.first().map(|leaf| tls::validity(leaf)) else {
+                continue;
+            };
+            let names: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+            let names = if names.is_empty() {
+                vec!["*".to_owned()]
+            } else {
+                names
+            };
+            for name in names {
+                if !expiry.iter().any(|(n, _)| *n == name) {
+                    expiry.push((name, not_after));
+                }
+            }
+        }
+        expiry
+    }
+
     /// Counters of every backend currently routed or still draining.
     pub fn stats(&self) -> Vec<BackendStats> {
         self.site.stats()

@@ -78,4 +78,4 @@ pub use handle::{CertSlot, Proxy};
 pub use histogram::{quantile, recut};
 pub use limits::ClientLimits;
 pub use route::{Backend, BackendStats, CanaryRoute, Route, Side, Slot, SlotStats};
-pub use tls::load as load_certificate;
+pub use tls::{load as load_certificate, validity as certificate_validity};

@@ -211,6 +211,24 @@ impl ProxyState {
         self.publish(&sites);
     }
 
+    /// The certificates `state`'s app serves, each with the names it is served for: its hosts
+    /// for its own certificate, one host for one ordered over ACME.
+    pub fn certificates(
+        &self,
+        state: &Arc<SiteState>,
+    ) -> Vec<(Vec<HostPattern>, Arc<CertifiedKey>)> {
+        let sites = lock(&self.sites);
+        let Some(entry) = sites.iter().find(|e| Arc::ptr_eq(&e.state, state)) else {
+            return Vec::new();
+        };
+        let own = entry.cert.clone().map(|c| (entry.routes.hosts.clone(), c));
+        let hosts = entry
+            .host_certs
+            .iter()
+            .map(|(h, c)| (vec![h.clone()], c.clone()));
+        hosts.chain(own).collect()
+    }
+
     /// Forgets the certificates of single hosts of `state`'s app.
     pub fn clear_host_certs(&self, state: &Arc<SiteState>) {
         let mut sites = lock(&self.sites);

@@ -143,6 +143,18 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
         })
 }
 
+/// A certificate's validity period (notBefore, notAfter), from its DER.
+pub fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        let secs = t.timestamp();
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64)
+    };
+    let validity = cert.validity();
+    Ok((at(validity.not_before), at(validity.not_after)))
+}
+
 /// What says a certificate's files changed: each file's modification time, size and inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp(Vec<Option<(SystemTime, u64, u64)>>);

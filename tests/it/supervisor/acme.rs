@@ -2,15 +2,19 @@
 //! TLS-ALPN-01 answered by the supervisor, the certificate renewed under HTTPS load without a
 //! failed request, stored certificates served at once after a restart (with Pebble gone, so no
 //! order could help) and after a hand-over under load (nothing ordered again), and a CA that
-//! cannot be reached said in one line while the app runs on.
+//! cannot be reached said in one line while the app runs on; `/metrics` tells when the served
+//! certificate expires.
 //! Clients trust only Pebble's root and validate the chain as a browser does.
 
 use std::net::SocketAddr;
+use std::time::UNIX_EPOCH;
 
 use cutover::protocol::tls::Challenge;
+use cutover::supervisor::proxy::certificate_validity;
 
 use crate::support::acme::{self, served_cert, HOST, ISSUE};
 use crate::support::app::App;
+use crate::support::metrics::{listen_on, parse, promtool_check, scrape_text, value};
 use crate::support::pebble::{Pebble, PebbleSetup};
 use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::tls;
@@ -48,9 +52,10 @@ fn ordered_and_served(name: &str, challenge: Challenge) {
     });
     let mut app = app(name, Some(&pebble), &pebble.directory, challenge, http_port);
     app.listen = listen;
-    let supervisor = Supervisor::start_in(app.home());
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let supervisor = Supervisor::start_with(app.home(), listen_on(admin));
     supervisor.deploy_ok(&app, "v1");
-    wait_for_cert(&pebble, app.listen);
+    let served = wait_for_cert(&pebble, app.listen);
     let status = supervisor.status(&app);
     let said = status.certificate.unwrap_or_default();
     assert!(said.starts_with("acme, valid until "), "{said}");
@@ -59,6 +64,17 @@ fn ordered_and_served(name: &str, challenge: Challenge) {
         .join("certs")
         .join(format!("{HOST}.pem"));
     assert!(stored.exists(), "{} stored", stored.display());
+    // `/metrics` says when the served certificate expires.
+    let (_, not_after) = certificate_validity(&served).expect("an X.509 certificate");
+    let not_after = not_after.duration_since(UNIX_EPOCH).unwrap().as_secs() as f64;
+    let text = scrape_text(admin).expect("a scrape");
+    promtool_check(&text).unwrap_or_else(|lint| panic!("promtool: {lint}\n{text}"));
+    let expiry = value(
+        &parse(&text),
+        "cutover_certificate_expiry_timestamp_seconds",
+        &[("app", name), ("host", HOST)],
+    );
+    assert_eq!(expiry, not_after, "{text}");
 }
 
 #[test]
