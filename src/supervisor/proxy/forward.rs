@@ -168,10 +168,7 @@ async fn pick_and_send(
             routed: Routed::ByRoute,
         },
     };
-    if proxy
-        .upstream_h2c
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
+    if proxy.upstream_h2.load(std::sync::atomic::Ordering::Relaxed) {
         let choice = forward_h2::Choice {
             side,
             routed,

@@ -1,4 +1,4 @@
-//! One HTTP request sent on to an instance over HTTP/2 (an app's `upstream: h2c`): the same
+//! One HTTP request sent on to an instance over HTTP/2 (an app's `upstream: h2c` or `h2`): the same
 //! pick, canary sides and hold as over HTTP/1.1, the forwarding headers set in the request's own
 //! fields, and the answer streamed back with its trailers (gRPC's status travels in them).
 //!
@@ -53,8 +53,10 @@ pub(super) async fn send(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    // Over TLS (`upstream: h2`), with the trust loaded once for the request.
+    let tls = site.upstream_tls.load_full();
     *req.uri_mut() = Uri::builder()
-        .scheme("http")
+        .scheme(if tls.is_some() { "https" } else { "http" })
         .authority(authority.as_str())
         .path_and_query(target.as_str())
         .build()
@@ -73,7 +75,11 @@ pub(super) async fn send(
             }
             let in_flight = InFlight::new(table.clone(), index, worker);
             let started = Instant::now();
-            match state.h2(worker).send(state.backend.addr, req).await {
+            match state
+                .h2(worker)
+                .send(state.backend.addr, tls.as_deref(), req)
+                .await
+            {
                 Ok(response) => {
                     let latency = started.elapsed();
                     let (mut parts, body) = response.into_parts();
