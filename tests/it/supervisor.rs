@@ -8,6 +8,7 @@ mod acme;
 mod canary;
 mod dashboard;
 mod grpc;
+mod grpc_tls;
 mod hold;
 mod hosts;
 mod json_log;
