@@ -3,7 +3,9 @@
 //! fields, and the answer streamed back with its trailers (gRPC's status travels in them).
 //!
 //! A request is sent to another instance only when nothing of it left the proxy (no connection,
-//! or one that closed before it took the request); one that broke after is answered 502.
+//! or one that closed before it took the request); one that broke after is answered 502, unless
+//! the client's body was at fault (`paced_body`: it stopped coming, or broke): 408 or 400, and
+//! not the instance's error.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +20,7 @@ use super::downstream::Accepted;
 use super::head::{
     forwarding_alias, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
+use super::paced_body::{BodyFailure, PacedBody};
 use super::request::{self, strip_hop_by_hop, RequestId};
 use super::route::{next_backend, sides, Hold, InFlight, Routed, Side, Table};
 use super::site::SiteState;
@@ -62,6 +65,9 @@ pub(super) async fn send(
         .build()
         .unwrap_or_else(|_| Uri::from_static("http://localhost/"));
     *req.version_mut() = Version::HTTP_2;
+    let failure = BodyFailure::default();
+    let pace = accepted.conn.limits.body();
+    let mut req = req.map(|body| PacedBody::new(body, pace, failure.clone()));
     let lane = site.lane(accepted.worker);
     let worker = accepted.worker;
     loop {
@@ -106,6 +112,10 @@ pub(super) async fn send(
                     req = *back;
                 }
                 Err(H2Error::Exchange(why)) => {
+                    if let Some(kind) = failure.get() {
+                        tracing::debug!(backend = %state.backend.id, "the client's body failed: {why}");
+                        return client_failed(*kind);
+                    }
                     state.record_broken(worker, choice.routed, slot);
                     tracing::debug!(backend = %state.backend.id, "HTTP/2 exchange failed: {why}");
                     return status(
@@ -172,6 +182,26 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The answer to a request whose body failed on the client's side (it stopped coming:
+/// `TimedOut`; or broke); the connection ends with it (the rest of the body will not be read).
+pub(super) fn client_failed(kind: std::io::ErrorKind) -> Response<ResponseBody> {
+    let mut response = if kind == std::io::ErrorKind::TimedOut {
+        status(
+            StatusCode::REQUEST_TIMEOUT,
+            "408 request timeout: the request body stopped arriving\n",
+        )
+    } else {
+        status(
+            StatusCode::BAD_REQUEST,
+            "400 bad request: the request body could not be read\n",
+        )
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
 }
 
 fn status(code: StatusCode, text: &'static str) -> Response<ResponseBody> {

@@ -35,7 +35,7 @@
 //!   connections);
 //! - `access_log` (the file and its writer thread), `access_line` (one line's JSON), `pool`,
 //!   `upstream`, `request`, `head`, `framing` (HTTP/1.1 to and from instances), `upstream_h2`
-//!   (an HTTP/2 connection to an instance), `limits`,
+//!   (an HTTP/2 connection to an instance), `paced_body` (a request body on its way over it), `limits`,
 //!   `pace`, `histogram` (latency buckets, for the counters and the canary's p99), `room`,
 //!   `proxy_protocol`, `challenges` (the ACME challenges every address answers, written by
 //!   `supervisor::acme`); `fuzz` (hidden) feeds `head` and `framing`.
@@ -58,6 +58,7 @@ mod head;
 mod histogram;
 mod limits;
 mod pace;
+mod paced_body;
 mod pool;
 mod proxy_protocol;
 mod request;

@@ -12,18 +12,19 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::paced_body::PacedBody;
 use crate::supervisor::upstream_tls::UpstreamTls;
 
 /// One worker's connection to one instance, when one is open.
 #[derive(Debug, Default)]
-pub(crate) struct H2Conn(Mutex<Option<http2::SendRequest<Incoming>>>);
+pub(crate) struct H2Conn(Mutex<Option<http2::SendRequest<PacedBody>>>);
 
 /// Why a request got no answer over HTTP/2.
 #[derive(Debug)]
 pub(crate) enum H2Error {
     /// Nothing of it was sent (no connection could be made, or it closed first): here it is
     /// back, to go to another instance.
-    NotSent(String, Box<Request<Incoming>>),
+    NotSent(String, Box<Request<PacedBody>>),
     /// It was sent, and the exchange broke.
     Exchange(String),
 }
@@ -35,7 +36,7 @@ impl H2Conn {
         &self,
         addr: SocketAddr,
         tls: Option<&UpstreamTls>,
-        req: Request<Incoming>,
+        req: Request<PacedBody>,
     ) -> Result<Response<Incoming>, H2Error> {
         let mut sender = match self.open() {
             Some(sender) => sender,
@@ -63,7 +64,7 @@ impl H2Conn {
         })
     }
 
-    fn open(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn open(&self) -> Option<http2::SendRequest<PacedBody>> {
         let mut conn = lock(&self.0);
         if conn.as_ref().is_some_and(|c| c.is_closed()) {
             *conn = None;
@@ -75,7 +76,7 @@ impl H2Conn {
 async fn connect(
     addr: SocketAddr,
     tls: Option<&UpstreamTls>,
-) -> Result<http2::SendRequest<Incoming>, String> {
+) -> Result<http2::SendRequest<PacedBody>, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect to {addr}: {e}"))?;
@@ -87,7 +88,7 @@ async fn connect(
 }
 
 /// HTTP/2's handshake over `io`, the connection then driven by a task of its own.
-async fn handshake<T>(io: T, addr: SocketAddr) -> Result<http2::SendRequest<Incoming>, String>
+async fn handshake<T>(io: T, addr: SocketAddr) -> Result<http2::SendRequest<PacedBody>, String>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
