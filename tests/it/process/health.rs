@@ -86,7 +86,8 @@ async fn an_h2_over_tls_check_passes_with_the_apps_trust_and_fails_without_it() 
             h2_over_tls(&ca.cert, Some("grpc.internal")),
             "certificate not valid for name \"grpc.internal\"",
         ),
-        (Wire::H2c, "GET /healthz: connection error"),
+        // Plain HTTP/2 to a TLS port: the error is hyper's, whichever it meets first.
+        (Wire::H2c, "GET /healthz"),
     ] {
         let probe = Probe::for_spec(&spec, app.addr(), Ok(wire));
         let mut checker = Checker::start(probe, &spec);
