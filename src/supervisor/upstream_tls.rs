@@ -176,6 +176,60 @@ mod tests {
         assert!(err.contains("holds no certificate"), "{err}");
     }
 
+    /// A TLS server on 127.0.0.1 for `localhost` offering `alpn`, and the CA file that trusts it.
+    async fn server(alpn: &[&[u8]]) -> (SocketAddr, tempfile::NamedTempFile) {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        let cert = params.self_signed(&key).expect("a certificate");
+        let ca = tempfile::NamedTempFile::new().expect("a temp file");
+        std::fs::write(ca.path(), cert.pem()).expect("write the CA");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let private = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], private)
+            .expect("a server config");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    // Hold the connection until the client is done with it.
+                    let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut [0u8; 1]).await;
+                }
+            }
+        });
+        (addr, ca)
+    }
+
+    async fn handshake(addr: SocketAddr, ca: &Path) -> Result<(), String> {
+        let spec = UpstreamTlsSpec {
+            ca: Some(ca.to_owned()),
+            server_name: None,
+        };
+        let tls = UpstreamTls::load("grpc", &spec).expect("loaded");
+        let stream = TcpStream::connect(addr).await.unwrap();
+        tls.connect(stream, addr).await.map(drop)
+    }
+
+    #[tokio::test]
+    async fn only_an_instance_that_chooses_h2_is_spoken_to() {
+        let (addr, ca) = server(&[b"h2", b"http/1.1"]).await;
+        handshake(addr, ca.path()).await.expect("h2 chosen");
+        // A server that knows ALPN but not h2 refuses the handshake; one that ignores ALPN
+        // completes it, and is refused here.
+        let (addr, ca) = server(&[b"http/1.1"]).await;
+        let err = handshake(addr, ca.path()).await.unwrap_err();
+        assert!(err.contains("NoApplicationProtocol"), "{err}");
+        let (addr, ca) = server(&[]).await;
+        let err = handshake(addr, ca.path()).await.unwrap_err();
+        assert!(err.contains("did not choose h2 by ALPN"), "{err}");
+    }
+
     #[test]
     fn the_public_roots_serve_a_named_public_host() {
         let spec = UpstreamTlsSpec {

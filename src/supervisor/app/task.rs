@@ -185,8 +185,8 @@ impl AppTask {
             &record.id,
         ));
         let addr = SocketAddr::new(loopback_for(self.context.listen), record.port);
-        // Checked before a deploy; it fails here only if the CA went since (or before a restart
-        // of the supervisor): the checks fail and say why, and an adopted instance is kept.
+        // Checked before a deploy; it fails here only if the CA went since (or while the
+        // supervisor restarted): the instance still runs, and its HTTP checks fail saying why.
         let wire = Wire::of(spec);
         if let Err(why) = &wire {
             tracing::error!(app = %self.context.name, "{why}; the health checks of {} fail until it can be read", record.id);
