@@ -57,6 +57,12 @@ pub struct DemoAppArgs {
     /// Speak HTTP/2 without TLS only (prior knowledge), as a gRPC server does
     #[arg(long, env = "DEMO_H2C", value_parser = clap::builder::FalseyValueParser::new())]
     pub h2c: bool,
+    /// Serve HTTP/2 over TLS only (ALPN h2) with this certificate chain (PEM); needs --tls-key
+    #[arg(long, env = "DEMO_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, env = "DEMO_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// The gRPC status the echo method `/cutover.demo.Echo/Say` answers with (0: OK)
     #[arg(
         long,
@@ -106,6 +112,7 @@ pub fn run_app(args: DemoAppArgs) -> ExitCode {
         delay: std::time::Duration::from_millis(args.delay),
         drop_rate: args.drop_rate,
         h2c: args.h2c,
+        tls: args.tls_cert.zip(args.tls_key),
         grpc_status: args.grpc_status,
     };
     ExitCode::from(crate::demo::app::run(config))

@@ -4,13 +4,15 @@
 //! Routes: `GET /` (hello with version and pid), `/healthz`, `/slow?ms=N`,
 //! `/stream?chunks=N&interval_ms=M`, `/bytes?n=N` (a body of N bytes, as fast as it is taken),
 //! `/upload` (reads the whole request body, answers its length), a WebSocket echo on `/ws` and a
-//! gRPC echo (`grpc`; with `--h2c` the app speaks HTTP/2 only, as gRPC servers do). Faults (fail at boot, never
+//! gRPC echo (`grpc`; with `--h2c` the app speaks HTTP/2 only, as gRPC servers do, and with
+//! `--tls-cert`/`--tls-key` HTTP/2 over TLS only, `tls`). Faults (fail at boot, never
 //! healthy, crash after a while, an error rate, a slow boot) come from flags or the environment so
 //! that a manifest's `env:` can switch them on. SIGTERM stops accepting, lets in-flight requests
 //! finish and exits 0, as a well-behaved app should.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use super::{grpc, websocket};
 
@@ -51,6 +54,8 @@ pub struct Config {
     pub drop_rate: f64,
     /// Serve HTTP/2 without TLS only (prior knowledge), as a gRPC server does.
     pub h2c: bool,
+    /// Serve HTTP/2 over TLS only (ALPN `h2`) with this certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// The status of the gRPC echo method's answers (0: OK; 13: INTERNAL, a failing release).
     pub grpc_status: u32,
 }
@@ -71,6 +76,8 @@ struct App {
     asked: AtomicU64,
     /// Flips to true on SIGTERM; upgraded WebSocket connections watch it to close.
     shutdown: watch::Receiver<bool>,
+    /// `--tls-cert`/`--tls-key`: every connection is TLS, and HTTP/2 within.
+    tls: Option<TlsAcceptor>,
 }
 
 /// Runs the demo app until SIGTERM (exit 0) or an injected fault (non-zero); returns the exit code.
@@ -123,6 +130,16 @@ async fn serve(config: Config) -> u8 {
             return 1;
         }
     };
+    let tls = match &config.tls {
+        Some((cert, key)) => match super::tls::acceptor(cert, key) {
+            Ok(acceptor) => Some(acceptor),
+            Err(err) => {
+                eprintln!("demo-app: cannot serve TLS: {err}");
+                return 1;
+            }
+        },
+        None => None,
+    };
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,
         Err(err) => {
@@ -137,6 +154,7 @@ async fn serve(config: Config) -> u8 {
         served: AtomicU64::new(0),
         asked: AtomicU64::new(0),
         shutdown: stop_rx,
+        tls,
         config,
     });
     eprintln!(
@@ -189,24 +207,40 @@ async fn connection(app: Arc<App>, stream: tokio::net::TcpStream) {
         let app = app.clone();
         service_fn(move |req| handle(app.clone(), req))
     };
-    if app.config.h2c {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(stream), service);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = stopped(&mut shutdown) => {}
+    if let Some(acceptor) = &app.tls {
+        match acceptor.accept(stream).await {
+            Ok(stream) => serve_h2(TokioIo::new(stream), service, shutdown).await,
+            Err(err) => eprintln!("demo-app: TLS handshake failed: {err}"),
         }
-        // GOAWAY: the streams in progress finish.
-        conn.as_mut().graceful_shutdown();
-        let _ = conn.await;
+        return;
+    }
+    if app.config.h2c {
+        serve_h2(TokioIo::new(stream), service, shutdown).await;
         return;
     }
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stopped(&mut shutdown) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// HTTP/2 on `io` until it closes or SIGTERM, then GOAWAY: the streams in progress finish.
+async fn serve_h2<T, S>(io: TokioIo<T>, service: S, mut shutdown: watch::Receiver<bool>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,

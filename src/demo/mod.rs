@@ -2,5 +2,6 @@
 
 pub mod app;
 mod grpc;
+mod tls;
 pub mod tour;
 mod websocket;

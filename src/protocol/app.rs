@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use super::canary::CanarySpec;
 use super::routes::Routes;
 pub use super::tls::TlsSpec;
+pub use super::upstream::{Upstream, UpstreamTlsSpec};
 
 /// One long-running application, as described by a manifest's `app:` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,10 +123,14 @@ pub struct AppSpec {
     /// clients behind a TLS terminator of their own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub h2c: bool,
-    /// What the proxy speaks to the instances: `http1` (the default) or `h2c` (HTTP/2 without
-    /// TLS, for gRPC: trailers pass, and `grpc-status` counts in the canary analysis).
+    /// What the proxy speaks to the instances: `http1` (the default), `h2c` (HTTP/2 without
+    /// TLS) or `h2` (HTTP/2 over TLS), for gRPC: trailers pass, and `grpc-status` counts in the
+    /// canary analysis.
     #[serde(default, skip_serializing_if = "Upstream::is_http1")]
     pub upstream: Upstream,
+    /// `upstream: h2`: the CA and the name the instances' certificates are verified against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTlsSpec>,
 }
 
 impl AppSpec {
@@ -185,6 +190,7 @@ impl AppSpec {
                 self.name
             ));
         }
+        super::upstream::check(&self.name, self.upstream, self.upstream_tls.as_ref())?;
         if self.mode == Mode::Tcp && !self.routes()?.is_catch_all() {
             return Err(format!(
                 "hosts and path_prefix of {} are for mode: http (a TCP connection names no host); remove them or use mode: http",
@@ -247,24 +253,6 @@ impl Default for HealthSpec {
             min_healthy_time: Duration::ZERO,
             deadline: defaults::health_deadline(),
         }
-    }
-}
-
-/// The protocol the proxy speaks to an app's instances.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Upstream {
-    /// HTTP/1.1, connections kept alive and pooled.
-    #[default]
-    Http1,
-    /// HTTP/2 without TLS (prior knowledge): one multiplexed connection per instance and proxy
-    /// worker. Health checks with a `path` speak it too.
-    H2c,
-}
-
-impl Upstream {
-    pub fn is_http1(&self) -> bool {
-        *self == Upstream::Http1
     }
 }
 

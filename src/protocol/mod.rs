@@ -11,6 +11,7 @@ pub mod layout;
 pub mod messages;
 pub mod routes;
 pub mod tls;
+pub mod upstream;
 
 pub use app::AppSpec;
 pub use messages::*;

@@ -10,24 +10,23 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::protocol::app::HealthSpec;
+use crate::supervisor::health_check::{connect, http_get, Failure};
+pub use crate::supervisor::upstream_tls::Wire;
 
 /// What to probe.
 #[derive(Debug, Clone)]
 pub enum Probe {
-    /// `h2c`: over HTTP/2 without TLS, for an app whose instances speak nothing else.
+    /// GET `path`, spoken as `wire` says (HTTP/1.1, h2c, HTTP/2 over TLS); an error: the wire
+    /// could not be set up (the CA of `upstream_tls` unreadable), and every check fails with it.
     Http {
         addr: SocketAddr,
         path: String,
-        h2c: bool,
+        wire: Result<Wire, String>,
     },
     Tcp {
         addr: SocketAddr,
@@ -35,13 +34,14 @@ pub enum Probe {
 }
 
 impl Probe {
-    /// The probe a `health:` section asks for, against an instance listening on `addr`.
-    pub fn for_spec(spec: &HealthSpec, addr: SocketAddr, h2c: bool) -> Probe {
+    /// The probe a `health:` section asks for, against an instance listening on `addr` and
+    /// spoken to as `wire` says.
+    pub fn for_spec(spec: &HealthSpec, addr: SocketAddr, wire: Result<Wire, String>) -> Probe {
         match &spec.path {
             Some(path) => Probe::Http {
                 addr,
                 path: path.clone(),
-                h2c,
+                wire,
             },
             None => Probe::Tcp { addr },
         }
@@ -246,27 +246,12 @@ async fn run(probe: Probe, limits: Thresholds, tx: watch::Sender<HealthReport>) 
     }
 }
 
-/// Why a check did not pass.
-#[derive(Debug, PartialEq, Eq)]
-enum Failure {
-    /// The instance's: the reason shown to operators ("GET /healthz → 500").
-    Instance(String),
-    /// The supervisor's own: it could not even try.
-    Local(String),
-}
-
-impl From<String> for Failure {
-    fn from(reason: String) -> Self {
-        Failure::Instance(reason)
-    }
-}
-
 /// One check.
 async fn check(probe: &Probe, timeout: Duration) -> Result<(), Failure> {
     let attempt = async {
         match probe {
             Probe::Tcp { addr } => connect(*addr).await.map(drop),
-            Probe::Http { addr, path, h2c } => http_get(*addr, path, *h2c).await,
+            Probe::Http { addr, path, wire } => http_get(*addr, path, wire).await,
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -275,81 +260,6 @@ async fn check(probe: &Probe, timeout: Duration) -> Result<(), Failure> {
             "timed out after {}",
             humantime::format_duration(timeout)
         ))),
-    }
-}
-
-async fn connect(addr: SocketAddr) -> Result<TcpStream, Failure> {
-    TcpStream::connect(addr)
-        .await
-        .map_err(|err| connect_failure(addr, &err))
-}
-
-fn connect_failure(addr: SocketAddr, err: &std::io::Error) -> Failure {
-    use nix::errno::Errno;
-    let local = [
-        Errno::EMFILE,
-        Errno::ENFILE,
-        Errno::ENOBUFS,
-        Errno::ENOMEM,
-        Errno::EADDRNOTAVAIL,
-    ];
-    match err.kind() {
-        std::io::ErrorKind::ConnectionRefused => {
-            Failure::Instance(format!("connect to {addr} refused"))
-        }
-        _ if err
-            .raw_os_error()
-            .is_some_and(|code| local.contains(&Errno::from_raw(code))) =>
-        {
-            Failure::Local(format!("cannot connect to {addr}: {err}"))
-        }
-        _ => Failure::Instance(format!("connect to {addr} failed: {err}")),
-    }
-}
-
-async fn http_get(addr: SocketAddr, path: &str, h2c: bool) -> Result<(), Failure> {
-    let stream = connect(addr).await?;
-    let request = http::Request::get(format!("http://{addr}{path}"))
-        .header(http::header::USER_AGENT, "cutover-health")
-        .body(Empty::<Bytes>::new())
-        .map_err(|err| format!("GET {path}: invalid path: {err}"))?;
-    // The connection is driven here and dropped with the check: one connection per check, so
-    // a check also proves the app still accepts connections.
-    let outcome = if h2c {
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .map_err(|err| format!("GET {path} (HTTP/2): {err}"))?;
-        let driver = tokio::spawn(conn);
-        let outcome = sender.send_request(request).await;
-        driver.abort();
-        outcome
-    } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|err| format!("GET {path}: {err}"))?;
-        let driver = tokio::spawn(conn);
-        let (mut parts, body) = request.into_parts();
-        // Origin-form with a Host, as HTTP/1.1 servers expect.
-        parts.uri = path
-            .parse()
-            .map_err(|err| format!("GET {path}: invalid path: {err}"))?;
-        parts.headers.insert(
-            http::header::HOST,
-            http::HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?,
-        );
-        let outcome = sender
-            .send_request(http::Request::from_parts(parts, body))
-            .await;
-        driver.abort();
-        outcome
-    };
-    let response = outcome.map_err(|err| format!("GET {path}: {err}"))?;
-    let status = response.status();
-    if status.is_success() || status.is_redirection() {
-        Ok(())
-    } else {
-        Err(format!("GET {path} → {}", status.as_u16()).into())
     }
 }
 
@@ -408,33 +318,6 @@ mod tests {
                 reason: "timed out after 2s".into()
             }
         );
-    }
-
-    #[test]
-    fn a_check_the_supervisor_could_not_try_is_not_the_instances_failure() {
-        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        for errno in [
-            libc::EMFILE,
-            libc::ENFILE,
-            libc::ENOBUFS,
-            libc::EADDRNOTAVAIL,
-        ] {
-            let err = std::io::Error::from_raw_os_error(errno);
-            assert!(
-                matches!(connect_failure(addr, &err), Failure::Local(_)),
-                "{err}"
-            );
-        }
-        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
-        assert_eq!(
-            connect_failure(addr, &refused),
-            Failure::Instance("connect to 127.0.0.1:8080 refused".into())
-        );
-        let unreachable = std::io::Error::from_raw_os_error(libc::EHOSTUNREACH);
-        assert!(matches!(
-            connect_failure(addr, &unreachable),
-            Failure::Instance(_)
-        ));
     }
 
     #[test]

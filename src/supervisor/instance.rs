@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::protocol::app::HealthSpec;
-use crate::supervisor::health::{Checker, Health, HealthReport, Probe};
+use crate::supervisor::health::{Checker, Health, HealthReport, Probe, Wire};
 use crate::supervisor::instance_port::{InstancePort, Moved};
 pub use crate::supervisor::lifecycle::{Lifecycle, View};
 use crate::supervisor::process::{self, ExitStatus, Running, SpawnSpec};
@@ -52,8 +52,9 @@ pub struct InstancePlan {
     pub socket_activation: bool,
     pub spawn: SpawnSpec,
     pub health: HealthSpec,
-    /// Health checks with a path speak HTTP/2 without TLS (`upstream: h2c`).
-    pub health_h2c: bool,
+    /// What health checks with a path speak (the app's `upstream`, over TLS with its trust); an
+    /// error (the trust could not be loaded) fails every such check with its reason.
+    pub wire: Result<Wire, String>,
     pub stop_signal: String,
     pub stop_timeout: Duration,
 }
@@ -235,7 +236,7 @@ impl InstanceTask {
         self.transition(Lifecycle::Starting {
             since: Instant::now(),
         });
-        let probe = Probe::for_spec(&self.plan.health, self.plan.addr, self.plan.health_h2c);
+        let probe = Probe::for_spec(&self.plan.health, self.plan.addr, self.plan.wire.clone());
         let mut checker = Checker::start(probe, &self.plan.health);
         let mut checker_alive = true;
         loop {

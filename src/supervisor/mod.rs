@@ -15,6 +15,7 @@ pub mod events;
 pub mod fds;
 pub mod handover;
 pub mod health;
+mod health_check;
 pub mod instance;
 pub mod instance_port;
 pub mod lifecycle;
@@ -27,6 +28,7 @@ pub mod sharing;
 pub mod socket;
 pub mod store;
 pub mod strays;
+pub mod upstream_tls;
 
 use std::future::Future;
 use std::os::fd::AsFd;

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use crate::protocol::app::{Mode, Upstream};
+use crate::protocol::app::Mode;
 use crate::protocol::routes::collision_message;
 use crate::protocol::{AppSpec, ErrorKind, ErrorReply};
 use crate::supervisor::acme::Manager;
@@ -15,6 +15,7 @@ use crate::supervisor::listeners::Listeners;
 use crate::supervisor::proxy::{load_certificate, Proxy};
 use crate::supervisor::rollout::contract::redirect_name;
 use crate::supervisor::store::State;
+use crate::supervisor::upstream_tls::Wire;
 
 /// What `spec`'s app may not do beside `others` (the live specs of the other apps on its listen
 /// address), in one line naming both apps and the fix.
@@ -83,6 +84,11 @@ pub fn check_beside(state: &State, spec: &AppSpec) -> Result<(), ErrorReply> {
             });
         }
     }
+    // So does a CA for the instances' certificates that cannot be read (`upstream: h2`).
+    Wire::of(spec).map_err(|message| ErrorReply {
+        kind: ErrorKind::BadRequest,
+        message,
+    })?;
     let redirect = |spec: &AppSpec| spec.tls.as_ref().and_then(|t| t.redirect_from.clone());
     if let Some(record) = state.apps.get(&spec.name) {
         let (was, is) = (redirect(&record.spec), redirect(spec));
@@ -242,7 +248,9 @@ pub fn bind(
         .set_tls(name, spec.tls.as_ref())
         .map_err(|why| bad(format!("tls of {name}: {why}")))?;
     proxy.set_h2c(spec.h2c);
-    proxy.set_upstream_h2c(spec.upstream == Upstream::H2c);
+    proxy
+        .set_upstream(name, spec.upstream, spec.upstream_tls.as_ref())
+        .map_err(bad)?;
     Ok((proxy, systemd))
 }
 

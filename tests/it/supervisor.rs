@@ -9,6 +9,7 @@ mod acme_ca;
 mod canary;
 mod dashboard;
 mod grpc;
+mod grpc_tls;
 mod hold;
 mod hosts;
 mod json_log;

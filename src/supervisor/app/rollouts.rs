@@ -5,7 +5,7 @@
 
 use tokio::sync::mpsc;
 
-use crate::protocol::app::{Mode, Upstream};
+use crate::protocol::app::Mode;
 use crate::protocol::{
     AppSpec, DeployOutcome, ErrorKind, ErrorReply, Response, RolloutOutcome, RECENT_ROLLOUTS,
 };
@@ -256,9 +256,15 @@ impl AppTask {
             .acme
             .follow(&context.state_dir, spec, &context.proxy);
         self.context.proxy.set_h2c(spec.h2c);
-        self.context
+        let upstream_tls = spec.upstream_tls.as_ref();
+        if let Err(why) = self
+            .context
             .proxy
-            .set_upstream_h2c(spec.upstream == Upstream::H2c);
+            .set_upstream(&spec.name, spec.upstream, upstream_tls)
+        {
+            // Read before the deploy began: the CA file went or changed since.
+            tracing::error!(app = %self.context.name, "keeps its previous upstream settings: {why}");
+        }
         self.context.proxy.set_proxy_protocol(spec.proxy_protocol);
         self.context.proxy.set_tcp(spec.mode == Mode::Tcp);
         self.context.proxy.set_hold(spec.hold_requests);

@@ -18,6 +18,7 @@ use crate::supervisor::process::{self, Running, SpawnSpec};
 use crate::supervisor::rollout::{AppContext, AppEvent, CanaryDecision, CanaryTrace, RolloutKind};
 use crate::supervisor::store::{AppRecord, InstanceRecord};
 use crate::supervisor::strays;
+use crate::supervisor::upstream_tls::Wire;
 
 /// The requests an app task answers; every one carries its reply.
 #[derive(Debug)]
@@ -184,6 +185,12 @@ impl AppTask {
             &record.id,
         ));
         let addr = SocketAddr::new(loopback_for(self.context.listen), record.port);
+        // Checked before a deploy; it fails here only if the CA went since (or while the
+        // supervisor restarted): the instance still runs, and its HTTP checks fail saying why.
+        let wire = Wire::of(spec);
+        if let Err(why) = &wire {
+            tracing::error!(app = %self.context.name, "{why}; the health checks of {} fail until it can be read", record.id);
+        }
         Ok(InstancePlan {
             id: record.id.clone(),
             version: record.version.clone(),
@@ -197,7 +204,7 @@ impl AppTask {
                 log_path: logs.join(format!("{}.log", record.id)),
             },
             health: spec.health.clone(),
-            health_h2c: spec.upstream == crate::protocol::app::Upstream::H2c,
+            wire,
             stop_signal: spec.stop_signal.clone(),
             stop_timeout: spec.stop_timeout,
         })

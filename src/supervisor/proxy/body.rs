@@ -28,7 +28,7 @@ pub(crate) enum ResponseBody {
     /// A response made by the proxy itself (503, 502), or a bodiless one.
     Static(Option<Bytes>),
     Proxied(Proxied),
-    /// An instance's body over HTTP/2 (`upstream: h2c`), frames and trailers as they come.
+    /// An instance's body over HTTP/2 (`upstream: h2c` or `h2`), frames and trailers as they come.
     Streamed(Streamed),
 }
 

@@ -16,7 +16,7 @@ use super::access_entry::{Begin, Entry};
 use super::body::ResponseBody;
 use super::challenges::challenges;
 use super::downstream::{self, Accepted, OpenGuard};
-use super::forward_h2;
+use super::forward_h2::{self, client_failed};
 use super::framing::Framing;
 use super::head::{Forwarding, Head, X_REQUEST_ID};
 use super::request::{self, request_id, strip_hop_by_hop, RequestId};
@@ -168,10 +168,7 @@ async fn pick_and_send(
             routed: Routed::ByRoute,
         },
     };
-    if proxy
-        .upstream_h2c
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
+    if proxy.upstream_h2.load(std::sync::atomic::Ordering::Relaxed) {
         let choice = forward_h2::Choice {
             side,
             routed,
@@ -263,7 +260,7 @@ async fn pick_and_send(
                 Err(SendError::Client(err)) => {
                     state.record_client_abort(accepted.worker, slot);
                     tracing::debug!(backend = %state.backend.id, "the client's request body failed: {err}");
-                    return client_failed(&err);
+                    return client_failed(err.kind());
                 }
                 Err(SendError::Exchange(err)) => {
                     state.record_broken(accepted.worker, routed, slot);
@@ -400,26 +397,6 @@ async fn tunnel(
             tracing::debug!(backend = %state.backend.id, "tunnel cut at the proxy's close deadline");
         }
     }
-}
-
-/// The answer to a request whose body failed on the client's side; the connection ends with it
-/// (the rest of the body will not be read).
-fn client_failed(err: &std::io::Error) -> Response<ResponseBody> {
-    let mut response = if err.kind() == std::io::ErrorKind::TimedOut {
-        status(
-            StatusCode::REQUEST_TIMEOUT,
-            "408 request timeout: the request body stopped arriving\n",
-        )
-    } else {
-        status(
-            StatusCode::BAD_REQUEST,
-            "400 bad request: the request body could not be read\n",
-        )
-    };
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
 }
 
 /// The key authorization a waiting HTTP-01 challenge asks for (RFC 8555 section 8.3).

@@ -1,9 +1,11 @@
-//! One HTTP request sent on to an instance over HTTP/2 (an app's `upstream: h2c`): the same
+//! One HTTP request sent on to an instance over HTTP/2 (an app's `upstream: h2c` or `h2`): the same
 //! pick, canary sides and hold as over HTTP/1.1, the forwarding headers set in the request's own
 //! fields, and the answer streamed back with its trailers (gRPC's status travels in them).
 //!
 //! A request is sent to another instance only when nothing of it left the proxy (no connection,
-//! or one that closed before it took the request); one that broke after is answered 502.
+//! or one that closed before it took the request); one that broke after is answered 502, unless
+//! the client's body was at fault (`paced_body`: it stopped coming, or broke): 408 or 400, and
+//! not the instance's error.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +20,7 @@ use super::downstream::Accepted;
 use super::head::{
     forwarding_alias, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
+use super::paced_body::{BodyFailure, PacedBody};
 use super::request::{self, strip_hop_by_hop, RequestId};
 use super::route::{next_backend, sides, Hold, InFlight, Routed, Side, Table};
 use super::site::SiteState;
@@ -53,13 +56,18 @@ pub(super) async fn send(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    // Over TLS (`upstream: h2`), with the trust loaded once for the request.
+    let tls = site.upstream_tls.load_full();
     *req.uri_mut() = Uri::builder()
-        .scheme("http")
+        .scheme(if tls.is_some() { "https" } else { "http" })
         .authority(authority.as_str())
         .path_and_query(target.as_str())
         .build()
         .unwrap_or_else(|_| Uri::from_static("http://localhost/"));
     *req.version_mut() = Version::HTTP_2;
+    let failure = BodyFailure::default();
+    let pace = accepted.conn.limits.body();
+    let mut req = req.map(|body| PacedBody::new(body, pace, failure.clone()));
     let lane = site.lane(accepted.worker);
     let worker = accepted.worker;
     loop {
@@ -73,7 +81,11 @@ pub(super) async fn send(
             }
             let in_flight = InFlight::new(table.clone(), index, worker);
             let started = Instant::now();
-            match state.h2(worker).send(state.backend.addr, req).await {
+            match state
+                .h2(worker)
+                .send(state.backend.addr, tls.as_deref(), req)
+                .await
+            {
                 Ok(response) => {
                     let latency = started.elapsed();
                     let (mut parts, body) = response.into_parts();
@@ -100,6 +112,10 @@ pub(super) async fn send(
                     req = *back;
                 }
                 Err(H2Error::Exchange(why)) => {
+                    if let Some(kind) = failure.get() {
+                        tracing::debug!(backend = %state.backend.id, "the client's body failed: {why}");
+                        return client_failed(*kind);
+                    }
                     state.record_broken(worker, choice.routed, slot);
                     tracing::debug!(backend = %state.backend.id, "HTTP/2 exchange failed: {why}");
                     return status(
@@ -166,6 +182,26 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The answer to a request whose body failed on the client's side (it stopped coming:
+/// `TimedOut`; or broke); the connection ends with it (the rest of the body will not be read).
+pub(super) fn client_failed(kind: std::io::ErrorKind) -> Response<ResponseBody> {
+    let mut response = if kind == std::io::ErrorKind::TimedOut {
+        status(
+            StatusCode::REQUEST_TIMEOUT,
+            "408 request timeout: the request body stopped arriving\n",
+        )
+    } else {
+        status(
+            StatusCode::BAD_REQUEST,
+            "400 bad request: the request body could not be read\n",
+        )
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
 }
 
 fn status(code: StatusCode, text: &'static str) -> Response<ResponseBody> {

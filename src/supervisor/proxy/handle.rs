@@ -19,8 +19,9 @@ use super::site::{lock, SiteState};
 use super::state::ProxyState;
 use super::tls::{self, Stamp};
 use super::workers;
-use crate::protocol::app::TlsSpec;
+use crate::protocol::app::{TlsSpec, Upstream, UpstreamTlsSpec};
 use crate::protocol::routes::Routes;
+use crate::supervisor::upstream_tls::UpstreamTls;
 
 /// A running proxy for one app; dropping it takes the app off its address, and the last app's
 /// drop closes the listener and stops its worker threads (with the connections still open on
@@ -164,10 +165,30 @@ impl Proxy {
         self.site.redirect_port.store(port, Ordering::Relaxed);
     }
 
-    /// Sends the app's requests to its instances over HTTP/2 without TLS (`upstream: h2c`), one
-    /// multiplexed connection per instance and worker; else over HTTP/1.1.
-    pub fn set_upstream_h2c(&self, on: bool) {
-        self.site.upstream_h2c.store(on, Ordering::Relaxed);
+    /// Sends the app's requests to its instances as `upstream` says: over HTTP/1.1, or over
+    /// HTTP/2 (one multiplexed connection per instance and worker) without TLS (`h2c`) or over
+    /// TLS verified as `tls` says (`h2`), for `app` in messages. The CA is read now, only when
+    /// either changed; an error (it cannot be read) leaves the settings before in place.
+    pub fn set_upstream(
+        &self,
+        app: &str,
+        upstream: Upstream,
+        tls: Option<&UpstreamTlsSpec>,
+    ) -> Result<(), String> {
+        let mut current = lock(&self.site.upstream_spec);
+        if current.0 == upstream && current.1.as_ref() == tls {
+            return Ok(());
+        }
+        let client = match upstream {
+            Upstream::H2 => Some(UpstreamTls::load(app, &tls.cloned().unwrap_or_default())?),
+            Upstream::Http1 | Upstream::H2c => None,
+        };
+        self.site.upstream_tls.store(client);
+        self.site
+            .upstream_h2
+            .store(upstream.is_http2(), Ordering::Relaxed);
+        *current = (upstream, tls.cloned());
+        Ok(())
     }
 
     /// Plain HTTP connections that open with HTTP/2's preface are served HTTP/2 (h2c with prior

@@ -3,7 +3,7 @@
 //! healthy instances of that app's route, which the deploy swaps atomically.
 //!
 //! HTTP/1.1 (keep-alive, WebSocket upgrades) and HTTP/2 to clients, over TLS or not; HTTP/1.1
-//! to instances, or HTTP/2 without TLS (gRPC: trailers pass). A failed connect is retried on another instance; per-instance counters (requests, 5xx, latency) and in-flight tracking for draining.
+//! to instances, or HTTP/2 without TLS or over verified TLS (gRPC: trailers pass). A failed connect is retried on another instance; per-instance counters (requests, 5xx, latency) and in-flight tracking for draining.
 //!
 //! The route is read lock-free on every request (`arc-swap`), and an instance is chosen per
 //! request, not per connection: after a swap, clients' existing keep-alive connections move to the
@@ -23,8 +23,8 @@
 //! - `handle` (the `Proxy` one app holds: its site on an address) → `front` (the listening
 //!   address, shared by the apps routed on it) → `workers` (threads, accept loops);
 //! - `connection` (one accepted connection: PROXY header, TLS, HTTP/1.1 or HTTP/2), `forward`
-//!   (one HTTP request), `forward_h2` (its leg to instances over HTTP/2, `upstream: h2c`),
-//!   `tcp` (TCP mode);
+//!   (one HTTP request), `forward_h2` (its leg to instances over HTTP/2, `upstream: h2c` or
+//!   `h2`), `tcp` (TCP mode);
 //! - `serve` (one downstream connection's timer and close), `body` (a response on its way),
 //!   `access_entry` (a request's access-log line in the making), `state` (what an address's
 //!   workers share: the sites table a request picks its app from by host and path, the
@@ -35,7 +35,7 @@
 //!   connections);
 //! - `access_log` (the file and its writer thread), `access_line` (one line's JSON), `pool`,
 //!   `upstream`, `request`, `head`, `framing` (HTTP/1.1 to and from instances), `upstream_h2`
-//!   (an HTTP/2 connection to an instance), `limits`,
+//!   (an HTTP/2 connection to an instance), `paced_body` (a request body on its way over it), `limits`,
 //!   `pace`, `histogram` (latency buckets, for the counters and the canary's p99), `room`,
 //!   `proxy_protocol`, `challenges` (the ACME challenges every address answers, written by
 //!   `supervisor::acme`); `fuzz` (hidden) feeds `head` and `framing`.
@@ -58,6 +58,7 @@ mod head;
 mod histogram;
 mod limits;
 mod pace;
+mod paced_body;
 mod pool;
 mod proxy_protocol;
 mod request;

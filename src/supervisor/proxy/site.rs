@@ -21,7 +21,8 @@ use super::access_log::{AccessLog, LineLosses};
 use super::route::{
     self, Backend, BackendState, BackendStats, Hold, Lane, Route, SlotStats, Split, Table,
 };
-use crate::protocol::app::TlsSpec;
+use crate::protocol::app::{TlsSpec, Upstream, UpstreamTlsSpec};
+use crate::supervisor::upstream_tls::UpstreamTls;
 
 /// What the requests for one app share with its `Proxy` handle.
 #[derive(Debug)]
@@ -41,8 +42,12 @@ pub(super) struct SiteState {
     /// How long a request waits for an instance while none is routed, in milliseconds (see
     /// `set_hold`).
     pub(super) hold_ms: AtomicU64,
-    /// Requests go to the instances over HTTP/2 without TLS (`upstream: h2c`).
-    pub(super) upstream_h2c: AtomicBool,
+    /// Requests go to the instances over HTTP/2 (`upstream: h2c` or `h2`).
+    pub(super) upstream_h2: AtomicBool,
+    /// With `upstream: h2`, the TLS client to the instances; none: h2c.
+    pub(super) upstream_tls: ArcSwapOption<UpstreamTls>,
+    /// The `upstream` and `upstream_tls` last set: only a change reads the CA again.
+    pub(super) upstream_spec: Mutex<(Upstream, Option<UpstreamTlsSpec>)>,
     /// The HTTPS port requests are redirected to (`tls.redirect_from`), [`NO_REDIRECT`] if none.
     pub(super) redirect_port: AtomicU32,
     /// Woken by every `set_route`, for the requests held while none is routed.
@@ -83,7 +88,9 @@ impl SiteState {
             retired: Mutex::new(Vec::new()),
             workers,
             hold_ms: AtomicU64::new(0),
-            upstream_h2c: AtomicBool::new(false),
+            upstream_h2: AtomicBool::new(false),
+            upstream_tls: ArcSwapOption::empty(),
+            upstream_spec: Mutex::default(),
             redirect_port: AtomicU32::new(NO_REDIRECT),
             route_changed: Notify::new(),
             cookie_key: rand::random(),

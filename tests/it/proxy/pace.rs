@@ -1,10 +1,12 @@
 //! Clients that stop in the middle of a request (`app.body_timeout`, `send_timeout`,
 //! `min_rate`): a stalled or trickling request body is answered 408, a client that does not take
 //! its response is cut, and neither counts against the instance. A slow but steady upload or
-//! download, and a response that streams for longer than the timeouts, go through whole.
+//! download, and a response that streams for longer than the timeouts, go through whole. A
+//! request body on its way to an instance over HTTP/2 (`upstream: h2c`) is paced the same.
 
 use std::time::{Duration, Instant};
 
+use cutover::protocol::app::Upstream;
 use cutover::supervisor::proxy::{ClientLimits, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -67,7 +69,50 @@ fn no_instance_error(proxy: &Proxy) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_is_answered_408_after_the_body_timeout() {
     let app = DemoApp::start("v1", &[]);
-    let proxy = paced_proxy(&app).await;
+    stalled_body_is_answered_408(&paced_proxy(&app).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_request_body_is_cut_though_no_gap_reaches_the_timeout() {
+    let app = DemoApp::start("v1", &[]);
+    trickling_body_is_answered_408(&paced_proxy(&app).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_steady_upload_goes_through() {
+    let app = DemoApp::start("v1", &[]);
+    steady_upload_goes_through(&paced_proxy(&app).await).await;
+}
+
+/// The paced proxy in front of an instance that speaks HTTP/2 only (`upstream: h2c`): the body
+/// goes on over HTTP/2, under the same rule.
+async fn paced_h2c_proxy(app: &DemoApp) -> Proxy {
+    let proxy = paced_proxy(app).await;
+    proxy
+        .set_upstream("shop", Upstream::H2c, None)
+        .expect("h2c needs no trust");
+    proxy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_to_the_instance_a_stalled_request_body_is_answered_408() {
+    let app = DemoApp::start("v1", &["--h2c"]);
+    stalled_body_is_answered_408(&paced_h2c_proxy(&app).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_to_the_instance_a_trickling_request_body_is_cut() {
+    let app = DemoApp::start("v1", &["--h2c"]);
+    trickling_body_is_answered_408(&paced_h2c_proxy(&app).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_to_the_instance_a_slow_but_steady_upload_goes_through() {
+    let app = DemoApp::start("v1", &["--h2c"]);
+    steady_upload_goes_through(&paced_h2c_proxy(&app).await).await;
+}
+
+async fn stalled_body_is_answered_408(proxy: &Proxy) {
     let mut stream = TcpStream::connect(proxy.local_addr).await.unwrap();
     stream
         .write_all(b"POST /upload HTTP/1.1\r\nHost: shop\r\nContent-Length: 1000\r\n\r\n0123456789")
@@ -76,13 +121,10 @@ async fn a_stalled_request_body_is_answered_408_after_the_body_timeout() {
     let started = Instant::now();
     let answer = until_closed(&mut stream).await;
     assert_answered_408(&answer, started.elapsed());
-    no_instance_error(&proxy);
+    no_instance_error(proxy);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickling_request_body_is_cut_though_no_gap_reaches_the_timeout() {
-    let app = DemoApp::start("v1", &[]);
-    let proxy = paced_proxy(&app).await;
+async fn trickling_body_is_answered_408(proxy: &Proxy) {
     let stream = TcpStream::connect(proxy.local_addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     writer
@@ -102,13 +144,10 @@ async fn a_trickling_request_body_is_cut_though_no_gap_reaches_the_timeout() {
     let answer = until_closed(&mut reader).await;
     trickle.abort();
     assert_answered_408(&answer, started.elapsed());
-    no_instance_error(&proxy);
+    no_instance_error(proxy);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_but_steady_upload_goes_through() {
-    let app = DemoApp::start("v1", &[]);
-    let proxy = paced_proxy(&app).await;
+async fn steady_upload_goes_through(proxy: &Proxy) {
     let mut stream = TcpStream::connect(proxy.local_addr).await.unwrap();
     const PIECE: usize = 4096;
     const PIECES: usize = 12;

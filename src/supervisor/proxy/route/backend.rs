@@ -82,7 +82,7 @@ struct Shard {
     /// By [`Slot`]: a request adds to its slot's counters only, as many atomic adds as before
     /// slots were told apart (the request count is the sum of the classes).
     slots: [SlotCounters; 2],
-    /// The worker's HTTP/2 connection, for an app with `upstream: h2c`.
+    /// The worker's HTTP/2 connection, for an app with `upstream: h2c` or `h2`.
     h2: H2Conn,
 }
 
@@ -233,7 +233,7 @@ impl BackendState {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `worker`'s HTTP/2 connection to the instance (`upstream: h2c`).
+    /// `worker`'s HTTP/2 connection to the instance (`upstream: h2c` or `h2`).
     pub fn h2(&self, worker: usize) -> &H2Conn {
         &self.shard(worker).h2
     }
