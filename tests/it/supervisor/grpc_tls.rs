@@ -14,7 +14,7 @@ use cutover::protocol::{AppSpec, ErrorKind, ReleaseState};
 
 use crate::support::app::App;
 use crate::support::control_socket::{error_of, state_of};
-use crate::support::grpc::{self, GrpcClient, Reply};
+use crate::support::grpc;
 use crate::support::supervisor::ROLLOUT;
 use crate::support::tls::{Leaf, TestCa};
 
@@ -73,17 +73,6 @@ fn grpc_over_tls(spec: &mut AppSpec) {
     });
 }
 
-fn call(app: &App, message: &[u8]) -> Result<Reply, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
-        let mut client = GrpcClient::connect(app.listen).await?;
-        client.say("grpc.test", message).await
-    })
-}
-
 #[test]
 fn grpc_calls_over_tls_to_the_instances_pass_with_trailers_and_a_blue_green_deploy_fails_none() {
     let mut app = App::new("h2echo");
@@ -94,27 +83,7 @@ fn grpc_calls_over_tls_to_the_instances_pass_with_trailers_and_a_blue_green_depl
         .to_vec();
     let supervisor = app.serving(&["v1", "v2"]);
 
-    let reply = call(&app, b"hello over h2").expect("a gRPC answer");
-    assert_eq!(reply.status, 0, "{reply:?}");
-    assert_eq!(&reply.message[..], b"hello over h2");
-    assert!(
-        reply.request_id.is_some(),
-        "the proxy's request id: {reply:?}"
-    );
-
-    let load = grpc::load(app.listen, 4);
-    load.wait_for_more_answers(100, ROLLOUT);
-    supervisor.deploy_ok(&app, "v2");
-    load.wait_for_more_answers(100, ROLLOUT);
-    let report = load.stop();
-    assert_eq!(report.failures(), 0, "{report:?}");
-    assert!(report.ok >= 200, "{report:?}");
-    let live = supervisor.status(&app).instances;
-    assert!(live.iter().all(|i| i.version == "v2"), "{live:?}");
-    assert!(
-        live.iter().all(|i| i.errors_5xx == 0 && i.requests > 0),
-        "counted as answered: {live:?}"
-    );
+    grpc::echo_then_blue_green_under_load(&app, &supervisor);
 }
 
 #[test]
@@ -180,6 +149,6 @@ fn a_deploy_naming_a_ca_that_cannot_be_read_is_refused_in_one_line() {
     let releases = supervisor.releases(&app);
     assert_eq!(state_of(&releases, "v1"), Some(ReleaseState::Live));
     assert_ne!(state_of(&releases, "v2"), Some(ReleaseState::Live));
-    let reply = call(&app, b"still there").expect("v1 answers");
+    let reply = grpc::call(app.listen, b"still there").expect("v1 answers");
     assert_eq!(reply.status, 0, "{reply:?}");
 }

@@ -1,7 +1,8 @@
 //! A small gRPC client of the test's own: unary calls of the demo app's echo method
 //! (`/cutover.demo.Echo/Say`) over HTTP/2 without TLS, framed as gRPC frames its messages
-//! (a compression flag, a 4-byte length), with the status read from the trailers; and a load of
-//! such calls that counts every failure (a [`Load`]).
+//! (a compression flag, a 4-byte length), with the status read from the trailers; a load of
+//! such calls that counts every failure (a [`Load`]); and the scenario the h2c and h2 upstream
+//! tests share (an echo, then a blue-green deploy under load).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +14,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use super::app::App;
 use super::load::{note_error, Load, LoadReport};
+use super::supervisor::{Supervisor, ROLLOUT};
 
 pub const SAY: &str = "/cutover.demo.Echo/Say";
 
@@ -129,4 +132,43 @@ async fn caller(addr: SocketAddr, i: usize, stop: Arc<AtomicBool>, report: Arc<M
             }
         }
     }
+}
+
+/// One call of the echo method through the proxy at `addr`, on a runtime of its own.
+pub fn call(addr: SocketAddr, message: &[u8]) -> Result<Reply, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let mut client = GrpcClient::connect(addr).await?;
+        client.say("grpc.test", message).await
+    })
+}
+
+/// A call to `app` passes with its trailers and the proxy's request id; then a blue-green
+/// deploy of v2 under four concurrent callers fails none, and only v2 serves, every call
+/// counted as answered.
+pub fn echo_then_blue_green_under_load(app: &App, supervisor: &Supervisor) {
+    let reply = call(app.listen, b"hello").expect("a gRPC answer");
+    assert_eq!(reply.status, 0, "{reply:?}");
+    assert_eq!(&reply.message[..], b"hello");
+    assert!(
+        reply.request_id.is_some(),
+        "the proxy's request id: {reply:?}"
+    );
+
+    let load = load(app.listen, 4);
+    load.wait_for_more_answers(100, ROLLOUT);
+    supervisor.deploy_ok(app, "v2");
+    load.wait_for_more_answers(100, ROLLOUT);
+    let report = load.stop();
+    assert_eq!(report.failures(), 0, "{report:?}");
+    assert!(report.ok >= 200, "{report:?}");
+    let live = supervisor.status(app).instances;
+    assert!(live.iter().all(|i| i.version == "v2"), "{live:?}");
+    assert!(
+        live.iter().all(|i| i.errors_5xx == 0 && i.requests > 0),
+        "counted as answered: {live:?}"
+    );
 }
