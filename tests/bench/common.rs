@@ -4,7 +4,7 @@
 //! every piece.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -219,6 +219,27 @@ impl Drop for Nginx {
         terminate(self.child.id());
         let _ = self.child.wait();
     }
+}
+
+/// The release `cutover demo-app` on a free port of 127.0.0.1, answering as `label`, once it
+/// accepts connections; stopped when the guard drops.
+pub fn demo_backend(label: &str) -> (SocketAddr, Guard) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "demo-app",
+            "--port",
+            &addr.port().to_string(),
+            "--version-label",
+            label,
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cutover demo-app");
+    let guard = Guard(child);
+    wait_for("demo-app", || TcpStream::connect(addr).is_ok());
+    (addr, guard)
 }
 
 /// A child process stopped with SIGTERM (then SIGKILL) when dropped.

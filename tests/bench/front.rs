@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{env_number, free_port, has, median, wait_for, wrk, Figures, Guard, Nginx, NginxTls};
+use common::{demo_backend, env_number, has, median, wait_for, wrk, Figures, Nginx, NginxTls};
 use cutover::protocol::app::{Balance, TlsSpec};
 use cutover::supervisor::proxy::{Backend, Proxy, Route};
 use rustls::pki_types::pem::PemObject;
@@ -409,22 +409,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (ca, cert, key) = make_certificate(dir.path());
 
-    let backend_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _backend = Guard(
-        Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .args([
-                "demo-app",
-                "--port",
-                &backend_addr.port().to_string(),
-                "--version-label",
-                "v1",
-            ])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cutover demo-app"),
-    );
-    wait_for("demo-app", || TcpStream::connect(backend_addr).is_ok());
+    let (backend_addr, _backend) = demo_backend("v1");
 
     // The supervisor's own runtime has one worker per core: two here. `set_tls` runs inside it
     // (it spawns the task that watches the certificate's files).

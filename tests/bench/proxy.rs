@@ -25,11 +25,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::TcpStream;
+use std::process::Command;
 use std::sync::Arc;
 
-use common::{env_number, free_port, has, median, wait_for, wrk, Figures, Guard, Nginx};
+use common::{demo_backend, env_number, has, median, wait_for, wrk, Figures, Nginx};
 use cutover::protocol::app::Balance;
 use cutover::supervisor::proxy::{Backend, CanaryRoute, Proxy, Route};
 
@@ -56,22 +56,7 @@ fn main() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
 
-    let backend_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let _backend = Guard(
-        Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .args([
-                "demo-app",
-                "--port",
-                &backend_addr.port().to_string(),
-                "--version-label",
-                "bench",
-            ])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cutover demo-app"),
-    );
-    wait_for("demo-app", || TcpStream::connect(backend_addr).is_ok());
+    let (backend_addr, _backend) = demo_backend("bench");
 
     // The supervisor's own runtime has one worker per core: two here.
     let runtime = tokio::runtime::Builder::new_multi_thread()
