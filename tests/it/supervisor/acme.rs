@@ -37,21 +37,29 @@ fn app(
     )
 }
 
-fn wait_for_cert(pebble: &Pebble, addr: SocketAddr) -> Vec<u8> {
-    acme::wait_for_cert(pebble, addr, HOST)
-}
-
-fn ordered_and_served(name: &str, challenge: Challenge) {
+/// Pebble, validating on free ports, and an app named `name` that orders from it by
+/// `challenge`, listening on the port Pebble checks TLS-ALPN-01 on; `validity` in seconds
+/// (Pebble's default when `None`).
+fn with_pebble(name: &str, challenge: Challenge, validity: Option<u64>) -> (Pebble, App) {
     let http_port = free_port();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let pebble = Pebble::start(PebbleSetup {
         http_port,
         tls_port: listen.port(),
-        validity: None,
+        validity,
         eab: None,
     });
     let mut app = app(name, Some(&pebble), &pebble.directory, challenge, http_port);
     app.listen = listen;
+    (pebble, app)
+}
+
+fn wait_for_cert(pebble: &Pebble, addr: SocketAddr) -> Vec<u8> {
+    acme::wait_for_cert(pebble, addr, HOST)
+}
+
+fn ordered_and_served(name: &str, challenge: Challenge) {
+    let (pebble, app) = with_pebble(name, challenge, None);
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let supervisor = Supervisor::start_with(app.home(), listen_on(admin));
     supervisor.deploy_ok(&app, "v1");
@@ -89,23 +97,9 @@ fn an_app_gets_its_certificate_over_tls_alpn_01_on_its_own_port() {
 
 #[test]
 fn a_short_lived_certificate_is_renewed_under_load_without_a_failed_request() {
-    let http_port = free_port();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let pebble = Pebble::start(PebbleSetup {
-        http_port,
-        tls_port: listen.port(),
-        // Renewed when a third is left: about 20 s after it is issued.
-        validity: Some(30),
-        eab: None,
-    });
-    let mut app = app(
-        "acme-renew",
-        Some(&pebble),
-        &pebble.directory,
-        Challenge::Http01,
-        http_port,
-    );
-    app.listen = listen;
+    // Renewed when a third is left: about 20 s after it is issued.
+    let (pebble, app) = with_pebble("acme-renew", Challenge::Http01, Some(30));
+    let listen = app.listen;
     let supervisor = Supervisor::start_in(app.home());
     supervisor.deploy_ok(&app, "v1");
     let first = wait_for_cert(&pebble, listen);
@@ -125,22 +119,8 @@ fn a_short_lived_certificate_is_renewed_under_load_without_a_failed_request() {
 
 #[test]
 fn stored_certificates_are_served_at_once_after_a_restart_without_a_new_order() {
-    let http_port = free_port();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut pebble = Pebble::start(PebbleSetup {
-        http_port,
-        tls_port: listen.port(),
-        validity: None,
-        eab: None,
-    });
-    let mut app = app(
-        "acme-restart",
-        Some(&pebble),
-        &pebble.directory,
-        Challenge::Http01,
-        http_port,
-    );
-    app.listen = listen;
+    let (mut pebble, app) = with_pebble("acme-restart", Challenge::Http01, None);
+    let listen = app.listen;
     let mut supervisor = Supervisor::start_in(app.home());
     supervisor.deploy_ok(&app, "v1");
     let issued = wait_for_cert(&pebble, listen);
@@ -183,22 +163,8 @@ fn a_ca_that_cannot_be_reached_is_said_in_one_line_and_the_app_runs_on() {
 
 #[test]
 fn a_hand_over_under_https_load_keeps_the_certificate_and_orders_nothing_new() {
-    let http_port = free_port();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let pebble = Pebble::start(PebbleSetup {
-        http_port,
-        tls_port: listen.port(),
-        validity: None,
-        eab: None,
-    });
-    let mut app = app(
-        "acme-handover",
-        Some(&pebble),
-        &pebble.directory,
-        Challenge::Http01,
-        http_port,
-    );
-    app.listen = listen;
+    let (pebble, app) = with_pebble("acme-handover", Challenge::Http01, None);
+    let listen = app.listen;
     let mut supervisor = Supervisor::start_in(app.home());
     supervisor.deploy_ok(&app, "v1");
     let issued = wait_for_cert(&pebble, listen);

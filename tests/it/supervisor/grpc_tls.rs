@@ -73,14 +73,20 @@ fn grpc_over_tls(spec: &mut AppSpec) {
     });
 }
 
-#[test]
-fn grpc_calls_over_tls_to_the_instances_pass_with_trailers_and_a_blue_green_deploy_fails_none() {
-    let mut app = App::new("h2echo");
-    let certs = Certs::for_app(&app);
+/// `app` speaks gRPC over TLS to its instances, and v1 and v2 both serve the certificate its
+/// CA signed for `localhost`.
+fn trusted_releases(app: &mut App, certs: &Certs) {
     app.tweak = grpc_over_tls;
     app.faults = ["v1", "v2"]
         .map(|v| (v.to_owned(), serving(&certs.trusted)))
         .to_vec();
+}
+
+#[test]
+fn grpc_calls_over_tls_to_the_instances_pass_with_trailers_and_a_blue_green_deploy_fails_none() {
+    let mut app = App::new("h2echo");
+    let certs = Certs::for_app(&app);
+    trusted_releases(&mut app, &certs);
     let supervisor = app.serving(&["v1", "v2"]);
 
     grpc::echo_then_blue_green_under_load(&app, &supervisor);
@@ -128,10 +134,7 @@ fn an_instance_the_ca_does_not_vouch_for_never_gets_a_call_and_the_old_release_k
 fn a_deploy_naming_a_ca_that_cannot_be_read_is_refused_in_one_line() {
     let mut app = App::new("h2noca");
     let certs = Certs::for_app(&app);
-    app.tweak = grpc_over_tls;
-    app.faults = ["v1", "v2"]
-        .map(|v| (v.to_owned(), serving(&certs.trusted)))
-        .to_vec();
+    trusted_releases(&mut app, &certs);
     let supervisor = app.serving(&["v1", "v2"]);
 
     let moved = certs.ca.with_extension("moved");
