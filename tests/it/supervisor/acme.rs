@@ -15,7 +15,7 @@ use cutover::supervisor::proxy::certificate_validity;
 use crate::support::acme::{self, served_cert, HOST, ISSUE};
 use crate::support::app::App;
 use crate::support::metrics::{listen_on, parse, promtool_check, scrape_text, value};
-use crate::support::pebble::{Pebble, PebbleSetup};
+use crate::support::pebble::Pebble;
 use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::tls;
 use crate::support::{free_port, wait_until};
@@ -43,12 +43,7 @@ fn app(
 fn with_pebble(name: &str, challenge: Challenge, validity: Option<u64>) -> (Pebble, App) {
     let http_port = free_port();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let pebble = Pebble::start(PebbleSetup {
-        http_port,
-        tls_port: listen.port(),
-        validity,
-        eab: None,
-    });
+    let pebble = Pebble::checking(http_port, listen.port(), validity);
     let mut app = app(name, Some(&pebble), &pebble.directory, challenge, http_port);
     app.listen = listen;
     (pebble, app)

@@ -22,16 +22,6 @@ use crate::support::request::get;
 use crate::support::supervisor::{Supervisor, ROLLOUT};
 use crate::support::{free_port, wait_until};
 
-/// Pebble checking HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`.
-fn pebble(http_port: u16, tls_port: u16, validity: Option<u64>) -> Pebble {
-    Pebble::start(PebbleSetup {
-        http_port,
-        tls_port,
-        validity,
-        eab: None,
-    })
-}
-
 /// A DNS-01 hook that sets and clears TXT records in pebble-challtestsrv and notes each call
 /// in `calls`; `fail` makes it fail as a provider's API does when the token is wrong.
 fn hook(dir: &Path, dns_management: SocketAddr, fail: bool) -> (PathBuf, PathBuf) {
@@ -71,7 +61,7 @@ fn dns_spec(pebble: &Pebble, hook: PathBuf) -> AcmeSpec {
 
 #[test]
 fn a_wildcard_certificate_comes_over_dns_01_through_the_operators_hook() {
-    let pebble = pebble(free_port(), free_port(), None);
+    let pebble = Pebble::checking(free_port(), free_port(), None);
     let dir = tempfile::tempdir().expect("temp dir");
     let (hook, calls) = hook(dir.path(), pebble.dns_management, false);
     let app = acme::app(
@@ -100,7 +90,7 @@ fn a_wildcard_certificate_comes_over_dns_01_through_the_operators_hook() {
 
 #[test]
 fn a_failing_dns_hook_is_said_in_one_line_and_the_app_runs_on() {
-    let pebble = pebble(free_port(), free_port(), None);
+    let pebble = Pebble::checking(free_port(), free_port(), None);
     let dir = tempfile::tempdir().expect("temp dir");
     let (hook, _) = hook(dir.path(), pebble.dns_management, true);
     let app = acme::app("acme-dns-fail", &[HOST], &dns_spec(&pebble, hook.clone()));
@@ -178,7 +168,7 @@ fn a_ca_that_requires_external_account_binding_gets_one_and_its_absence_is_said(
 /// TLS-ALPN-01 on its own address.
 fn behind_a_front(name: &str, validity: Option<u64>) -> (Pebble, CaFront, App) {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let pebble = pebble(free_port(), listen.port(), validity);
+    let pebble = Pebble::checking(free_port(), listen.port(), validity);
     let front = CaFront::start(&pebble);
     let spec = acme::spec(
         &front.directory,
@@ -241,7 +231,7 @@ fn a_rate_limited_order_is_tried_again_no_sooner_than_the_cas_retry_after() {
 #[test]
 fn an_app_deployed_on_the_challenge_port_while_an_order_is_open_takes_it_over() {
     let http_port = free_port();
-    let pebble = pebble(http_port, free_port(), None);
+    let pebble = Pebble::checking(http_port, free_port(), None);
     let front = CaFront::start(&pebble);
     front.hold_challenges();
     let spec = acme::spec(

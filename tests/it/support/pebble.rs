@@ -40,6 +40,17 @@ pub struct PebbleSetup {
 }
 
 impl Pebble {
+    /// Pebble checking HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`, without an
+    /// external account binding.
+    pub fn checking(http_port: u16, tls_port: u16, validity: Option<u64>) -> Pebble {
+        Pebble::start(PebbleSetup {
+            http_port,
+            tls_port,
+            validity,
+            eab: None,
+        })
+    }
+
     pub fn start(setup: PebbleSetup) -> Pebble {
         let dir = tempfile::tempdir().expect("temp dir for pebble");
         let ca = TestCa::new(&dir.path().join("ca"));
